@@ -1,0 +1,43 @@
+# Every target creates/uses the project venv (.venv) and installs what it needs itself.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PF     := $(PY) -m pythia_forensics
+export PYTHONUNBUFFERED := 1
+export DISABLE_SAFETENSORS_CONVERSION := 1
+
+.PHONY: setup test test-fast demo figures sweep experiments bench clean help
+
+help:
+	@echo "make demo         train the mini suite, replay probes, analyse, write results/demo/"
+	@echo "make test         install and run the test suite"
+	@echo "make figures      regenerate figures and report from stored results (results/demo)"
+	@echo "make sweep        support-knob sweep on the mini suite (results/sweep)"
+	@echo "make experiments  kill ladder and rescue arms on the mini suite (results/experiments)"
+	@echo "make bench        benchmark against minicons, lm-eval and a full-logits baseline"
+
+setup:
+	@bash scripts/bootstrap.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PF) demo --out results/demo
+
+figures: setup
+	$(PF) figures --results results/demo --out results/demo/figures
+
+sweep: setup
+	$(PF) sweep --out results/sweep
+
+experiments: setup
+	$(PF) experiment all --out results/experiments
+
+bench: setup
+	$(PF) bench --out results/bench
+
+clean:
+	rm -rf results/demo results/bench results/sweep results/experiments

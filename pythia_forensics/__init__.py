@@ -1,0 +1,42 @@
+"""pythia-forensics: replay a language model's training checkpoints and find rules it
+learns and later loses ("natural ungrokking").
+
+The public API is imported lazily so that `import pythia_forensics` stays cheap and a
+notebook pays for torch only when it scores something::
+
+    import pythia_forensics as pf
+    probes = pf.load_probes("pronoun_gender")
+    frame = pf.score("results/demo/suite/mini-m/step1000", probes)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "load_probes": "probes",
+    "ProbeItem": "probes",
+    "ProbeSet": "probes",
+    "score": "scoring",
+    "ScoreOptions": "scoring",
+    "load_model": "scoring",
+    "get_suite": "registry",
+    "replay": "replay",
+    "ResultsStore": "store",
+    "analyze": "dynamics",
+    "render_figures": "figures",
+    "count_support": "support",
+    "check_health": "health",
+    "audit": "audit",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'pythia_forensics' has no attribute {name!r}")

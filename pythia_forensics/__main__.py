@@ -1,0 +1,3 @@
+from pythia_forensics.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""Every exception pythia-forensics raises on purpose.
+
+Each subclasses `PFError` and a builtin, so callers can catch broadly (`except ValueError`)
+or precisely (`except ProbeFormatError`). Every message says what failed, the bad value and
+what to do; the CLI prints it as one line and exits with status 2.
+"""
+from __future__ import annotations
+
+
+class PFError(Exception):
+    """Base class: a user-facing error whose message is the whole story."""
+
+    exit_code = 2
+
+
+# --- probes -----------------------------------------------------------------------------
+class ProbeFormatError(PFError, ValueError):
+    """A probe file is malformed (names file, line and field)."""
+
+
+class UnknownProbeSetError(PFError, LookupError):
+    """`--probes NAME` names no shipped probe set and no file."""
+
+
+# --- tokenization / scoring -------------------------------------------------------------
+class TokenizationError(PFError, ValueError):
+    """A candidate or prefix tokenizes to nothing, or a cue class cannot be matched."""
+
+
+class ModelLoadError(PFError, OSError):
+    """A model path/repo/revision cannot be loaded."""
+
+
+class ScoringError(PFError, RuntimeError):
+    """Scoring failed for a reason the user can fix (device, dtype, batch size)."""
+
+
+# --- registry / sources -----------------------------------------------------------------
+class UnknownModelError(PFError, LookupError):
+    """A registry name or suite is unknown ("did you mean" + the known list)."""
+
+
+class RevisionNotFoundError(PFError, LookupError):
+    """A branch/revision does not exist for a model."""
+
+
+class SourceError(PFError, OSError):
+    """The hub or a local folder cannot serve what was asked (unreachable, corrupt file)."""
+
+
+class DiskBudgetError(PFError, ValueError):
+    """The disk budget is smaller than one checkpoint."""
+
+
+class StepSpecError(PFError, ValueError):
+    """A `--steps` specification is malformed."""
+
+
+# --- store / analysis -------------------------------------------------------------------
+class StoreError(PFError, OSError):
+    """A results folder is missing, empty or inconsistent."""
+
+
+class ConfigError(PFError, ValueError):
+    """An analysis config or predictions file is malformed."""
+
+
+class PreregError(PFError, RuntimeError):
+    """A pre-registration lock is missing, tampered with, or newer than the results."""
+
+
+# --- corpus / mini suite / interventions -------------------------------------------------
+class CorpusError(PFError, ValueError):
+    """A corpus input or a corpus edit cannot be read or realised as requested."""
