@@ -50,6 +50,7 @@ _COMMAND_MODULES = (
     "analyze",
     "support",
     "mini",
+    "demo",
     "experiment",
     "bench",
 )

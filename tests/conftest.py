@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny real GPT-NeoX checkpoints built once per session."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Never reach the network from tests; huggingface_hub/transformers must use what we serve.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tinymodels import save_checkpoint, tiny_neox, train_bpe_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_bpe_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny GPT-NeoX revision directory (safetensors + tokenizer)."""
+    model = tiny_neox(len(tiny_tokenizer), seed=0)
+    return save_checkpoint(tmp_path_factory.mktemp("tiny") / "step100", model, tiny_tokenizer)
