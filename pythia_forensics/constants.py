@@ -68,3 +68,18 @@ PALETTE = (
 )
 CONDITION_COLORS = {"conflict": PALETTE[1], "agree": PALETTE[0]}
 FIGURE_DPI = 200
+
+# --- results store and replay (store.py, replay.py) ----------------------------------------
+ITEMS_DIR = "items"
+SUMMARY_FILE = "summary.parquet"
+MODELS_FILE = "models.parquet"
+HEALTH_FILE = "health.parquet"
+# Summary grain: ARCHITECTURE's (model, step, rule, condition, split), refined by revision and
+# probe set so that `main` next to `step143000`, or two batteries of one rule, never mix.
+SUMMARY_KEYS = ("model", "revision", "step", "probeset", "rule", "condition", "split")
+# A temp file this old is a dead writer's leftover even when its host cannot be checked.
+STORE_TEMP_MAX_AGE_S = 24 * 3600
+# Revisions per work unit for array executors (one Slurm task scores one chunk).
+DEFAULT_REPLAY_CHUNK = 8
+# Health statuses replay acts on with `--health skip` (health.py writes health.parquet).
+HEALTH_SKIP_STATUSES = ("bad",)
