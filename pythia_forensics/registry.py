@@ -1,0 +1,467 @@
+"""Suite registry: which models exist, their shapes, and which checkpoints each one has.
+
+The Pythia facts live in `suites/pythia.yaml` (data); this module reads them into frozen
+dataclasses, parses `--steps` specifications against a model's checkpoint grid, reads local
+suites (`DIR/<model>/step<N>/` + `manifest.json`, see docs/ARCHITECTURE.md) into the same
+`ModelSpec` shape, and resolves what a user typed (`pythia-160m`, `org/name`, a folder).
+
+No network and no torch here: `sources.py` turns a `ModelSpec` into checkpoints.
+
+Example::
+
+    >>> from pythia_forensics.registry import get_suite, parse_steps
+    >>> spec = get_suite("pythia").model("pythia-160m")
+    >>> len(spec.steps), spec.repo
+    (154, 'EleutherAI/pythia-160m')
+    >>> parse_steps("0:8", spec.steps)
+    (0, 1, 2, 4, 8)
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pythia_forensics.constants import (
+    MANIFEST_FILE,
+    MAIN_REVISION,
+    STEP_DIR_PREFIX,
+    SUITES_DIR,
+)
+from pythia_forensics.errors import StepSpecError, UnknownModelError
+
+__all__ = [
+    "ModelSpec",
+    "Suite",
+    "get_suite",
+    "known_suites",
+    "load_local_suite",
+    "load_local_model",
+    "parse_steps",
+    "resolve_model",
+    "revision_name",
+    "step_of_revision",
+]
+
+_STEP_RE = re.compile(rf"^{STEP_DIR_PREFIX}(\d+)$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+# --- records -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a suite: where its checkpoints live and what shape it has.
+
+    Hub models have `repo` set and `path` None; local models have `path` (the
+    `DIR/<model>` folder) and `repo` None. Architecture fields are None when unknown (a
+    hub id that is not in any registry).
+
+    `steps` is the expected checkpoint grid (named steps, as in `step<N>` branch names).
+    `optimizer_steps_per_named_step` converts a named step into optimizer steps (0.5 for
+    Pythia v0, whose branches were renamed); `tokens_per_step` counts tokens per optimizer
+    step, so `tokens_seen(step)` is right for both.
+    """
+
+    name: str
+    suite: str
+    source: str                       # "hub" | "local"
+    repo: str | None = None
+    path: Path | None = None
+    size: str | None = None
+    layers: int | None = None
+    d_model: int | None = None
+    heads: int | None = None
+    vocab_size: int | None = None     # padded embedding rows
+    params_total: int | None = None
+    params_nonembedding: int | None = None
+    tokens_per_step: int | None = None
+    steps: tuple[int, ...] = ()
+    aliases: Mapping[str, int] = field(default_factory=dict, hash=False)  # e.g. {"main": 143000}
+    deduped: bool = False
+    data_seed: int | None = None
+    weight_seed: int | None = None
+    release: str = "v1"
+    precision: str | None = None
+    optimizer_steps_per_named_step: float = 1.0
+
+    @property
+    def revisions(self) -> tuple[str, ...]:
+        """Branch / folder names of the expected grid, in step order."""
+        return tuple(revision_name(s) for s in self.steps)
+
+    @property
+    def final_step(self) -> int | None:
+        return self.steps[-1] if self.steps else None
+
+    @property
+    def seed(self) -> int | None:
+        """The run's seed when data order and init share one (None if they differ)."""
+        return self.data_seed if self.data_seed == self.weight_seed else None
+
+    def step_of(self, revision: str) -> int | None:
+        """Named step of a revision (`step1000` -> 1000, an alias such as `main` -> its step)."""
+        if revision in self.aliases:
+            return self.aliases[revision]
+        return step_of_revision(revision)
+
+    def optimizer_step(self, step: int) -> float:
+        """Optimizer steps taken at a named step (differs from `step` only for v0)."""
+        return step * self.optimizer_steps_per_named_step
+
+    def tokens_seen(self, step: int) -> int | None:
+        """Training tokens seen at a named step, or None when tokens per step is unknown."""
+        if self.tokens_per_step is None:
+            return None
+        return int(round(self.optimizer_step(step) * self.tokens_per_step))
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named family of models sharing a checkpoint grid (or a local suite folder)."""
+
+    name: str
+    description: str
+    models: tuple[ModelSpec, ...]
+    path: Path | None = None          # the YAML file or the local suite folder
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def model(self, name: str) -> ModelSpec:
+        """The model called `name` (also accepts its hub id, e.g. `EleutherAI/pythia-70m`).
+
+        Raises:
+            UnknownModelError: no such model; the message suggests close names.
+        """
+        for m in self.models:
+            if name == m.name or (m.repo is not None and name == m.repo):
+                return m
+        raise UnknownModelError(_unknown_message(name, self.names, where=f"suite {self.name!r}"))
+
+
+# --- step names --------------------------------------------------------------------------
+def revision_name(step: int) -> str:
+    """`1000` -> `"step1000"` (the branch / folder name of a named step)."""
+    return f"{STEP_DIR_PREFIX}{int(step)}"
+
+
+def step_of_revision(revision: str) -> int | None:
+    """`"step1000"` -> 1000; None for a name that is not `step<N>` (e.g. `main`, a sha)."""
+    match = _STEP_RE.match(revision)
+    return int(match.group(1)) if match else None
+
+
+# --- step specifications -----------------------------------------------------------------
+def parse_steps(spec: str | None, grid: Sequence[int]) -> tuple[int, ...]:
+    """Select checkpoints from a grid with a `--steps` specification.
+
+    Forms: `all` (the whole grid; also None or ""), `N,N,...` (each must be on the grid;
+    `stepN` accepted), `A:B` (every grid step with A <= step <= B; either end may be left
+    out), `log` (step 0, the grid step nearest each power of two, and the final step).
+
+    Args:
+        spec: the specification string.
+        grid: the model's available named steps.
+
+    Returns:
+        Sorted, de-duplicated steps, all on the grid.
+
+    Raises:
+        StepSpecError: malformed spec, a step not on the grid, or an empty selection.
+
+    Example:
+        >>> parse_steps("log", [0, 1, 2, 4, 100, 1000])
+        (0, 1, 2, 4, 100, 1000)
+    """
+    grid_sorted = tuple(sorted(set(int(s) for s in grid)))
+    if not grid_sorted:
+        raise StepSpecError("the model has no checkpoints to select from; check the suite or hub repo")
+    text = "all" if spec is None else str(spec).strip().lower()
+    span = f"the grid has {len(grid_sorted)} steps from {grid_sorted[0]} to {grid_sorted[-1]}"
+    if text in ("", "all"):
+        return grid_sorted
+    if text == "log":
+        return _log_steps(grid_sorted)
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 2:
+            raise StepSpecError(f"malformed --steps {spec!r}: a range is A:B (e.g. 1000:8000)")
+        lo, hi = (_parse_int(p, spec) if p.strip() else None for p in parts)
+        lo = grid_sorted[0] if lo is None else lo
+        hi = grid_sorted[-1] if hi is None else hi
+        if lo > hi:
+            raise StepSpecError(f"malformed --steps {spec!r}: range start {lo} is after its end {hi}")
+        chosen = tuple(s for s in grid_sorted if lo <= s <= hi)
+        if not chosen:
+            raise StepSpecError(f"--steps {spec!r} selects no checkpoint: {span}")
+        return chosen
+    wanted = [_parse_int(p, spec) for p in text.split(",") if p.strip()]
+    if not wanted:
+        raise StepSpecError(f"malformed --steps {spec!r}: use all, log, A:B or N,N,...")
+    on_grid = set(grid_sorted)
+    missing = [s for s in wanted if s not in on_grid]
+    if missing:
+        hints = ", ".join(f"{s} (nearest {min(grid_sorted, key=lambda g: abs(g - s))})" for s in missing)
+        raise StepSpecError(f"--steps {spec!r}: not on the checkpoint grid: {hints}; {span}")
+    return tuple(sorted(set(wanted)))
+
+
+def _parse_int(token: str, spec: str | None) -> int:
+    token = token.strip()
+    if token.startswith(STEP_DIR_PREFIX):
+        token = token[len(STEP_DIR_PREFIX):]
+    if not token.isdigit():
+        raise StepSpecError(
+            f"malformed --steps {spec!r}: {token!r} is not a step number; use all, log, A:B or N,N,..."
+        )
+    return int(token)
+
+
+def _log_steps(grid: tuple[int, ...]) -> tuple[int, ...]:
+    # Log-spaced view of any grid: a collapse late in training and an emergence in the first
+    # hundred steps both get checkpoints, at a cost of ~log2(final) revisions.
+    chosen = {grid[0], grid[-1]}
+    if 0 in grid:
+        chosen.add(0)
+    positive = [s for s in grid if s > 0]
+    if positive:
+        top = math.ceil(math.log2(positive[-1]))
+        for k in range(top + 1):
+            # nearest in log space, ties to the earlier step
+            chosen.add(min(positive, key=lambda s, k=k: (abs(math.log2(s) - k), s)))
+    return tuple(sorted(chosen))
+
+
+# --- the shipped suites ------------------------------------------------------------------
+def known_suites() -> tuple[str, ...]:
+    """Names of the suites shipped in `suites/*.yaml`."""
+    return tuple(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
+
+
+@functools.lru_cache(maxsize=None)
+def get_suite(name: str = "pythia") -> Suite:
+    """A shipped suite by name (`pythia`), or a local suite folder.
+
+    Args:
+        name: a suite name from `known_suites()`, or a path to a local suite folder.
+
+    Returns:
+        The frozen `Suite`.
+
+    Raises:
+        UnknownModelError: unknown suite name ("did you mean" + the known list).
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return load_local_suite(path)
+    yaml_path = SUITES_DIR / f"{name}.yaml"
+    if not yaml_path.is_file():
+        raise UnknownModelError(_unknown_message(name, known_suites(), where="suites", what="suite"))
+    with open(yaml_path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return _suite_from_yaml(data, yaml_path)
+
+
+def _grid_from_yaml(grid: Mapping[str, Any]) -> tuple[int, ...]:
+    steps = set(int(s) for s in grid.get("explicit", ()))
+    every = grid.get("every")
+    if every:
+        steps.update(range(int(every["start"]), int(every["stop"]) + 1, int(every["step"])))
+    return tuple(sorted(steps))
+
+
+def _suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
+    suite = data["suite"]
+    org = data["hub_org"]
+    grid = _grid_from_yaml(data["grid"])
+    final = int(data["final_step"])
+    if grid[-1] != final:
+        raise ValueError(f"{path}: final_step {final} is not the last grid step {grid[-1]}")
+    aliases = {str(k): int(v) for k, v in (data.get("aliases") or {}).items()}
+    tokens = int(data["tokens_per_step"])
+    default_seed = int(data["default_seed"])
+    shapes = data["models"]
+    variants = data.get("variants") or {}
+
+    def spec(size: str, suffix: str, **over: Any) -> ModelSpec:
+        row = shapes[size]
+        name = f"{suite}-{size}{suffix}"
+        base: dict[str, Any] = dict(
+            name=name, suite=suite, source="hub", repo=f"{org}/{name}", size=size,
+            layers=int(row["layers"]), d_model=int(row["d_model"]), heads=int(row["heads"]),
+            vocab_size=int(row["vocab_size"]), params_total=int(row["params_total"]),
+            params_nonembedding=int(row["params_nonembedding"]), tokens_per_step=tokens,
+            steps=grid, aliases=dict(aliases), data_seed=default_seed, weight_seed=default_seed,
+            precision=row.get("precision"),
+        )
+        base.update(over)
+        return ModelSpec(**base)
+
+    models: list[ModelSpec] = []
+    for size in shapes:
+        models.append(spec(size, ""))
+        if size in variants.get("deduped", {}).get("sizes", ()):
+            models.append(spec(size, "-deduped", deduped=True))
+    for key, suffix, fields_ in (
+        ("seeds", "-seed{}", ("data_seed", "weight_seed")),
+        ("data_seeds", "-data-seed{}", ("data_seed",)),
+        ("weight_seeds", "-weight-seed{}", ("weight_seed",)),
+    ):
+        group = variants.get(key)
+        if not group:
+            continue
+        for size in group["sizes"]:
+            for seed in group["seeds"]:
+                models.append(spec(size, suffix.format(seed), **{f: int(seed) for f in fields_}))
+    v0 = variants.get("v0")
+    if v0:
+        for size in v0["sizes"]:
+            models.append(spec(
+                size, "-v0", release="v0", tokens_per_step=int(v0["tokens_per_step"]),
+                optimizer_steps_per_named_step=float(v0["optimizer_steps_per_named_step"]),
+            ))
+    return Suite(name=suite, description=str(data.get("description", "")), models=tuple(models), path=path)
+
+
+# --- local suites ------------------------------------------------------------------------
+def load_local_model(model_dir: str | Path, *, suite: str | None = None) -> ModelSpec:
+    """Read one local model folder (`DIR/<model>/` with `manifest.json` and `step<N>/`).
+
+    The grid is the set of `step<N>` folders actually present; the manifest's `steps` list
+    is only a record of what training intended (forensics compares the two).
+
+    Args:
+        model_dir: the `DIR/<model>` folder.
+        suite: suite name to record (default: the parent folder's name).
+
+    Returns:
+        A `ModelSpec` with `source="local"` and `path=model_dir`.
+
+    Raises:
+        UnknownModelError: the folder has no manifest or no `step<N>` checkpoints, or the
+            manifest is not valid JSON.
+    """
+    model_dir = Path(model_dir).expanduser().resolve()
+    manifest_path = model_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise UnknownModelError(
+            f"{model_dir} is not a local suite model: it has no {MANIFEST_FILE}; "
+            f"a local model is DIR/<model>/{MANIFEST_FILE} plus DIR/<model>/{STEP_DIR_PREFIX}<N>/ folders "
+            "(see docs/ARCHITECTURE.md)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UnknownModelError(f"{manifest_path} is not valid JSON ({exc}); rewrite it or retrain the suite") from exc
+    steps = tuple(sorted(
+        s for p in model_dir.iterdir() if p.is_dir() and (s := step_of_revision(p.name)) is not None
+    ))
+    if not steps:
+        raise UnknownModelError(
+            f"{model_dir} has a manifest but no {STEP_DIR_PREFIX}<N>/ checkpoint folders; train or copy them first"
+        )
+
+    def opt_int(key: str) -> int | None:
+        value = manifest.get(key)
+        return None if value is None else int(value)
+
+    seed = opt_int("seed")
+    return ModelSpec(
+        name=str(manifest.get("model") or model_dir.name),
+        suite=suite or model_dir.parent.name,
+        source="local",
+        path=model_dir,
+        layers=opt_int("layers"),
+        d_model=opt_int("d_model"),
+        heads=opt_int("heads"),
+        vocab_size=opt_int("vocab_size"),
+        params_total=opt_int("params_total"),
+        params_nonembedding=opt_int("params_nonembedding"),
+        tokens_per_step=opt_int("tokens_per_step"),
+        steps=steps,
+        data_seed=seed,
+        weight_seed=seed,
+        precision=manifest.get("precision"),
+    )
+
+
+def load_local_suite(directory: str | Path) -> Suite:
+    """Read every model folder of a local suite (`DIR/<model>/manifest.json`).
+
+    Raises:
+        UnknownModelError: the folder holds no model with a manifest.
+    """
+    directory = Path(directory).expanduser().resolve()
+    model_dirs = sorted(p for p in directory.iterdir() if (p / MANIFEST_FILE).is_file()) if directory.is_dir() else []
+    if not model_dirs:
+        raise UnknownModelError(
+            f"{directory} holds no local suite: expected DIR/<model>/{MANIFEST_FILE} folders "
+            "(train one with `pythia-forensics mini`, see docs/ARCHITECTURE.md)"
+        )
+    models = tuple(load_local_model(p, suite=directory.name) for p in model_dirs)
+    return Suite(name=directory.name, description=f"local suite in {directory}", models=models, path=directory)
+
+
+# --- resolving what a user typed ---------------------------------------------------------
+def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | None = None) -> ModelSpec:
+    """Turn a registry name, a hub id or a local model folder into a `ModelSpec`.
+
+    Order: an existing folder (a local model, `DIR/<model>`); a model of `suite_dir`; a
+    registry name (`pythia-160m`) or its hub id (`EleutherAI/pythia-160m`); any other
+    `org/name` hub id (architecture and grid unknown until the hub is listed).
+
+    Args:
+        name_or_id_or_path: what the user typed.
+        suite_dir: a local suite folder to look names up in first.
+
+    Returns:
+        The `ModelSpec`.
+
+    Raises:
+        UnknownModelError: nothing matches; the message suggests close names and lists the
+            known ones.
+    """
+    text = str(name_or_id_or_path).strip()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return load_local_model(path)
+    local_names: tuple[str, ...] = ()
+    if suite_dir is not None:
+        local = load_local_suite(suite_dir)
+        local_names = local.names
+        if text in local_names:
+            return local.model(text)
+    for suite_name in known_suites():
+        suite = get_suite(suite_name)
+        for m in suite.models:
+            if text in (m.name, m.repo):
+                return m
+    if _HUB_ID_RE.match(text) and not path.exists():
+        return ModelSpec(name=text.split("/")[-1], suite="hub", source="hub", repo=text)
+    known = local_names + tuple(n for s in known_suites() for n in get_suite(s).names)
+    raise UnknownModelError(_unknown_message(text, known, where="the registry", hint=(
+        "pass a registry name, a hub id (org/name) or a local model folder"
+        + ("" if suite_dir is not None else "; for a local suite add --suite-dir DIR")
+    )))
+
+
+def _unknown_message(name: str, known: Sequence[str], *, where: str, what: str = "model",
+                     hint: str | None = None) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    parts = [f"unknown {what} {name!r} in {where}"]
+    if close:
+        parts.append("did you mean " + " or ".join(repr(c) for c in close) + "?")
+    if hint:
+        parts.append(hint)
+    shown = ", ".join(known[:40]) + (f", ... ({len(known)} in all)" if len(known) > 40 else "")
+    parts.append(f"known: {shown}")
+    return "; ".join(parts)
