@@ -47,6 +47,10 @@ DEFAULT_BATCH_SIZE_CUDA = 256
 # --- Pythia ------------------------------------------------------------------------------
 PYTHIA_TOKENS_PER_STEP = 1024 * 2048  # 1024 sequences x 2048 tokens
 PYTHIA_TOKENIZER_VOCAB = 50277  # real tokens; embedding rows beyond are untrained padding
+# Pythia's pre-shuffled document.bin stores each training sequence as 2049 tokens (2048 inputs
+# + the last label), so one step spans 1024 x 2049 tokens of the stored stream (indexed.py).
+PYTHIA_SEQ_ITEM_TOKENS = 2049
+PYTHIA_STORED_TOKENS_PER_STEP = 1024 * PYTHIA_SEQ_ITEM_TOKENS
 
 # --- local suite layout ------------------------------------------------------------------
 # DIR/<model>/step<N>/ (save_pretrained: config.json, model.safetensors, tokenizer files)
