@@ -80,7 +80,7 @@ MODELS_FILE = "models.parquet"
 HEALTH_FILE = "health.parquet"
 # Summary grain: ARCHITECTURE's (model, step, rule, condition, split), refined by revision and
 # probe set so that `main` next to `step143000`, or two batteries of one rule, never mix.
-SUMMARY_KEYS = ("model", "revision", "step", "probeset", "rule", "condition", "split")
+SUMMARY_KEYS = ("model", "step", "revision", "probeset", "rule", "condition", "split")
 # A temp file this old is a dead writer's leftover even when its host cannot be checked.
 STORE_TEMP_MAX_AGE_S = 24 * 3600
 # Revisions per work unit for array executors (one Slurm task scores one chunk).
