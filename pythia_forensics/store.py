@@ -112,7 +112,7 @@ class WorkKey:
 
 
 def summarize(items: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, revision, step, probe set, rule, condition, split): n, accuracy, mean margin.
+    """Per (model, step, revision, probe set, rule, condition, split): n, accuracy, mean margin.
 
     Args:
         items: item rows (score frame + provenance), as `ResultsStore.items()` returns.
@@ -206,15 +206,13 @@ class ResultsStore:
             The Parquet file written.
 
         Raises:
-            StoreError: the frame is empty or its rows are not this key's model.
+            StoreError: the frame is empty.
         """
         if frame.empty:
             raise StoreError(f"refusing to store an empty score frame for {key.model} {key.revision}; "
                              "check the probe set has items")
-        if "model" in frame and set(frame["model"].astype(str)) != {key.model}:
-            raise StoreError(f"score frame rows name models {sorted(set(frame['model']))}, "
-                             f"but the work key is for {key.model!r}; pass model= to the scorer")
         rows = frame.copy()
+        # the scorer names the model by what it was given (often a path); the key's name wins
         rows["model"] = key.model
         rows["revision"] = key.revision
         for name, value in provenance.items():

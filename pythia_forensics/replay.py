@@ -1,0 +1,563 @@
+"""The sweep: checkpoint sources x scorer -> results store, within a disk budget, resumable.
+
+`replay` plans the work (list every selected revision of every model without downloading,
+key each (revision, probe set) by content, drop keys already stored), then runs it:
+
+- one revision is scored while the next one downloads in a background thread (prefetch);
+- before a revision is fetched it is sized, and it is fetched only while the bytes this run
+  holds stay within the disk budget (peak <= budget + one checkpoint, the revision being
+  scored); finished revisions are evicted through the source (the hub cache API, which keeps
+  blobs other revisions still use);
+- one model skeleton is loaded per model and later revisions' weights are loaded into it;
+- each finished (revision, probe set) is written atomically, so a killed run loses nothing it
+  finished and a rerun skips exactly that.
+
+The unit of work is one (model, chunk of revisions); it is idempotent, so executors only
+decide where units run: in-process (`local`; under `accelerate launch`/`torchrun` each rank
+takes a disjoint slice), or as one submitit job array (`slurm`, `submitit-local`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pythia_forensics import __version__
+from pythia_forensics.constants import (
+    DEFAULT_REPLAY_CHUNK,
+    DEFAULT_RESULTS_DIR,
+    FP32_MAX_PARAMS,
+    HEALTH_SKIP_STATUSES,
+)
+from pythia_forensics.errors import DiskBudgetError, PFError, StepSpecError
+from pythia_forensics.store import ResultsStore, WorkKey
+
+__all__ = ["replay", "ReplaySummary", "parse_size", "EXECUTORS", "HEALTH_MODES"]
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+HEALTH_MODES = ("off", "skip", "flag")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40, "pi": 2**50}
+
+
+# --- records -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplaySummary:
+    """What a replay did. Bytes are on-disk bytes; times are wall-clock seconds.
+
+    `prefetch_overlap_s` is the time during which a download ran while a revision was being
+    scored (I/O hidden behind compute); `prefetch_overlap_fraction` divides it by total
+    fetch time.
+    """
+
+    models: tuple[str, ...] = ()
+    probe_sets: tuple[str, ...] = ()
+    revisions_planned: int = 0
+    revisions_scored: int = 0
+    revisions_skipped: int = 0          # every key already stored
+    revisions_skipped_health: int = 0   # --health skip and health.parquet says bad
+    revisions_flagged: tuple[str, ...] = ()
+    units_scored: int = 0               # (revision, probe set) results written
+    downloaded_bytes: int = 0
+    reused_bytes: int = 0
+    evicted_bytes: int = 0
+    peak_held_bytes: int = 0
+    fetch_s: float = 0.0
+    score_s: float = 0.0
+    prefetch_overlap_s: float = 0.0
+    wall_s: float = 0.0
+    jobs: int = 1
+
+    @property
+    def prefetch_overlap_fraction(self) -> float:
+        return self.prefetch_overlap_s / self.fetch_s if self.fetch_s > 0 else 0.0
+
+    def merge(self, other: ReplaySummary) -> ReplaySummary:
+        """Combine two partial summaries (array tasks, ranks)."""
+        add = lambda f: getattr(self, f) + getattr(other, f)  # noqa: E731
+        return ReplaySummary(
+            models=tuple(dict.fromkeys(self.models + other.models)),
+            probe_sets=tuple(dict.fromkeys(self.probe_sets + other.probe_sets)),
+            revisions_flagged=self.revisions_flagged + other.revisions_flagged,
+            peak_held_bytes=max(self.peak_held_bytes, other.peak_held_bytes),
+            wall_s=max(self.wall_s, other.wall_s),
+            **{f: add(f) for f in ("revisions_planned", "revisions_scored", "revisions_skipped",
+                                   "revisions_skipped_health", "units_scored", "downloaded_bytes",
+                                   "reused_bytes", "evicted_bytes", "fetch_s", "score_s",
+                                   "prefetch_overlap_s", "jobs")},
+        )
+
+    def render(self) -> str:
+        """A short human-readable summary (the CLI prints it)."""
+        lines = [
+            f"models: {', '.join(self.models)}   probe sets: {', '.join(self.probe_sets)}",
+            f"revisions: {self.revisions_planned} planned, {self.revisions_scored} scored, "
+            f"{self.revisions_skipped} already stored, {self.revisions_skipped_health} skipped (health), "
+            f"{len(self.revisions_flagged)} flagged; {self.units_scored} results written",
+            f"disk: {format_size(self.downloaded_bytes)} downloaded, {format_size(self.reused_bytes)} reused, "
+            f"{format_size(self.evicted_bytes)} evicted, peak held {format_size(self.peak_held_bytes)}",
+            f"time: {self.wall_s:.1f}s wall, {self.fetch_s:.1f}s fetching, {self.score_s:.1f}s scoring, "
+            f"{self.prefetch_overlap_s:.1f}s of fetching overlapped scoring "
+            f"({100 * self.prefetch_overlap_fraction:.0f}%)" + (f"; {self.jobs} jobs" if self.jobs > 1 else ""),
+        ]
+        if self.revisions_flagged:
+            lines.append("flagged by health: " + ", ".join(self.revisions_flagged))
+        return "\n".join(lines)
+
+
+@dataclass
+class _Todo:
+    """One revision to score: its record (unfetched) and the keys still missing."""
+
+    spec: Any                  # registry.ModelSpec
+    record: Any                # sources.CheckpointRecord
+    keys: list[tuple[WorkKey, Any]]   # (key, ProbeSet)
+    size: int = 0              # bytes a fetch adds to disk
+    reused: int = 0            # bytes already on disk
+
+
+# --- parsing -----------------------------------------------------------------------------
+def parse_size(text: str | int | None) -> int | None:
+    """`50GB` -> 50_000_000_000, `1.5GiB` -> 1_610_612_736; None/"" -> None (no budget).
+
+    Raises:
+        DiskBudgetError: not a size.
+    """
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        return text
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise DiskBudgetError(f"malformed disk budget {text!r}: use a size such as 50GB, 800MiB or 123456 (bytes)")
+    unit = (match.group(2) or "").lower().rstrip("b")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _interval_overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
+    """Total length of the intersection of two sets of [start, end) intervals."""
+    total = 0.0
+    for s1, e1 in a:
+        for s2, e2 in b:
+            total += max(0.0, min(e1, e2) - max(s1, s2))
+    return total
+
+
+# --- adapters to earlier stages ------------------------------------------------------------
+def _load_probe_sets(probes: Any) -> tuple[Any, ...]:
+    """One ProbeSet per entry (each keyed on its own, so editing one re-scores only it)."""
+    from pythia_forensics.probes import ProbeSet, load_probes
+
+    if isinstance(probes, ProbeSet):
+        return (probes,)
+    if isinstance(probes, (str, Path)):
+        probes = [probes]
+    out = tuple(p if isinstance(p, ProbeSet) else load_probes(p) for p in probes)
+    names = [p.name for p in out]
+    if len(set(names)) != len(names):
+        raise PFError(f"probe sets share a name ({names}); results are stored per probe-set name, rename one")
+    return out
+
+
+def _code_version() -> str:
+    from pythia_forensics import scoring
+
+    return str(getattr(scoring, "SCORING_VERSION", None) or __version__)
+
+
+def _resolve_dtype(dtype: str, params: int | None) -> str:
+    """The dtype `auto` will mean, known before loading so it can be part of the work key."""
+    from pythia_forensics import scoring
+
+    resolver = getattr(scoring, "resolve_dtype", None)
+    if resolver is not None:
+        return str(resolver(dtype, params=params))
+    if dtype != "auto":
+        return str(dtype).replace("torch.", "")
+    return "float32" if params is None or params <= FP32_MAX_PARAMS else "bfloat16"
+
+
+# --- planning -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Options:
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int | str = "auto"
+    bos: bool = False
+    vocab_rows: str = "tokenizer"
+    health: str = "off"
+    disk_budget: int | None = None
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Sequence[Any],
+          store: ResultsStore, opts: _Options, *, revisions: dict[str, Sequence[str]] | None = None
+          ) -> tuple[list[_Todo], ReplaySummary]:
+    """List every selected checkpoint (no download), key it, keep what is not stored."""
+    from pythia_forensics import sources
+    from pythia_forensics.registry import parse_steps
+
+    code_version = _code_version()
+    health = store.health() if opts.health != "off" else pd.DataFrame()
+    bad = set()
+    status_of: dict[tuple[str, str], str] = {}
+    if not health.empty:
+        for row in health.itertuples():
+            status_of[(row.model, row.revision)] = row.status
+    todo: list[_Todo] = []
+    planned = skipped = skipped_health = 0
+    flagged: list[str] = []
+    for spec in specs:
+        source = sources.open_source(spec, cache_dir=opts.cache_dir)
+        records = source.list_checkpoints()
+        if revisions is not None:
+            wanted = set(revisions.get(spec.name, ()))
+            records = [r for r in records if r.revision in wanted]
+        else:
+            grid = [r.step for r in records if r.step is not None]
+            chosen = set(parse_steps(steps if isinstance(steps, (str, type(None))) else
+                                     ",".join(str(s) for s in steps), grid))
+            records = [r for r in records if r.step in chosen]
+            # one record per step: a step branch wins over an alias such as `main`
+            seen: dict[int, Any] = {}
+            for r in records:
+                if r.step not in seen or r.revision.startswith("step"):
+                    seen[r.step] = r
+            records = sorted(seen.values(), key=lambda r: r.step)
+        dtype = _resolve_dtype(opts.dtype, spec.params_total)
+        for record in records:
+            planned += 1
+            status = status_of.get((spec.name, record.revision), "ok")
+            if opts.health == "skip" and status in HEALTH_SKIP_STATUSES:
+                skipped_health += 1
+                continue
+            if status != "ok":
+                flagged.append(f"{spec.name}@{record.revision} ({status})")
+            keys = []
+            for probe_set in probe_sets:
+                key = WorkKey(
+                    model=spec.name, revision=record.revision, content_key=record.content_key,
+                    probeset=probe_set.name, probeset_sha256=probe_set.sha256, dtype=dtype,
+                    bos=bool(opts.bos), vocab_rows=opts.vocab_rows, code_version=code_version,
+                )
+                if not store.has(key):
+                    keys.append((key, probe_set))
+            if not keys:
+                skipped += 1
+                continue
+            size, reused = source.size(record)
+            todo.append(_Todo(spec=spec, record=record, keys=keys, size=size, reused=reused))
+    if opts.disk_budget is not None:
+        too_big = [t for t in todo if t.size > opts.disk_budget]
+        if too_big:
+            t = max(too_big, key=lambda t: t.size)
+            raise DiskBudgetError(
+                f"disk budget {format_size(opts.disk_budget)} is smaller than one checkpoint: "
+                f"{t.spec.name}@{t.record.revision} needs {format_size(t.size)}; "
+                f"raise --disk-budget to at least {format_size(t.size)}"
+            )
+    del bad
+    summary = ReplaySummary(
+        models=tuple(s.name for s in specs), probe_sets=tuple(p.name for p in probe_sets),
+        revisions_planned=planned, revisions_skipped=skipped, revisions_skipped_health=skipped_health,
+        revisions_flagged=tuple(flagged),
+    )
+    return todo, summary
+
+
+# --- running ------------------------------------------------------------------------------
+class _Fetcher:
+    """Fetches revisions in one background thread, admitting a fetch only within budget."""
+
+    def __init__(self, budget: int | None, cache_dir: str | None) -> None:
+        self.budget = budget
+        self.cache_dir = cache_dir
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pf-prefetch")
+        self.held = 0
+        self.peak = 0
+        self.intervals: list[tuple[float, float]] = []
+        self.downloaded = 0
+        self.reused = 0
+        self.evicted = 0
+        self._lock = threading.Lock()
+
+    def admits(self, todo: _Todo) -> bool:
+        # Nothing held: always admit (planning checked size <= budget).
+        return self.budget is None or self.held == 0 or self.held + todo.size <= self.budget
+
+    def submit(self, todo: _Todo) -> Future:
+        self.held += todo.size
+        self.peak = max(self.peak, self.held)
+        return self.pool.submit(self._fetch, todo)
+
+    def _fetch(self, todo: _Todo) -> Any:
+        from pythia_forensics import sources
+
+        start = time.perf_counter()
+        try:
+            return sources.open_source(todo.spec, cache_dir=self.cache_dir).fetch(todo.record)
+        finally:
+            with self._lock:
+                self.intervals.append((start, time.perf_counter()))
+                self.downloaded += todo.size
+                self.reused += todo.reused
+
+    def release(self, todo: _Todo, fetched: Any, *, evict: bool) -> None:
+        from pythia_forensics import sources
+
+        if evict and todo.size > 0:
+            self.evicted += int(sources.open_source(todo.spec, cache_dir=self.cache_dir).evict(fetched) or 0)
+        self.held -= todo.size
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _provenance(todo: _Todo, fetched: Any, opts: _Options, batch_size: Any, device: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    record = fetched or todo.record
+    return {
+        "repo": record.repo, "step": record.step, "commit": record.commit,
+        "weights_sha256": ",".join(w.sha256 for w in record.weight_files),
+        "batch_size": str(batch_size), "device": device, "pf_version": __version__,
+        "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+    }
+
+
+def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: ReplaySummary) -> ReplaySummary:
+    """Score planned revisions with prefetch, budget and eviction; write each result."""
+    from pythia_forensics import scoring
+
+    started = time.perf_counter()
+    fetcher = _Fetcher(opts.disk_budget, opts.cache_dir)
+    score_intervals: list[tuple[float, float]] = []
+    skeleton: tuple[str, Any, Any] | None = None      # (model name, model, tokenizer)
+    inflight: deque[tuple[_Todo, Future]] = deque()
+    queue = deque(todo)
+    scored = written = 0
+    total_units = sum(len(t.keys) for t in todo)
+    bar = tqdm(total=total_units, desc="replay", unit="result", disable=not opts.progress or not todo)
+
+    def top_up() -> None:
+        # at most one revision fetching ahead of the one being scored
+        while queue and len(inflight) < 1 and fetcher.admits(queue[0]):
+            item = queue.popleft()
+            inflight.append((item, fetcher.submit(item)))
+
+    try:
+        top_up()
+        while inflight:
+            item, future = inflight.popleft()
+            fetched = future.result()
+            top_up()  # prefetch the next revision while this one scores
+            t0 = time.perf_counter()
+            path = fetched.path
+            if skeleton is None or skeleton[0] != item.spec.name:
+                skeleton = None  # free the previous model before loading the next
+                model, tokenizer = scoring.load_model(path, dtype=item.keys[0][0].dtype, device=opts.device)
+                skeleton = (item.spec.name, model, tokenizer)
+            else:
+                scoring.load_weights_into(skeleton[1], path)
+            _, model, tokenizer = skeleton
+            device = str(next(model.parameters()).device)
+            for key, probe_set in item.keys:
+                bar.set_postfix_str(f"{key.model}@{key.revision} {key.probeset}", refresh=False)
+                frame = scoring.score(model, probe_set, tokenizer=tokenizer, revision=key.revision,
+                                      options=scoring.ScoreOptions(dtype=key.dtype, device=opts.device,
+                                                                   batch_size=opts.batch_size, bos=key.bos,
+                                                                   vocab_rows=key.vocab_rows))
+                store.write(key, frame, provenance=_provenance(item, fetched, opts, opts.batch_size, device))
+                written += 1
+                bar.update(1)
+            score_intervals.append((t0, time.perf_counter()))
+            scored += 1
+            fetcher.release(item, fetched, evict=True)
+            top_up()
+    finally:
+        bar.close()
+        fetcher.close()
+    fetch_s = sum(e - s for s, e in fetcher.intervals)
+    return replace(
+        summary,
+        revisions_scored=scored, units_scored=written,
+        downloaded_bytes=fetcher.downloaded, reused_bytes=fetcher.reused, evicted_bytes=fetcher.evicted,
+        peak_held_bytes=fetcher.peak, fetch_s=fetch_s, score_s=sum(e - s for s, e in score_intervals),
+        prefetch_overlap_s=_interval_overlap(fetcher.intervals, score_intervals),
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def _rank_slice() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / `torchrun` (env vars both set), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    return (rank, world) if world > 1 else (0, 1)
+
+
+def _rank_device(device: str) -> str:
+    # one GPU per rank: rank i of a node uses cuda:LOCAL_RANK
+    if device == "auto" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def run_unit(unit: dict[str, Any]) -> ReplaySummary:
+    """Run one idempotent work unit (a model and a chunk of its revisions); array tasks call this.
+
+    Args:
+        unit: ``{"model", "suite_dir", "revisions", "probes", "results", "options"}`` (picklable).
+
+    Returns:
+        The unit's partial summary.
+    """
+    from pythia_forensics.registry import resolve_model
+
+    opts = _Options(**unit["options"])
+    store = ResultsStore(unit["results"])
+    spec = resolve_model(unit["model"], suite_dir=unit["suite_dir"])
+    todo, summary = _plan([spec], None, unit["probes"], store, opts, revisions={spec.name: unit["revisions"]})
+    return _run_todo(todo, store, opts, summary)
+
+
+def _run_array(todo: list[_Todo], *, specs_by_name: dict[str, str], suite_dir: Any, probe_sets: Sequence[Any],
+               results: Path, opts: _Options, executor: str, chunk: int, slurm: dict[str, Any] | None,
+               summary: ReplaySummary) -> ReplaySummary:
+    """Submit one submitit job array, one task per (model, revision chunk); wait; merge."""
+    import submitit
+
+    units = []
+    by_model: dict[str, list[str]] = {}
+    for t in todo:
+        by_model.setdefault(t.spec.name, []).append(t.record.revision)
+    unit_opts = {**opts.__dict__, "progress": False}
+    for name, revs in by_model.items():
+        for i in range(0, len(revs), chunk):
+            units.append({"model": specs_by_name[name], "suite_dir": None if suite_dir is None else str(suite_dir),
+                          "revisions": revs[i:i + chunk], "probes": tuple(probe_sets), "results": str(results),
+                          "options": unit_opts})
+    if not units:
+        return summary
+    started = time.perf_counter()
+    folder = Path(results) / ".submitit" / "%j"
+    ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else "slurm")
+    ex.update_parameters(timeout_min=int((slurm or {}).get("timeout_min", 240)), **{
+        k: v for k, v in (slurm or {}).items() if k != "timeout_min"})
+    jobs = ex.map_array(run_unit, units)
+    merged = replace(summary, jobs=0)
+    for job in tqdm(jobs, desc="jobs", disable=not opts.progress):
+        merged = merged.merge(replace(job.result(), models=(), probe_sets=(), revisions_planned=0,
+                                      revisions_skipped=0, revisions_skipped_health=0, revisions_flagged=()))
+    return replace(merged, wall_s=time.perf_counter() - started)
+
+
+def replay(
+    models: str | Sequence[str],
+    probes: Any,
+    *,
+    steps: str | Sequence[int] | None = "all",
+    suite_dir: str | Path | None = None,
+    results: str | Path = DEFAULT_RESULTS_DIR,
+    disk_budget: str | int | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    batch_size: int | str = "auto",
+    bos: bool = False,
+    vocab_rows: str = "tokenizer",
+    executor: str = "local",
+    health: str | None = None,
+    cache_dir: str | Path | None = None,
+    chunk: int = DEFAULT_REPLAY_CHUNK,
+    slurm: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> ReplaySummary:
+    """Score every selected checkpoint of every model on the probe sets, into a results store.
+
+    Args:
+        models: registry names (`pythia-160m`), hub ids, or local model folders.
+        probes: a ProbeSet, a probe-set name/path, or several (each is keyed on its own).
+        steps: `all`, `N,N,...`, `A:B`, `log`, or a list of steps.
+        suite_dir: a local suite folder to look model names up in.
+        results: the results folder.
+        disk_budget: most bytes of checkpoints held at once (`50GB`); None = unlimited.
+        dtype, device, batch_size, bos, vocab_rows: scoring options (see ScoreOptions).
+        executor: `local`, `slurm` or `submitit-local` (a job array on this machine).
+        health: `off` (default), `skip` (leave out revisions health.parquet marks bad) or
+            `flag` (score them, list them in the summary).
+        cache_dir: the hub cache (default: huggingface_hub's).
+        chunk: revisions per array task.
+        slurm: extra submitit parameters for `slurm` (partition, gpus_per_node, timeout_min...).
+        progress: show progress bars.
+
+    Returns:
+        A ReplaySummary.
+
+    Raises:
+        UnknownModelError, StepSpecError, SourceError, DiskBudgetError: bad input, one line each.
+    """
+    from pythia_forensics.registry import resolve_model
+
+    started = time.perf_counter()
+    health = health or "off"
+    if executor not in EXECUTORS:
+        raise PFError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    if health not in HEALTH_MODES:
+        raise PFError(f"unknown health mode {health!r}; use one of {', '.join(HEALTH_MODES)}")
+    if chunk < 1:
+        raise StepSpecError(f"chunk must be at least 1 revision, got {chunk}")
+    budget = parse_size(disk_budget)
+    if budget is not None and budget <= 0:
+        raise DiskBudgetError(f"disk budget must be positive, got {disk_budget!r}")
+    names = [models] if isinstance(models, (str, Path)) else list(models)
+    specs = [resolve_model(m, suite_dir=suite_dir) for m in names]
+    probe_sets = _load_probe_sets(probes)
+    store = ResultsStore(results)
+    store.clean_temporaries()
+    opts = _Options(dtype=dtype, device=_rank_device(device), batch_size=batch_size, bos=bos,
+                    vocab_rows=vocab_rows, health=health, disk_budget=budget,
+                    cache_dir=None if cache_dir is None else str(cache_dir), progress=progress)
+    todo, summary = _plan(specs, steps, probe_sets, store, opts)
+    _write_models(store, specs)
+    if executor == "local":
+        rank, world = _rank_slice()
+        summary = _run_todo(todo[rank::world], store, opts, summary)
+    else:
+        summary = _run_array(todo, specs_by_name={s.name: str(n) for s, n in zip(specs, names)},
+                             suite_dir=suite_dir, probe_sets=probe_sets, results=Path(results), opts=opts,
+                             executor=executor, chunk=chunk, slurm=slurm, summary=summary)
+    store.refresh_summary()
+    return replace(summary, wall_s=time.perf_counter() - started)
+
+
+def _write_models(store: ResultsStore, specs: Iterable[Any]) -> None:
+    rows = pd.DataFrame([{
+        "model": s.name, "repo": s.repo, "source": s.source,
+        "params_total": s.params_total, "params_nonembedding": s.params_nonembedding,
+        "tokens_per_step": s.tokens_per_step, "layers": s.layers, "d_model": s.d_model,
+    } for s in specs])
+    for col in ("params_total", "params_nonembedding", "tokens_per_step", "layers", "d_model"):
+        rows[col] = pd.array(rows[col], dtype="Int64")
+    store.write_models(rows)
