@@ -1,0 +1,157 @@
+"""Train one mini GPT-NeoX (Pythia's architecture) on the generated corpus, nanoGPT style.
+
+Top to bottom: build the model from a `ModelConfig`, read the token stream sequentially
+(step s trains on tokens [s*T, (s+1)*T), T = batch x seq_len, no shuffling, as Pythia's
+pre-shuffled stream), AdamW with linear warmup then cosine decay, and save a `save_pretrained`
+checkpoint (safetensors + tokenizer) at every step of the Pythia-like grid. The manifest is
+written last: its presence marks a finished model.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX
+from pythia_forensics.mini.config import CorpusConfig, ModelConfig, TrainConfig
+from pythia_forensics.mini.corpus import CORPUS_META_FILE, TOKENS_FILE
+
+TRAIN_LOG_FILE = "train_log.csv"
+
+
+def build_model(model_cfg: ModelConfig, *, vocab_size: int, seq_len: int, seed: int):
+    """A freshly initialised GPTNeoXForCausalLM (fp32), seeded."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=model_cfg.d_model,
+        num_hidden_layers=model_cfg.layers,
+        num_attention_heads=model_cfg.heads,
+        intermediate_size=4 * model_cfg.d_model,
+        max_position_embeddings=max(seq_len, 64),
+        rotary_pct=0.25,  # Pythia's value
+        use_parallel_residual=True,
+        tie_word_embeddings=False,  # Pythia does not tie
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
+    return GPTNeoXForCausalLM(config)
+
+
+def get_lr(step: int, *, peak: float, train: TrainConfig) -> float:
+    """Learning rate at `step` (0-based update index)."""
+    # 1) linear warmup
+    if step < train.warmup_steps:
+        return peak * (step + 1) / train.warmup_steps
+    # 2) cosine decay from peak to min_lr_ratio * peak at the last step
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    min_lr = peak * train.min_lr_ratio
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def count_params(model) -> tuple[int, int]:
+    """(total, non-embedding) parameters; non-embedding excludes the input embedding and the
+    unembedding, as Pythia's model card counts."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.gpt_neox.embed_in.weight.numel() + model.embed_out.weight.numel()
+    return total, total - emb
+
+
+def _save(model, tokenizer, directory: Path) -> None:
+    """save_pretrained into a temp folder, then rename: a kill never leaves a half checkpoint."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+
+
+def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, train: TrainConfig,
+                corpus: CorpusConfig, progress: bool = True) -> Path:
+    """Train one scale and write DIR/<model>/step<N>/, train_log.csv and manifest.json.
+
+    Args:
+        model_cfg: the scale.
+        corpus_dir: folder written by `corpus.write_corpus` (tokens.bin/.idx, tokenizer).
+        out_dir: suite folder; the model goes to out_dir/<model_cfg.name>.
+        train: schedule (steps, batch, seq_len, grid).
+        corpus: knobs, recorded in the manifest.
+        progress: show a tqdm bar.
+
+    Returns:
+        The model folder.
+    """
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import PreTrainedTokenizerFast
+
+    from pythia_forensics.indexed import IndexedDataset
+
+    torch.set_num_threads(train.threads)
+    model_dir = Path(out_dir) / model_cfg.name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / MANIFEST_FILE).unlink(missing_ok=True)  # unfinished until written again
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(corpus_dir)
+    stream = IndexedDataset(Path(corpus_dir) / TOKENS_FILE).tokens
+    T = train.tokens_per_step
+
+    model = build_model(model_cfg, vocab_size=len(tokenizer), seq_len=train.seq_len, seed=train.seed)
+    model.train()
+    # Pythia: AdamW betas (0.9, 0.95); no decay on biases and LayerNorm weights.
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=model_cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    grid = set(train.checkpoint_steps())
+    log_rows = []
+    if 0 in grid:
+        _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}0")
+    for step in tqdm(range(train.steps), desc=model_cfg.name, disable=not progress, mininterval=2):
+        lr = get_lr(step, peak=model_cfg.lr, train=train)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = torch.from_numpy(np.asarray(stream[step * T:(step + 1) * T], dtype=np.int64))
+        x = x.view(train.batch_size, train.seq_len)
+        loss = model(input_ids=x, labels=x).loss  # HF shifts labels inside
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        opt.step()
+        log_rows.append((step + 1, float(loss), lr, (step + 1) * T))
+        if step + 1 in grid:
+            _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}{step + 1}")
+
+    with open(model_dir / TRAIN_LOG_FILE, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "loss", "lr", "tokens"])
+        w.writerows(log_rows)
+    total, non_emb = count_params(model)
+    corpus_meta = json.loads((Path(corpus_dir) / CORPUS_META_FILE).read_text())
+    manifest = {
+        "model": model_cfg.name,
+        "params_total": total,
+        "params_nonembedding": non_emb,
+        "tokens_per_step": T,
+        "layers": model_cfg.layers,
+        "d_model": model_cfg.d_model,
+        "heads": model_cfg.heads,
+        "vocab_size": len(tokenizer),
+        "seed": train.seed,
+        "steps": sorted(grid),
+        "corpus": {**corpus.to_dict(), "path": str(Path(corpus_dir).resolve()),
+                   "sha256": corpus_meta["sha256"]},
+        "train": {**train.__dict__, "lr": model_cfg.lr, "tokens_per_step": T},
+    }
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return model_dir
