@@ -58,6 +58,57 @@ PYTHIA_STORED_TOKENS_PER_STEP = 1024 * PYTHIA_SEQ_ITEM_TOKENS
 MANIFEST_FILE = "manifest.json"
 STEP_DIR_PREFIX = "step"
 
+# --- registry / sources (issue #4) -------------------------------------------------------
+SUITES_DIR = PACKAGE_DIR / "suites"  # suites/<name>.yaml: suite facts (data)
+MAIN_REVISION = "main"
+# What a revision fetch downloads: config, tokenizer and weights, nothing else.
+CONFIG_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "added_tokens.json",
+)
+# Weight formats in order of preference (safetensors never unpickles anything).
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
+BIN_WEIGHTS = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json")
+# Transient hub failures retried with exponential backoff (huggingface_hub retries only some
+# of its calls itself: downloads yes, refs / paths-info / model info no).
+HUB_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+HUB_MAX_RETRIES = 5
+HUB_BACKOFF_BASE_S = 1.0
+HUB_BACKOFF_MAX_S = 16.0
+# Where LocalSource keeps sha256 hashes keyed by (path, size, mtime_ns) so rescans are cheap.
+ENV_HASH_CACHE = "PF_HASH_CACHE"
+HASH_CACHE_FILE = ".pf-sha256.json"
+HASH_CHUNK_BYTES = 8 * 1024 * 1024
+
+# --- checkpoint health and numerical audit (health.py, audit.py; #6) ----------------------
+# health.parquet (HEALTH_FILE above): model, revision, step, status, reasons.
+HEALTH_STATUSES = ("ok", "flagged", "bad")  # worst last
+# Weight files a revision may carry; a sharded set is "<stem>-00001-of-00003.<ext>".
+WEIGHT_SUFFIXES = {".safetensors": "safetensors", ".bin": "bin"}
+# Revisions expected to hold the same weights: the final step branch and MAIN_REVISION.
+# Known upstream faults: reported and flagged, but not counted as a failure (exit status 0).
+KNOWN_IDENTICAL = {("step0", "step1"): "known upstream fault EleutherAI/pythia#83"}
+# A weight file whose size differs from the same-named file in most revisions by more than
+# this fraction is reported (a truncated upload); a model's shards are the same size.
+HEALTH_SIZE_TOLERANCE = 0.01
+HEALTH_SIZE_MIN_PEERS = 3  # same-named files needed before a size counts as the norm
+# Trend breaks: a point is a spike when it sits above (or below) BOTH neighbours by more than
+# HEALTH_SPIKE_FACTOR times the larger of the adjacent steps' own changes, and by more than
+# HEALTH_SPIKE_REL_FLOOR of the series' range (so float noise on a flat series never fires).
+HEALTH_SPIKE_FACTOR = 3.0
+HEALTH_SPIKE_REL_FLOOR = 0.05
+# Input-embedding tensor names (GPT-NeoX, GPT-2, Llama/OLMo) for the embedding-norm series.
+EMBEDDING_TENSOR_KEYS = ("embed_in.weight", "wte.weight", "embed_tokens.weight")
+# Non-parameter buffers old .bin files pickle (causal masks); ignored when comparing formats.
+IGNORED_TENSOR_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
+# Audit: re-score a seeded sample of items in fp32 at batch size 1 and compare with the
+# configured dtype/batch size; |delta margin| <= AUDIT_MAX_DELTA nats and no flips is a pass.
+AUDIT_SAMPLE = 64
+AUDIT_SEED = 0
+AUDIT_MAX_DELTA = 1e-4
+AUDIT_REFERENCE_DTYPE = "float32"
+
 # --- figures -----------------------------------------------------------------------------
 # Okabe-Ito: colour-blind-safe categorical palette.
 PALETTE = (

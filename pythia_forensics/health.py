@@ -1,0 +1,745 @@
+"""Checkpoint forensics: prove each revision is what its name says before a curve uses it.
+
+Two levels of checking, both ending in one table (revision, step, status, reasons):
+
+* **Census** (no weight bytes downloaded): the revisions a source lists, each with its
+  weight files' names, sizes and sha256 (LFS metadata on the hub, file hashes locally).
+  Reports revisions missing from the expected grid, revisions without a complete weight
+  set, weight files whose size disagrees with the same file in other revisions (a truncated
+  upload), clusters of revisions sharing weight blobs (a stale copy of the final model under
+  a mid-training name; `step0 == step1` is a known upstream fault and is reported as such),
+  and `step<final>` differing from `main`.
+* **Deep** (`deep=True`, loads tensors): each revision differs from its neighbours; the
+  parameter distance from step0, the distance to the final model and the input-embedding
+  norm along the grid, with spikes that break the trend flagged (a stale or swapped
+  checkpoint shows as a jump back toward the final model); `.bin` and safetensors on one
+  branch holding the same tensors; lineage (the first trained revision is closer to its own
+  step0 than to a peer seed's step0).
+
+Statuses: ``bad`` (do not use), ``flagged`` (use only marked), ``ok``. A finding on a known
+upstream fault is reported but does not fail the check (`HealthReport.failed`).
+
+The pure checks (`census_findings`, `trend_breaks`, `cluster_blobs`, ...) take plain
+records and are tested on synthetic inputs; `check_health` wires them to `sources`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pythia_forensics.constants import (
+    EMBEDDING_TENSOR_KEYS,
+    HEALTH_SIZE_MIN_PEERS,
+    HEALTH_SIZE_TOLERANCE,
+    HEALTH_SPIKE_FACTOR,
+    HEALTH_SPIKE_REL_FLOOR,
+    HEALTH_STATUSES,
+    IGNORED_TENSOR_SUFFIXES,
+    KNOWN_IDENTICAL,
+    MAIN_REVISION,
+    MANIFEST_FILE,
+    WEIGHT_SUFFIXES,
+)
+
+__all__ = [
+    "Finding",
+    "RevisionHealth",
+    "RevisionStats",
+    "HealthReport",
+    "RevisionListing",
+    "ListedFile",
+    "check_health",
+    "census_findings",
+    "cluster_blobs",
+    "trend_breaks",
+    "deep_findings",
+    "compare_states",
+    "load_state",
+    "tensor_distance",
+    "safetensors_problem",
+]
+
+_SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<i>\d+)-of-(?P<n>\d+)$")
+_STEP_RE = re.compile(r"^step(\d+)$")
+
+
+# --- records -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ListedFile:
+    """One weight file as a listing shows it (no bytes fetched)."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RevisionListing:
+    """What the census knows about one revision: its name, step and weight files.
+
+    `path` is the local folder when the files are on disk (local suites, fetched hub
+    snapshots); the census then also reads safetensors headers (a few KB) for truncation.
+    """
+
+    revision: str
+    step: int | None
+    files: tuple[ListedFile, ...]
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem with one revision.
+
+    Attributes:
+        revision: the branch / folder the finding is about.
+        step: its named step (None for `main` or a non-step name).
+        code: short machine-readable kind (`missing`, `no_weights`, `incomplete`, `size`,
+            `truncated`, `unreadable`, `duplicate`, `shared_blob`, `final_mismatch`,
+            `not_distinct`, `format_mismatch`, `trend_break`, `lineage`, `architecture`).
+        status: "flagged" or "bad".
+        detail: the human explanation (names the other revision / file / numbers).
+        known: True for a documented upstream fault (reported, never fails the check).
+    """
+
+    revision: str
+    step: int | None
+    code: str
+    status: str
+    detail: str
+    known: bool = False
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class RevisionHealth:
+    """One row of the health table (ARCHITECTURE.md, RESULTS/health.parquet)."""
+
+    model: str
+    revision: str
+    step: int | None
+    status: str                # "ok" | "flagged" | "bad"
+    reasons: tuple[str, ...]   # "code: detail", worst first
+    known: bool                # every reason is a known upstream fault
+
+
+@dataclass(frozen=True)
+class RevisionStats:
+    """Deep-mode measurements of one revision (L2 over all parameters, fp32/fp64 maths)."""
+
+    revision: str
+    step: int | None
+    dist_from_step0: float
+    dist_to_final: float
+    dist_to_previous: float
+    embedding_norm: float
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The result of `check_health`: one row per revision plus the evidence.
+
+    Attributes:
+        model: the model checked.
+        source: "hub" or "local".
+        deep: whether tensors were loaded.
+        rows: one `RevisionHealth` per revision listed or expected, in step order.
+        findings: every finding (a revision may have several).
+        clusters: groups of revisions sharing weight blobs, beyond the expected
+            `step<final>` == `main` pair.
+        stats: deep-mode series (empty for a census).
+    """
+
+    model: str
+    source: str
+    deep: bool
+    rows: tuple[RevisionHealth, ...]
+    findings: tuple[Finding, ...]
+    clusters: tuple[tuple[str, ...], ...] = ()
+    stats: tuple[RevisionStats, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        """True when any finding is not a known upstream fault (CLI exit status 1)."""
+        return any(not f.known for f in self.findings)
+
+    def status_of(self, revision: str) -> str:
+        for row in self.rows:
+            if row.revision == revision:
+                return row.status
+        raise KeyError(f"revision {revision!r} is not in the health report of {self.model}")
+
+    def to_frame(self):
+        """The health table: columns model, revision, step, status, reasons (+ known).
+
+        `reasons` is one string, the reasons joined by "; " (empty when ok), which is the
+        RESULTS/health.parquet contract.
+        """
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            [{"model": r.model, "revision": r.revision, "step": r.step, "status": r.status,
+              "reasons": "; ".join(r.reasons), "known": r.known} for r in self.rows],
+            columns=["model", "revision", "step", "status", "reasons", "known"],
+        )
+        frame["step"] = pd.array(frame["step"], dtype="Int64")
+        return frame
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: summary, rows, findings, clusters and deep stats."""
+        counts = Counter(r.status for r in self.rows)
+        return {
+            "model": self.model,
+            "source": self.source,
+            "deep": self.deep,
+            "failed": self.failed,
+            "counts": {s: counts.get(s, 0) for s in HEALTH_STATUSES},
+            "rows": [asdict(r) | {"reasons": list(r.reasons)} for r in self.rows],
+            "findings": [asdict(f) for f in self.findings],
+            "clusters": [list(c) for c in self.clusters],
+            "stats": [asdict(s) for s in self.stats],
+        }
+
+
+# --- small helpers -----------------------------------------------------------------------
+def _step_of(revision: str) -> int | None:
+    match = _STEP_RE.match(revision)
+    return int(match.group(1)) if match else None
+
+
+def _order_key(step: int | None, revision: str) -> tuple[float, str]:
+    # `main` (no step) sorts after every step branch: it is the final model.
+    return (float("inf") if step is None else float(step), revision)
+
+
+def _format_of(name: str) -> str | None:
+    for suffix, fmt in WEIGHT_SUFFIXES.items():
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def weight_sets(files: Iterable[ListedFile]) -> dict[str, tuple[ListedFile, ...]]:
+    """Group weight files by format ("safetensors", "bin"); other files are dropped."""
+    groups: dict[str, list[ListedFile]] = defaultdict(list)
+    for f in files:
+        fmt = _format_of(Path(f.name).name)
+        if fmt is not None:
+            groups[fmt].append(f)
+    return {fmt: tuple(sorted(fs, key=lambda f: f.name)) for fmt, fs in groups.items()}
+
+
+def _fingerprints(files: Iterable[ListedFile]) -> dict[str, tuple[str, ...]]:
+    """Per format, the sorted sha256s of its files: equal fingerprints = byte-identical set."""
+    return {fmt: tuple(sorted(f.sha256 for f in fs)) for fmt, fs in weight_sets(files).items()}
+
+
+def _missing_shards(files: Sequence[ListedFile]) -> list[str]:
+    """Names of shards a sharded set announces (`-0000i-of-0000n`) but lacks."""
+    announced: dict[tuple[str, str, int, int], set[int]] = defaultdict(set)
+    for f in files:
+        path = Path(f.name)
+        match = _SHARD_RE.match(path.stem)
+        if match:
+            n = int(match.group("n"))
+            key = (match.group("stem"), path.suffix, n, len(match.group("n")))
+            announced[key].add(int(match.group("i")))
+    missing = []
+    for (stem, suffix, n, width), present in announced.items():
+        missing += [f"{stem}-{i:0{width}d}-of-{n:0{width}d}{suffix}" for i in range(1, n + 1) if i not in present]
+    return sorted(missing)
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Read a safetensors header (a few KB) and check the file holds every byte it promises.
+
+    Returns:
+        None when the file is whole, else a one-line description (truncated, bad header).
+    """
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return f"{path.name} has {size} bytes, too few for a safetensors header"
+            (n,) = struct.unpack("<Q", raw)
+            if n > size - 8:
+                return f"{path.name} has {size} bytes but its header alone claims {n + 8}"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as exc:
+        return f"{path.name} has an unreadable safetensors header ({exc})"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + n + (max(ends) if ends else 0)
+    if size != expected:
+        return f"{path.name} has {size} bytes but its header promises {expected}"
+    return None
+
+
+def _bin_problem(path: Path) -> str | None:
+    """A torch `.bin` is a zip archive (torch >= 1.6); a truncated one loses its directory."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.infolist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"{path.name} is not a readable torch zip archive ({exc})"
+    return None
+
+
+# --- census (pure) -----------------------------------------------------------------------
+def cluster_blobs(listings: Sequence[RevisionListing]) -> list[tuple[str, ...]]:
+    """Group revisions that share at least one weight blob (same sha256), transitively.
+
+    Returns:
+        Clusters with two or more revisions, members in step order, clusters in order of
+        their first member.
+    """
+    parent: dict[str, str] = {x.revision: x.revision for x in listings}
+
+    def find(r: str) -> str:
+        while parent[r] != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+
+    owner: dict[str, str] = {}
+    for x in listings:
+        for f in x.files:
+            if _format_of(Path(f.name).name) is None or not f.sha256:
+                continue
+            if f.sha256 in owner:
+                parent[find(x.revision)] = find(owner[f.sha256])
+            else:
+                owner[f.sha256] = x.revision
+    groups: dict[str, list[RevisionListing]] = defaultdict(list)
+    for x in listings:
+        groups[find(x.revision)].append(x)
+    clusters = [tuple(m.revision for m in sorted(g, key=lambda m: _order_key(m.step, m.revision)))
+                for g in groups.values() if len(g) > 1]
+    order = {x.revision: _order_key(x.step, x.revision) for x in listings}
+    return sorted(clusters, key=lambda c: order[c[0]])
+
+
+def _relation(a: RevisionListing, b: RevisionListing) -> tuple[str, str] | None:
+    """How `a` relates to `b`: ("duplicate", what) for an identical set, ("shared_blob", files)."""
+    fa, fb = _fingerprints(a.files), _fingerprints(b.files)
+    same = [fmt for fmt in fa if fa[fmt] == fb.get(fmt)]
+    if same:
+        return "duplicate", "/".join(sorted(same))
+    shas_b = {f.sha256: f.name for f in b.files if f.sha256}
+    shared = sorted(f.name for f in a.files if f.sha256 in shas_b and _format_of(Path(f.name).name))
+    if shared:
+        return "shared_blob", ", ".join(shared)
+    return None
+
+
+def census_findings(listings: Sequence[RevisionListing], *, expected: Sequence[str],
+                    final_revision: str | None, where: str = "the source") -> tuple[list[Finding], list[tuple[str, ...]]]:
+    """Every census check on listings alone (plus safetensors headers when files are local).
+
+    Args:
+        listings: the revisions the source lists.
+        expected: revision names the grid promises (registry / manifest).
+        final_revision: the last step's branch (expected to equal `main`), if known.
+        where: how to name the source in messages ("the hub", "/path/to/suite").
+
+    Returns:
+        (findings, clusters): clusters exclude the expected `final` == `main` pair.
+    """
+    findings: list[Finding] = []
+    by_rev = {x.revision: x for x in listings}
+    final_unit = {r for r in (final_revision, MAIN_REVISION) if r in by_rev}
+
+    # 1. Revisions the grid promises but the source lacks.
+    for rev in expected:
+        if rev not in by_rev:
+            findings.append(Finding(rev, _step_of(rev), "missing", "bad",
+                                    f"{rev} is in the expected grid but {where} has no such revision"))
+
+    # 2. Complete weight sets, and truncated files readable from disk.
+    for x in listings:
+        sets = weight_sets(x.files)
+        if not sets:
+            findings.append(Finding(x.revision, x.step, "no_weights", "bad",
+                                    f"{x.revision} carries no weight file (.safetensors or .bin)"))
+            continue
+        complete = {fmt: not _missing_shards(fs) for fmt, fs in sets.items()}
+        for fmt, fs in sets.items():
+            lost = _missing_shards(fs)
+            if lost:
+                status = "flagged" if any(complete.values()) else "bad"
+                findings.append(Finding(x.revision, x.step, "incomplete", status,
+                                        f"{x.revision}'s {fmt} set lacks {', '.join(lost)}"))
+        if x.path is not None:
+            for f in x.files:
+                local = Path(x.path) / f.name
+                fmt = _format_of(local.name)
+                if fmt is None or not local.exists():
+                    continue
+                problem = safetensors_problem(local) if fmt == "safetensors" else _bin_problem(local)
+                if problem:
+                    findings.append(Finding(x.revision, x.step, "truncated", "bad", problem))
+
+    # 3. Sizes: a model's same-named weight file has the same size in every revision.
+    sizes: dict[str, Counter[int]] = defaultdict(Counter)
+    for x in listings:
+        for f in x.files:
+            if _format_of(Path(f.name).name):
+                sizes[f.name][f.size] += 1
+    for x in listings:
+        for f in x.files:
+            counts = sizes.get(f.name)
+            if not counts or sum(counts.values()) < HEALTH_SIZE_MIN_PEERS:
+                continue
+            norm, votes = counts.most_common(1)[0]
+            if votes * 2 <= sum(counts.values()) or norm == 0:
+                continue  # no clear majority: nothing to compare against
+            if abs(f.size - norm) > HEALTH_SIZE_TOLERANCE * norm:
+                already = any(g.revision == x.revision and g.code == "truncated" for g in findings)
+                if not already:
+                    findings.append(Finding(x.revision, x.step, "size", "bad",
+                                            f"{f.name} is {f.size} bytes where {votes} other revisions' is {norm} "
+                                            "(truncated or wrong upload)"))
+
+    # 4. Shared blobs.
+    clusters = []
+    for cluster in cluster_blobs(listings):
+        members = [by_rev[r] for r in cluster]
+        if set(cluster) <= final_unit:
+            continue  # step<final> == main: expected
+        clusters.append(cluster)
+        anchors = [m for m in members if m.revision in final_unit]
+        if anchors:
+            # The final model is what it is; earlier names carrying its blobs are stale copies.
+            anchor = anchors[0]
+            for m in members:
+                if m.revision in final_unit:
+                    continue
+                code, what = _relation(m, anchor) or ("shared_blob", "weight blobs (via other revisions)")
+                detail = (f"byte-identical {what} weights to {', '.join(sorted(final_unit & set(cluster)))} "
+                          "(a copy of the final model under a mid-training name)" if code == "duplicate"
+                          else f"shares {what} with the final model {anchor.revision}")
+                findings.append(Finding(m.revision, m.step, code, "bad", detail))
+            continue
+        origin, later = members[0], members[1:]
+        unknown_later = []
+        for m in later:
+            known = KNOWN_IDENTICAL.get((origin.revision, m.revision))
+            code, what = _relation(m, origin) or ("shared_blob", "weight blobs (via other revisions)")
+            if known and code == "duplicate":
+                findings.append(Finding(m.revision, m.step, "duplicate", "flagged",
+                                        f"byte-identical {what} weights to {origin.revision} ({known})", known=True))
+                continue
+            unknown_later.append(m.revision)
+            detail = (f"byte-identical {what} weights to {origin.revision}; training should have changed them"
+                      if code == "duplicate" else f"shares {what} with {origin.revision}")
+            findings.append(Finding(m.revision, m.step, code, "bad", detail))
+        if unknown_later:
+            findings.append(Finding(origin.revision, origin.step, "duplicate", "flagged",
+                                    f"later revisions {', '.join(unknown_later)} carry its weight blobs "
+                                    "(one of them is mislabelled)"))
+
+    # 5. step<final> must equal main when both exist (compared where they share a format).
+    if final_revision in by_rev and MAIN_REVISION in by_rev:
+        fa, fb = _fingerprints(by_rev[final_revision].files), _fingerprints(by_rev[MAIN_REVISION].files)
+        common = set(fa) & set(fb)
+        if common and all(fa[k] != fb[k] for k in common):
+            for rev in (final_revision, MAIN_REVISION):
+                other = MAIN_REVISION if rev == final_revision else final_revision
+                findings.append(Finding(rev, by_rev[rev].step, "final_mismatch", "flagged",
+                                        f"{rev} and {other} should hold the same final model but their "
+                                        f"{'/'.join(sorted(common))} weights differ"))
+    return findings, clusters
+
+
+# --- trend breaks (pure) -----------------------------------------------------------------
+def trend_breaks(values: Sequence[float], *, factor: float = HEALTH_SPIKE_FACTOR,
+                 rel_floor: float = HEALTH_SPIKE_REL_FLOOR) -> list[int]:
+    """Indices of isolated spikes in an ordered series (up or down).
+
+    A point i (not an end point) is a spike when it sits above both neighbours, or below
+    both, by more than `factor` times the largest change among the steps next to it that do
+    not involve it (i-2 -> i-1, i-1 -> i+1, i+1 -> i+2), and by more than `rel_floor` of the
+    series' range. A smooth rise, fall or turning point never qualifies; a revision whose
+    weights jump toward the final model and back does. Uses `scipy.signal.find_peaks`,
+    whose `threshold` is exactly "vertical distance to both neighbours".
+
+    Args:
+        values: the series in grid order (NaNs are never flagged).
+        factor: spike size relative to the local step size.
+        rel_floor: spike size relative to the series' range.
+
+    Returns:
+        Sorted indices of spikes.
+    """
+    from scipy.signal import find_peaks
+
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    if n < 3 or not np.isfinite(v).any():
+        return []
+    span = float(np.nanmax(v) - np.nanmin(v))
+    if span == 0.0:
+        return []
+    need = np.full(n, np.inf)
+    for i in range(1, n - 1):
+        local = [abs(v[i + 1] - v[i - 1])]
+        if i >= 2:
+            local.append(abs(v[i - 1] - v[i - 2]))
+        if i + 2 < n:
+            local.append(abs(v[i + 2] - v[i + 1]))
+        local = [x for x in local if np.isfinite(x)]
+        need[i] = max(factor * max(local, default=0.0), rel_floor * span)
+    filled = np.where(np.isfinite(v), v, np.nanmean(v))
+    found: set[int] = set()
+    for sign in (1.0, -1.0):
+        # find_peaks takes a (min, max) threshold pair, or a per-sample array for the min.
+        peaks, _ = find_peaks(sign * filled, threshold=(need, None))
+        found |= {int(i) for i in peaks if np.isfinite(v[i])}
+    return sorted(found)
+
+
+# --- tensors -----------------------------------------------------------------------------
+def load_state(path: Path, files: Sequence[str]) -> dict[str, Any]:
+    """Load a weight set from disk: safetensors via safetensors, `.bin` via
+    `torch.load(weights_only=True)` (never a full unpickle).
+
+    Args:
+        path: the revision folder.
+        files: weight file names of ONE format (all shards).
+
+    Returns:
+        name -> tensor (as stored; callers cast).
+
+    Raises:
+        OSError / ValueError / RuntimeError from the loaders on unreadable files.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    for name in files:
+        full = Path(path) / name
+        if _format_of(name) == "safetensors":
+            state.update(load_file(str(full), device="cpu"))
+        else:
+            loaded = torch.load(str(full), map_location="cpu", weights_only=True)
+            state.update({k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)})
+    return state
+
+
+def _params(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if not k.endswith(IGNORED_TENSOR_SUFFIXES)}
+
+
+def tensor_distance(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """L2 distance over the parameters both states hold (fp32 differences, fp64 sums)."""
+    import torch
+
+    total = 0.0
+    for name, ta in _params(a).items():
+        tb = b.get(name)
+        if tb is None or tb.shape != ta.shape:
+            continue
+        total += float((ta.float() - tb.float()).pow(2).sum(dtype=torch.float64))
+    return total ** 0.5
+
+
+def _embedding_norm(state: Mapping[str, Any]) -> float:
+    for name, t in state.items():
+        if name.endswith(EMBEDDING_TENSOR_KEYS):
+            return float(t.float().norm())
+    return float("nan")
+
+
+def compare_states(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Differences between two weight sets that should hold the same model.
+
+    Returns:
+        Human-readable problems (empty when every parameter matches exactly): names only
+        one side has, shape mismatches, and the tensors whose values differ with the
+        largest absolute difference.
+    """
+    pa, pb = _params(a), _params(b)
+    problems = []
+    only_a, only_b = sorted(set(pa) - set(pb)), sorted(set(pb) - set(pa))
+    if only_a:
+        problems.append(f"{len(only_a)} tensors only in the first ({', '.join(only_a[:3])})")
+    if only_b:
+        problems.append(f"{len(only_b)} tensors only in the second ({', '.join(only_b[:3])})")
+    differ = []
+    for name in sorted(set(pa) & set(pb)):
+        ta, tb = pa[name], pb[name]
+        if ta.shape != tb.shape:
+            problems.append(f"{name} has shape {tuple(ta.shape)} vs {tuple(tb.shape)}")
+            continue
+        delta = float((ta.float() - tb.float()).abs().max()) if ta.numel() else 0.0
+        if delta > 0 or ta.dtype != tb.dtype and not bool((ta.float() == tb.float()).all()):
+            differ.append((delta, name))
+    if differ:
+        worst = max(differ)
+        problems.append(f"{len(differ)} tensors differ (largest |diff| {worst[0]:.3g} in {worst[1]})")
+    return problems
+
+
+# --- deep checks ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _DeepInput:
+    """One revision for the deep pass: its name, step and loaders for each format it has."""
+
+    revision: str
+    step: int | None
+    loaders: Mapping[str, Callable[[], dict[str, Any]]] = field(hash=False)
+
+
+def deep_findings(revisions: Sequence[_DeepInput], *, final_revision: str | None,
+                  same_blobs: Iterable[tuple[str, ...]] = (),
+                  peers: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
+                  progress: Callable[[Iterable[Any]], Iterable[Any]] = iter) -> tuple[list[Finding], list[RevisionStats]]:
+    """Tensor-level checks over a model's revisions, streamed (at most four states in memory:
+    step0, final, previous, current).
+
+    Args:
+        revisions: revisions with loaders (safetensors preferred for the series).
+        final_revision: the final step branch (defaults to the last step listed).
+        same_blobs: census clusters; neighbours already reported byte-identical are not
+            reported again as tensor-equal.
+        peers: other seeds' step0 loaders, by name, for the lineage check.
+        progress: wraps the revision loop (tqdm) for a progress bar.
+
+    Returns:
+        (findings, stats): stats in grid order, `main` excluded from the series.
+    """
+    findings: list[Finding] = []
+    together = [set(c) for c in same_blobs]
+    ordered = sorted(revisions, key=lambda r: _order_key(r.step, r.revision))
+    series = [r for r in ordered if r.revision != MAIN_REVISION or final_revision is None]
+    by_rev = {r.revision: r for r in ordered}
+    if final_revision is None or final_revision not in by_rev:
+        stepped = [r for r in series if r.step is not None]
+        final_revision = stepped[-1].revision if stepped else None
+
+    def load(r: _DeepInput) -> dict[str, Any] | None:
+        fmt = "safetensors" if "safetensors" in r.loaders else next(iter(r.loaders), None)
+        if fmt is None:
+            return None
+        try:
+            return r.loaders[fmt]()
+        except Exception as exc:  # a corrupt file is a finding, never a crash
+            findings.append(Finding(r.revision, r.step, "unreadable", "bad", f"{fmt} weights fail to load ({exc})"))
+            return None
+
+    first = next((r for r in series if r.step == 0), series[0] if series else None)
+    state0 = load(first) if first is not None else None
+    final_state = load(by_rev[final_revision]) if final_revision else None
+    stats: list[RevisionStats] = []
+    prev: tuple[_DeepInput, dict[str, Any]] | None = None
+    first_trained: tuple[_DeepInput, dict[str, Any]] | None = None
+    nan = float("nan")
+    for r in progress(ordered):
+        state = state0 if r is first else (final_state if r.revision == final_revision else load(r))
+        if state is None:
+            continue
+        # .bin and safetensors on one branch must hold the same tensors.
+        if len(r.loaders) > 1:
+            other_fmt = next(f for f in r.loaders if f != "safetensors")
+            try:
+                problems = compare_states(state, r.loaders[other_fmt]())
+            except Exception as exc:
+                problems = [f"{other_fmt} fails to load ({exc})"]
+            if problems:
+                findings.append(Finding(r.revision, r.step, "format_mismatch", "bad",
+                                        f".bin and safetensors disagree: {'; '.join(problems)}"))
+        if r.revision == MAIN_REVISION and r.revision != final_revision:
+            if final_state is not None and (problems := compare_states(final_state, state)):
+                for rev, step in ((final_revision, by_rev[final_revision].step), (r.revision, r.step)):
+                    findings.append(Finding(rev, step, "final_mismatch", "flagged",
+                                            f"{final_revision} and {MAIN_REVISION} tensors differ: {'; '.join(problems)}"))
+            continue
+        if state0 is not None:
+            names0 = set(_params(state0))
+            if set(_params(state)) != names0:
+                findings.append(Finding(r.revision, r.step, "architecture", "bad",
+                                        f"tensor names differ from {first.revision}'s"))
+        d_prev = tensor_distance(state, prev[1]) if prev is not None else nan
+        if prev is not None and d_prev == 0.0:
+            pair = (prev[0].revision, r.revision)
+            reported = any(set(pair) <= c for c in together)
+            known = KNOWN_IDENTICAL.get(pair)
+            if not reported:
+                findings.append(Finding(r.revision, r.step, "not_distinct", "flagged" if known else "bad",
+                                        f"every parameter equals {prev[0].revision}'s"
+                                        + (f" ({known})" if known else "; training should have changed them"),
+                                        known=bool(known)))
+        d0 = tensor_distance(state, state0) if state0 is not None else nan
+        if first_trained is None and r is not first and d0 > 0:
+            first_trained = (r, state)
+        stats.append(RevisionStats(
+            revision=r.revision, step=r.step, dist_from_step0=d0,
+            dist_to_final=tensor_distance(state, final_state) if final_state is not None else nan,
+            dist_to_previous=d_prev, embedding_norm=_embedding_norm(state),
+        ))
+        prev = (r, state)
+
+    # Trend breaks along the grid, one finding per revision naming every series that breaks.
+    labels = {"dist_from_step0": "distance from step0", "dist_to_final": "distance to the final model",
+              "embedding_norm": "input-embedding norm"}
+    broken: dict[int, list[str]] = defaultdict(list)
+    for key, label in labels.items():
+        values = [getattr(s, key) for s in stats]
+        for i in trend_breaks(values):
+            broken[i].append(f"{label} {values[i]:.4g} (neighbours {values[i - 1]:.4g}, {values[i + 1]:.4g})")
+    for i, parts in sorted(broken.items()):
+        s = stats[i]
+        toward_final = s.dist_to_final < min(stats[i - 1].dist_to_final, stats[i + 1].dist_to_final)
+        findings.append(Finding(s.revision, s.step, "trend_break", "flagged",
+                                "spike " + ("back toward the final model" if toward_final else "off the trend")
+                                + ": " + "; ".join(parts)))
+
+    # Lineage: the first trained revision descends from its own step0, not a peer seed's.
+    if peers and first_trained is not None and state0 is not None:
+        r, state = first_trained
+        own = tensor_distance(state, state0)
+        for peer, loader in peers.items():
+            try:
+                d_peer = tensor_distance(state, loader())
+            except Exception as exc:
+                findings.append(Finding(r.revision, r.step, "lineage", "flagged",
+                                        f"cannot load {peer}'s step0 to compare ({exc})"))
+                continue
+            if d_peer <= own:
+                findings.append(Finding(r.revision, r.step, "lineage", "bad",
+                                        f"{r.revision} is closer to {peer}'s step0 (distance {d_peer:.4g}) than to "
+                                        f"its own {first.revision} ({own:.4g}): it does not descend from this run's init"))
+    return findings, stats
+
+
+# --- assembling the report -----------------------------------------------------------------
+def build_rows(model: str, names: Iterable[tuple[str, int | None]], findings: Sequence[Finding]) -> tuple[RevisionHealth, ...]:
+    """One row per revision: worst status of its findings, reasons worst first."""
+    rank = {s: i for i, s in enumerate(HEALTH_STATUSES)}
+    by_rev: dict[str, list[Finding]] = defaultdict(list)
+    for f in findings:
+        by_rev[f.revision].append(f)
+    steps = dict(names)
+    for f in findings:
+        steps.setdefault(f.revision, f.step)
+    rows = []
+    for rev, step in sorted(steps.items(), key=lambda kv: _order_key(kv[1], kv[0])):
+        fs = sorted(by_rev.get(rev, []), key=lambda f: -rank[f.status])
+        status = fs[0].status if fs else "ok"
+        reasons = tuple(dict.fromkeys(f.reason for f in fs))
+        rows.append(RevisionHealth(model=model, revision=rev, step=step, status=status, reasons=reasons,
+                                   known=bool(fs) and all(f.known for f in fs)))
+    return tuple(rows)
