@@ -1,0 +1,316 @@
+"""Replay: local suite == per-checkpoint scoring, resume, kills, edits, hub budget, executors, CLI errors."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tinymodels import save_checkpoint, tiny_neox
+
+from pythia_forensics.store import ResultsStore
+
+STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+MODELS = ("mini-a", "mini-b", "mini-c")
+# Columns that legitimately differ between two runs of the same work.
+VOLATILE = ("written_at", "device")
+# Scored columns compared against the reference computation.
+NUMERIC = ("logp_target", "logp_foil", "margin")
+
+
+# --- fixtures ------------------------------------------------------------------------------
+def _items(rule: str, pairs: list) -> list[dict]:
+    return [{"item_id": f"{rule}.{cond}.{split}.{k:03d}", "rule": rule, "condition": cond, "split": split,
+             "prefix": prefix, "target": target, "foil": foil}
+            for k, (cond, split, prefix, (target, foil)) in enumerate(pairs)]
+
+
+def _write_probes(path: Path, name: str, rows: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"name": name, "items": rows}, sort_keys=False))
+    return path
+
+
+PRONOUN = [
+    ("conflict", "heldout", "Mia cried because", (" she", " he")),
+    ("agree", "heldout", "Tom cried because", (" he", " she")),
+    ("conflict", "train", "Sue laughed because", (" she", " he")),
+    ("agree", "train", "Bob laughed because", (" he", " she")),
+    ("conflict", "heldout", "Lily said that", (" she", " he")),
+    ("agree", "heldout", "Jack said that", (" he", " she")),
+]
+ARTICLE = [
+    ("conflict", "heldout", "I ate", (" an apple", " a apple")),
+    ("agree", "heldout", "She saw", (" a cat", " an cat")),
+    ("conflict", "train", "He found", (" an egg", " a egg")),
+    ("agree", "train", "He found", (" a box", " an box")),
+]
+
+
+def _build_model(root: Path, name: str, tokenizer, *, seed0: int) -> Path:
+    model_dir = root / name
+    for i, step in enumerate(STEPS):
+        save_checkpoint(model_dir / f"step{step}", tiny_neox(len(tokenizer), seed=seed0 + i), tokenizer)
+    (model_dir / "manifest.json").write_text(json.dumps({
+        "model": name, "params_total": 45_000, "params_nonembedding": 25_000, "tokens_per_step": 4096,
+        "layers": 2, "d_model": 32, "heads": 4, "vocab_size": len(tokenizer), "seed": seed0,
+        "steps": list(STEPS), "corpus": {}, "train": {},
+    }))
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory, tiny_tokenizer) -> Path:
+    root = tmp_path_factory.mktemp("suite")
+    for k, name in enumerate(MODELS):
+        _build_model(root, name, tiny_tokenizer, seed0=100 * (k + 1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def probe_files(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("probes")
+    return (_write_probes(folder / "pron.yaml", "pron", _items("pronoun_gender", PRONOUN)),
+            _write_probes(folder / "art.yaml", "art", _items("indefinite_article", ARTICLE)))
+
+
+@pytest.fixture(scope="module")
+def reference_run(suite, probe_files, tmp_path_factory):
+    """One uninterrupted local replay of 3 models x 10 revisions x 2 probe sets."""
+    from pythia_forensics.replay import replay
+
+    results = tmp_path_factory.mktemp("ref")
+    summary = replay([str(suite / m) for m in MODELS], [str(p) for p in probe_files], results=results,
+                     progress=False)
+    return results, summary
+
+
+def _plain_logp(model, tokenizer, prefix: str, continuation: str) -> float:
+    """Independent fp32 reference: one item, prefix and continuation encoded separately, no BOS."""
+    import torch
+
+    p = tokenizer(prefix)["input_ids"]
+    c = tokenizer(continuation)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([p + c])).logits[0, :, : len(tokenizer)].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    return float(sum(logp[len(p) - 1 + k, t] for k, t in enumerate(c)))
+
+
+def _stable(frame: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in frame.columns if c not in VOLATILE]
+    return frame[cols].sort_values(["model", "probeset", "revision", "item_id"]).reset_index(drop=True)
+
+
+# --- local suite -----------------------------------------------------------------------------
+def test_local_replay_equals_scoring_each_checkpoint_alone(suite, probe_files, reference_run):
+    from pythia_forensics.probes import load_probes
+    from pythia_forensics.scoring import score
+
+    results, summary = reference_run
+    assert summary.revisions_planned == 30 and summary.revisions_scored == 30
+    assert summary.units_scored == 60
+    rows = ResultsStore(results).items()
+    assert len(rows) == 30 * (len(PRONOUN) + len(ARTICLE))
+    assert not rows.duplicated(["model", "revision", "probeset", "item_id"]).any()
+    sets = [load_probes(p) for p in probe_files]
+    for model in MODELS:
+        for step in STEPS:
+            path = suite / model / f"step{step}"
+            for probe_set in sets:
+                alone = score(str(path), probe_set).set_index("item_id").sort_index()
+                got = rows[(rows.model == model) & (rows.revision == f"step{step}")
+                           & (rows.probeset == probe_set.name)].set_index("item_id").sort_index()
+                assert list(got.index) == list(alone.index)
+                for col in NUMERIC:
+                    np.testing.assert_allclose(got[col], alone[col], atol=1e-4, rtol=0)
+                assert (got["correct"] == alone["correct"]).all()
+                assert (got["step"] == step).all()
+
+
+def test_replay_numbers_match_a_plain_fp32_loop(suite, reference_run, tiny_tokenizer):
+    """Independent of the scorer: three checkpoints re-scored item by item here."""
+    from transformers import GPTNeoXForCausalLM
+
+    rows = ResultsStore(reference_run[0]).items()
+    for model_name, step in [("mini-a", 0), ("mini-b", 16), ("mini-c", 256)]:
+        model = GPTNeoXForCausalLM.from_pretrained(suite / model_name / f"step{step}").eval()
+        got = rows[(rows.model == model_name) & (rows.step == step)]
+        assert len(got) == len(PRONOUN) + len(ARTICLE)
+        for row in got.itertuples():
+            lt = _plain_logp(model, tiny_tokenizer, row.prefix, row.target)
+            lf = _plain_logp(model, tiny_tokenizer, row.prefix, row.foil)
+            assert row.logp_target == pytest.approx(lt, abs=1e-4)
+            assert row.margin == pytest.approx(lt - lf, abs=1e-4)
+            assert row.correct == (lt - lf > 0)
+
+
+def test_store_provenance_summary_and_models(reference_run):
+    results, _ = reference_run
+    store = ResultsStore(results)
+    rows = store.items()
+    for col in ("repo", "step", "commit", "weights_sha256", "dtype", "batch_size", "device", "bos",
+                "probeset", "probeset_sha256", "work_key", "pf_version", "torch_version",
+                "transformers_version"):
+        assert col in rows, col
+    assert set(rows["dtype"]) == {"float32"} and not rows["bos"].any()
+    assert rows["weights_sha256"].str.len().min() == 64
+    summary = store.summary()
+    assert len(summary) == len(rows.groupby(["model", "revision", "probeset", "rule", "condition", "split"]))
+    one = summary[(summary.model == "mini-b") & (summary.step == 32) & (summary.condition == "conflict")
+                  & (summary.split == "heldout") & (summary.probeset == "pron")].iloc[0]
+    mine = rows[(rows.model == "mini-b") & (rows.step == 32) & (rows.condition == "conflict")
+                & (rows.split == "heldout") & (rows.probeset == "pron")]
+    assert one.n == len(mine) == 2
+    assert one.accuracy == pytest.approx(float(np.mean(mine.margin > 0)))
+    assert one.mean_margin == pytest.approx(float(np.mean(mine.margin)))
+    models = store.models().set_index("model")
+    assert set(models.index) == set(MODELS)
+    assert models.loc["mini-a", "tokens_per_step"] == 4096
+
+
+def test_rerun_skips_everything_and_edits_rescore_only_what_changed(suite, probe_files, tmp_path, tiny_tokenizer):
+    """Edit one probe item -> only that set; replace one revision's weights -> only that revision."""
+    import shutil
+
+    from pythia_forensics.replay import replay
+
+    local = tmp_path / "suite"
+    shutil.copytree(suite / "mini-a", local / "mini-a")
+    shutil.copytree(suite / "mini-b", local / "mini-b")
+    pron = _write_probes(tmp_path / "pron.yaml", "pron", _items("pronoun_gender", PRONOUN))
+    art = _write_probes(tmp_path / "art.yaml", "art", _items("indefinite_article", ARTICLE))
+    models = [str(local / "mini-a"), str(local / "mini-b")]
+    results = tmp_path / "res"
+    run = lambda: replay(models, [str(pron), str(art)], results=results, steps="0:16", progress=False)  # noqa: E731
+    first = run()
+    assert first.revisions_scored == 12 and first.units_scored == 24
+    store = ResultsStore(results)
+    before = store.items().set_index(["model", "revision", "probeset", "item_id"])["written_at"]
+
+    again = run()
+    assert again.revisions_scored == 0 and again.units_scored == 0 and again.revisions_skipped == 12
+
+    edited = _items("indefinite_article", ARTICLE)
+    edited[1]["prefix"] = "She found"
+    _write_probes(art, "art", edited)
+    third = run()
+    assert third.units_scored == 12 and third.revisions_scored == 12
+    after = store.items().set_index(["model", "revision", "probeset", "item_id"])
+    changed = after["written_at"] != before.reindex(after.index)
+    assert set(after[changed].index.get_level_values("probeset")) == {"art"}
+    assert (after.xs("art", level="probeset")["written_at"] != before.xs("art", level="probeset")).all()
+    assert after.loc[("mini-a", "step0", "art", "indefinite_article.agree.heldout.001"), "prefix"] == "She found"
+    assert len(after) == 12 * 10
+
+    before = after["written_at"]
+    save_checkpoint(local / "mini-b" / "step4", tiny_neox(len(tiny_tokenizer), seed=999), tiny_tokenizer)
+    fourth = run()
+    assert fourth.revisions_scored == 1 and fourth.units_scored == 2
+    after = store.items().set_index(["model", "revision", "probeset", "item_id"])
+    changed = after["written_at"] != before.reindex(after.index)
+    assert set(after[changed].index.droplevel(["probeset", "item_id"])) == {("mini-b", "step4")}
+    assert len(after) == 12 * 10 and not after.index.duplicated().any()
+
+
+def _run_cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pythia_forensics", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_at_ten_random_moments_then_resume_equals_uninterrupted(suite, probe_files, reference_run, tmp_path):
+    results = tmp_path / "killed"
+    args = ["replay", *[str(suite / m) for m in MODELS], "--probes", str(probe_files[0]),
+            "--probes", str(probe_files[1]), "--results", str(results)]
+    store = ResultsStore(results)
+    rng = random.Random(4)
+    kills = 0
+    for attempt in range(30):
+        if kills == 10:
+            break
+        done_before = len(store.keys())
+        proc = _run_cli(args)
+        # Kill at a random moment after this run has made progress (so every kill lands in the
+        # middle of real work: fetching, scoring or writing), or at a random moment of start-up.
+        deadline = time.monotonic() + 60
+        if kills % 3 == 0:
+            time.sleep(rng.uniform(0.5, 4.0))
+        else:
+            while len(store.keys()) <= done_before and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if len(store.keys()) == 60:
+            break
+    assert kills >= 5, f"only {kills} kills landed before the sweep finished"
+    final = _run_cli(args)
+    assert final.wait(timeout=300) == 0, final.stderr.read()
+    expected = _stable(ResultsStore(reference_run[0]).items())
+    got = _stable(store.items())
+    pd.testing.assert_frame_equal(got.drop(columns=["work_key"]), expected.drop(columns=["work_key"]),
+                                  check_exact=False, atol=1e-6, rtol=0)
+    assert (got["work_key"] == expected["work_key"]).all()  # same keys: same inputs, same code
+    assert len(store.keys()) == 60
+    assert not list(results.rglob(".tmp-*"))
+
+
+def test_submitit_two_task_array_on_local_executor(suite, probe_files, tmp_path):
+    from pythia_forensics.replay import replay
+
+    summary = replay([str(suite / "mini-c")], str(probe_files[0]), results=tmp_path / "arr", steps="0:256",
+                     executor="submitit-local", chunk=5, progress=False)
+    assert summary.jobs == 2
+    assert summary.revisions_scored == 10 and summary.units_scored == 10
+    assert len(list((tmp_path / "arr" / ".submitit").glob("*_0_result.pkl"))) + \
+        len(list((tmp_path / "arr" / ".submitit").rglob("*_result.pkl"))) >= 2
+    rows = ResultsStore(tmp_path / "arr").items()
+    assert len(rows) == 10 * len(PRONOUN) and not rows.duplicated(["revision", "item_id"]).any()
+
+
+def test_rank_slices_are_disjoint_and_cover_the_work(suite, probe_files, tmp_path, monkeypatch):
+    """What `accelerate launch` does: each rank (RANK/WORLD_SIZE) takes a disjoint slice."""
+    from pythia_forensics.replay import replay
+
+    results = tmp_path / "ranks"
+    scored = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        scored.append(replay([str(suite / "mini-a")], str(probe_files[0]), results=results, steps="0:8",
+                             progress=False).revisions_scored)
+    assert scored == [3, 2]  # rank 0 takes revisions 0, 2, 4 of 5; rank 1 the rest
+    rows = ResultsStore(results).items()
+    assert sorted(set(rows["step"])) == [0, 1, 2, 4, 8]
+
+
+# --- bad input: one line, exit status 2 -----------------------------------------------------------
+@pytest.mark.parametrize("extra, expect", [
+    (["pythia-160mm"], "unknown model 'pythia-160mm'"),
+    (["{suite}/mini-a", "--steps", "1:x"], "malformed --steps"),
+    (["{suite}/mini-a", "--steps", "3"], "not on the checkpoint grid"),
+    (["{suite}/mini-a", "--disk-budget", "lots"], "malformed disk budget"),
+])
+def test_cli_bad_input_is_one_line_exit_2(extra, expect, suite, probe_files, tmp_path, capsys):
+    from pythia_forensics.cli import main
+
+    args = ["replay", *[a.format(suite=suite) for a in extra], "--probes", str(probe_files[0]),
+            "--results", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err, err
