@@ -32,7 +32,7 @@ import yaml
 
 from pythia_forensics.constants import (
     MANIFEST_FILE,
-    MAIN_REVISION,
+    PYTHIA_TOKENS_PER_STEP,
     STEP_DIR_PREFIX,
     SUITES_DIR,
 )
@@ -287,7 +287,7 @@ def _suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
     if grid[-1] != final:
         raise ValueError(f"{path}: final_step {final} is not the last grid step {grid[-1]}")
     aliases = {str(k): int(v) for k, v in (data.get("aliases") or {}).items()}
-    tokens = int(data["tokens_per_step"])
+    tokens = int(data.get("tokens_per_step", PYTHIA_TOKENS_PER_STEP))
     default_seed = int(data["default_seed"])
     shapes = data["models"]
     variants = data.get("variants") or {}
