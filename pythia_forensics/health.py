@@ -55,7 +55,7 @@ __all__ = [
     "RevisionHealth",
     "RevisionStats",
     "HealthReport",
-    "RevisionListing",
+    "RevisionFiles",
     "ListedFile",
     "check_health",
     "census_findings",
@@ -83,7 +83,7 @@ class ListedFile:
 
 
 @dataclass(frozen=True)
-class RevisionListing:
+class RevisionFiles:
     """What the census knows about one revision: its name, step and weight files.
 
     `path` is the local folder when the files are on disk (local suites, fetched hub
@@ -298,7 +298,7 @@ def _bin_problem(path: Path) -> str | None:
 
 
 # --- census (pure) -----------------------------------------------------------------------
-def cluster_blobs(listings: Sequence[RevisionListing]) -> list[tuple[str, ...]]:
+def cluster_blobs(listings: Sequence[RevisionFiles]) -> list[tuple[str, ...]]:
     """Group revisions that share at least one weight blob (same sha256), transitively.
 
     Returns:
@@ -322,7 +322,7 @@ def cluster_blobs(listings: Sequence[RevisionListing]) -> list[tuple[str, ...]]:
                 parent[find(x.revision)] = find(owner[f.sha256])
             else:
                 owner[f.sha256] = x.revision
-    groups: dict[str, list[RevisionListing]] = defaultdict(list)
+    groups: dict[str, list[RevisionFiles]] = defaultdict(list)
     for x in listings:
         groups[find(x.revision)].append(x)
     clusters = [tuple(m.revision for m in sorted(g, key=lambda m: _order_key(m.step, m.revision)))
@@ -331,7 +331,7 @@ def cluster_blobs(listings: Sequence[RevisionListing]) -> list[tuple[str, ...]]:
     return sorted(clusters, key=lambda c: order[c[0]])
 
 
-def _relation(a: RevisionListing, b: RevisionListing) -> tuple[str, str] | None:
+def _relation(a: RevisionFiles, b: RevisionFiles) -> tuple[str, str] | None:
     """How `a` relates to `b`: ("duplicate", what) for an identical set, ("shared_blob", files)."""
     fa, fb = _fingerprints(a.files), _fingerprints(b.files)
     same = [fmt for fmt in fa if fa[fmt] == fb.get(fmt)]
@@ -344,7 +344,7 @@ def _relation(a: RevisionListing, b: RevisionListing) -> tuple[str, str] | None:
     return None
 
 
-def census_findings(listings: Sequence[RevisionListing], *, expected: Sequence[str],
+def census_findings(listings: Sequence[RevisionFiles], *, expected: Sequence[str],
                     final_revision: str | None, where: str = "the source") -> tuple[list[Finding], list[tuple[str, ...]]]:
     """Every census check on listings alone (plus safetensors headers when files are local).
 
@@ -469,11 +469,13 @@ def trend_breaks(values: Sequence[float], *, factor: float = HEALTH_SPIKE_FACTOR
     """Indices of isolated spikes in an ordered series (up or down).
 
     A point i (not an end point) is a spike when it sits above both neighbours, or below
-    both, by more than `factor` times the largest change among the steps next to it that do
-    not involve it (i-2 -> i-1, i-1 -> i+1, i+1 -> i+2), and by more than `rel_floor` of the
-    series' range. A smooth rise, fall or turning point never qualifies; a revision whose
-    weights jump toward the final model and back does. Uses `scipy.signal.find_peaks`,
-    whose `threshold` is exactly "vertical distance to both neighbours".
+    both, by more than `factor` times the largest change of the adjacent steps that do not
+    involve it (i-2 -> i-1 and i+1 -> i+2), and by more than `rel_floor` of the series'
+    range. A smooth rise, fall or turning point never qualifies (its neighbours change as
+    much as it does); a revision whose weights jump toward the final model and back does.
+    A point with no adjacent step on either side (series shorter than 4) is never judged.
+    Uses `scipy.signal.find_peaks`, whose `threshold` is exactly "vertical distance to both
+    neighbours".
 
     Args:
         values: the series in grid order (NaNs are never flagged).
@@ -487,20 +489,21 @@ def trend_breaks(values: Sequence[float], *, factor: float = HEALTH_SPIKE_FACTOR
 
     v = np.asarray(values, dtype=float)
     n = len(v)
-    if n < 3 or not np.isfinite(v).any():
+    if n < 4 or not np.isfinite(v).any():
         return []
     span = float(np.nanmax(v) - np.nanmin(v))
     if span == 0.0:
         return []
     need = np.full(n, np.inf)
     for i in range(1, n - 1):
-        local = [abs(v[i + 1] - v[i - 1])]
+        local = []
         if i >= 2:
             local.append(abs(v[i - 1] - v[i - 2]))
         if i + 2 < n:
             local.append(abs(v[i + 2] - v[i + 1]))
         local = [x for x in local if np.isfinite(x)]
-        need[i] = max(factor * max(local, default=0.0), rel_floor * span)
+        if local:
+            need[i] = max(factor * max(local), rel_floor * span)
     filled = np.where(np.isfinite(v), v, np.nanmean(v))
     found: set[int] = set()
     for sign in (1.0, -1.0):
@@ -743,3 +746,204 @@ def build_rows(model: str, names: Iterable[tuple[str, int | None]], findings: Se
         rows.append(RevisionHealth(model=model, revision=rev, step=step, status=status, reasons=reasons,
                                    known=bool(fs) and all(f.known for f in fs)))
     return tuple(rows)
+
+
+# --- wiring: sources -> checks -> report ------------------------------------------------------
+def _expected_revisions(spec: Any) -> tuple[str, ...]:
+    """The grid a model promises: the registry's for hub models; for a local model, the
+    manifest's `steps` (what training meant to save; the registry reads only what is there)."""
+    if getattr(spec, "source", None) == "local" and getattr(spec, "path", None) is not None:
+        manifest = Path(spec.path) / MANIFEST_FILE
+        try:
+            steps = json.loads(manifest.read_text(encoding="utf-8")).get("steps") or []
+        except (OSError, ValueError):
+            steps = []
+        return tuple(f"step{int(s)}" for s in steps)
+    return tuple(getattr(spec, "revisions", ()) or ())
+
+
+def _files_of(listing: Any, *, local_root: Path | None) -> RevisionFiles:
+    """A `sources.RevisionListing` as the census sees it: every weight file of every format."""
+    files = tuple(ListedFile(f.name, int(f.size), f.sha256 or "") for f in listing.all_weights)
+    path = local_root / listing.revision if local_root is not None else None
+    return RevisionFiles(revision=listing.revision, step=listing.step, files=files, path=path)
+
+
+def _select(names: Sequence[tuple[str, int | None]], steps: str | Sequence[int] | None,
+            final_step: int | None) -> set[str]:
+    """Revision names chosen by a `--steps` spec (`main` follows the final step)."""
+    from pythia_forensics.registry import parse_steps
+
+    grid = sorted({s for _, s in names if s is not None})
+    spec = steps if isinstance(steps, (str, type(None))) else ",".join(str(int(s)) for s in steps)
+    chosen = set(parse_steps(spec, grid))
+    keep = {rev for rev, s in names if s in chosen and rev != MAIN_REVISION}
+    if final_step is None or final_step in chosen:
+        keep.add(MAIN_REVISION)
+    return keep
+
+
+class _Fetcher:
+    """Revision folders for the deep pass, downloaded within a disk budget.
+
+    Local sources are read in place. Hub revisions go into the shared cache through the
+    source; those this pass downloads are evicted oldest first when holding the next one
+    would exceed the budget (tensors already loaded stay in memory), so at most the budget
+    plus one checkpoint is on disk. What the cache already held is reused and never
+    evicted. With no budget nothing is evicted, so a later replay reuses the downloads.
+    """
+
+    def __init__(self, source: Any, budget: int | None) -> None:
+        self.source = source
+        self.budget = budget
+        self.local = getattr(source, "source", None) == "local"
+        self.folders: dict[str, Path] = {}
+        self.owned: list[tuple[str, int]] = []     # (revision, bytes this pass downloaded)
+        self.held = 0
+        self.peak = 0
+        self.downloaded = 0
+
+    def folder(self, revision: str, names: Sequence[str]) -> Path:
+        """The folder holding `names` of `revision` (fetching them first when needed)."""
+        if self.local:
+            return Path(self.source.path) / revision
+        if revision not in self.folders:
+            need = int(self.source.size(revision).download_bytes)
+            while self.budget is not None and self.owned and self.held + need > self.budget:
+                old, n = self.owned.pop(0)
+                self.source.evict(old)
+                self.folders.pop(old, None)
+                self.held -= n
+            record = self.source.fetch(revision)
+            self.folders[revision] = Path(record.path)
+            if need:
+                self.owned.append((revision, need))
+                self.held += need
+                self.downloaded += need
+                self.peak = max(self.peak, self.held)
+        folder = self.folders[revision]
+        absent = [n for n in names if not (folder / n).exists()]
+        if absent:
+            # The other format of a branch carrying both (fetch takes safetensors only):
+            # through the source's verified download, so the sha256 is checked the same way.
+            listing = self.source.listing(revision)
+            for name in absent:
+                self.source._fetch_verified(listing, listing.file(name))  # noqa: SLF001 (adapter, see report)
+                n = int(listing.file(name).size)
+                self.held += n
+                self.downloaded += n
+                self.peak = max(self.peak, self.held)
+        return folder
+
+
+def _deep_input(entry: RevisionFiles, fetcher: _Fetcher) -> _DeepInput:
+    sets = weight_sets(entry.files)
+
+    def loader(names: tuple[str, ...]) -> Callable[[], dict[str, Any]]:
+        return lambda: load_state(fetcher.folder(entry.revision, names), names)
+
+    # An incomplete set is already reported by the census; only complete sets are loaded.
+    loaders = {fmt: loader(tuple(f.name for f in fs))
+               for fmt, fs in sorted(sets.items(), key=lambda kv: kv[0] != "safetensors")
+               if not _missing_shards(fs)}
+    return _DeepInput(revision=entry.revision, step=entry.step, loaders=loaders)
+
+
+def _is_spec(obj: Any) -> bool:
+    return hasattr(obj, "steps") and hasattr(obj, "source") and hasattr(obj, "revisions")
+
+
+def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: bool = False,
+                 source: Any = None, suite_dir: str | Path | None = None, disk_budget: int | None = None,
+                 peers: Sequence[Any] = (), cache_dir: str | Path | None = None,
+                 progress: bool = True) -> HealthReport:
+    """Check that every revision of a model is what its name says.
+
+    The census lists revisions and weight files (sizes, sha256) without downloading any
+    weights; `deep=True` also loads tensors (downloading hub revisions into the shared cache
+    within `disk_budget`, reusing what the cache already holds).
+
+    Args:
+        model: a registry name, hub id, local model folder, or a `registry.ModelSpec`.
+        steps: a `--steps` spec ("all", "N,N", "A:B", "log") or step numbers; None = all.
+        deep: load tensors for the deep checks.
+        source: a `sources` object to list/fetch with (default: `sources.open_source`).
+        suite_dir: a local suite folder to look model names up in.
+        disk_budget: most bytes the deep pass may download and hold at once (None: no limit).
+        peers: other seeds of the same model (names, folders or specs) for the lineage check
+            (deep only); each peer's step0 is loaded.
+        cache_dir: hub cache folder (default: huggingface_hub's, shared with the replay).
+        progress: show a progress bar while listing and in the deep pass.
+
+    Returns:
+        The `HealthReport` (store it with `ResultsStore(dir).write_health(report.to_frame())`).
+
+    Raises:
+        UnknownModelError, RevisionNotFoundError, SourceError: from the registry / sources.
+        StepSpecError: a malformed `steps`.
+        DiskBudgetError: `disk_budget` is smaller than one revision.
+    """
+    from tqdm.auto import tqdm
+
+    from pythia_forensics import sources as sources_mod
+    from pythia_forensics.errors import DiskBudgetError
+    from pythia_forensics.registry import resolve_model
+
+    def open_src(spec: Any) -> Any:
+        return sources_mod.open_source(spec, **({"cache_dir": str(cache_dir)} if cache_dir and spec.source != "local" else {}))
+
+    spec = model if _is_spec(model) else resolve_model(model, suite_dir=suite_dir)
+    src = source or open_src(spec)
+    local_root = Path(src.path) if getattr(src, "source", None) == "local" else None
+    revisions = list(src.revisions())
+    expected = _expected_revisions(spec)
+    names = [(r, spec.step_of(r)) for r in revisions] + [(r, _step_of(r)) for r in expected]
+    final_step = max((s for _, s in names if s is not None), default=None)
+    keep = _select(names, steps, final_step)
+    revisions = [r for r in revisions if r in keep]
+    expected = [r for r in expected if r in keep]
+    entries = [_files_of(src.listing(r), local_root=local_root)
+               for r in tqdm(revisions, desc=f"listing {spec.name}", unit="rev", disable=not progress)]
+    final_revision = f"step{final_step}" if final_step is not None else None
+    where = f"the hub repo {spec.repo}" if spec.source == "hub" else str(spec.path)
+    findings, clusters = census_findings(entries, expected=expected, final_revision=final_revision, where=where)
+
+    stats: list[RevisionStats] = []
+    if deep and entries:
+        if disk_budget is not None:
+            biggest = max(entries, key=lambda e: sum(f.size for f in e.files))
+            need = sum(f.size for f in biggest.files)
+            if need > disk_budget:
+                raise DiskBudgetError(
+                    f"disk budget {disk_budget} bytes is smaller than one checkpoint: {spec.name}@{biggest.revision} "
+                    f"needs {need} bytes; raise --disk-budget to at least {need}")
+        fetcher = _Fetcher(src, disk_budget)
+        # Files the census proved broken would only fail to load again.
+        broken = {f.revision for f in findings if f.code in ("truncated", "size", "no_weights")}
+        inputs = [_deep_input(e, fetcher) for e in entries if e.revision not in broken]
+        peer_loaders: dict[str, Callable[[], dict[str, Any]]] = {}
+        for peer in peers:
+            peer_spec = peer if _is_spec(peer) else resolve_model(peer, suite_dir=suite_dir)
+            peer_src = open_src(peer_spec)
+            zero = [r for r in peer_src.revisions() if peer_spec.step_of(r) == 0]
+            if not zero:
+                findings.append(Finding(entries[0].revision, entries[0].step, "lineage", "flagged",
+                                        f"peer {peer_spec.name} has no step0 to compare with"))
+                continue
+            peer_root = Path(peer_src.path) if getattr(peer_src, "source", None) == "local" else None
+            peer_input = _deep_input(_files_of(peer_src.listing(zero[0]), local_root=peer_root),
+                                     _Fetcher(peer_src, disk_budget))
+            if peer_input.loaders:
+                peer_loaders[peer_spec.name] = next(iter(peer_input.loaders.values()))
+
+        def wrap(it: Iterable[Any]) -> Iterable[Any]:
+            return tqdm(it, total=len(inputs), desc=f"health {spec.name}", unit="rev", disable=not progress)
+
+        deep_f, stats = deep_findings(inputs, final_revision=final_revision, same_blobs=clusters,
+                                      peers=peer_loaders, progress=wrap)
+        findings += deep_f
+
+    rows = build_rows(spec.name, [(e.revision, e.step) for e in entries] + [(r, _step_of(r)) for r in expected],
+                      findings)
+    return HealthReport(model=spec.name, source=spec.source, deep=deep, rows=rows, findings=tuple(findings),
+                        clusters=tuple(clusters), stats=tuple(stats))

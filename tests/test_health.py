@@ -14,7 +14,7 @@ import pytest
 
 from pythia_forensics.health import (
     ListedFile,
-    RevisionListing,
+    RevisionFiles,
     build_rows,
     census_findings,
     cluster_blobs,
@@ -27,11 +27,11 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _listing(rev: str, blob: str | None = None, *, files=None, size: int = 1000) -> RevisionListing:
+def _listing(rev: str, blob: str | None = None, *, files=None, size: int = 1000) -> RevisionFiles:
     step = int(rev[4:]) if rev.startswith("step") else None
     if files is None:
         files = (ListedFile("model.safetensors", size, _sha(blob or rev)),)
-    return RevisionListing(rev, step, tuple(files))
+    return RevisionFiles(rev, step, tuple(files))
 
 
 GRID = ["step0", "step1", "step2", "step4", "step8", "step16", "step100", "step200", "step300"]
@@ -133,3 +133,151 @@ def test_trend_breaks_find_a_swapped_point_and_nothing_on_smooth_series():
     dip = bump.copy()
     dip[20] -= 0.5
     assert trend_breaks(dip) == [20]
+
+
+# --- local suites of tiny GPT-NeoX checkpoints ---------------------------------------------
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512] + list(range(1000, 10001, 1000))
+FINAL = STEPS[-1]
+
+
+def _tiny_states(seed: int):
+    """(theta_0, delta) for a seed: a tiny GPT-NeoX init and a training direction."""
+    import torch
+    from tinymodels import tiny_neox
+
+    model = tiny_neox(64, hidden=32, layers=2, seed=seed)
+    theta0 = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(1000 + seed)
+    delta = {k: torch.randn(v.shape, generator=gen) * 0.05 if v.is_floating_point() else torch.zeros_like(v)
+             for k, v in theta0.items()}
+    return model.config, theta0, delta
+
+
+def _at(theta0, delta, step):
+    g = (step / FINAL) ** 0.5  # a distance from init that grows and slows, like training
+    return {k: (theta0[k] + g * delta[k]).contiguous() for k in theta0}
+
+
+def write_model(root, name, seed, *, init_from=None, steps=STEPS, manifest_steps=None):
+    """DIR/<name>/step<N>/ (config + model.safetensors) and manifest.json; returns the folder.
+
+    `init_from`: another seed whose init the trained revisions (step >= 1) descend from,
+    while step0 keeps this seed's own init (PolyPythia weight-seed fault, #203).
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    config, theta0, delta = _tiny_states(seed)
+    base = _tiny_states(init_from)[1] if init_from is not None else theta0
+    model_dir = root / name
+    for step in steps:
+        folder = model_dir / f"step{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(folder)
+        state = theta0 if step == 0 else _at(base, delta, step)
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (model_dir / "manifest.json").write_text(json.dumps({
+        "model": name, "seed": seed, "steps": list(manifest_steps or steps), "layers": 2, "d_model": 32}))
+    return model_dir
+
+
+def _findings(report):
+    return sorted((f.revision, f.code, f.status) for f in report.findings)
+
+
+@pytest.fixture(scope="module")
+def suites(tmp_path_factory):
+    """A clean suite (two seeds) and a faulty one with every planted fault."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    root = tmp_path_factory.mktemp("suites")
+    clean = root / "clean"
+    a = write_model(clean, "tiny-a", 1)
+    b = write_model(clean, "tiny-b", 2)
+    # A branch carrying both formats that AGREE must raise nothing.
+    torch.save(load_file(str(a / "step4000" / "model.safetensors")), a / "step4000" / "pytorch_model.bin")
+
+    faulty = root / "faulty"
+    f = write_model(faulty, "tiny-f", 1, steps=[s for s in STEPS if s != 64], manifest_steps=STEPS)
+    shutil.copy(f / f"step{FINAL}" / "model.safetensors", f / "step2000" / "model.safetensors")  # final under a mid name
+    shutil.copy(f / "step0" / "model.safetensors", f / "step1" / "model.safetensors")            # step0 == step1
+    (f / "step16" / "model.safetensors").unlink()                                                # missing weight file
+    data = (f / "step512" / "model.safetensors").read_bytes()
+    (f / "step512" / "model.safetensors").write_bytes(data[: len(data) // 2])                    # truncated upload
+    state = load_file(str(f / "step6000" / "model.safetensors"))
+    state["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"][0, 0] += 0.5
+    torch.save(state, f / "step6000" / "pytorch_model.bin")                                       # .bin disagrees
+    g = write_model(faulty, "tiny-g", 2, init_from=3)                                            # wrong lineage
+    write_model(faulty, "tiny-h", 3)
+    return {"clean": (a, b), "faulty": (f, g, faulty / "tiny-h")}
+
+
+def test_local_clean_suite_no_false_alarms(suites):
+    from pythia_forensics.health import check_health
+
+    a, b = suites["clean"]
+    census = check_health(a, progress=False)
+    assert census.findings == () and not census.failed
+    assert {r.status for r in census.rows} == {"ok"} and len(census.rows) == len(STEPS)
+    deep = check_health(a, deep=True, peers=[b], progress=False)
+    assert deep.findings == (), [f.reason for f in deep.findings]
+    assert len(deep.stats) == len(STEPS)
+    # the series are independent measurements: check two against a direct computation
+    import torch
+    from safetensors.torch import load_file
+
+    s0 = load_file(str(a / "step0" / "model.safetensors"))
+    s3 = load_file(str(a / "step3000" / "model.safetensors"))
+    direct = torch.sqrt(sum(((s3[k].double() - s0[k].double()) ** 2).sum() for k in s0)).item()
+    stat = next(s for s in deep.stats if s.revision == "step3000")
+    assert stat.dist_from_step0 == pytest.approx(direct, rel=1e-5)
+    assert stat.embedding_norm == pytest.approx(s3["gpt_neox.embed_in.weight"].double().norm().item(), rel=1e-5)
+
+
+def test_local_faulty_suite_reports_every_fault(suites):
+    from pythia_forensics.health import check_health
+
+    f, g, h = suites["faulty"]
+    census = check_health(f, progress=False)
+    assert _findings(census) == [
+        ("step1", "duplicate", "flagged"),
+        ("step16", "no_weights", "bad"),
+        ("step2000", "duplicate", "bad"),
+        ("step512", "truncated", "bad"),
+        ("step64", "missing", "bad"),
+    ]
+    assert census.failed and census.status_of("step1") == "flagged"
+    assert next(x for x in census.findings if x.revision == "step1").known
+
+    deep = check_health(f, deep=True, progress=False)
+    got = _findings(deep)
+    assert ("step6000", "format_mismatch", "bad") in got
+    assert ("step2000", "trend_break", "flagged") in got
+    assert {r for r, *_ in got} == {"step1", "step16", "step2000", "step512", "step64", "step6000"}, got
+    spike = next(x for x in deep.findings if x.code == "trend_break")
+    assert "toward the final model" in spike.detail
+    mismatch = next(x for x in deep.findings if x.code == "format_mismatch")
+    assert "dense_h_to_4h" in mismatch.detail and "0.5" in mismatch.detail
+
+    lineage = check_health(g, deep=True, peers=[h], progress=False)
+    assert _findings(lineage) == [("step1", "lineage", "bad")]
+    assert "tiny-h" in lineage.findings[0].detail
+
+
+def test_health_table_matches_store_contract(suites, tmp_path):
+    from pythia_forensics.health import check_health
+    from pythia_forensics.store import ResultsStore
+
+    f, _, _ = suites["faulty"]
+    report = check_health(f, steps="0:1000", progress=False)
+    store = ResultsStore(tmp_path)
+    store.write_health(report.to_frame())
+    table = store.health()
+    assert {"model", "revision", "step", "status", "reasons"} <= set(table.columns)
+    bad = dict(zip(table["revision"], table["status"]))
+    assert bad["step16"] == "bad" and bad["step8"] == "ok" and "step2000" not in bad
+    assert "no_weights" in table.set_index("revision").loc["step16", "reasons"]
