@@ -1,0 +1,1024 @@
+"""Support frequency: how often a training stream shows each rule winning against its prior.
+
+A rule (``probes/rules/<rule>.yaml``) names a cue class (girls' names), the rule's target
+forms (" she") and the prior's competitor forms (" he"). The windowed counter looks, for every
+cue occurrence, at the next W tokens of the same document (``direction: before``: the W tokens
+before it): the nearest target is a *rule win*, the nearest competitor a *prior win*, neither
+is no event. The support ratio is ``(rule_wins + 1) / (prior_wins + 1)``. The bigram counter is
+the same with W = 1. The exact event definition is in docs/ARCHITECTURE.md ("Corpus and support
+ground truth"); the mini-suite generator records its ground truth under the same definition.
+
+Words are matched on token ids, in every form a tokenizer gives them: ``" Sue"`` and ``"Sue"``
+tokenize differently (and ``"Sue"`` may take two tokens at a sequence start), so each word is
+compiled to the token sequences of both forms and matched as a whole word (the neighbouring
+tokens must start/end with a non-alphanumeric character). A word whose forms cannot be matched
+(it tokenizes to nothing, to an unknown token, or -- with ``multi_token=False`` -- to several
+tokens) is REPORTED by name (warning, ``unmatched`` column, ``frame.attrs["unmatched"]``): the
+paper's windowed counter silently counted zero because its girl-name cue class tokenized to
+nothing.
+
+Counting is vectorised numpy over token arrays: one table look-up marks every token that can
+start a cue/target/competitor form, the sparse candidates are verified per form, and
+``np.searchsorted`` finds each cue's nearest choice. Inputs stream in blocks (bounded memory):
+plain text (one document per line), JSONL (a text field), Parquet (a text column), a
+``datasets`` ``save_to_disk`` folder, a Megatron ``.bin``/``.idx`` token stream, or a mini-suite
+corpus folder (``tokens.bin/.idx`` + ``tokenizer.json`` + ``corpus.json``).
+
+Example::
+
+    frame = count_support("corpus/", "all")            # mini corpus: tokenizer and steps from corpus.json
+    frame[frame.scope == "overall"][["rule", "rule_wins", "prior_wins", "ratio"]]
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pythia_forensics.constants import (
+    DEFAULT_SUPPORT_WINDOW,
+    DEFAULT_SUPPORT_WINDOW_STEPS,
+    DEFAULT_SUPPORT_WINDOW_TOKENS,
+    SUPPORT_BLOCK_TOKENS,
+    SUPPORT_DIRECTIONS,
+    SUPPORT_MODES,
+    SUPPORT_RULES_SUBDIR,
+    SUPPORT_TEXT_BATCH,
+    probes_dir,
+)
+from pythia_forensics.errors import ConfigError, CorpusError, TokenizationError
+from pythia_forensics.indexed import IndexedDataset, dataset_prefix
+
+__all__ = [
+    "WordClass",
+    "SupportRule",
+    "TokenForm",
+    "CompiledRule",
+    "UnmatchedCue",
+    "SupportCueWarning",
+    "load_lexicon",
+    "load_rules",
+    "load_tokenizer",
+    "compile_rules",
+    "count_support",
+    "count_token_stream",
+    "benchmark",
+]
+
+ROLES = ("cues", "targets", "competitors")
+_RULE_KEYS = {"name", "description", "direction", "cues", "targets", "competitors", "lexicon"}
+# Mini-suite corpus folder layout (docs/ARCHITECTURE.md).
+_CORPUS_TOKENS, _CORPUS_TOKENIZER, _CORPUS_META = "tokens", "tokenizer.json", "corpus.json"
+
+
+class SupportCueWarning(UserWarning):
+    """A cue/target/competitor word cannot be matched by the tokenizer (named in the message)."""
+
+
+# --- rule definitions (data) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class WordClass:
+    """A named list of bare words (no leading space), e.g. the lexicon's ``female_names``."""
+
+    name: str
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SupportRule:
+    """One rule: cue class, the rule's target forms and the prior's competitor forms."""
+
+    name: str
+    cues: tuple[WordClass, ...]
+    targets: tuple[WordClass, ...]
+    competitors: tuple[WordClass, ...]
+    direction: str = "after"
+    description: str = ""
+    source: str = ""
+
+    def role(self, role: str) -> tuple[WordClass, ...]:
+        return getattr(self, role)
+
+
+def load_lexicon(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read ``probes/lexicon.yaml`` (or ``path``) as a plain mapping.
+
+    Raises:
+        ConfigError: the file is missing or is not a YAML mapping.
+    """
+    p = Path(path) if path is not None else probes_dir() / "lexicon.yaml"
+    if not p.is_file():
+        raise ConfigError(f"lexicon not found: {p}; set PF_PROBES_DIR or give the rule a `lexicon:` path")
+    data = yaml.safe_load(p.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the lexicon must be a YAML mapping of word classes")
+    return data
+
+
+def _lexicon_lookup(lexicon: Mapping[str, Any], ref: str) -> Any:
+    node: Any = lexicon
+    for part in ref.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            known = [k for k, v in lexicon.items() if isinstance(v, (list, dict))]
+            close = difflib.get_close_matches(ref, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise KeyError(f"lexicon has no {ref!r}{hint}; known classes: {', '.join(known)}")
+        node = node[part]
+    return node
+
+
+def _word_classes(spec: Any, *, rule: str, role: str, lexicon_fn, problems: list[str]) -> tuple[WordClass, ...]:
+    """Parse one role: a word list, ``{lexicon: ref}``, ``{words: [...]}`` or a list of those."""
+    entries = spec if isinstance(spec, list) and any(isinstance(e, dict) for e in spec) else [spec]
+    out: list[WordClass] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = [entry]
+        if isinstance(entry, list) and all(isinstance(w, str) for w in entry):
+            out.append(WordClass(f"{rule}.{role}", tuple(entry)))
+        elif isinstance(entry, dict) and set(entry) == {"lexicon"}:
+            ref = str(entry["lexicon"])
+            try:
+                value = _lexicon_lookup(lexicon_fn(), ref)
+            except (KeyError, ConfigError) as exc:
+                problems.append(f"{rule}.{role}: {exc.args[0] if isinstance(exc, KeyError) else exc}")
+                continue
+            words = [value] if isinstance(value, str) else value
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                problems.append(f"{rule}.{role}: lexicon entry {ref!r} is not a word or a list of words")
+                continue
+            out.append(WordClass(ref, tuple(words)))
+        elif isinstance(entry, dict) and set(entry) <= {"words", "name"} and "words" in entry:
+            words = entry["words"]
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                problems.append(f"{rule}.{role}: `words` must be a list of strings")
+                continue
+            out.append(WordClass(str(entry.get("name", f"{rule}.{role}")), tuple(words)))
+        else:
+            problems.append(
+                f"{rule}.{role}: expected a word list, {{lexicon: CLASS}} or {{words: [...]}}, got {entry!r}"
+            )
+    for wc in out:
+        if not wc.words:
+            problems.append(f"{rule}.{role}: word class {wc.name!r} is empty")
+        bad = [w for w in wc.words if not w.strip() or w != w.strip()]
+        if bad:
+            problems.append(f"{rule}.{role}: words must be bare (no surrounding spaces): {bad!r}")
+    return tuple(out)
+
+
+def _rule_from_mapping(data: Any, *, source: str, problems: list[str]) -> SupportRule | None:
+    if not isinstance(data, dict):
+        problems.append(f"{source}: a rule must be a mapping, got {type(data).__name__}")
+        return None
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append(f"{source}: missing `name`")
+        return None
+    unknown = set(data) - _RULE_KEYS
+    if unknown:
+        problems.append(f"{source}: rule {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(_RULE_KEYS)}")
+    direction = data.get("direction", "after")
+    if direction not in SUPPORT_DIRECTIONS:
+        problems.append(f"{source}: rule {name!r} direction {direction!r} must be one of {SUPPORT_DIRECTIONS}")
+    lex_path = data.get("lexicon")
+    base = Path(source).parent if source else Path(".")
+    cache: dict[str, Any] = {}
+
+    def lexicon_fn() -> Mapping[str, Any]:
+        if "lex" not in cache:
+            cache["lex"] = load_lexicon(base / lex_path if lex_path else None)
+        return cache["lex"]
+
+    roles = {}
+    for role in ROLES:
+        if role not in data:
+            problems.append(f"{source}: rule {name!r} is missing `{role}`")
+            roles[role] = ()
+        else:
+            roles[role] = _word_classes(data[role], rule=name, role=role, lexicon_fn=lexicon_fn, problems=problems)
+    return SupportRule(
+        name=name,
+        direction=str(direction),
+        description=str(data.get("description", "")),
+        source=source,
+        **roles,
+    )
+
+
+def _rule_files(spec: str | os.PathLike) -> list[Path]:
+    rules_dir = probes_dir() / SUPPORT_RULES_SUBDIR
+    p = Path(spec)
+    if p.is_dir():
+        return sorted(p.glob("*.yaml"))
+    if p.is_file():
+        return [p]
+    if str(spec) == "all":
+        return sorted(rules_dir.glob("*.yaml"))
+    candidate = rules_dir / f"{spec}.yaml"
+    if candidate.is_file():
+        return [candidate]
+    known = sorted(q.stem for q in rules_dir.glob("*.yaml"))
+    close = difflib.get_close_matches(str(spec), known, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(
+        f"no rule file or shipped rule named {str(spec)!r}; {hint}known rules: {', '.join(known) or '(none)'}"
+        " (or pass a YAML path)"
+    )
+
+
+def load_rules(spec: str | os.PathLike | SupportRule | Sequence[Any]) -> tuple[SupportRule, ...]:
+    """Rule definitions from YAML: a file (one rule, or ``rules: [...]``), a folder, a shipped
+    rule name (``probes/rules/<name>.yaml``), ``"all"``, or a list of those.
+
+    Args:
+        spec: see above; `SupportRule` objects pass through.
+
+    Returns:
+        The rules, in the order given (duplicates by name refused).
+
+    Raises:
+        ConfigError: every problem found (unknown lexicon class, missing role, bad direction),
+            collected and raised together.
+    """
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    problems: list[str] = []
+    rules: list[SupportRule] = []
+    for item in items:
+        if isinstance(item, SupportRule):
+            rules.append(item)
+            continue
+        for path in _rule_files(item):
+            try:
+                data = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                problems.append(f"{path}: not valid YAML ({exc})")
+                continue
+            entries = data["rules"] if isinstance(data, dict) and "rules" in data else [data]
+            for entry in entries:
+                rule = _rule_from_mapping(entry, source=str(path), problems=problems)
+                if rule is not None:
+                    rules.append(rule)
+    seen: dict[str, str] = {}
+    for r in rules:
+        if r.name in seen:
+            problems.append(f"rule {r.name!r} defined twice ({seen[r.name]} and {r.source})")
+        seen[r.name] = r.source
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if not rules:
+        raise ConfigError(f"no rules found in {spec!r}; pass a rule YAML file or a shipped rule name")
+    return tuple(rules)
+
+
+# --- tokenizers -----------------------------------------------------------------------------
+def load_tokenizer(spec: Any):
+    """A `tokenizers.Tokenizer` from a tokenizer.json path, a folder holding one, an HF
+    tokenizer object, or a model name/folder (through ``transformers.AutoTokenizer``).
+
+    Raises:
+        TokenizationError: the tokenizer cannot be loaded (says what to pass instead).
+    """
+    from tokenizers import Tokenizer
+
+    if isinstance(spec, Tokenizer):
+        return spec
+    backend = getattr(spec, "backend_tokenizer", None)
+    if backend is not None:
+        return backend
+    p = Path(str(spec))
+    try:
+        if p.is_file():
+            return Tokenizer.from_file(str(p))
+        if p.is_dir() and (p / "tokenizer.json").is_file():
+            return Tokenizer.from_file(str(p / "tokenizer.json"))
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(spec))
+    except Exception as exc:  # the library raises many types; the user needs one message
+        raise TokenizationError(
+            f"cannot load tokenizer {str(spec)!r} ({type(exc).__name__}: {exc}); "
+            "pass a tokenizer.json file, a model folder, or a cached model name"
+        ) from None
+    if getattr(tok, "backend_tokenizer", None) is None:
+        raise TokenizationError(f"tokenizer {str(spec)!r} is not a fast tokenizer; pass its tokenizer.json")
+    return tok.backend_tokenizer
+
+
+def _boundary_tables(tok) -> tuple[np.ndarray, np.ndarray]:
+    """Per token id: does its text start / end with a non-alphanumeric character?
+
+    Empty strings (special tokens such as <|endoftext|>) count as boundaries on both sides.
+    """
+    n = tok.get_vocab_size(with_added_tokens=True)
+    texts = tok.decode_batch([[i] for i in range(n)], skip_special_tokens=True)
+    starts = np.array([not (t[:1].isalnum()) for t in texts], dtype=bool)
+    ends = np.array([not (t[-1:].isalnum()) for t in texts], dtype=bool)
+    return starts, ends
+
+
+# --- compiled rules -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenForm:
+    """One way a word appears in a token stream."""
+
+    word: str
+    text: str  # " Sue" or "Sue"
+    ids: tuple[int, ...]
+
+    @property
+    def leading_space(self) -> bool:
+        return self.text[:1].isspace()
+
+
+@dataclass(frozen=True)
+class UnmatchedCue:
+    """A word (or whole class) the counter cannot match, with the reason."""
+
+    rule: str
+    role: str
+    word_class: str
+    word: str | None  # None: the whole class matches nothing
+    reason: str
+
+    def __str__(self) -> str:
+        what = f"word {self.word!r} of" if self.word else "every word of"
+        return f"{self.rule}: {what} {self.role[:-1]} class {self.word_class!r} {self.reason}"
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule's forms as token-id sequences for one tokenizer (or built from ids directly)."""
+
+    name: str
+    direction: str
+    cues: tuple[TokenForm, ...]
+    targets: tuple[TokenForm, ...]
+    competitors: tuple[TokenForm, ...]
+    unmatched: tuple[UnmatchedCue, ...] = ()
+
+    def role(self, role: str) -> tuple[TokenForm, ...]:
+        return getattr(self, role)
+
+    @property
+    def max_len(self) -> int:
+        return max((len(f.ids) for r in ROLES for f in self.role(r)), default=1)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """What the counter needs from a tokenizer: size and word-boundary tables."""
+
+    size: int
+    starts_nonword: np.ndarray = field(repr=False)
+    ends_nonword: np.ndarray = field(repr=False)
+
+
+def _encode_form(tok, text: str) -> tuple[int, ...]:
+    return tuple(tok.encode(text, add_special_tokens=False).ids)
+
+
+def compile_rules(
+    rules: Sequence[SupportRule], tokenizer: Any, *, multi_token: bool = True
+) -> tuple[tuple[CompiledRule, ...], Vocab]:
+    """Tokenize every word of every rule in both forms (``" w"`` and ``"w"``).
+
+    A form is dropped (and the word reported if no form survives) when it tokenizes to
+    nothing, contains the unknown token, does not decode back to its text, or -- with
+    ``multi_token=False`` -- needs more than one token.
+
+    Returns:
+        ``(compiled_rules, vocab)``.
+    """
+    tok = load_tokenizer(tokenizer)
+    starts, ends = _boundary_tables(tok)
+    vocab = Vocab(len(starts), starts, ends)
+    unk_token = getattr(tok.model, "unk_token", None)
+    unk_id = tok.token_to_id(unk_token) if unk_token else None
+    compiled = []
+    for rule in rules:
+        forms: dict[str, list[TokenForm]] = {}
+        unmatched: list[UnmatchedCue] = []
+        for role in ROLES:
+            forms[role] = []
+            for wc in rule.role(role):
+                class_forms = 0
+                for word in wc.words:
+                    reasons = []
+                    word_forms = []
+                    for text in (" " + word, word):
+                        ids = _encode_form(tok, text)
+                        if not ids:
+                            reasons.append(f"{text!r} tokenizes to nothing")
+                        elif unk_id is not None and unk_id in ids:
+                            reasons.append(f"{text!r} contains the unknown token")
+                        elif tok.decode(list(ids), skip_special_tokens=False) != text:
+                            reasons.append(f"{text!r} does not round-trip through the tokenizer")
+                        elif not multi_token and len(ids) > 1:
+                            reasons.append(f"{text!r} needs {len(ids)} tokens (multi_token=False)")
+                        else:
+                            word_forms.append(TokenForm(word, text, ids))
+                    if word_forms:
+                        forms[role].extend(word_forms)
+                        class_forms += 1
+                    else:
+                        unmatched.append(UnmatchedCue(rule.name, role, wc.name, word, "; ".join(reasons)))
+                if class_forms == 0:
+                    unmatched.append(UnmatchedCue(rule.name, role, wc.name, None, "tokenizes to nothing the counter can match"))
+        compiled.append(
+            CompiledRule(rule.name, rule.direction, *(tuple(dict.fromkeys(forms[r])) for r in ROLES), tuple(unmatched))
+        )
+    return tuple(compiled), vocab
+
+
+# --- the vectorised counter -------------------------------------------------------------------
+class _Matcher:
+    """Finds every whole-word occurrence of each (rule, role)'s forms in a token block."""
+
+    def __init__(self, rules: Sequence[CompiledRule], vocab: Vocab) -> None:
+        self.rules = tuple(rules)
+        self.vocab = vocab
+        n_cat = 3 * len(self.rules)
+        lut_dtype = np.uint64 if n_cat > 32 else np.uint32
+        if n_cat > 64:
+            raise ConfigError(f"at most 21 rules per pass, got {len(self.rules)}; split the rule list")
+        self.lut = np.zeros(vocab.size, dtype=lut_dtype)
+        # per category: {first id: [(ids array, leading_space)]}
+        self.forms: list[dict[int, list[tuple[np.ndarray, bool]]]] = []
+        for r, rule in enumerate(self.rules):
+            for k, role in enumerate(ROLES):
+                cat = 3 * r + k
+                groups: dict[int, list[tuple[np.ndarray, bool]]] = {}
+                for f in rule.role(role):
+                    if max(f.ids) >= vocab.size:
+                        raise TokenizationError(
+                            f"{rule.name}: form {f.text!r} has token id {max(f.ids)} beyond the vocabulary "
+                            f"({vocab.size}); the tokenizer does not match the token stream"
+                        )
+                    groups.setdefault(f.ids[0], []).append((np.array(f.ids, dtype=np.int64), f.leading_space))
+                    self.lut[f.ids[0]] |= lut_dtype(1) << lut_dtype(cat)
+                self.forms.append(groups)
+        self.max_len = max((rule.max_len for rule in self.rules), default=1)
+
+    def match(self, ids: np.ndarray, seg_starts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per category: (start, end) int64 arrays of whole-word matches in ``ids``.
+
+        ``seg_starts``: sorted local positions where a document starts (0 included).
+        """
+        n = ids.shape[0]
+        bits = self.lut[ids]
+        cand = np.flatnonzero(bits)
+        cand_bits = bits[cand]
+        cand_ids = ids[cand]
+        out = []
+        for cat, groups in enumerate(self.forms):
+            if not groups:
+                out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
+                continue
+            sel = (cand_bits >> cand_bits.dtype.type(cat)) & 1 != 0
+            pos_all, first_all = cand[sel], cand_ids[sel]
+            starts_l, ends_l = [], []
+            for first, variants in groups.items():
+                pos = pos_all[first_all == first]
+                for seq, leading_space in variants:
+                    L = seq.shape[0]
+                    p = pos[pos + L <= n]
+                    for j in range(1, L):
+                        p = p[ids[p + j] == seq[j]]
+                    e = p + (L - 1)
+                    # the match stays inside one document
+                    seg_p = np.searchsorted(seg_starts, p, side="right")
+                    ok = seg_p == np.searchsorted(seg_starts, e, side="right")
+                    # right edge: document/stream end or the next token starts a non-word char
+                    nxt = e + 1
+                    at_end = (nxt >= n) | (np.searchsorted(seg_starts, np.minimum(nxt, n - 1), side="right") != seg_p)
+                    ok &= at_end | self.vocab.starts_nonword[ids[np.minimum(nxt, n - 1)]]
+                    if not leading_space:
+                        prv = p - 1
+                        at_start = (prv < 0) | (np.searchsorted(seg_starts, np.maximum(prv, 0), side="right") != seg_p)
+                        ok &= at_start | self.vocab.ends_nonword[ids[np.maximum(prv, 0)]]
+                    starts_l.append(p[ok])
+                    ends_l.append(e[ok])
+            out.append(_drop_contained(np.concatenate(starts_l), np.concatenate(ends_l)))
+        return out
+
+
+def _drop_contained(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each word occurrence once: drop a match that lies inside a longer one of the same
+    class (``"egg"`` after a bare-space token inside ``" egg"``), sorted by start."""
+    if starts.size < 2:
+        return starts, ends
+    order = np.lexsort((-(ends - starts), starts))
+    starts, ends = starts[order], ends[order]
+    prev_max_end = np.concatenate(([-1], np.maximum.accumulate(ends)[:-1]))
+    keep = ends > prev_max_end
+    return starts[keep], ends[keep]
+
+
+def _events(cues: tuple[np.ndarray, np.ndarray], targets, competitors, *, direction: str, window: int,
+            seg_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each cue (start, end): label 1 rule win, 0 prior win, -1 no event; returns (cue_starts, labels)."""
+    c_start, c_end = cues
+    if c_start.size == 0:
+        return c_start, np.zeros(0, np.int8)
+    t_s, t_e = targets
+    p_s, p_e = competitors
+    starts = np.concatenate((t_s, p_s))
+    ends = np.concatenate((t_e, p_e))
+    labels = np.concatenate((np.ones(t_s.size, np.int8), np.zeros(p_s.size, np.int8)))
+    lengths = ends - starts
+    out = np.full(c_start.size, -1, np.int8)
+    if starts.size == 0:
+        return c_start, out
+    if direction == "after":
+        key = starts
+        # nearest start first; at a tie the longer form wins (it contains the shorter one)
+        order = np.lexsort((-lengths, key))
+        key, lab = key[order], labels[order]
+        first = np.concatenate(([True], key[1:] != key[:-1]))
+        key, lab = key[first], lab[first]
+        j = np.searchsorted(key, c_end + 1, side="left")
+        valid = j < key.size
+        jj = np.minimum(j, key.size - 1)
+        valid &= key[jj] <= c_end + window
+    else:
+        key = ends
+        order = np.lexsort((-lengths, key))
+        key, lab = key[order], labels[order]
+        # several choices ending at one position: keep the longest (sorted first in its run)
+        first = np.concatenate(([True], key[1:] != key[:-1]))
+        key, lab = key[first], lab[first]
+        j = np.searchsorted(key, c_start, side="left") - 1
+        valid = j >= 0
+        jj = np.maximum(j, 0)
+        valid &= key[jj] >= c_start - window
+    same_doc = np.searchsorted(seg_starts, key[jj], side="right") == np.searchsorted(seg_starts, c_start, side="right")
+    valid &= same_doc
+    out[valid] = lab[jj[valid]]
+    return c_start, out
+
+
+@dataclass
+class _Tally:
+    """Per-rule event positions accumulated over blocks (bincounted into windows at the end)."""
+
+    cues: list[np.ndarray] = field(default_factory=list)
+    wins: list[np.ndarray] = field(default_factory=list)
+    losses: list[np.ndarray] = field(default_factory=list)
+
+
+def _count_block(matcher: _Matcher, ids: np.ndarray, seg_starts: np.ndarray, *, offset: int, core: tuple[int, int],
+                 window: int, tallies: list[_Tally], window_tokens: int, limit: int | None = None) -> None:
+    matches = matcher.match(ids, seg_starts)
+    lo, hi = core
+    if limit is not None:  # cues at or past the limit are never trained on
+        hi = min(hi, max(limit - offset, lo))
+    for r, rule in enumerate(matcher.rules):
+        cue, tgt, comp = matches[3 * r : 3 * r + 3]
+        keep = (cue[0] >= lo) & (cue[0] < hi)
+        cue = (cue[0][keep], cue[1][keep])
+        c_start, lab = _events(cue, tgt, comp, direction=rule.direction, window=window, seg_starts=seg_starts)
+        g = c_start + offset
+        t = tallies[r]
+        # bincount per block keeps memory bounded (one small array per block, not per event)
+        t.cues.append(np.bincount(g // window_tokens))
+        t.wins.append(np.bincount(g[lab == 1] // window_tokens))
+        t.losses.append(np.bincount(g[lab == 0] // window_tokens))
+
+
+def _sum_bins(parts: list[np.ndarray], n: int) -> np.ndarray:
+    total = np.zeros(n, np.int64)
+    for p in parts:
+        total[: p.size] += p
+    return total
+
+
+# --- token-stream sources ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Block:
+    ids: np.ndarray
+    seg_starts: np.ndarray  # local document starts (sorted, 0 included when a doc starts there)
+    offset: int  # global offset of ids[0]
+    core: tuple[int, int]  # local range whose cues this block owns
+
+
+def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, block_tokens: int,
+                    end: int | None = None) -> Iterator[_Block]:
+    """Blocks of a flat token stream with ``halo`` tokens of context on both sides; cores tile
+    ``[0, end)``."""
+    n = int(tokens.shape[0])
+    end = n if end is None else min(end, n)
+    for a in range(0, end, block_tokens):
+        b = min(a + block_tokens, end)
+        lo, hi = max(a - halo, 0), min(b + halo, n)
+        i0 = np.searchsorted(doc_offsets, lo, side="right") - 1
+        i1 = np.searchsorted(doc_offsets, hi, side="left")
+        starts = np.asarray(doc_offsets[max(i0, 0) : i1], dtype=np.int64) - lo
+        starts = np.maximum(starts, 0)
+        # the block's first token lies inside some document: mark position 0 as its start so
+        # searchsorted never returns segment 0 for in-document tokens
+        starts = np.unique(np.concatenate(([0], starts)))
+        yield _Block(np.asarray(tokens[lo:hi]), starts, lo, (a - lo, b - lo))
+
+
+def _text_documents(path: Path, *, text_field: str) -> tuple[Iterator[str], int | None]:
+    """Documents of a text-like input, and a size hint for the progress bar."""
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as exc:
+            raise CorpusError(
+                f"{path} is neither a mini corpus (tokens.bin/.idx) nor a `datasets` save_to_disk folder "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        splits = [ds[k] for k in ds] if isinstance(ds, datasets.DatasetDict) else [ds]
+        for split in splits:
+            if text_field not in split.column_names:
+                raise CorpusError(f"{path}: no column {text_field!r} (columns: {split.column_names}); pass --text-field")
+
+        def gen_ds() -> Iterator[str]:
+            for split in splits:
+                for batch in split.iter(batch_size=SUPPORT_TEXT_BATCH):
+                    yield from batch[text_field]
+
+        return gen_ds(), sum(len(s) for s in splits)
+    if suffixes.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if text_field not in pf.schema_arrow.names:
+            raise CorpusError(f"{path}: no column {text_field!r} (columns: {pf.schema_arrow.names}); pass --text-field")
+
+        def gen_pq() -> Iterator[str]:
+            for batch in pf.iter_batches(columns=[text_field], batch_size=SUPPORT_TEXT_BATCH):
+                yield from batch.column(0).to_pylist()
+
+        return gen_pq(), pf.metadata.num_rows
+    if suffixes.endswith((".jsonl", ".json", ".ndjson")):
+
+        def gen_jsonl() -> Iterator[str]:
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise CorpusError(f"{path}:{lineno}: not valid JSON ({exc.msg}); one JSON object per line") from None
+                    if not isinstance(rec, dict) or text_field not in rec:
+                        raise CorpusError(f"{path}:{lineno}: no field {text_field!r}; pass --text-field")
+                    yield rec[text_field]
+
+        return gen_jsonl(), None
+
+    def gen_txt() -> Iterator[str]:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if line.strip():
+                    yield line
+
+    return gen_txt(), None
+
+
+def _text_blocks(docs: Iterable[str], tok, *, block_tokens: int, progress) -> Iterator[_Block]:
+    """Tokenize documents in batches and pack whole documents into blocks (no halo needed:
+    events never cross a document, and blocks end at document ends)."""
+    offset = 0
+    pending: list[np.ndarray] = []
+    pending_n = 0
+
+    def flush() -> _Block:
+        nonlocal offset, pending, pending_n
+        lengths = np.array([a.size for a in pending], dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if lengths.size else np.zeros(1, np.int64)
+        ids = np.concatenate(pending) if pending else np.zeros(0, np.int64)
+        block = _Block(ids, starts, offset, (0, ids.size))
+        offset += ids.size
+        pending, pending_n = [], 0
+        return block
+
+    batch: list[str] = []
+
+    def encode(batch: list[str]) -> None:
+        nonlocal pending_n
+        for enc in tok.encode_batch(batch, add_special_tokens=False):
+            arr = np.asarray(enc.ids, dtype=np.int64)
+            pending.append(arr)
+            pending_n += arr.size
+        progress.update(len(batch))
+
+    for doc in docs:
+        if not isinstance(doc, str):
+            raise CorpusError(f"document is not text: {doc!r:.80}; point --text-field at a string column")
+        batch.append(doc)
+        if len(batch) >= SUPPORT_TEXT_BATCH:
+            encode(batch)
+            batch = []
+            if pending_n >= block_tokens:
+                yield flush()
+    if batch:
+        encode(batch)
+    if pending:
+        yield flush()
+
+
+# --- public entry points ---------------------------------------------------------------------------
+def count_token_stream(
+    tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    rules: Sequence[CompiledRule],
+    vocab: Vocab,
+    *,
+    window: int = DEFAULT_SUPPORT_WINDOW,
+    window_tokens: int = DEFAULT_SUPPORT_WINDOW_TOKENS,
+    block_tokens: int = SUPPORT_BLOCK_TOKENS,
+    token_limit: int | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Count support events in a flat token array (memmap welcome) with document offsets.
+
+    Args:
+        tokens: flat token ids.
+        doc_offsets: sorted document start offsets (0 first; a trailing end offset is fine).
+        rules, vocab: from `compile_rules` (or built directly from ids).
+        window: W (1 = bigram).
+        window_tokens: stream-window width for the per-window counts.
+        block_tokens: tokens per block (memory bound).
+        token_limit: count only cues before this flat offset (the tokens a run trained on).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{rule: {"cues", "rule_wins", "prior_wins"}}`` -> int64 arrays per stream window.
+    """
+    from tqdm.auto import tqdm
+
+    matcher = _Matcher(rules, vocab)
+    halo = window + 2 * matcher.max_len + 2
+    tallies = [_Tally() for _ in rules]
+    n = int(tokens.shape[0])
+    n_count = n if token_limit is None else min(n, token_limit)
+    with tqdm(total=n_count, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
+        for block in _indexed_blocks(tokens, np.asarray(doc_offsets, np.int64), halo=halo,
+                                     block_tokens=block_tokens, end=n_count):
+            _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
+                         window=window, tallies=tallies, window_tokens=window_tokens, limit=n_count)
+            bar.update(block.core[1] - block.core[0])
+    return _finish(rules, tallies, n_count, window_tokens)
+
+
+def _finish(rules, tallies, n_tokens: int, window_tokens: int) -> dict[str, dict[str, np.ndarray]]:
+    n_win = max(math.ceil(n_tokens / window_tokens), 1)
+    return {
+        rule.name: {
+            "cues": _sum_bins(t.cues, n_win),
+            "rule_wins": _sum_bins(t.wins, n_win),
+            "prior_wins": _sum_bins(t.losses, n_win),
+            "n_tokens": np.int64(n_tokens),
+        }
+        for rule, t in zip(rules, tallies)
+    }
+
+
+def _read_corpus_meta(path: Path) -> dict[str, Any]:
+    meta = path / _CORPUS_META
+    if not meta.is_file():
+        return {}
+    try:
+        return json.loads(meta.read_text())
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{meta}: not valid JSON ({exc.msg})") from None
+
+
+def count_support(
+    corpus: str | os.PathLike,
+    rules: str | os.PathLike | Sequence[Any] = "all",
+    *,
+    window: int = DEFAULT_SUPPORT_WINDOW,
+    tokenizer: Any = None,
+    tokens_per_step: int | None = None,
+    window_steps: int | None = None,
+    window_tokens: int | None = None,
+    mode: str = "windowed",
+    text_field: str = "text",
+    multi_token: bool = True,
+    strict: bool = False,
+    token_limit: int | None = None,
+    block_tokens: int = SUPPORT_BLOCK_TOKENS,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Count rule-winning and prior-winning events in a corpus, overall and per window.
+
+    Args:
+        corpus: a mini-suite corpus folder, a ``.bin``/``.idx`` prefix, a text/JSONL/Parquet
+            file, or a ``datasets`` ``save_to_disk`` folder.
+        rules: rule YAML file(s), shipped names, ``"all"``, or `SupportRule` objects.
+        window: W, tokens looked at after (or before) each cue (bigram mode forces 1).
+        tokenizer: tokenizer.json / model folder / name / HF tokenizer. Needed for everything
+            except a mini corpus folder (which carries its tokenizer.json).
+        tokens_per_step: stored tokens per training step; adds step windows. A mini corpus
+            supplies it from corpus.json; Pythia's pre-shuffled files: 1024 x 2049.
+        window_steps: training steps per window (default: corpus.json's, else
+            ``constants.DEFAULT_SUPPORT_WINDOW_STEPS``).
+        window_tokens: stream-window width when no ``tokens_per_step`` is known.
+        mode: ``"windowed"`` or ``"bigram"``.
+        text_field: the text field/column of JSONL, Parquet and `datasets` inputs.
+        multi_token: match words that take several tokens (False reproduces a single-token
+            counter, and reports every word it cannot see).
+        strict: raise `TokenizationError` instead of warning about unmatched words.
+        token_limit: count only cues before this flat token offset (a mini corpus sets it to
+            the tokens its training read, ``corpus.json`` ``train_tokens``).
+        block_tokens: tokens per processing block (bounds memory).
+        progress: tqdm progress bar.
+
+    Returns:
+        One row per (rule, scope): scope ``"overall"`` and one ``"window"`` row per stream
+        window, columns ``rule, scope, window, token_start, token_end, window_start_step,
+        window_end_step, cues, rule_wins, prior_wins, no_event, ratio, direction, mode, W,
+        unmatched``. ``frame.attrs["unmatched"]`` lists every unmatched word (strings).
+
+    Raises:
+        CorpusError: unreadable input or a missing text field.
+        ConfigError: bad rules, mode, window or step options.
+        TokenizationError: no tokenizer for a text input, or ``strict`` and an unmatched word.
+
+    Example::
+
+        count_support("web.jsonl", "pronoun_gender", tokenizer="tokenizer.json", mode="bigram")
+    """
+    from tqdm.auto import tqdm
+
+    if mode not in SUPPORT_MODES:
+        raise ConfigError(f"mode must be one of {SUPPORT_MODES}, got {mode!r}")
+    if window < 1:
+        raise ConfigError(f"window must be >= 1 token, got {window}")
+    w = 1 if mode == "bigram" else int(window)
+    path = Path(corpus)
+    rule_defs = load_rules(rules)
+
+    # what kind of input
+    indexed_prefix = None
+    meta: dict[str, Any] = {}
+    if path.is_dir() and path.joinpath(_CORPUS_TOKENS + ".idx").is_file():
+        indexed_prefix = path / _CORPUS_TOKENS
+        meta = _read_corpus_meta(path)
+        if tokenizer is None and (path / _CORPUS_TOKENIZER).is_file():
+            tokenizer = path / _CORPUS_TOKENIZER
+    elif path.suffix in (".bin", ".idx") or dataset_prefix(path).with_suffix(".idx").is_file() and not path.is_file():
+        indexed_prefix = dataset_prefix(path)
+    elif not path.exists():
+        raise CorpusError(f"corpus not found: {path}; pass a text/JSONL/Parquet file, a .bin/.idx prefix or a folder")
+    if tokenizer is None:
+        raise TokenizationError(
+            f"a tokenizer is needed to find the rule words in {path}; pass --tokenizer "
+            "(a tokenizer.json, a model folder, or a model name)"
+        )
+    if tokens_per_step is None and meta.get("tokens_per_step"):
+        tokens_per_step = int(meta["tokens_per_step"])
+    if window_steps is None and meta.get("window_steps"):
+        window_steps = int(meta["window_steps"])
+    if token_limit is None and meta.get("train_tokens"):
+        token_limit = int(meta["train_tokens"])
+    if token_limit is not None and token_limit < 0:
+        raise ConfigError(f"token_limit must be >= 0, got {token_limit}")
+    if tokens_per_step is not None:
+        if tokens_per_step <= 0:
+            raise ConfigError(f"tokens_per_step must be positive, got {tokens_per_step}")
+        window_steps = window_steps or DEFAULT_SUPPORT_WINDOW_STEPS
+        if window_steps <= 0:
+            raise ConfigError(f"window_steps must be positive, got {window_steps}")
+        wt = tokens_per_step * window_steps
+    else:
+        if window_steps is not None:
+            raise ConfigError("window_steps needs tokens_per_step; pass --tokens-per-step (batch x seq_len)")
+        wt = window_tokens or DEFAULT_SUPPORT_WINDOW_TOKENS
+    if wt <= 0:
+        raise ConfigError(f"window_tokens must be positive, got {wt}")
+
+    compiled, vocab = compile_rules(rule_defs, tokenizer, multi_token=multi_token)
+    unmatched = [u for r in compiled for u in r.unmatched]
+    if unmatched:
+        msg = "; ".join(str(u) for u in unmatched)
+        if strict:
+            raise TokenizationError(f"unmatched rule words: {msg}; fix the rule file or the tokenizer")
+        warnings.warn(f"unmatched rule words (they count zero): {msg}", SupportCueWarning, stacklevel=2)
+
+    if indexed_prefix is not None:
+        ds = IndexedDataset(indexed_prefix)
+        if ds.n_tokens and int(np.max(ds.tokens[: min(ds.n_tokens, 1 << 20)])) >= vocab.size:
+            raise TokenizationError(
+                f"{indexed_prefix}.bin holds token ids beyond the tokenizer's vocabulary ({vocab.size}); "
+                "pass the tokenizer the stream was written with"
+            )
+        counts = count_token_stream(ds.tokens, ds.item_offsets, compiled, vocab, window=w, window_tokens=wt,
+                                    block_tokens=block_tokens, token_limit=token_limit, progress=progress)
+    else:
+        tok = load_tokenizer(tokenizer)
+        docs, total = _text_documents(path, text_field=text_field)
+        matcher = _Matcher(compiled, vocab)
+        tallies = [_Tally() for _ in compiled]
+        n = 0
+        with tqdm(total=total, unit="doc", disable=not progress, desc="support") as bar:
+            for block in _text_blocks(docs, tok, block_tokens=block_tokens, progress=bar):
+                _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
+                             window=w, tallies=tallies, window_tokens=wt, limit=token_limit)
+                n = block.offset + block.ids.size
+                if token_limit is not None and n >= token_limit:
+                    break
+        counts = _finish(compiled, tallies, n if token_limit is None else min(n, token_limit), wt)
+    return _frame(compiled, counts, window_tokens=wt, tokens_per_step=tokens_per_step,
+                  window_steps=window_steps, mode=mode, window=w, unmatched=unmatched)
+
+
+def _frame(compiled, counts, *, window_tokens, tokens_per_step, window_steps, mode, window, unmatched) -> pd.DataFrame:
+    rows = []
+    for rule in compiled:
+        c = counts[rule.name]
+        n_tok = int(c["n_tokens"])
+        miss = "; ".join(str(u) for u in rule.unmatched)
+        base = dict(rule=rule.name, direction=rule.direction, mode=mode, W=window, unmatched=miss)
+        k_all = np.arange(c["cues"].size)
+        last_step = int(math.ceil(n_tok / tokens_per_step)) if tokens_per_step else None
+        per = [
+            dict(scope="window", window=int(k), token_start=int(k * window_tokens),
+                 token_end=int(min((k + 1) * window_tokens, n_tok)),
+                 window_start_step=int(k * window_steps) if tokens_per_step else None,
+                 window_end_step=min(int((k + 1) * window_steps), last_step) if tokens_per_step else None,
+                 cues=int(c["cues"][k]), rule_wins=int(c["rule_wins"][k]), prior_wins=int(c["prior_wins"][k]))
+            for k in k_all
+        ]
+        overall = dict(scope="overall", window=None, token_start=0, token_end=n_tok,
+                       window_start_step=0 if tokens_per_step else None,
+                       window_end_step=last_step,
+                       cues=int(c["cues"].sum()), rule_wins=int(c["rule_wins"].sum()),
+                       prior_wins=int(c["prior_wins"].sum()))
+        for row in [overall, *per]:
+            row.update(base)
+            row["no_event"] = row["cues"] - row["rule_wins"] - row["prior_wins"]
+            row["ratio"] = (row["rule_wins"] + 1) / (row["prior_wins"] + 1)
+            rows.append(row)
+    cols = ["rule", "scope", "window", "token_start", "token_end", "window_start_step", "window_end_step",
+            "cues", "rule_wins", "prior_wins", "no_event", "ratio", "direction", "mode", "W", "unmatched"]
+    frame = pd.DataFrame(rows, columns=cols)
+    for col in ("window", "window_start_step", "window_end_step"):
+        frame[col] = frame[col].astype("Int64")
+    frame.attrs["unmatched"] = [str(u) for u in unmatched]
+    frame.attrs["tokens_per_step"] = tokens_per_step
+    frame.attrs["window_steps"] = window_steps
+    frame.attrs["window_tokens"] = window_tokens
+    return frame
+
+
+def benchmark(n_tokens: int = 50_000_000, *, window: int = DEFAULT_SUPPORT_WINDOW, seed: int = 0,
+              vocab_size: int = 50277, block_tokens: int = SUPPORT_BLOCK_TOKENS, repeats: int = 1) -> dict[str, Any]:
+    """Tokens per second of the windowed counter on a synthetic Pythia-sized stream.
+
+    The stream is Zipf-distributed uint16 ids over a 50,277-token vocabulary (frequent ids
+    stand in for " he", " a", " was"), in 2049-token documents, with four rules of 36 cue
+    words each (a third of them two-token forms), so the candidate density is realistic.
+
+    Returns:
+        ``{"n_tokens", "seconds", "tokens_per_second", "events", "window", "cpu_count"}``
+        (the best of ``repeats`` runs).
+    """
+    rng = np.random.default_rng(seed)
+    ranks = rng.zipf(1.2, size=n_tokens)
+    tokens = np.where(ranks < vocab_size, ranks, rng.integers(0, vocab_size, n_tokens)).astype(np.uint16)
+    del ranks
+    doc_offsets = np.arange(0, n_tokens + 1, 2049, dtype=np.int64)
+    starts = rng.random(vocab_size) < 0.4
+    ends = rng.random(vocab_size) < 0.4
+    vocab = Vocab(vocab_size, starts, ends)
+    compiled = []
+    pool = rng.permutation(np.arange(200, 20000))
+    for r in range(4):
+        cue_ids = pool[r * 60 : r * 60 + 60]
+        cues = tuple(TokenForm("c", " c", (int(i),)) for i in cue_ids[:24]) + tuple(
+            TokenForm("c", "c", (int(i), int(j))) for i, j in zip(cue_ids[24:36], cue_ids[36:48])
+        )
+        compiled.append(CompiledRule(f"rule{r}", "before" if r == 2 else "after", cues,
+                                     (TokenForm("t", " t", (5 + 2 * r,)),), (TokenForm("p", " p", (6 + 2 * r,)),)))
+    best = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        counts = count_token_stream(tokens, doc_offsets, compiled, vocab, window=window,
+                                    window_tokens=DEFAULT_SUPPORT_WINDOW_TOKENS, block_tokens=block_tokens)
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    events = int(sum(c["rule_wins"].sum() + c["prior_wins"].sum() for c in counts.values()))
+    # numpy runs these kernels on one thread; cpu_count says what the machine had
+    return {"n_tokens": n_tokens, "seconds": best, "tokens_per_second": n_tokens / best, "events": events,
+            "window": window, "cpu_count": os.cpu_count()}
