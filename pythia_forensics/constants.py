@@ -36,6 +36,15 @@ def neox_tokenizer_file() -> Path:
 # --- probe schema ------------------------------------------------------------------------
 CONDITIONS = ("conflict", "agree")
 SPLITS = ("train", "heldout")
+# Probe files: `probes/<NAME>.yaml|.yml|.jsonl`; `all` loads every shipped set. Files in the
+# probes folder that are data but not batteries are skipped by `all`.
+PROBE_SUFFIXES = (".yaml", ".yml", ".jsonl")
+PROBE_SET_ALL = "all"
+PROBE_NON_BATTERY_FILES = ("lexicon.yaml",)
+# Spellings of the held-out split other tools write; read as "heldout".
+SPLIT_ALIASES = {"held_out": "heldout", "held-out": "heldout"}
+# How many individual problems a ProbeFormatError message lists before "... and N more".
+PROBE_ERRORS_SHOWN = 8
 
 # --- scoring defaults --------------------------------------------------------------------
 # fp32 up to this many parameters even on GPU: bf16/fp16 move small Pythias' margins
@@ -43,6 +52,14 @@ SPLITS = ("train", "heldout")
 FP32_MAX_PARAMS = 3_000_000_000
 DEFAULT_BATCH_SIZE_CPU = 64
 DEFAULT_BATCH_SIZE_CUDA = 256
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+# Log-sum-exp over the tokenizer's rows only ("tokenizer"), or over every row of the output
+# embedding ("all", what minicons and lm-eval do). Pythia pads its 50277-token vocabulary to
+# 50304 rows; the padding rows never occur as labels, so a probability over them is not a
+# probability of text. Default "tokenizer" (see scoring.py for the measured difference).
+VOCAB_ROWS = ("tokenizer", "all")
+DEFAULT_VOCAB_ROWS = "tokenizer"
 
 # --- Pythia ------------------------------------------------------------------------------
 PYTHIA_TOKENS_PER_STEP = 1024 * 2048  # 1024 sequences x 2048 tokens

@@ -1,0 +1,384 @@
+"""Probe files (YAML, JSONL, the Natural-Ungrokking paper's JSONL) -> a validated `ProbeSet`.
+
+A probe item asks one question of a model: after `prefix`, is the rule-following `target`
+more likely than the competing `foil`? Items are data, read from three formats:
+
+* YAML: a mapping ``{name, description?, items: [...]}`` or a bare list of items;
+* JSONL: one item (a JSON object) per line;
+* the paper's JSONL battery (fields ``family, probe, condition, split, prefix, correct,
+  distractor, item_id, template_id, category, chance``), read unchanged: ``family`` -> rule,
+  ``correct`` -> target, ``distractor`` -> foil, ``template_id`` -> template, the rest -> meta.
+
+Validation collects every problem (file, line, field) and raises one `ProbeFormatError`, so a
+user fixes a file in one pass instead of one error per run.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pythia_forensics.constants import (
+    CONDITIONS,
+    PROBE_ERRORS_SHOWN,
+    PROBE_NON_BATTERY_FILES,
+    PROBE_SET_ALL,
+    PROBE_SUFFIXES,
+    SPLIT_ALIASES,
+    SPLITS,
+    probes_dir,
+)
+from pythia_forensics.errors import ProbeFormatError, UnknownProbeSetError
+
+__all__ = ["ProbeItem", "ProbeSet", "load_probes", "parse_probes", "probe_set_sha256", "shipped_probe_sets"]
+
+REQUIRED_FIELDS = ("item_id", "rule", "condition", "split", "prefix", "target", "foil")
+OPTIONAL_FIELDS = ("template", "meta")
+# The paper's battery format: its field -> our field (fields not listed go to meta).
+PAPER_FIELDS = {"family": "rule", "correct": "target", "distractor": "foil", "template_id": "template"}
+PAPER_MARKERS = frozenset({"family", "correct", "distractor"})
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    """One probe question: after `prefix`, `target` (rule) versus `foil` (competitor).
+
+    Attributes:
+        item_id: unique within a probe set.
+        rule: rule name (e.g. ``pronoun_gender``).
+        condition: ``conflict`` (rule and surface prior disagree) or ``agree`` (the control).
+        split: ``train`` or ``heldout``.
+        prefix: the context; trailing whitespace moves into the candidates when scoring.
+        target: the rule-following continuation (usually with its leading space).
+        foil: the competing continuation.
+        template: the sentence frame the item was made from, if known.
+        meta: cue metadata and extra fields (strings), e.g. the paper's ``category``, ``chance``.
+    """
+
+    item_id: str
+    rule: str
+    condition: str
+    split: str
+    prefix: str
+    target: str
+    foil: str
+    template: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def canonical(self) -> dict[str, Any]:
+        """The item as a plain dict with sorted meta (the content that is hashed)."""
+        return {
+            "item_id": self.item_id, "rule": self.rule, "condition": self.condition,
+            "split": self.split, "prefix": self.prefix, "target": self.target, "foil": self.foil,
+            "template": self.template, "meta": dict(sorted(self.meta.items())),
+        }
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """A validated, named collection of probe items.
+
+    Attributes:
+        name: the set's name (the file's ``name:`` field or its stem).
+        items: the items in file order.
+        sha256: hash of the canonical item content, independent of item order.
+        source: the file(s) it came from.
+    """
+
+    name: str
+    items: tuple[ProbeItem, ...]
+    sha256: str
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """Rule names in first-seen order."""
+        return tuple(dict.fromkeys(item.rule for item in self.items))
+
+
+def probe_set_sha256(items: Sequence[ProbeItem]) -> str:
+    """sha256 over the items' canonical JSON, sorted so that item order does not matter."""
+    lines = sorted(json.dumps(item.canonical(), sort_keys=True, ensure_ascii=False) for item in items)
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+# --- parsing -------------------------------------------------------------------------------
+class _Problems:
+    """Collects (file, line, field, message) and raises them together as one error."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, line: int | None, fieldname: str | None, message: str) -> None:
+        loc = f"{where}:{line}" if line is not None else where
+        self.items.append(f"{loc}: {'field ' + repr(fieldname) + ': ' if fieldname else ''}{message}")
+
+    def raise_if_any(self, source: str) -> None:
+        if not self.items:
+            return
+        shown = "; ".join(self.items[:PROBE_ERRORS_SHOWN])
+        more = len(self.items) - PROBE_ERRORS_SHOWN
+        tail = f"; ... and {more} more" if more > 0 else ""
+        error = ProbeFormatError(
+            f"{len(self.items)} problem(s) in probe file {source}: {shown}{tail}. "
+            "Fix these items (see README 'Probe format') and rerun."
+        )
+        error.problems = list(self.items)  # type: ignore[attr-defined]
+        raise error
+
+
+def _yaml_records(text: str, where: str, problems: _Problems) -> tuple[str | None, list[tuple[int, dict, dict]]]:
+    """(set name, [(line, record, {field: line})]) from YAML text, with line numbers kept."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problems.add(where, mark.line + 1 if mark else None, None, f"not valid YAML ({getattr(exc, 'problem', exc)})")
+        return None, []
+    finally:
+        loader.dispose()
+    name = None
+    items_node = node
+    if isinstance(data, dict):
+        name = data.get("name")
+        if "items" not in data:
+            problems.add(where, 1, "items", "missing: a probe YAML file is {name, items: [...]} or a list of items")
+            return name, []
+        items = data["items"]
+        items_node = next(v for k, v in node.value if k.value == "items")
+    else:
+        items = data
+    if not isinstance(items, list):
+        problems.add(where, (items_node.start_mark.line + 1) if items_node is not None else 1, "items",
+                     "must be a list of items")
+        return name, []
+    out = []
+    for record, item_node in zip(items, items_node.value):
+        line = item_node.start_mark.line + 1
+        if not isinstance(record, dict):
+            problems.add(where, line, None, f"an item must be a mapping, got {type(record).__name__}")
+            continue
+        lines = {k.value: k.start_mark.line + 1 for k, _ in item_node.value if isinstance(k, yaml.ScalarNode)}
+        out.append((line, record, lines))
+    return (str(name) if name is not None else None), out
+
+
+def _jsonl_records(text: str, where: str, problems: _Problems) -> list[tuple[int, dict, dict]]:
+    out = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.add(where, number, None, f"not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(record, dict):
+            problems.add(where, number, None, f"a line must be a JSON object, got {type(record).__name__}")
+            continue
+        out.append((number, record, {}))
+    return out
+
+
+def _from_paper(record: dict) -> dict:
+    """Map a paper-format record onto our fields; every other field is kept in meta."""
+    out: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in PAPER_FIELDS:
+            out[PAPER_FIELDS[key]] = value
+        elif key in REQUIRED_FIELDS:
+            out[key] = value
+        else:
+            meta[key] = value
+    out["meta"] = meta
+    return out
+
+
+def _meta_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _make_item(record: dict, where: str, line: int, lines: dict, problems: _Problems) -> ProbeItem | None:
+    """Validate one record; record every problem; return the item if it has none."""
+    if PAPER_MARKERS <= record.keys():
+        record = _from_paper(record)
+    before = len(problems.items)
+    for key in REQUIRED_FIELDS:
+        at = lines.get(key, line)
+        if key not in record or record[key] is None:
+            problems.add(where, line, key, "missing")
+        elif not isinstance(record[key], str):
+            problems.add(where, at, key, f"must be a string, got {type(record[key]).__name__} {record[key]!r}")
+        elif not record[key].strip():
+            problems.add(where, at, key, f"empty string {record[key]!r}")
+    unknown = sorted(set(record) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
+    for key in unknown:
+        problems.add(where, lines.get(key, line), key, "unknown field (put extra fields under 'meta')")
+    if len(problems.items) > before:
+        return None
+    split = SPLIT_ALIASES.get(record["split"], record["split"])
+    if record["condition"] not in CONDITIONS:
+        problems.add(where, lines.get("condition", line), "condition",
+                     f"unknown condition {record['condition']!r}; use one of {', '.join(CONDITIONS)}")
+    if split not in SPLITS:
+        problems.add(where, lines.get("split", line), "split", f"unknown split {record['split']!r}; use one of {', '.join(SPLITS)}")
+    if record["target"] == record["foil"]:
+        problems.add(where, lines.get("foil", line), "foil", f"equals the target {record['target']!r}")
+    template = record.get("template")
+    if template is not None and not isinstance(template, (str, int)):
+        problems.add(where, lines.get("template", line), "template", f"must be a string, got {template!r}")
+    meta = record.get("meta") or {}
+    if not isinstance(meta, dict):
+        problems.add(where, lines.get("meta", line), "meta", f"must be a mapping, got {type(meta).__name__}")
+    if len(problems.items) > before:
+        return None
+    return ProbeItem(
+        item_id=record["item_id"], rule=record["rule"], condition=record["condition"], split=split,
+        prefix=record["prefix"], target=record["target"], foil=record["foil"],
+        template=None if template is None else str(template),
+        meta={str(k): _meta_value(v) for k, v in meta.items()},
+    )
+
+
+def parse_probes(text: str, *, fmt: str, source: str = "<string>", name: str | None = None) -> ProbeSet:
+    """Parse probe items from text.
+
+    Args:
+        text: the file's content.
+        fmt: ``"yaml"`` or ``"jsonl"`` (the paper's JSONL is detected per line).
+        source: the file name used in error messages.
+        name: the set's name when the text does not give one.
+
+    Returns:
+        The validated `ProbeSet`.
+
+    Raises:
+        ProbeFormatError: listing every problem found (file:line, field, what is wrong).
+    """
+    problems = _Problems()
+    if fmt == "yaml":
+        given, records = _yaml_records(text, source, problems)
+    elif fmt == "jsonl":
+        given, records = None, _jsonl_records(text, source, problems)
+    else:
+        raise ValueError(f"fmt must be 'yaml' or 'jsonl', got {fmt!r}")
+    items: list[ProbeItem] = []
+    first_line: dict[str, int] = {}
+    for line, record, lines in records:
+        item = _make_item(record, source, line, lines, problems)
+        if item is None:
+            continue
+        if item.item_id in first_line:
+            problems.add(source, lines.get("item_id", line), "item_id",
+                         f"duplicate id {item.item_id!r} (first at line {first_line[item.item_id]})")
+            continue
+        first_line[item.item_id] = line
+        items.append(item)
+    if not records and not problems.items:
+        problems.add(source, None, None, "no probe items")
+    problems.raise_if_any(source)
+    return ProbeSet(name=given or name or Path(source).stem, items=tuple(items),
+                    sha256=probe_set_sha256(items), source=source)
+
+
+def _read_file(path: Path) -> ProbeSet:
+    suffix = path.suffix.lower()
+    if suffix not in PROBE_SUFFIXES:
+        raise ProbeFormatError(f"probe file {path} has suffix {suffix!r}; use one of {', '.join(PROBE_SUFFIXES)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProbeFormatError(f"cannot read probe file {path}: {exc}; check the path and that it is UTF-8 text") from exc
+    return parse_probes(text, fmt="jsonl" if suffix == ".jsonl" else "yaml", source=str(path), name=path.stem)
+
+
+def shipped_probe_sets(directory: Path | None = None) -> dict[str, Path]:
+    """Shipped probe-set names -> files in the probes folder (`constants.probes_dir()`)."""
+    folder = Path(directory) if directory is not None else probes_dir()
+    if not folder.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in PROBE_SUFFIXES and path.name not in PROBE_NON_BATTERY_FILES:
+            found.setdefault(path.stem, path)
+    return found
+
+
+def _resolve(spec: str | Path) -> list[Path]:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    shipped = shipped_probe_sets()
+    text = str(spec)
+    if text == PROBE_SET_ALL:
+        if not shipped:
+            raise UnknownProbeSetError(f"no shipped probe sets in {probes_dir()}; set PF_PROBES_DIR or pass a file")
+        return list(shipped.values())
+    if text in shipped:
+        return [shipped[text]]
+    if path.suffix.lower() in PROBE_SUFFIXES or path.parent != Path("."):
+        raise UnknownProbeSetError(f"probe file {spec} does not exist; check the path")
+    close = difflib.get_close_matches(text, list(shipped), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    known = ", ".join([PROBE_SET_ALL, *shipped]) or "(none)"
+    raise UnknownProbeSetError(f"unknown probe set {text!r}: {hint}known sets in {probes_dir()}: {known}; or pass a file path")
+
+
+def load_probes(spec: str | Path | ProbeSet | Sequence[str | Path | ProbeSet]) -> ProbeSet:
+    """Load and validate probe items from a file, a shipped set name, or several of those.
+
+    Args:
+        spec: a probe file (``.yaml``/``.yml``/``.jsonl``), a shipped set NAME
+            (``probes/<NAME>.yaml|.jsonl``), ``"all"`` (every shipped set), a `ProbeSet`, or a
+            list of those (merged into one set; item ids must stay unique).
+
+    Returns:
+        One `ProbeSet`. Example::
+
+            probes = load_probes("pronoun_gender")
+            len(probes), probes.sha256[:12]
+
+    Raises:
+        ProbeFormatError: a file is malformed (every problem listed with file, line, field).
+        UnknownProbeSetError: a name matches no shipped set and no file.
+    """
+    if isinstance(spec, ProbeSet):
+        return spec
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    sets: list[ProbeSet] = []
+    for one in specs:
+        if isinstance(one, ProbeSet):
+            sets.append(one)
+        else:
+            sets.extend(_read_file(p) for p in _resolve(one))
+    if not sets:
+        raise UnknownProbeSetError("no probe sets given; pass a file or a name (or 'all')")
+    if len(sets) == 1:
+        return sets[0]
+    seen: dict[str, str] = {}
+    problems = _Problems()
+    for s in sets:
+        for item in s.items:
+            if item.item_id in seen:
+                problems.add(s.source, None, "item_id", f"duplicate id {item.item_id!r} (also in {seen[item.item_id]})")
+            seen.setdefault(item.item_id, s.source)
+    problems.raise_if_any(" + ".join(s.source for s in sets))
+    items = tuple(item for s in sets for item in s.items)
+    name = PROBE_SET_ALL if (len(specs) == 1 and str(specs[0]) == PROBE_SET_ALL) else "+".join(s.name for s in sets)
+    return ProbeSet(name=name, items=items, sha256=probe_set_sha256(items), source=",".join(s.source for s in sets))
