@@ -168,3 +168,17 @@ STORE_TEMP_MAX_AGE_S = 24 * 3600
 DEFAULT_REPLAY_CHUNK = 8
 # Health statuses replay acts on with `--health skip` (health.py writes health.parquet).
 HEALTH_SKIP_STATUSES = ("bad",)
+
+# --- analysis outputs (dynamics.py, prereg.py, figures.py, report.py; #5) -------------------
+# Thresholds are NOT here: they live in analysis.yaml (hash recorded in every output).
+ANALYSIS_CONFIG_FILE = PACKAGE_DIR / "analysis.yaml"
+DYNAMICS_FILE = "dynamics.parquet"  # + dynamics.csv: one row per (model, probeset, rule, split)
+DYNAMICS_CSV = "dynamics.csv"
+TRAJECTORIES_FILE = "trajectories.parquet"  # per step: accuracies, CM, smoothed, CIs, used/dropped
+SCALE_FILE = "scale.csv"  # Spearman rho of depth/final vs parameter count per rule
+PREREG_LOCK_FILE = "prereg.lock.json"
+# Optional support table from `pythia-forensics support --out` (rule, window_start_step, ...).
+SUPPORT_TABLE_FILES = ("support.parquet", "support.csv")
+REPORT_FILE = "report.md"
+FIGURES_SUBDIR = "figures"
+FIGURE_FORMATS = ("pdf", "png")
