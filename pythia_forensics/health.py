@@ -160,6 +160,8 @@ class HealthReport:
         clusters: groups of revisions sharing weight blobs, beyond the expected
             `step<final>` == `main` pair.
         stats: deep-mode series (empty for a census).
+        downloaded_bytes: weight bytes the deep pass downloaded (0 for a census).
+        peak_bytes: most downloaded bytes held in the cache at once (the disk budget's measure).
     """
 
     model: str
@@ -169,6 +171,8 @@ class HealthReport:
     findings: tuple[Finding, ...]
     clusters: tuple[tuple[str, ...], ...] = ()
     stats: tuple[RevisionStats, ...] = ()
+    downloaded_bytes: int = 0
+    peak_bytes: int = 0
 
     @property
     def failed(self) -> bool:
@@ -210,6 +214,8 @@ class HealthReport:
             "findings": [asdict(f) for f in self.findings],
             "clusters": [list(c) for c in self.clusters],
             "stats": [asdict(s) for s in self.stats],
+            "downloaded_bytes": self.downloaded_bytes,
+            "peak_bytes": self.peak_bytes,
         }
 
 
@@ -808,7 +814,11 @@ class _Fetcher:
         if self.local:
             return Path(self.source.path) / revision
         if revision not in self.folders:
-            need = int(self.source.size(revision).download_bytes)
+            # What fetch downloads, plus the other format of a branch carrying both (the
+            # format check reads it): a "checkpoint" here is every weight file it has.
+            listing = self.source.listing(revision)
+            extra = sum(int(f.size) for f in listing.all_weights if f.name not in listing.fetch_names)
+            need = int(self.source.size(revision).download_bytes) + extra
             while self.budget is not None and self.owned and self.held + need > self.budget:
                 old, n = self.owned.pop(0)
                 self.source.evict(old)
@@ -829,10 +839,6 @@ class _Fetcher:
             listing = self.source.listing(revision)
             for name in absent:
                 self.source._fetch_verified(listing, listing.file(name))  # noqa: SLF001 (adapter, see report)
-                n = int(listing.file(name).size)
-                self.held += n
-                self.downloaded += n
-                self.peak = max(self.peak, self.held)
         return folder
 
 
@@ -870,8 +876,8 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
         source: a `sources` object to list/fetch with (default: `sources.open_source`).
         suite_dir: a local suite folder to look model names up in.
         disk_budget: most bytes the deep pass may download and hold at once (None: no limit).
-        peers: other seeds of the same model (names, folders or specs) for the lineage check
-            (deep only); each peer's step0 is loaded.
+        peers: other seeds of the same model (names, folders, specs or source objects) for
+            the lineage check (deep only); each peer's step0 is loaded.
         cache_dir: hub cache folder (default: huggingface_hub's, shared with the replay).
         progress: show a progress bar while listing and in the deep pass.
 
@@ -909,6 +915,7 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     findings, clusters = census_findings(entries, expected=expected, final_revision=final_revision, where=where)
 
     stats: list[RevisionStats] = []
+    fetcher: _Fetcher | None = None
     if deep and entries:
         if disk_budget is not None:
             biggest = max(entries, key=lambda e: sum(f.size for f in e.files))
@@ -923,8 +930,11 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
         inputs = [_deep_input(e, fetcher) for e in entries if e.revision not in broken]
         peer_loaders: dict[str, Callable[[], dict[str, Any]]] = {}
         for peer in peers:
-            peer_spec = peer if _is_spec(peer) else resolve_model(peer, suite_dir=suite_dir)
-            peer_src = open_src(peer_spec)
+            if hasattr(peer, "listing") and hasattr(peer, "spec"):   # a source object
+                peer_spec, peer_src = peer.spec, peer
+            else:
+                peer_spec = peer if _is_spec(peer) else resolve_model(peer, suite_dir=suite_dir)
+                peer_src = open_src(peer_spec)
             zero = [r for r in peer_src.revisions() if peer_spec.step_of(r) == 0]
             if not zero:
                 findings.append(Finding(entries[0].revision, entries[0].step, "lineage", "flagged",
@@ -946,4 +956,6 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     rows = build_rows(spec.name, [(e.revision, e.step) for e in entries] + [(r, _step_of(r)) for r in expected],
                       findings)
     return HealthReport(model=spec.name, source=spec.source, deep=deep, rows=rows, findings=tuple(findings),
-                        clusters=tuple(clusters), stats=tuple(stats))
+                        clusters=tuple(clusters), stats=tuple(stats),
+                        downloaded_bytes=fetcher.downloaded if fetcher else 0,
+                        peak_bytes=fetcher.peak if fetcher else 0)

@@ -281,3 +281,100 @@ def test_health_table_matches_store_contract(suites, tmp_path):
     bad = dict(zip(table["revision"], table["status"]))
     assert bad["step16"] == "bad" and bad["step8"] == "ok" and "step2000" not in bad
     assert "no_weights" in table.set_index("revision").loc["step16", "reasons"]
+
+
+# --- loopback hub ----------------------------------------------------------------------------
+@pytest.fixture()
+def hub():
+    from hubserver import HubServer
+
+    with HubServer() as server:
+        yield server
+
+
+def _hub_source(hub, spec, tmp_path):
+    from pythia_forensics.sources import HubSource
+
+    return HubSource(spec, cache_dir=tmp_path / "hf-cache", endpoint=hub.endpoint, token=False,
+                     backoff_base_s=0.01)
+
+
+def test_hub_census_of_154_revisions_downloads_no_weight_bytes(hub, tmp_path):
+    """Pythia-14m's full grid with fake weights; planted faults found from LFS metadata alone."""
+    from pythia_forensics.health import check_health
+    from pythia_forensics.registry import resolve_model
+
+    spec = resolve_model("pythia-14m")
+    assert len(spec.revisions) == 154
+
+    def weights(tag: str) -> bytes:
+        return f"fake-weights-{tag:>12}".encode() * 64   # same size for every revision
+
+    content = {rev: weights(rev) for rev in spec.revisions}
+    content["step1"] = content["step0"]                   # known upstream fault
+    content["step50000"] = content["step143000"]         # the final model under a mid-training name
+    content["step100000"] = content["step100000"][:-100]   # truncated upload
+    for rev, data in content.items():
+        if rev == "step71000":
+            continue                                      # missing branch
+        files = {"config.json": b'{"model_type": "gpt_neox"}'}
+        if rev != "step3000":                             # missing weight file
+            files["model.safetensors"] = data
+        hub.add_branch(spec.repo, rev, files)
+    hub.add_branch(spec.repo, "main", {"config.json": b'{"model_type": "gpt_neox"}',
+                                       "model.safetensors": content["step143000"]})
+    report = check_health(spec, source=_hub_source(hub, spec, tmp_path), progress=False)
+
+    assert _findings(report) == [
+        ("step1", "duplicate", "flagged"),
+        ("step100000", "size", "bad"),
+        ("step3000", "no_weights", "bad"),
+        ("step50000", "duplicate", "bad"),
+        ("step71000", "missing", "bad"),
+    ]
+    assert len(report.rows) == 155                        # 154 expected + main
+    assert sum(r.status == "ok" for r in report.rows) == 150
+    # the census never touched a weight file: no resolve/CDN request at all
+    assert hub.requests(kind="cdn") == [] and hub.requests(kind="resolve") == []
+    assert hub.bytes_sent(file="*.safetensors") == 0
+    assert len(hub.requests(kind="tree")) >= 154
+
+
+def test_hub_deep_checks_within_disk_budget(hub, tmp_path, suites):
+    """Deep mode over the hub: .bin/safetensors disagreement, stale final copy, lineage."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from pythia_forensics.health import check_health
+    from pythia_forensics.registry import resolve_model
+
+    steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 3000, 4000, 5000]
+    local = write_model(tmp_path / "src", "tiny-hub", 1, steps=steps)
+    state = load_file(str(local / "step3000" / "model.safetensors"))
+    state["gpt_neox.embed_in.weight"][5] *= 2
+    torch.save(state, local / "step3000" / "pytorch_model.bin")
+    shutil.copy(local / "step5000" / "model.safetensors", local / "step1000" / "model.safetensors")
+    for step in steps:
+        hub.add_branch("org/tiny-hub", f"step{step}", local / f"step{step}")
+    hub.add_branch("org/tiny-hub", "main", local / "step5000")
+    peer = write_model(tmp_path / "src", "tiny-peer", 7, steps=[0])
+    hub.add_branch("org/tiny-peer", "step0", peer / "step0")
+
+    spec = resolve_model("org/tiny-hub")
+    one = (local / "step0" / "model.safetensors").stat().st_size
+    src = _hub_source(hub, spec, tmp_path)
+    report = check_health(spec, source=src, deep=True, disk_budget=3 * one,
+                          peers=[_hub_source(hub, resolve_model("org/tiny-peer"), tmp_path)], progress=False)
+    got = _findings(report)
+    assert ("step3000", "format_mismatch", "bad") in got
+    assert ("step1000", "duplicate", "bad") in got
+    assert {r for r, *_ in got} == {"step1000", "step3000"}, got
+    # within budget: never more than the budget plus one checkpoint held at once, and the
+    # cache holds no more than that at the end
+    biggest = max(sum(p.stat().st_size for p in (local / f"step{s}").iterdir()) for s in steps)
+    assert 0 < report.peak_bytes <= 3 * one + biggest and report.downloaded_bytes > report.peak_bytes
+    blobs = sum(p.stat().st_size for p in (tmp_path / "hf-cache").rglob("blobs/*") if p.is_file())
+    assert blobs <= 3 * one + biggest
+    assert len(report.stats) == len(steps)
