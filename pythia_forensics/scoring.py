@@ -1,0 +1,626 @@
+"""Tokenization made explicit and batched exact log-probs: model + probe items in, frame out.
+
+For each item the scorer returns log p(target | prefix) and log p(foil | prefix), each the sum
+of the candidate's token log-probs (the per-token mean is reported too).
+
+Tokenization (`encode_items`), the same choices lm-evaluation-harness makes:
+  * trailing whitespace of the prefix moves to the front of both candidates ("Sue cried
+    because " + "she" is scored as "Sue cried because" + " she"), so no stray "Ġ" token;
+  * prefix and candidates are encoded separately, without special tokens;
+  * a BOS token (the tokenizer's bos, else eos) is prepended only when asked (Pythia: none);
+  * a prefix or candidate that encodes to no tokens is a `TokenizationError` naming the item.
+
+Computation (`score`), designed so shared work is done once:
+  * every candidate needs the logits after ``context + candidate[:-1]``; those sequences are
+    de-duplicated, and a sequence that is a prefix of another is read off the longer one
+    (causal attention: its hidden states are identical). So items sharing a prefix with
+    single-token candidates cost ONE forward row, and a multi-token candidate costs one row
+    whose early positions also serve every shorter candidate with the same start;
+  * rows are sorted by length and batched (little padding), RIGHT-padded: real tokens sit at
+    positions 0..n-1, so position ids are a plain arange and, under causal attention, pad
+    tokens (which come after every real token) can never influence a real position; the
+    attention mask is passed anyway;
+  * the transformer body runs once per batch; the LM head runs only on the (row, position)
+    pairs some candidate needs, in fp32 whatever the model dtype, followed by a fp32
+    log-sum-exp over the chosen vocabulary rows (`ScoreOptions.vocab_rows`).
+
+Vocabulary rows: Pythia's output embedding has 50304 rows for a 50277-token tokenizer; the 27
+padding rows are never a label. ``vocab_rows="tokenizer"`` (default) normalises over the
+tokenizer's rows only, i.e. the distribution over text; ``"all"`` over every row, as minicons
+and lm-eval do. For trained Pythias the padding rows carry negligible mass; for random or very
+early checkpoints they can carry a lot, so the choice is recorded with every result.
+
+Options used are returned in ``frame.attrs`` (see `score`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pythia_forensics.constants import (
+    DEFAULT_BATCH_SIZE_CPU,
+    DEFAULT_BATCH_SIZE_CUDA,
+    DEFAULT_VOCAB_ROWS,
+    DEVICES,
+    DTYPES,
+    FP32_MAX_PARAMS,
+    IGNORED_TENSOR_SUFFIXES,
+    VOCAB_ROWS,
+)
+from pythia_forensics.errors import ModelLoadError, ScoringError, TokenizationError
+from pythia_forensics.probes import ProbeItem, ProbeSet, load_probes
+
+__all__ = [
+    "SCORING_VERSION", "FRAME_COLUMNS", "ScoreOptions", "EncodedItem", "encode_items", "load_model",
+    "load_weights_into", "resolve_device", "resolve_dtype", "score", "score_encoded",
+]
+
+# Bump when a change could alter any number the scorer returns (part of the results' work key).
+SCORING_VERSION = "1"
+
+FRAME_COLUMNS = (
+    "model", "revision", "item_id", "rule", "condition", "split", "prefix", "target", "foil",
+    "logp_target", "logp_foil", "margin", "correct", "n_target_tokens", "n_foil_tokens",
+    "mean_logp_target", "mean_logp_foil", "target_ids", "foil_ids", "template",
+)
+# Config fields that make logits differ from `lm_head(last_hidden_state)`; such models take the
+# full-forward path instead of the head-only-where-needed one.
+_HEAD_MODIFIERS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
+_CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How to score (every field is recorded with the results).
+
+    Attributes:
+        dtype: ``auto`` (fp32 on CPU and for models up to `FP32_MAX_PARAMS` on GPU, else bf16),
+            ``float32``, ``float16`` or ``bfloat16``.
+        device: ``auto`` (cuda if available), ``cpu`` or ``cuda`` (``cuda:N`` accepted).
+        batch_size: sequences per forward, or ``auto`` (a device default, halved on
+            out-of-memory until it fits).
+        bos: prepend the tokenizer's BOS token (else EOS) to every prefix. Pythia: no.
+        vocab_rows: log-sum-exp over the ``tokenizer``'s rows only or over ``all`` rows of the
+            output embedding (see the module docstring).
+    """
+
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int | str = "auto"
+    bos: bool = False
+    vocab_rows: str = DEFAULT_VOCAB_ROWS
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ScoringError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ScoringError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        if self.vocab_rows not in VOCAB_ROWS:
+            raise ScoringError(f"unknown vocab_rows {self.vocab_rows!r}; use one of {', '.join(VOCAB_ROWS)}")
+        bs = self.batch_size
+        if not (bs == "auto" or (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1)):
+            raise ScoringError(f"batch size must be a positive integer or 'auto', got {bs!r}")
+
+
+# --- devices and dtypes --------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``.
+
+    Raises:
+        ScoringError: ``cuda`` was asked for but torch sees no GPU.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ScoringError(f"device {device!r} asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise ScoringError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    return str(device)
+
+
+def resolve_dtype(dtype: str = "auto", *, params: int | None = None, device: str | None = None) -> str:
+    """The dtype name ``auto`` means here: fp32 on CPU and up to `FP32_MAX_PARAMS` parameters.
+
+    Args:
+        dtype: ``auto`` or an explicit dtype name (returned unchanged).
+        params: the model's parameter count, if known (unknown counts as small).
+        device: the resolved device, if known (``cpu`` always gets fp32 under ``auto``).
+
+    Returns:
+        ``float32``, ``float16`` or ``bfloat16``.
+    """
+    dtype = str(dtype).replace("torch.", "")
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ScoringError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        return dtype
+    if device == "cpu" or params is None or params <= FP32_MAX_PARAMS:
+        return "float32"
+    return "bfloat16"
+
+
+# --- tokenization --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodedItem:
+    """An item's token ids as scored: context (BOS + prefix) and the two candidates."""
+
+    context_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+    foil_ids: tuple[int, ...]
+
+
+def _move_whitespace(prefix: str, candidate: str) -> tuple[str, str]:
+    stripped = prefix.rstrip()
+    return stripped, prefix[len(stripped):] + candidate
+
+
+def _bos_id(tokenizer: Any) -> int:
+    for attr in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    raise TokenizationError("bos=True but the tokenizer has neither a BOS nor an EOS token; score without --bos")
+
+
+def encode_items(items: Sequence[ProbeItem], tokenizer: Any, *, bos: bool = False) -> list[EncodedItem]:
+    """Tokenize items the way the scorer scores them (see the module docstring).
+
+    Args:
+        items: probe items.
+        tokenizer: a Hugging Face tokenizer.
+        bos: prepend the BOS (else EOS) token id to every context.
+
+    Returns:
+        One `EncodedItem` per item, in order.
+
+    Raises:
+        TokenizationError: a prefix or candidate encodes to no tokens (names the item).
+    """
+    moved = []
+    for item in items:
+        prefix, target = _move_whitespace(item.prefix, item.target)
+        _, foil = _move_whitespace(item.prefix, item.foil)
+        moved.append((prefix, target, foil))
+    strings = sorted({s for triple in moved for s in triple})
+    ids = dict(zip(strings, tokenizer(strings, add_special_tokens=False)["input_ids"])) if strings else {}
+    head = (_bos_id(tokenizer),) if bos else ()
+    out = []
+    for item, (prefix, target, foil) in zip(items, moved):
+        context = head + tuple(ids[prefix])
+        for what, value, toks in (("prefix", item.prefix, context), ("target", item.target, ids[target]),
+                                  ("foil", item.foil, ids[foil])):
+            if not toks:
+                hint = " (or score with --bos)" if what == "prefix" else ""
+                raise TokenizationError(f"item {item.item_id!r}: {what} {value!r} tokenizes to no tokens; "
+                                        f"give it visible text{hint}")
+        out.append(EncodedItem(context, tuple(ids[target]), tuple(ids[foil])))
+    return out
+
+
+# --- loading -------------------------------------------------------------------------------
+def _local_dir(path_or_id: str | Path, revision: str | None) -> Path | None:
+    """The local checkpoint folder meant, None for a hub id; ModelLoadError for a bad path."""
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    looks_local = path.exists() or text.startswith(("/", ".", "~")) or os.sep + os.sep in text or text.count("/") > 1
+    if not looks_local:
+        return None
+    if not path.is_dir():
+        raise ModelLoadError(f"model path {text} does not exist (or is not a folder); pass a save_pretrained "
+                             "checkpoint folder or a hub repo id such as EleutherAI/pythia-70m")
+    if revision not in (None, "main") or not (path / _CONFIG_FILE).exists():
+        if revision is not None and (path / revision / _CONFIG_FILE).exists():
+            return path / revision
+        if revision in (None, "main") and (path / _CONFIG_FILE).exists():
+            return path
+        found = sorted(p.name for p in path.iterdir() if (p / _CONFIG_FILE).exists())
+        what = f"revision {revision!r} not found under {text}" if revision else f"no {_CONFIG_FILE} in {text}"
+        raise ModelLoadError(f"{what}; available revisions there: {', '.join(found) or '(none)'}; "
+                             "pass a checkpoint folder or --revision NAME")
+    return path
+
+
+def _count_params(config: Any) -> int:
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return sum(p.numel() for p in skeleton.parameters())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: str = "auto",
+               device: str = "auto") -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer (never `trust_remote_code`; safetensors preferred).
+
+    Args:
+        path_or_id: a local ``save_pretrained`` folder, a local folder of revisions
+            (``DIR/step1000/...``, with ``revision``), or a hub repo id.
+        revision: hub branch/tag/commit, or a sub-folder name of a local folder of revisions.
+        dtype: see `resolve_dtype`.
+        device: ``auto``, ``cpu``, ``cuda``.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode on the device. Example::
+
+            model, tok = load_model("EleutherAI/pythia-70m", revision="step3000")
+
+    Raises:
+        ModelLoadError: missing path, unknown repo or revision, no tokenizer, unreadable weights.
+        ScoringError: cuda asked for but not available.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    local = _local_dir(path_or_id, revision)
+    source = str(local) if local is not None else str(path_or_id)
+    hub_rev = None if local is not None else revision
+    where = f"{path_or_id}" + (f" (revision {revision})" if revision else "")
+    try:
+        config = AutoConfig.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
+        params = _count_params(config) if dtype == "auto" and dev != "cpu" else None
+        dt = resolve_dtype(dtype, params=params, device=dev)
+        # transformers (>=4.50, torch>=2.6) loads .bin only through torch.load(weights_only=True)
+        model = AutoModelForCausalLM.from_pretrained(source, revision=hub_rev, dtype=getattr(torch, dt),
+                                                     trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}; check the repo id / path and "
+                             "--revision (hub branches look like step1000)") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load a tokenizer for {where}: {_first_line(exc)}; save the tokenizer "
+                             "next to the weights, or pass tokenizer= to score()") from exc
+    return model.to(dev).eval(), tokenizer
+
+
+def _weight_files(checkpoint_dir: Path) -> tuple[str, list[Path]]:
+    safes = sorted(checkpoint_dir.glob("model*.safetensors"))
+    if safes:
+        return "safetensors", safes
+    bins = sorted(p for p in checkpoint_dir.glob("pytorch_model*.bin"))
+    if bins:
+        return "bin", bins
+    raise ModelLoadError(f"no model*.safetensors or pytorch_model*.bin in {checkpoint_dir}; "
+                         "pass a save_pretrained checkpoint folder")
+
+
+def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
+    """Copy a revision's weights into an already built model of the same architecture.
+
+    The replay engine builds one skeleton per model and reuses it across revisions: no
+    re-instantiation, tensors are copied in place (dtype and device converted), one at a time
+    from safetensors (``.bin`` only through ``torch.load(weights_only=True)``).
+
+    Args:
+        model: a model from `load_model` (or any ``PreTrainedModel``).
+        checkpoint_dir: a ``save_pretrained`` folder of the same architecture.
+
+    Returns:
+        The same model object, in eval mode.
+
+    Raises:
+        ModelLoadError: no weights, a missing or extra parameter, or a shape mismatch.
+    """
+    import torch
+    from safetensors import safe_open
+
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        raise ModelLoadError(f"checkpoint folder {folder} does not exist; pass a save_pretrained folder")
+    kind, files = _weight_files(folder)
+    state = model.state_dict()
+    seen: set[str] = set()
+    problems: list[str] = []
+
+    def put(name: str, tensor: Any) -> None:
+        if name not in state:
+            if not name.endswith(IGNORED_TENSOR_SUFFIXES):
+                problems.append(f"unexpected tensor {name}")
+            return
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            problems.append(f"{name} has shape {tuple(tensor.shape)}, model has {tuple(state[name].shape)}")
+            return
+        state[name].copy_(tensor)
+        seen.add(name)
+
+    with torch.no_grad():
+        for path in files:
+            if kind == "safetensors":
+                with safe_open(str(path), framework="pt", device="cpu") as handle:
+                    for name in handle.keys():
+                        put(name, handle.get_tensor(name))
+            else:
+                for name, tensor in torch.load(path, map_location="cpu", weights_only=True).items():
+                    put(name, tensor)
+    tied = _tied_names(model)
+    missing = sorted(set(state) - seen - tied)
+    missing = [m for m in missing if not m.endswith(IGNORED_TENSOR_SUFFIXES)]
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]}")
+    if problems:
+        raise ModelLoadError(f"weights in {folder} do not fit the loaded model ({'; '.join(problems[:3])}); "
+                             "it is a different architecture: load it with load_model instead")
+    return model.eval()
+
+
+def _tied_names(model: Any) -> set[str]:
+    """State-dict names that share storage with another entry (tied embeddings)."""
+    by_ptr: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict().items():
+        by_ptr.setdefault(tensor.data_ptr(), []).append(name)
+    return {n for names in by_ptr.values() if len(names) > 1 for n in names}
+
+
+# --- the plan: which sequences to run, which logits to read ---------------------------------
+@dataclass(frozen=True)
+class _Plan:
+    sequences: list[tuple[int, ...]]   # maximal sequences to run (sorted longest first)
+    row_seq: np.ndarray                # per needed logits row: index into sequences
+    row_pos: np.ndarray                # per needed logits row: position in that sequence
+    read_row: np.ndarray               # per distinct (row, token) read: the row
+    read_tok: np.ndarray               # ... and the token id
+    tok_cand: np.ndarray               # per candidate token: candidate index (2*item + {0 target, 1 foil})
+    tok_read: np.ndarray               # ... and the read it uses
+
+
+def _make_plan(encoded: Sequence[EncodedItem]) -> _Plan:
+    cands = [(e.context_ids, c) for e in encoded for c in (e.target_ids, e.foil_ids)]
+    fulls = sorted({ctx + cont[:-1] for ctx, cont in cands})
+    # A sequence that is a prefix of another is a prefix of its lexicographic successor, so one
+    # backwards pass finds, for each, the longest sequence that contains it.
+    owner = list(range(len(fulls)))
+    for i in range(len(fulls) - 2, -1, -1):
+        s, t = fulls[i], fulls[i + 1]
+        if len(t) > len(s) and t[:len(s)] == s:
+            owner[i] = owner[i + 1]
+    maximal = sorted({owner[i] for i in range(len(fulls))}, key=lambda i: (-len(fulls[i]), fulls[i]))
+    seq_index = {m: k for k, m in enumerate(maximal)}
+    full_owner = {fulls[i]: seq_index[owner[i]] for i in range(len(fulls))}
+    rows: dict[tuple[int, int], int] = {}
+    reads: dict[tuple[int, int], int] = {}
+    tok_cand: list[int] = []
+    tok_read: list[int] = []
+    for c, (ctx, cont) in enumerate(cands):
+        seq = full_owner[ctx + cont[:-1]]
+        for j, tok in enumerate(cont):
+            row = rows.setdefault((seq, len(ctx) - 1 + j), len(rows))
+            read = reads.setdefault((row, tok), len(reads))
+            tok_cand.append(c)
+            tok_read.append(read)
+    row_keys = np.array(list(rows), dtype=np.int64).reshape(-1, 2)
+    read_keys = np.array(list(reads), dtype=np.int64).reshape(-1, 2)
+    return _Plan([fulls[m] for m in maximal], row_keys[:, 0], row_keys[:, 1], read_keys[:, 0],
+                 read_keys[:, 1], np.array(tok_cand, dtype=np.int64), np.array(tok_read, dtype=np.int64))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _head_is_plain(model: Any) -> bool:
+    config = getattr(model, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _HEAD_MODIFIERS):
+        return False
+    return getattr(model, "base_model", model) is not model and model.get_output_embeddings() is not None
+
+
+def _run_plan(model: Any, plan: _Plan, *, n_rows: int, pad_id: int, batch_size: int, auto_batch: bool,
+              progress: bool) -> tuple[np.ndarray, int]:
+    """log-prob of every distinct (row, token) read; returns (values, final batch size)."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    plain = _head_is_plain(model)
+    head = model.get_output_embeddings() if plain else None
+    weight = bias = None
+    if head is not None:
+        # fp32 head whatever the model dtype: margins of small models drift in bf16/fp16
+        weight = head.weight[:n_rows].float()
+        bias = head.bias[:n_rows].float() if getattr(head, "bias", None) is not None else None
+    # rows of each sequence, grouped once (numpy, no per-item Python in the loop)
+    order = np.argsort(plan.row_seq, kind="stable")
+    starts = np.searchsorted(plan.row_seq[order], np.arange(len(plan.sequences) + 1))
+    read_order = np.argsort(plan.read_row, kind="stable")
+    read_starts = np.searchsorted(plan.read_row[read_order], np.arange(len(plan.row_seq) + 1))
+    values = np.empty(len(plan.read_row), dtype=np.float64)
+    bar = tqdm(total=len(plan.sequences), desc="scoring", unit="seq", disable=not progress, leave=False)
+    ptr = 0
+    with torch.inference_mode():
+        while ptr < len(plan.sequences):
+            seqs = plan.sequences[ptr:ptr + batch_size]
+            try:
+                width = max(len(s) for s in seqs)
+                ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(seqs), width), dtype=torch.long)
+                for b, s in enumerate(seqs):  # right padding: real tokens at 0..len-1
+                    ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+                    mask[b, :len(s)] = 1
+                positions = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(len(seqs), width)
+                ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+                rows = order[starts[ptr]:starts[ptr + len(seqs)]]
+                b_idx = torch.as_tensor(plan.row_seq[rows] - ptr, device=device)
+                p_idx = torch.as_tensor(plan.row_pos[rows], device=device)
+                if plain:
+                    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                              use_cache=False).last_hidden_state
+                    logits = F.linear(hidden[b_idx, p_idx].float(), weight, bias)
+                else:
+                    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+                    logits = out.logits[b_idx, p_idx].float()[:, :n_rows]
+                lse = torch.logsumexp(logits, dim=-1)
+                # reads of these rows: local row index -> token
+                local = np.empty(int(rows.max()) + 1 if len(rows) else 0, dtype=np.int64)
+                local[rows] = np.arange(len(rows))
+                read_ids = np.concatenate([read_order[read_starts[r]:read_starts[r + 1]] for r in rows])
+                r_local = torch.as_tensor(local[plan.read_row[read_ids]], device=device)
+                r_tok = torch.as_tensor(plan.read_tok[read_ids], device=device)
+                vals = logits[r_local, r_tok] - lse[r_local]
+                values[read_ids] = vals.double().cpu().numpy()
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                if not auto_batch or batch_size == 1:
+                    raise ScoringError(f"out of memory at batch size {batch_size}; pass a smaller --batch-size "
+                                       "(or auto), or --dtype bfloat16 on GPU") from exc
+                batch_size = max(1, batch_size // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            ptr += len(seqs)
+            bar.update(len(seqs))
+    bar.close()
+    return values, batch_size
+
+
+# --- the public scorer ---------------------------------------------------------------------
+def _model_dtype_name(model: Any) -> str:
+    return str(next(model.parameters()).dtype).replace("torch.", "")
+
+
+def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pad_id: int,
+                  batch_size: int | str = "auto", progress: bool = False) -> dict[str, Any]:
+    """Summed and mean log-probs of already tokenized items (the scorer's numeric core).
+
+    Args:
+        model: a causal LM in eval mode.
+        encoded: items from `encode_items`.
+        n_rows: vocabulary rows the log-sum-exp runs over (the first ``n_rows``).
+        pad_id: token id used for padding (never seen by a real position).
+        batch_size: sequences per forward or ``auto``.
+        progress: show a progress bar.
+
+    Returns:
+        Dict of numpy arrays ``logp_target, logp_foil, n_target, n_foil`` and stats
+        ``batch_size, sequences, tokens, rows``.
+    """
+    plan = _make_plan(encoded)
+    for e in encoded:
+        if max(e.target_ids + e.foil_ids) >= n_rows:
+            raise ScoringError(f"a candidate token id ({max(e.target_ids + e.foil_ids)}) is outside the "
+                               f"{n_rows} scored vocabulary rows; the tokenizer does not fit this model")
+    device = next(model.parameters()).device
+    auto = batch_size == "auto"
+    bs = (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU) if auto else int(batch_size)
+    values, bs = _run_plan(model, plan, n_rows=n_rows, pad_id=pad_id, batch_size=bs, auto_batch=auto,
+                           progress=progress)
+    sums = np.bincount(plan.tok_cand, weights=values[plan.tok_read], minlength=2 * len(encoded))
+    return {
+        "logp_target": sums[0::2], "logp_foil": sums[1::2],
+        "n_target": np.array([len(e.target_ids) for e in encoded], dtype=np.int64),
+        "n_foil": np.array([len(e.foil_ids) for e in encoded], dtype=np.int64),
+        "batch_size": bs, "sequences": len(plan.sequences), "tokens": sum(len(s) for s in plan.sequences),
+        "rows": len(plan.row_seq),
+    }
+
+
+def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: str | None = None,
+          options: ScoreOptions | None = None, progress: bool = False, **overrides: Any) -> pd.DataFrame:
+    """Score probe items on one checkpoint: one row per item.
+
+    Args:
+        model_or_path: a loaded causal LM (then pass ``tokenizer``), a checkpoint folder, or a
+            hub repo id (loaded with `load_model`).
+        probes: a `ProbeSet`, or anything `load_probes` accepts (file, shipped name, list).
+        tokenizer: the tokenizer, required with a loaded model.
+        revision: the hub revision / local sub-folder to load; with a loaded model, only the
+            label written to the ``revision`` column.
+        options: `ScoreOptions`; keyword ``overrides`` (``dtype=``, ``batch_size=``, ...)
+            replace its fields.
+        progress: show a progress bar.
+
+    Returns:
+        A DataFrame with the columns `FRAME_COLUMNS` (ARCHITECTURE.md "Per-item score frame"),
+        in probe-set order. ``frame.attrs`` records what was used: ``dtype, device, batch_size``
+        (the one that ran), ``bos, vocab_rows, vocab_rows_n`` (rows in the log-sum-exp),
+        ``padding_side, scoring_version, probeset, probeset_sha256, model, revision``,
+        ``forward_sequences, forward_tokens, logit_rows, wall_s``. Example::
+
+            frame = score("EleutherAI/pythia-70m", "pronoun_gender", revision="step3000")
+            frame.groupby(["condition", "split"]).correct.mean()
+
+    Raises:
+        ModelLoadError, TokenizationError, ScoringError, ProbeFormatError, UnknownProbeSetError.
+    """
+    t0 = time.perf_counter()
+    opts = replace(options or ScoreOptions(), **overrides)
+    probe_set = probes if isinstance(probes, ProbeSet) else load_probes(probes)
+    if isinstance(model_or_path, (str, Path)):
+        model_name = str(model_or_path)
+        model, loaded_tok = load_model(model_or_path, revision=revision, dtype=opts.dtype, device=opts.device)
+        tokenizer = tokenizer or loaded_tok
+    else:
+        model = model_or_path
+        model_name = str(getattr(model, "name_or_path", "") or type(model).__name__)
+        if tokenizer is None:
+            raise ScoringError("score() was given a loaded model without tokenizer=; pass its tokenizer")
+        have = _model_dtype_name(model)
+        if opts.dtype != "auto" and opts.dtype != have:
+            raise ScoringError(f"the model is loaded in {have} but dtype={opts.dtype!r} was asked; "
+                               f"load it with dtype={opts.dtype!r} or pass dtype='auto'")
+        where = next(model.parameters()).device.type
+        if opts.device != "auto" and str(opts.device).split(":")[0] != where:
+            raise ScoringError(f"the model is on {where} but device={opts.device!r} was asked; "
+                               "move the model or pass device='auto'")
+    emb_rows = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
+        else int(model.config.vocab_size)
+    n_rows = min(len(tokenizer), emb_rows) if opts.vocab_rows == "tokenizer" else emb_rows
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    items = probe_set.items
+    encoded = encode_items(items, tokenizer, bos=opts.bos)
+    res = score_encoded(model, encoded, n_rows=n_rows, pad_id=int(pad_id), batch_size=opts.batch_size,
+                        progress=progress)
+    lt, lf = res["logp_target"], res["logp_foil"]
+    margin = lt - lf
+    frame = pd.DataFrame({
+        "model": model_name,
+        "revision": revision if revision is not None else "",
+        "item_id": [i.item_id for i in items],
+        "rule": [i.rule for i in items],
+        "condition": [i.condition for i in items],
+        "split": [i.split for i in items],
+        "prefix": [i.prefix for i in items],
+        "target": [i.target for i in items],
+        "foil": [i.foil for i in items],
+        "logp_target": lt,
+        "logp_foil": lf,
+        "margin": margin,
+        "correct": margin > 0,
+        "n_target_tokens": res["n_target"],
+        "n_foil_tokens": res["n_foil"],
+        "mean_logp_target": lt / res["n_target"],
+        "mean_logp_foil": lf / res["n_foil"],
+        "target_ids": [json.dumps(list(e.target_ids)) for e in encoded],
+        "foil_ids": [json.dumps(list(e.foil_ids)) for e in encoded],
+        "template": [i.template for i in items],
+    }, columns=list(FRAME_COLUMNS))
+    frame.attrs.update({
+        "model": model_name, "revision": revision, "dtype": _model_dtype_name(model),
+        "device": next(model.parameters()).device.type, "batch_size": int(res["batch_size"]),
+        "bos": bool(opts.bos), "vocab_rows": opts.vocab_rows, "vocab_rows_n": int(n_rows),
+        "padding_side": "right", "scoring_version": SCORING_VERSION, "probeset": probe_set.name,
+        "probeset_sha256": probe_set.sha256, "forward_sequences": int(res["sequences"]),
+        "forward_tokens": int(res["tokens"]), "logit_rows": int(res["rows"]),
+        "wall_s": round(time.perf_counter() - t0, 4),
+    })
+    return frame
