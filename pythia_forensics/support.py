@@ -269,6 +269,10 @@ def load_rules(spec: str | os.PathLike | SupportRule | Sequence[Any]) -> tuple[S
                 rule = _rule_from_mapping(entry, source=str(path), problems=problems)
                 if rule is not None:
                     rules.append(rule)
+    for r in rules:
+        both = {w for c in r.targets for w in c.words} & {w for c in r.competitors for w in c.words}
+        if both:
+            problems.append(f"rule {r.name!r}: {sorted(both)} listed as both target and competitor")
     seen: dict[str, str] = {}
     for r in rules:
         if r.name in seen:

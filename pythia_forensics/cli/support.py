@@ -1,0 +1,49 @@
+"""`pythia-forensics support CORPUS --rules FILE`: support-frequency table and summary."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pythia_forensics.constants import DEFAULT_SUPPORT_WINDOW
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def support(
+        corpus: Path = typer.Argument(..., help="Text/JSONL/Parquet file, datasets folder, .bin/.idx prefix or mini corpus folder."),
+        rules: list[str] = typer.Option(["all"], "--rules", help="Rule YAML file, shipped rule name, or 'all' (repeatable)."),
+        window: int = typer.Option(DEFAULT_SUPPORT_WINDOW, "--window", help="W: tokens after (before) a cue."),
+        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer.json, model folder or model name."),
+        tokens_per_step: Optional[int] = typer.Option(None, "--tokens-per-step", help="Stored tokens per training step."),
+        window_steps: Optional[int] = typer.Option(None, "--window-steps", help="Training steps per window."),
+        mode: str = typer.Option("windowed", "--mode", help="windowed | bigram"),
+        text_field: str = typer.Option("text", "--text-field", help="Text field/column of JSONL, Parquet, datasets."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write the table (.csv or .parquet)."),
+        strict: bool = typer.Option(False, "--strict", help="Fail on any rule word the tokenizer cannot match."),
+    ) -> None:
+        """Count rule-winning and prior-winning events per rule, overall and per window."""
+        import warnings
+
+        from pythia_forensics.cli.common import console, err_console
+        from pythia_forensics.support import SupportCueWarning, count_support
+
+        with warnings.catch_warnings():
+            # printed below from frame.attrs, once per word, instead of as a Python warning
+            warnings.simplefilter("ignore", SupportCueWarning)
+            frame = count_support(corpus, rules, window=window, tokenizer=tokenizer, tokens_per_step=tokens_per_step,
+                                  window_steps=window_steps, mode=mode, text_field=text_field, strict=strict)
+        for line in frame.attrs["unmatched"]:
+            err_console.print(f"[yellow]unmatched:[/] {line}", highlight=False)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.suffix == ".parquet":
+                frame.to_parquet(out, index=False)
+            else:
+                frame.to_csv(out, index=False)
+        overall = frame[frame.scope == "overall"]
+        cols = ["rule", "direction", "cues", "rule_wins", "prior_wins", "ratio"]
+        console.print(overall[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"), highlight=False)
+        if out is not None:
+            console.print(f"wrote {len(frame)} rows to {out}", highlight=False)

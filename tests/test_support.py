@@ -1,0 +1,420 @@
+"""Support counters: known-answer streams, a brute-force reference, every input format, the
+.bin/.idx path against text, unmatched-cue reports, and the mini corpus's ground truth."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pythia_forensics.constants import probes_dir
+from pythia_forensics.errors import ConfigError, CorpusError, TokenizationError
+from pythia_forensics.indexed import IndexedDatasetWriter
+from pythia_forensics.support import (
+    CompiledRule,
+    SupportCueWarning,
+    TokenForm,
+    Vocab,
+    benchmark,
+    compile_rules,
+    count_support,
+    count_token_stream,
+    load_rules,
+    load_tokenizer,
+)
+
+# --- synthetic vocabulary: ids are "words"; 9 is a word-internal piece -----------------------
+V = 20
+STARTS = np.ones(V, bool)
+ENDS = np.ones(V, bool)
+STARTS[9] = False  # token 9 continues the previous word ("s", "ed", ...)
+ENDS[10] = False  # token 10 is a word start that runs into the next token
+VOCAB = Vocab(V, STARTS, ENDS)
+CUE, CUE2A, CUE2B, TGT, COMP, FILL = 3, 4, 5, 7, 8, 1
+
+
+def rule(direction="after", name="r"):
+    return CompiledRule(
+        name, direction,
+        cues=(TokenForm("c", " c", (CUE,)), TokenForm("cc", " cc", (CUE2A, CUE2B))),
+        targets=(TokenForm("t", " t", (TGT,)),),
+        competitors=(TokenForm("p", " p", (COMP,)),),
+    )
+
+
+def count(docs, rules, **kw):
+    tokens = np.array([t for d in docs for t in d], dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum([len(d) for d in docs])))
+    kw.setdefault("window_tokens", 10**9)
+    return count_token_stream(tokens, offsets, rules, VOCAB, **kw)
+
+
+def totals(res, name="r"):
+    c = res[name]
+    return int(c["cues"].sum()), int(c["rule_wins"].sum()), int(c["prior_wins"].sum())
+
+
+@pytest.mark.parametrize(
+    "docs, expected",
+    [
+        ([[CUE, FILL, FILL, TGT, COMP]], (1, 1, 0)),  # first choice after the cue wins
+        ([[CUE, COMP, TGT]], (1, 0, 1)),
+        ([[CUE] + [FILL] * 15 + [TGT]], (1, 1, 0)),  # distance 16 = W: inside
+        ([[CUE] + [FILL] * 16 + [TGT]], (1, 0, 0)),  # distance 17: no event
+        ([[CUE, FILL], [TGT]], (1, 0, 0)),  # never across a document boundary
+        ([[CUE2A, CUE2B, FILL, COMP]], (1, 0, 1)),  # two-token cue
+        ([[CUE2A, FILL, CUE2B, TGT]], (0, 0, 0)),  # broken two-token cue is no cue
+        ([[CUE, CUE, COMP]], (2, 0, 2)),  # each cue occurrence is an event
+        ([[CUE, 9, TGT]], (0, 0, 0)),  # cue followed by a word-internal piece: not the word
+        ([[CUE, TGT, 9]], (1, 0, 0)),  # target inside a longer word: not the target
+        ([[TGT, CUE]], (1, 0, 0)),  # "after" never looks back
+        ([], (0, 0, 0)),
+    ],
+)
+def test_known_answers_after(docs, expected):
+    assert totals(count(docs, [rule()])) == expected
+
+
+@pytest.mark.parametrize(
+    "docs, expected",
+    [
+        ([[TGT, CUE]], (1, 1, 0)),
+        ([[COMP, FILL, TGT, FILL, CUE]], (1, 1, 0)),  # the nearest before wins
+        ([[TGT, FILL, COMP, CUE]], (1, 0, 1)),
+        ([[TGT] + [FILL] * 16 + [CUE]], (1, 0, 0)),
+        ([[TGT], [CUE]], (1, 0, 0)),
+        ([[CUE, TGT]], (1, 0, 0)),
+    ],
+)
+def test_known_answers_before(docs, expected):
+    assert totals(count(docs, [rule("before")])) == expected
+
+
+def test_bigram_is_window_one_and_windows_split_by_offset():
+    docs = [[CUE, TGT], [CUE, FILL, TGT], [CUE, COMP]]
+    assert totals(count(docs, [rule()], window=1)) == (3, 1, 1)
+    # cues at offsets 0, 2, 5; stream windows [0,3) [3,6) [6,7); an event goes to its cue's window
+    res = count(docs, [rule()], window_tokens=3)
+    assert list(res["r"]["cues"]) == [2, 1, 0]
+    assert list(res["r"]["rule_wins"]) == [2, 0, 0]
+    assert list(res["r"]["prior_wins"]) == [0, 1, 0]
+
+
+def test_no_space_form_needs_a_word_boundary_and_counts_once():
+    r = CompiledRule("r", "after", (TokenForm("c", " c", (11, 3)), TokenForm("c", "c", (3,))),
+                     (TokenForm("t", " t", (TGT,)),), (TokenForm("p", " p", (COMP,)),))
+    assert totals(count([[3, TGT]], [r])) == (1, 1, 0)  # document start
+    assert totals(count([[10, 3, TGT]], [r])) == (0, 0, 0)  # glued to the previous word
+    # " c" as two tokens (a bare space, then "c"): one occurrence, not two
+    assert totals(count([[11, 3, TGT]], [r])) == (1, 1, 0)
+
+
+# --- brute-force reference ----------------------------------------------------------------------
+def brute_force(docs, rules, vocab, window):
+    """A plain per-position loop over each document, written from the event definition."""
+    out = {}
+    for r in rules:
+        cues = wins = losses = 0
+        for doc in docs:
+            n = len(doc)
+
+            def occurrences(forms):
+                found = set()
+                for f in forms:
+                    L = len(f.ids)
+                    for s in range(n - L + 1):
+                        if tuple(doc[s : s + L]) != f.ids:
+                            continue
+                        e = s + L - 1
+                        if e + 1 < n and not vocab.starts_nonword[doc[e + 1]]:
+                            continue
+                        if not f.leading_space and s > 0 and not vocab.ends_nonword[doc[s - 1]]:
+                            continue
+                        found.add((s, e))
+                return [x for x in found if not any(y != x and y[0] <= x[0] and x[1] <= y[1] for y in found)]
+
+            choices = [(s, e, 1) for s, e in occurrences(r.targets)] + [(s, e, 0) for s, e in occurrences(r.competitors)]
+            for cs, ce in occurrences(r.cues):
+                cues += 1
+                if r.direction == "after":
+                    near = [(s, -(e - s), lab) for s, e, lab in choices if ce + 1 <= s <= ce + window]
+                    pick = min(near) if near else None
+                else:
+                    near = [(-e, -(e - s), lab) for s, e, lab in choices if cs - window <= e <= cs - 1]
+                    pick = min(near) if near else None
+                if pick is not None:
+                    wins += pick[2] == 1
+                    losses += pick[2] == 0
+        out[r.name] = (cues, wins, losses)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_counter_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    vocab = Vocab(12, rng.random(12) < 0.7, rng.random(12) < 0.7)
+
+    def forms(k):
+        out = []
+        for _ in range(k):
+            ids = tuple(int(x) for x in rng.integers(2, 12, size=rng.integers(1, 3)))
+            out.append(TokenForm("w", " w" if rng.random() < 0.5 else "w", ids))
+        return tuple(out)
+
+    def rule_forms(i):
+        cues, tgts = forms(3), forms(2)
+        comps = tuple(f for f in forms(3) if f.ids not in {t.ids for t in tgts})  # a form is one side only
+        return CompiledRule(f"r{i}", ("after", "before")[i % 2], cues, tgts, comps)
+
+    rules = [rule_forms(i) for i in range(3)]
+    docs = [list(rng.integers(0, 12, size=rng.integers(0, 40))) for _ in range(60)]
+    window = int(rng.integers(1, 8))
+    tokens = np.array([t for d in docs for t in d], dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum([len(d) for d in docs])))
+    # tiny blocks: every block edge and halo is exercised
+    got = count_token_stream(tokens, offsets, rules, vocab, window=window, window_tokens=10**9, block_tokens=7)
+    want = brute_force(docs, rules, vocab, window)
+    for r in rules:
+        assert totals(got, r.name) == want[r.name], r
+
+
+# --- real tokenizers, text formats and the .bin/.idx stream ------------------------------------------
+def lexicon():
+    return yaml.safe_load((probes_dir() / "lexicon.yaml").read_text())
+
+
+def test_shipped_rules_reference_the_lexicon():
+    lex = lexicon()
+    rules = {r.name: r for r in load_rules("all")}
+    assert set(rules) == {"pronoun_gender", "reflexive_gender", "indefinite_article", "subject_verb_agreement"}
+    pg = rules["pronoun_gender"]
+    assert pg.cues[0].words == tuple(lex["female_names"]) and pg.cues[0].name == "female_names"
+    assert pg.targets[0].words == (lex["forms"]["pronoun_gender"]["female"],)
+    assert pg.competitors[0].words == (lex["forms"]["pronoun_gender"]["male"],)
+    assert rules["indefinite_article"].direction == "before"
+    assert rules["subject_verb_agreement"].cues[0].words == tuple(lex["plural_nouns"])
+
+
+def test_rule_file_errors_are_collected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"rules": [
+        {"name": "a", "cues": {"lexicon": "female_name"}, "targets": ["she"], "competitors": ["he"]},
+        {"name": "b", "direction": "sideways", "cues": ["x"], "targets": ["y"]},
+    ]}))
+    with pytest.raises(ConfigError) as exc:
+        load_rules(bad)
+    msg = str(exc.value)
+    assert "did you mean female_names" in msg and "sideways" in msg and "missing `competitors`" in msg
+    with pytest.raises(ConfigError, match="did you mean pronoun_gender"):
+        load_rules("pronoun_gendr")
+
+
+CORPUS_LINES = [
+    "Mia cried because she was sad.",
+    "Sue cried because he was sad.",
+    "Yesterday Anna said that she was tired and he left.",
+    "Tom cried because he was sad.",
+    "Ella hurt herself. Lily saw himself in the mirror.",
+    "We saw an owl and a egg today. I ate an apple.",
+    "The dogs by the river were happy. The cats by the lake was tired.",
+    "The dog was happy, and the birds were loud.",
+    "Mia.",
+    "she said Mia" + " and" * 20 + " he",  # he is 21 tokens away: no event for W = 16
+]
+
+
+def write_text_inputs(tmp_path, lines, tokenizer):
+    """The same documents in every supported input format."""
+    paths = {}
+    paths["txt"] = tmp_path / "c.txt"
+    paths["txt"].write_text("\n".join(lines) + "\n")
+    paths["jsonl"] = tmp_path / "c.jsonl"
+    paths["jsonl"].write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(lines)))
+    paths["parquet"] = tmp_path / "c.parquet"
+    pd.DataFrame({"body": lines}).to_parquet(paths["parquet"])
+    import datasets
+
+    paths["datasets"] = tmp_path / "ds"
+    datasets.Dataset.from_dict({"text": lines}).save_to_disk(str(paths["datasets"]))
+    tok = load_tokenizer(tokenizer)
+    with IndexedDatasetWriter(tmp_path / "tokens", dtype=np.uint16) as w:
+        for line in lines:
+            w.add_document(tok.encode(line, add_special_tokens=False).ids)
+    paths["bin"] = tmp_path / "tokens"
+    return paths
+
+
+def overall(frame):
+    o = frame[frame.scope == "overall"].set_index("rule")
+    return {r: (int(o.loc[r, "cues"]), int(o.loc[r, "rule_wins"]), int(o.loc[r, "prior_wins"])) for r in o.index}
+
+
+@pytest.mark.parametrize("tok_kind", ["tiny", "neox"])
+def test_every_format_gives_the_same_counts_as_bin_idx(tmp_path, tiny_tokenizer, tok_kind):
+    if tok_kind == "neox":
+        from tinymodels import neox_tokenizer
+
+        tokenizer = neox_tokenizer()
+    else:
+        tokenizer = tiny_tokenizer
+    paths = write_text_inputs(tmp_path, CORPUS_LINES, tokenizer)
+    frames = {}
+    for kind, p in paths.items():
+        frames[kind] = count_support(p, "all", tokenizer=tokenizer, progress=False,
+                                     text_field="body" if kind == "parquet" else "text", window_tokens=40)
+    ref = frames["bin"]
+    for kind, f in frames.items():
+        pd.testing.assert_frame_equal(f.reset_index(drop=True), ref.reset_index(drop=True), obj=kind)
+    got = overall(ref)
+    # counted by hand, independent of the tokenizer (each event here is well inside W tokens)
+    # cues Mia, Sue, Anna, Ella, Lily, "Mia.", Mia (last line); she after Mia and Anna, he after Sue
+    assert got["pronoun_gender"] == (7, 2, 1)
+    assert got["reflexive_gender"] == (7, 1, 1)  # Ella -> herself, Lily -> himself
+    assert got["indefinite_article"] == (3, 2, 1)  # owl<-an, egg<-a, apple<-an
+    assert got["subject_verb_agreement"] == (3, 2, 1)  # dogs->were, cats->was, birds->were
+
+
+def test_window_reaches_exactly_w_tokens(tmp_path, tiny_tokenizer):
+    tok = load_tokenizer(tiny_tokenizer)
+    line = "Mia" + " the" * 20 + " she"
+    ids = tok.encode(line, add_special_tokens=False).ids
+    mia_end = len(tok.encode("Mia", add_special_tokens=False).ids) - 1
+    she_at = len(ids) - len(tok.encode(" she", add_special_tokens=False).ids)
+    dist = she_at - mia_end
+    p = tmp_path / "w.txt"
+    p.write_text(line + "\n")
+    for w, want in ((dist, 1), (dist - 1, 0)):
+        f = count_support(p, "pronoun_gender", tokenizer=tiny_tokenizer, window=w, progress=False)
+        assert overall(f)["pronoun_gender"] == (1, want, 0)
+
+
+def test_step_windows_and_token_limit(tmp_path, tiny_tokenizer):
+    paths = write_text_inputs(tmp_path, CORPUS_LINES * 4, tiny_tokenizer)
+    f = count_support(paths["bin"], "pronoun_gender", tokenizer=tiny_tokenizer, tokens_per_step=16,
+                      window_steps=5, progress=False)
+    win = f[f.scope == "window"]
+    assert (win.window_start_step == np.arange(len(win)) * 5).all()
+    assert win.rule_wins.sum() == f[f.scope == "overall"].rule_wins.iloc[0]
+    # recount window by window on slices of the stream
+    from pythia_forensics.indexed import IndexedDataset
+
+    ds = IndexedDataset(paths["bin"])
+    assert int(f[f.scope == "overall"].token_end.iloc[0]) == ds.n_tokens
+    assert win.window_end_step.iloc[-1] == -(-ds.n_tokens // 16)
+    limit = 16 * 10
+    g = count_support(paths["bin"], "pronoun_gender", tokenizer=tiny_tokenizer, tokens_per_step=16,
+                      window_steps=5, token_limit=limit, progress=False)
+    gw = g[g.scope == "window"]
+    assert len(gw) == 2
+    assert list(gw.rule_wins) == list(win.rule_wins[:2]) and list(gw.prior_wins) == list(win.prior_wins[:2])
+    with pytest.raises(ConfigError, match="needs tokens_per_step"):
+        count_support(paths["bin"], "pronoun_gender", tokenizer=tiny_tokenizer, window_steps=5, progress=False)
+
+
+def test_sequence_start_name_split_in_two_tokens_is_matched():
+    from tinymodels import neox_tokenizer
+
+    tok = neox_tokenizer()
+    assert len(tok("Sue", add_special_tokens=False)["input_ids"]) == 2  # the case this guards
+    (compiled,), _ = compile_rules(load_rules("pronoun_gender"), tok)
+    assert any(f.text == "Sue" and len(f.ids) == 2 for f in compiled.cues)
+    assert not compiled.unmatched
+
+
+# --- unmatched cues are reported by name ------------------------------------------------------------------
+def word_level_tokenizer(words):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
+def test_cue_class_that_tokenizes_to_nothing_is_reported_by_name(tmp_path):
+    tok = word_level_tokenizer(["she", "he", "cried", "because"])  # no girl's name in it
+    p = tmp_path / "c.txt"
+    p.write_text("Mia cried because she\n")
+    with pytest.warns(SupportCueWarning, match="female_names") as rec:
+        f = count_support(p, "pronoun_gender", tokenizer=tok, progress=False)
+    msg = str(rec[0].message)
+    assert "'Mia'" in msg and "every word of cue class 'female_names'" in msg
+    assert "female_names" in f.unmatched.iloc[0]
+    assert any("every word of cue class 'female_names'" in u for u in f.attrs["unmatched"])
+    with pytest.raises(TokenizationError, match="female_names"):
+        count_support(p, "pronoun_gender", tokenizer=tok, progress=False, strict=True)
+
+
+def test_single_token_counter_reports_multi_token_words(tiny_tokenizer):
+    (compiled,), _ = compile_rules(load_rules("pronoun_gender"), tiny_tokenizer, multi_token=False)
+    tok = load_tokenizer(tiny_tokenizer)
+    multi = {w for w in lexicon()["female_names"]
+             if all(len(tok.encode(t, add_special_tokens=False).ids) > 1 for t in (" " + w, w))}
+    assert multi  # the tiny BPE splits most names
+    reported = {u.word for u in compiled.unmatched if u.word}
+    assert reported == multi
+    assert all("needs" in u.reason for u in compiled.unmatched if u.word)
+
+
+def test_cli(tmp_path, tiny_tokenizer, capsys):
+    from pythia_forensics.cli import main
+
+    tok_dir = tmp_path / "tok"
+    tiny_tokenizer.save_pretrained(tok_dir)
+    p = tmp_path / "c.jsonl"
+    p.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS_LINES))
+    out = tmp_path / "out" / "support.csv"
+    with pytest.raises(SystemExit) as exc:
+        main(["support", str(p), "--rules", "pronoun_gender", "--tokenizer", str(tok_dir), "--out", str(out)])
+    assert exc.value.code == 0
+    table = pd.read_csv(out)
+    assert overall(table)["pronoun_gender"] == (7, 2, 1)
+    assert "pronoun_gender" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["support", str(p), "--rules", "pronoun_gender"])
+    assert exc.value.code == 2
+    assert "pass --tokenizer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["support", str(tmp_path / "nope.txt"), "--tokenizer", str(tok_dir)])
+    assert exc.value.code == 2
+
+
+def test_bad_inputs(tmp_path, tiny_tokenizer):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"body": "x"}\n')
+    with pytest.raises(CorpusError, match="no field 'text'"):
+        count_support(p, "pronoun_gender", tokenizer=tiny_tokenizer, progress=False)
+    with pytest.raises(ConfigError, match="mode"):
+        count_support(p, "pronoun_gender", tokenizer=tiny_tokenizer, mode="trigram", progress=False)
+
+
+# --- the mini corpus: counts equal the generator's recorded ground truth ---------------------------------
+def test_mini_corpus_counts_equal_ground_truth(tmp_path):
+    corpus_mod = pytest.importorskip("pythia_forensics.mini.corpus", reason="mini corpus generator (#3) absent")
+    tok_mod = pytest.importorskip("pythia_forensics.mini.tokenizer", reason="mini tokenizer (#3) absent")
+    from pythia_forensics.mini.config import CorpusConfig, TrainConfig
+
+    train = TrainConfig(steps=120, batch_size=8, seq_len=32)
+    config = CorpusConfig(window_steps=25)  # 120 is not a multiple: the last window is partial
+    records = corpus_mod.sample_records(config, n_sentences=corpus_mod.estimate_sentences(train))
+    out = corpus_mod.write_corpus(records, tmp_path / "corpus", tokenizer=tok_mod.build_tokenizer(),
+                                  config=config, train=train)
+    truth = pd.read_csv(out / corpus_mod.GROUND_TRUTH_FILE)
+    frame = count_support(out, "all", progress=False)
+    got = frame[frame.scope == "window"]
+    keys = ["rule", "window_start_step", "window_end_step"]
+    merged = truth.merge(got[keys + ["rule_wins", "prior_wins"]], on=keys, how="outer",
+                         suffixes=("_truth", "_counted"), indicator=True)
+    assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"]
+    assert set(truth.rule) == {"pronoun_gender", "reflexive_gender", "indefinite_article", "subject_verb_agreement"}
+    assert (merged.rule_wins_truth == merged.rule_wins_counted).all(), merged
+    assert (merged.prior_wins_truth == merged.prior_wins_counted).all(), merged
+    assert truth.prior_wins.sum() > 0 and truth.rule_wins.sum() > 0
+
+
+def test_benchmark_runs_small():
+    res = benchmark(200_000)
+    assert res["n_tokens"] == 200_000 and res["tokens_per_second"] > 0 and res["events"] > 0
