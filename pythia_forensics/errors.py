@@ -72,3 +72,12 @@ class PreregError(PFError, RuntimeError):
 # --- corpus / mini suite / interventions -------------------------------------------------
 class CorpusError(PFError, ValueError):
     """A corpus input or a corpus edit cannot be read or realised as requested."""
+
+
+# --- health / audit -----------------------------------------------------------------------
+class OutputFormatError(PFError, ValueError):
+    """An `--out` file has a suffix no writer handles (names the suffixes that work)."""
+
+
+class AuditError(PFError, ValueError):
+    """A numerical audit cannot run as asked (empty sample, unknown dtype, no items)."""
