@@ -38,6 +38,7 @@ from pythia_forensics.constants import (
     DEFAULT_RESULTS_DIR,
     FP32_MAX_PARAMS,
     HEALTH_SKIP_STATUSES,
+    STEP_DIR_PREFIX,
 )
 from pythia_forensics.errors import DiskBudgetError, PFError, StepSpecError
 from pythia_forensics.store import ResultsStore, WorkKey
@@ -118,13 +119,15 @@ class ReplaySummary:
 
 @dataclass
 class _Todo:
-    """One revision to score: its record (unfetched) and the keys still missing."""
+    """One revision to score: where it comes from and the keys still missing."""
 
     spec: Any                  # registry.ModelSpec
-    record: Any                # sources.CheckpointRecord
+    source: Any                # sources.HubSource | sources.LocalSource (one per model, shared)
+    revision: str
+    step: int | None
     keys: list[tuple[WorkKey, Any]]   # (key, ProbeSet)
-    size: int = 0              # bytes a fetch adds to disk
-    reused: int = 0            # bytes already on disk
+    download: int = 0          # bytes its fetch adds to disk (sized just before fetching)
+    reused: int = 0            # bytes of it the cache already held
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -164,13 +167,17 @@ def _interval_overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float,
 # --- adapters to earlier stages ------------------------------------------------------------
 def _load_probe_sets(probes: Any) -> tuple[Any, ...]:
     """One ProbeSet per entry (each keyed on its own, so editing one re-scores only it)."""
-    from pythia_forensics.probes import ProbeSet, load_probes
+    from pythia_forensics.probes import ProbeSet, load_probes, shipped_probe_sets
 
     if isinstance(probes, ProbeSet):
         return (probes,)
     if isinstance(probes, (str, Path)):
         probes = [probes]
-    out = tuple(p if isinstance(p, ProbeSet) else load_probes(p) for p in probes)
+    expanded: list[Any] = []
+    for p in probes:
+        # `all` = every shipped set, each keyed on its own
+        expanded.extend(shipped_probe_sets().values() if str(p) == "all" else [p])
+    out = tuple(p if isinstance(p, ProbeSet) else load_probes(p) for p in expanded)
     names = [p.name for p in out]
     if len(set(names)) != len(names):
         raise PFError(f"probe sets share a name ({names}); results are stored per probe-set name, rename one")
@@ -210,52 +217,60 @@ class _Options:
 
 
 def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Sequence[Any],
-          store: ResultsStore, opts: _Options, *, revisions: dict[str, Sequence[str]] | None = None
-          ) -> tuple[list[_Todo], ReplaySummary]:
+          store: ResultsStore, opts: _Options, *, revisions: dict[str, Sequence[str]] | None = None,
+          rank: int = 0, world: int = 1) -> tuple[list[_Todo], ReplaySummary]:
     """List every selected checkpoint (no download), key it, keep what is not stored."""
     from pythia_forensics import sources
     from pythia_forensics.registry import parse_steps
 
     code_version = _code_version()
     health = store.health() if opts.health != "off" else pd.DataFrame()
-    bad = set()
     status_of: dict[tuple[str, str], str] = {}
     if not health.empty:
         for row in health.itertuples():
             status_of[(row.model, row.revision)] = row.status
     todo: list[_Todo] = []
-    planned = skipped = skipped_health = 0
+    index = planned = skipped = skipped_health = 0
     flagged: list[str] = []
     for spec in specs:
         source = sources.open_source(spec, cache_dir=opts.cache_dir)
-        records = source.list_checkpoints()
+        names = source.revisions()
         if revisions is not None:
             wanted = set(revisions.get(spec.name, ()))
-            records = [r for r in records if r.revision in wanted]
+            chosen_names = [r for r in names if r in wanted]
         else:
-            grid = [r.step for r in records if r.step is not None]
-            chosen = set(parse_steps(steps if isinstance(steps, (str, type(None))) else
-                                     ",".join(str(s) for s in steps), grid))
-            records = [r for r in records if r.step in chosen]
-            # one record per step: a step branch wins over an alias such as `main`
-            seen: dict[int, Any] = {}
-            for r in records:
-                if r.step not in seen or r.revision.startswith("step"):
-                    seen[r.step] = r
-            records = sorted(seen.values(), key=lambda r: r.step)
+            by_step: dict[int, str] = {}
+            for name in names:
+                step = spec.step_of(name)
+                # one revision per step: a `step<N>` branch wins over an alias such as `main`
+                if step is not None and (step not in by_step or name.startswith(STEP_DIR_PREFIX)):
+                    by_step[step] = name
+            if isinstance(steps, (str, type(None))):
+                spec_text = steps
+            else:
+                spec_text = ",".join(str(int(x)) for x in steps)
+            chosen = parse_steps(spec_text, sorted(by_step))
+            chosen_names = [by_step[x] for x in chosen]
         dtype = _resolve_dtype(opts.dtype, spec.params_total)
-        for record in records:
+        for revision in chosen_names:
+            index += 1
+            # Ranks split the whole planned grid, not what is left of it, so every rank
+            # agrees on the partition whatever the others have finished.
+            if (index - 1) % world != rank:
+                continue
             planned += 1
-            status = status_of.get((spec.name, record.revision), "ok")
+            status = status_of.get((spec.name, revision), "ok")
             if opts.health == "skip" and status in HEALTH_SKIP_STATUSES:
                 skipped_health += 1
                 continue
             if status != "ok":
-                flagged.append(f"{spec.name}@{record.revision} ({status})")
+                flagged.append(f"{spec.name}@{revision} ({status})")
+            # hub: the commit sha (from the branch list, no download); local: weight hashes
+            content_key = source.resolve(revision) or source.record(revision).content_key
             keys = []
             for probe_set in probe_sets:
                 key = WorkKey(
-                    model=spec.name, revision=record.revision, content_key=record.content_key,
+                    model=spec.name, revision=revision, content_key=content_key,
                     probeset=probe_set.name, probeset_sha256=probe_set.sha256, dtype=dtype,
                     bos=bool(opts.bos), vocab_rows=opts.vocab_rows, code_version=code_version,
                 )
@@ -264,18 +279,19 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
             if not keys:
                 skipped += 1
                 continue
-            size, reused = source.size(record)
-            todo.append(_Todo(spec=spec, record=record, keys=keys, size=size, reused=reused))
+            todo.append(_Todo(spec=spec, source=source, revision=revision, step=spec.step_of(revision), keys=keys))
     if opts.disk_budget is not None:
-        too_big = [t for t in todo if t.size > opts.disk_budget]
-        if too_big:
-            t = max(too_big, key=lambda t: t.size)
-            raise DiskBudgetError(
-                f"disk budget {format_size(opts.disk_budget)} is smaller than one checkpoint: "
-                f"{t.spec.name}@{t.record.revision} needs {format_size(t.size)}; "
-                f"raise --disk-budget to at least {format_size(t.size)}"
-            )
-    del bad
+        # dry run: every hub revision still to score must fit the budget on its own
+        for t in todo:
+            if t.source.source != "hub":
+                continue
+            need = t.source.size(t.revision).total_bytes
+            if need > opts.disk_budget:
+                raise DiskBudgetError(
+                    f"disk budget {format_size(opts.disk_budget)} is smaller than one checkpoint: "
+                    f"{t.spec.name}@{t.revision} needs {format_size(need)}; "
+                    f"raise --disk-budget to at least {format_size(need)}"
+                )
     summary = ReplaySummary(
         models=tuple(s.name for s in specs), probe_sets=tuple(p.name for p in probe_sets),
         revisions_planned=planned, revisions_skipped=skipped, revisions_skipped_health=skipped_health,
@@ -286,11 +302,16 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
 
 # --- running ------------------------------------------------------------------------------
 class _Fetcher:
-    """Fetches revisions in one background thread, admitting a fetch only within budget."""
+    """Fetches revisions in one background thread, admitting a fetch only within the budget.
 
-    def __init__(self, budget: int | None, cache_dir: str | None) -> None:
+    `held` counts the bytes this run has added to disk and not yet evicted: a revision adds
+    what its fetch downloads (sized just before, so blobs already cached, e.g. shared with
+    the revision being scored, count once) and gives back what its eviction frees.
+    """
+
+    def __init__(self, budget: int | None, *, evict: bool) -> None:
         self.budget = budget
-        self.cache_dir = cache_dir
+        self.evict = evict
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pf-prefetch")
         self.held = 0
         self.peak = 0
@@ -301,45 +322,47 @@ class _Fetcher:
         self._lock = threading.Lock()
 
     def admits(self, todo: _Todo) -> bool:
-        # Nothing held: always admit (planning checked size <= budget).
-        return self.budget is None or self.held == 0 or self.held + todo.size <= self.budget
+        if todo.source.source != "hub":
+            return True  # a local folder is read in place: nothing lands on disk
+        size = todo.source.size(todo.revision)
+        todo.download, todo.reused = size.download_bytes, size.cached_bytes
+        # Nothing held: always admit (planning checked every checkpoint fits the budget).
+        return self.budget is None or self.held == 0 or self.held + todo.download <= self.budget
 
     def submit(self, todo: _Todo) -> Future:
-        self.held += todo.size
+        self.held += todo.download
         self.peak = max(self.peak, self.held)
         return self.pool.submit(self._fetch, todo)
 
     def _fetch(self, todo: _Todo) -> Any:
-        from pythia_forensics import sources
-
         start = time.perf_counter()
         try:
-            return sources.open_source(todo.spec, cache_dir=self.cache_dir).fetch(todo.record)
+            record = todo.source.fetch(todo.revision)
         finally:
             with self._lock:
                 self.intervals.append((start, time.perf_counter()))
-                self.downloaded += todo.size
-                self.reused += todo.reused
+        with self._lock:
+            self.downloaded += todo.download
+            self.reused += todo.reused
+        return record
 
-    def release(self, todo: _Todo, fetched: Any, *, evict: bool) -> None:
-        from pythia_forensics import sources
-
-        if evict and todo.size > 0:
-            self.evicted += int(sources.open_source(todo.spec, cache_dir=self.cache_dir).evict(fetched) or 0)
-        self.held -= todo.size
+    def release(self, todo: _Todo) -> None:
+        if self.evict and todo.source.source == "hub":
+            freed = int(todo.source.evict(todo.revision) or 0)
+            self.evicted += freed
+            self.held = max(0, self.held - freed)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _provenance(todo: _Todo, fetched: Any, opts: _Options, batch_size: Any, device: str) -> dict[str, Any]:
+def _provenance(record: Any, batch_size: Any, device: str) -> dict[str, Any]:
     import torch
     import transformers
 
-    record = fetched or todo.record
     return {
         "repo": record.repo, "step": record.step, "commit": record.commit,
-        "weights_sha256": ",".join(w.sha256 for w in record.weight_files),
+        "weights_sha256": record.weights_sha256,
         "batch_size": str(batch_size), "device": device, "pf_version": __version__,
         "torch_version": torch.__version__, "transformers_version": transformers.__version__,
     }
@@ -350,7 +373,9 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
     from pythia_forensics import scoring
 
     started = time.perf_counter()
-    fetcher = _Fetcher(opts.disk_budget, opts.cache_dir)
+    # A budget makes the cache working space: evict each revision once scored. Without one,
+    # the cache is the user's and keeps everything (a rerun then downloads nothing).
+    fetcher = _Fetcher(opts.disk_budget, evict=opts.disk_budget is not None)
     score_intervals: list[tuple[float, float]] = []
     skeleton: tuple[str, Any, Any] | None = None      # (model name, model, tokenizer)
     inflight: deque[tuple[_Todo, Future]] = deque()
@@ -387,12 +412,12 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
                                       options=scoring.ScoreOptions(dtype=key.dtype, device=opts.device,
                                                                    batch_size=opts.batch_size, bos=key.bos,
                                                                    vocab_rows=key.vocab_rows))
-                store.write(key, frame, provenance=_provenance(item, fetched, opts, opts.batch_size, device))
+                store.write(key, frame, provenance=_provenance(fetched, opts.batch_size, device))
                 written += 1
                 bar.update(1)
             score_intervals.append((t0, time.perf_counter()))
             scored += 1
-            fetcher.release(item, fetched, evict=True)
+            fetcher.release(item)
             top_up()
     finally:
         bar.close()
@@ -452,7 +477,7 @@ def _run_array(todo: list[_Todo], *, specs_by_name: dict[str, str], suite_dir: A
     units = []
     by_model: dict[str, list[str]] = {}
     for t in todo:
-        by_model.setdefault(t.spec.name, []).append(t.record.revision)
+        by_model.setdefault(t.spec.name, []).append(t.revision)
     unit_opts = {**opts.__dict__, "progress": False}
     for name, revs in by_model.items():
         for i in range(0, len(revs), chunk):
@@ -539,11 +564,11 @@ def replay(
     opts = _Options(dtype=dtype, device=_rank_device(device), batch_size=batch_size, bos=bos,
                     vocab_rows=vocab_rows, health=health, disk_budget=budget,
                     cache_dir=None if cache_dir is None else str(cache_dir), progress=progress)
-    todo, summary = _plan(specs, steps, probe_sets, store, opts)
+    rank, world = _rank_slice() if executor == "local" else (0, 1)
+    todo, summary = _plan(specs, steps, probe_sets, store, opts, rank=rank, world=world)
     _write_models(store, specs)
     if executor == "local":
-        rank, world = _rank_slice()
-        summary = _run_todo(todo[rank::world], store, opts, summary)
+        summary = _run_todo(todo, store, opts, summary)
     else:
         summary = _run_array(todo, specs_by_name={s.name: str(n) for s, n in zip(specs, names)},
                              suite_dir=suite_dir, probe_sets=probe_sets, results=Path(results), opts=opts,
