@@ -41,6 +41,7 @@ from pythia_forensics.errors import StepSpecError, UnknownModelError
 __all__ = [
     "ModelSpec",
     "Suite",
+    "describe_grid",
     "get_suite",
     "known_suites",
     "load_local_suite",
@@ -239,6 +240,34 @@ def _log_steps(grid: tuple[int, ...]) -> tuple[int, ...]:
             # nearest in log space, ties to the earlier step
             chosen.add(min(positive, key=lambda s, k=k: (abs(math.log2(s) - k), s)))
     return tuple(sorted(chosen))
+
+
+def describe_grid(steps: Sequence[int]) -> str:
+    """A short human description of a step grid.
+
+    Example:
+        >>> describe_grid([0, 1, 2, 4, 1000, 2000, 3000, 4000])
+        '8 revisions: step0, step1, step2, step4, step1000..step4000 every 1000'
+    """
+    steps = sorted(set(int(s) for s in steps))
+    if not steps:
+        return "no revisions"
+    parts: list[str] = []
+    i = 0
+    while i < len(steps):
+        j = i
+        # a run of >= 4 equally spaced steps reads better as "A..B every D"
+        if i + 3 < len(steps):
+            gap = steps[i + 1] - steps[i]
+            while j + 1 < len(steps) and steps[j + 1] - steps[j] == gap:
+                j += 1
+        if j - i >= 3:
+            parts.append(f"{revision_name(steps[i])}..{revision_name(steps[j])} every {steps[i + 1] - steps[i]}")
+            i = j + 1
+        else:
+            parts.append(revision_name(steps[i]))
+            i += 1
+    return f"{len(steps)} revisions: " + ", ".join(parts)
 
 
 # --- the shipped suites ------------------------------------------------------------------

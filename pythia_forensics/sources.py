@@ -593,6 +593,28 @@ class HubSource:
         self._write_ref(revision, listing.commit)
         return listing.record(path=snapshot, weight_files=tuple(weights))
 
+    def fetch_files(self, revision: str, names: Iterable[str]) -> Path:
+        """Download named files of a revision (e.g. the `.bin` twin of a branch that also
+        has safetensors) into the same snapshot, each checked like `fetch` does.
+
+        Returns:
+            The snapshot folder.
+
+        Raises:
+            RevisionNotFoundError: no such branch.
+            SourceError: a name the revision does not have, or a corrupt file.
+        """
+        listing = self.listing(revision)
+        snapshot = self._storage / "snapshots" / str(listing.commit)
+        for name in names:
+            f = listing.file(name)
+            if f is None:
+                raise SourceError(f"{self.repo}@{revision} has no file {name!r}; "
+                                  f"it has {', '.join(x.name for x in listing.files)}")
+            self._fetch_verified(listing, f)
+        self._write_ref(revision, listing.commit)
+        return snapshot
+
     def _write_ref(self, revision: str, commit: str | None) -> None:
         # Files are fetched by commit sha (a branch moved mid-fetch cannot mix two
         # checkpoints), so record the branch -> commit ref the way huggingface_hub does,
@@ -718,6 +740,20 @@ class LocalSource:
         if not listing.weights:
             raise SourceError(f"{self.path / revision} has no weight files (model.safetensors or pytorch_model.bin)")
         return listing.record(path=self.path / revision)
+
+    def fetch_files(self, revision: str, names: Iterable[str]) -> Path:
+        """The revision folder, after checking it holds `names` (nothing to download).
+
+        Raises:
+            RevisionNotFoundError: no such `step<N>` folder.
+            SourceError: a named file is missing.
+        """
+        self.resolve(revision)
+        folder = self.path / revision
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise SourceError(f"{folder} has no {', '.join(missing)}")
+        return folder
 
     def evict(self, revision: str) -> int:
         """Local checkpoints are the user's data: never deleted. Returns 0."""

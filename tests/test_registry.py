@@ -183,3 +183,29 @@ def test_local_folder_errors(tmp_path):
     with pytest.raises(UnknownModelError, match="did you mean 'mini-s'"):
         _fake_local(tmp_path)
         resolve_model("mini-z", suite_dir=tmp_path / "suite")
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+def _cli(*args):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "COLUMNS": "220"}
+    return subprocess.run([sys.executable, "-m", "pythia_forensics", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_cli_suite_show_and_list(tmp_path):
+    out = _cli("suite", "show", "pythia")
+    assert out.returncode == 0, out.stderr
+    for size in SIZES:
+        assert f"EleutherAI/pythia-{size} " in out.stdout
+    assert "11,846,072,320" in out.stdout and "85,056,000" in out.stdout and "2,097,152" in out.stdout
+    assert "154 revisions" in out.stdout and "main = step143000" in out.stdout
+    assert "pythia-70m-seed3" not in out.stdout
+    _fake_local(tmp_path)
+    listed = _cli("suite", "list", "--suite-dir", str(tmp_path / "suite"))
+    assert listed.returncode == 0 and "pythia" in listed.stdout and "suite  1 models" in listed.stdout
+    bad = _cli("suite", "show", "pythya")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "did you mean 'pythia'" in bad.stderr and "Traceback" not in bad.stderr

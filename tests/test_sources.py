@@ -114,6 +114,11 @@ def test_fetch_downloads_config_tokenizer_and_weights_only(hub, cache, local_mod
     from transformers import GPTNeoXForCausalLM
 
     GPTNeoXForCausalLM.from_pretrained(record.path)
+    # the other format on demand (health's deep check), into the same snapshot
+    assert src.fetch_files("step8", ["pytorch_model.bin"]) == record.path
+    assert (record.path / "pytorch_model.bin").read_bytes() == (folder / "pytorch_model.bin").read_bytes()
+    with pytest.raises(SourceError, match="no file 'flax_model.msgpack'"):
+        src.fetch_files("step8", ["flax_model.msgpack"])
 
 
 def test_resume_after_dropped_connection(hub, cache, local_model, monkeypatch):
