@@ -121,14 +121,19 @@ class _Problems:
 
     def __init__(self) -> None:
         self.items: list[str] = []
+        self._keys: list[tuple[str, int]] = []
 
     def add(self, where: str, line: int | None, fieldname: str | None, message: str) -> None:
         loc = f"{where}:{line}" if line is not None else where
         self.items.append(f"{loc}: {'field ' + repr(fieldname) + ': ' if fieldname else ''}{message}")
+        self._keys.append((where, line or 0))
 
     def raise_if_any(self, source: str) -> None:
         if not self.items:
             return
+        # report in file order, whichever check found the problem first
+        order = sorted(range(len(self.items)), key=lambda k: self._keys[k])
+        self.items = [self.items[k] for k in order]
         shown = "; ".join(self.items[:PROBE_ERRORS_SHOWN])
         more = len(self.items) - PROBE_ERRORS_SHOWN
         tail = f"; ... and {more} more" if more > 0 else ""

@@ -60,7 +60,7 @@ from pythia_forensics.probes import ProbeItem, ProbeSet, load_probes
 
 __all__ = [
     "SCORING_VERSION", "FRAME_COLUMNS", "ScoreOptions", "EncodedItem", "encode_items", "load_model",
-    "load_weights_into", "resolve_device", "resolve_dtype", "score", "score_encoded",
+    "load_weights_into", "resolve_device", "resolve_dtype", "score", "score_encoded", "summarize",
 ]
 
 # Bump when a change could alter any number the scorer returns (part of the results' work key).
@@ -624,3 +624,22 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         "wall_s": round(time.perf_counter() - t0, 4),
     })
     return frame
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (rule, condition, split): ``n``, ``accuracy`` (share with margin > 0), ``mean_margin``.
+
+    Args:
+        frame: a score frame (`score`).
+
+    Returns:
+        One row per cell, sorted by rule, then condition and split in schema order.
+    """
+    from pythia_forensics.constants import CONDITIONS, SPLITS
+
+    out = (frame.groupby(["rule", "condition", "split"], sort=False)
+           .agg(n=("item_id", "size"), accuracy=("correct", "mean"), mean_margin=("margin", "mean"))
+           .reset_index())
+    out["_c"] = out["condition"].map({c: k for k, c in enumerate(CONDITIONS)})
+    out["_s"] = out["split"].map({s: k for k, s in enumerate(SPLITS)})
+    return out.sort_values(["rule", "_c", "_s"]).drop(columns=["_c", "_s"]).reset_index(drop=True)

@@ -1,0 +1,62 @@
+"""`pythia-forensics probe`: score one checkpoint on a probe set and print a summary table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pythia_forensics.errors import PFError
+
+OUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
+
+
+def _write(frame, out: Path) -> None:
+    suffix = out.suffix.lower()
+    if suffix not in OUT_SUFFIXES:
+        raise PFError(f"--out {out} has suffix {suffix!r}; use one of {', '.join(OUT_SUFFIXES)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    elif suffix == ".csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    tmp.replace(out)  # atomic: an interrupted run never leaves a half-written file
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("probe")
+    def probe_cmd(
+        model: str = typer.Argument(..., help="Checkpoint folder (save_pretrained), folder of revisions, or hub repo id."),
+        probes: list[str] = typer.Option(..., "--probes", "-p",
+                                         help="Probe file (.yaml/.jsonl, paper JSONL too) or shipped set name, or 'all'; repeatable."),
+        revision: Optional[str] = typer.Option(None, help="Hub branch/tag/commit (e.g. step3000), or a sub-folder of a local folder."),
+        out: Optional[Path] = typer.Option(None, help="Write per-item scores to FILE.parquet, .csv or .jsonl."),
+        batch_size: str = typer.Option("auto", help="Sequences per forward pass, or auto (halves on out-of-memory)."),
+        dtype: str = typer.Option("auto", help="auto (fp32 on CPU and up to ~3B params) | float32 | float16 | bfloat16."),
+        device: str = typer.Option("auto", help="auto (cuda if available) | cpu | cuda | cuda:N."),
+        bos: bool = typer.Option(False, "--bos/--no-bos", help="Prepend a BOS token to every prefix (Pythia adds none)."),
+        vocab_rows: str = typer.Option("tokenizer", help="Log-sum-exp over the 'tokenizer' rows only or 'all' embedding rows."),
+    ) -> None:
+        """Score a checkpoint: log p(target) vs log p(foil) per item; summary per rule, condition, split."""
+        from rich.table import Table
+
+        from pythia_forensics.cli.common import console
+        from pythia_forensics.scoring import ScoreOptions, score, summarize
+
+        options = ScoreOptions(dtype=dtype, device=device, bos=bos, vocab_rows=vocab_rows,
+                               batch_size=int(batch_size) if batch_size.isdigit() else batch_size)
+        frame = score(model, probes, revision=revision, options=options, progress=True)
+        table = Table(title=f"{model}" + (f" @ {revision}" if revision else "") +
+                      f"  ({frame.attrs['dtype']}, {frame.attrs['device']}, bos={frame.attrs['bos']})")
+        for col, justify in (("rule", "left"), ("condition", "left"), ("split", "left"), ("n", "right"),
+                             ("accuracy", "right"), ("mean margin (nats)", "right")):
+            table.add_column(col, justify=justify)
+        for row in summarize(frame).itertuples():
+            table.add_row(row.rule, row.condition, row.split, str(row.n), f"{row.accuracy:.3f}", f"{row.mean_margin:+.3f}")
+        console.print(table)
+        if out is not None:
+            _write(frame, out)
+            console.print(f"wrote {len(frame)} items to {out}")
