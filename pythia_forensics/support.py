@@ -572,13 +572,29 @@ def _events(cues: tuple[np.ndarray, np.ndarray], targets, competitors, *, direct
     return c_start, out
 
 
-@dataclass
 class _Tally:
-    """Per-rule event positions accumulated over blocks (bincounted into windows at the end)."""
+    """Per-rule counts per stream window, grown as blocks arrive (memory: 3 int64 per window)."""
 
-    cues: list[np.ndarray] = field(default_factory=list)
-    wins: list[np.ndarray] = field(default_factory=list)
-    losses: list[np.ndarray] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.counts = np.zeros((3, 0), np.int64)  # rows: cues, rule wins, prior wins
+
+    def add(self, row: int, window_index: np.ndarray) -> None:
+        if window_index.size == 0:
+            return
+        k0 = int(window_index.min())
+        binned = np.bincount(window_index - k0)
+        need = k0 + binned.size
+        if need > self.counts.shape[1]:
+            grown = np.zeros((3, max(need, 2 * self.counts.shape[1])), np.int64)
+            grown[:, : self.counts.shape[1]] = self.counts
+            self.counts = grown
+        self.counts[row, k0:need] += binned
+
+    def totals(self, n_windows: int) -> np.ndarray:
+        out = np.zeros((3, n_windows), np.int64)
+        m = min(n_windows, self.counts.shape[1])
+        out[:, :m] = self.counts[:, :m]
+        return out
 
 
 def _count_block(matcher: _Matcher, ids: np.ndarray, seg_starts: np.ndarray, *, offset: int, core: tuple[int, int],
@@ -593,18 +609,10 @@ def _count_block(matcher: _Matcher, ids: np.ndarray, seg_starts: np.ndarray, *, 
         cue = (cue[0][keep], cue[1][keep])
         c_start, lab = _events(cue, tgt, comp, direction=rule.direction, window=window, seg_starts=seg_starts)
         g = c_start + offset
-        t = tallies[r]
-        # bincount per block keeps memory bounded (one small array per block, not per event)
-        t.cues.append(np.bincount(g // window_tokens))
-        t.wins.append(np.bincount(g[lab == 1] // window_tokens))
-        t.losses.append(np.bincount(g[lab == 0] // window_tokens))
-
-
-def _sum_bins(parts: list[np.ndarray], n: int) -> np.ndarray:
-    total = np.zeros(n, np.int64)
-    for p in parts:
-        total[: p.size] += p
-    return total
+        k = g // window_tokens
+        tallies[r].add(0, k)
+        tallies[r].add(1, k[lab == 1])
+        tallies[r].add(2, k[lab == 0])
 
 
 # --- token-stream sources ----------------------------------------------------------------------
@@ -786,15 +794,11 @@ def count_token_stream(
 
 def _finish(rules, tallies, n_tokens: int, window_tokens: int) -> dict[str, dict[str, np.ndarray]]:
     n_win = max(math.ceil(n_tokens / window_tokens), 1)
-    return {
-        rule.name: {
-            "cues": _sum_bins(t.cues, n_win),
-            "rule_wins": _sum_bins(t.wins, n_win),
-            "prior_wins": _sum_bins(t.losses, n_win),
-            "n_tokens": np.int64(n_tokens),
-        }
-        for rule, t in zip(rules, tallies)
-    }
+    out = {}
+    for rule, t in zip(rules, tallies):
+        cues, wins, losses = t.totals(n_win)
+        out[rule.name] = {"cues": cues, "rule_wins": wins, "prior_wins": losses, "n_tokens": np.int64(n_tokens)}
+    return out
 
 
 def _read_corpus_meta(path: Path) -> dict[str, Any]:
