@@ -303,6 +303,12 @@ def _hash_cache_path(default_dir: Path) -> Path | None:
     return default_dir / HASH_CACHE_FILE if os.access(default_dir, os.W_OK) else None
 
 
+def _offline() -> bool:
+    from huggingface_hub import constants as hf_constants
+
+    return bool(hf_constants.is_offline_mode())
+
+
 def _revision_sort_key(revision: str) -> tuple[int, int | str]:
     step = step_of_revision(revision)
     return (0, step) if step is not None else (1, revision)
@@ -349,6 +355,9 @@ class HubSource:
         self._branches: dict[str, str] | None = None
         self._listings: dict[str, RevisionListing] = {}
         self._lock = threading.Lock()
+        # Serialises fetch and evict: a prefetch thread may be linking a blob that an
+        # eviction of another revision would otherwise see as unused and delete.
+        self._cache_lock = threading.RLock()
         self._hashes = _HashCache(None)  # blobs are content-addressed; memory is enough
 
     # -- errors and retries
@@ -421,8 +430,10 @@ class HubSource:
             steps = [s for b in known if (s := step_of_revision(b)) is not None]
             if steps:
                 near = f"; nearest existing step{min(steps, key=lambda s: abs(s - step))}"
+        where = (f"in the cache {self.cache_dir} (HF_HUB_OFFLINE is set)" if _offline()
+                 else f"on the hub at {self.endpoint}")
         return RevisionNotFoundError(
-            f"{self.model} ({self.repo}) has no revision {revision!r} on the hub at {self.endpoint}"
+            f"{self.model} ({self.repo}) has no revision {revision!r} {where}"
             f" ({len(known)} branches exist{near}); pick another with --steps, or run "
             f"`pythia-forensics health {self.model}` to list what is missing"
         )
@@ -433,8 +444,11 @@ class HubSource:
         with self._lock:
             if self._branches is not None and not refresh:
                 return dict(self._branches)
-        refs = self._call("listing branches", self._api.list_repo_refs, self.repo)
-        branches = {b.name: b.target_commit for b in refs.branches}
+        if _offline():
+            branches = self._cached_refs()
+        else:
+            refs = self._call("listing branches", self._api.list_repo_refs, self.repo)
+            branches = {b.name: b.target_commit for b in refs.branches}
         with self._lock:
             self._branches = branches
             if refresh:
@@ -444,6 +458,37 @@ class HubSource:
     def revisions(self) -> tuple[str, ...]:
         """Branch names, `step<N>` in step order first, then the others (`main`)."""
         return tuple(sorted(self.branches(), key=_revision_sort_key))
+
+    # -- offline (HF_HUB_OFFLINE=1): serve what the shared cache already holds
+    def _cached_refs(self) -> dict[str, str]:
+        refs_dir = self._storage / "refs"
+        refs = {p.relative_to(refs_dir).as_posix(): p.read_text().strip()
+                for p in refs_dir.rglob("*") if p.is_file()} if refs_dir.is_dir() else {}
+        refs = {name: sha for name, sha in refs.items() if (self._storage / "snapshots" / sha).is_dir()}
+        if not refs:
+            raise SourceError(
+                f"HF_HUB_OFFLINE is set and the cache {self.cache_dir} holds no revision of {self.repo}; "
+                "unset HF_HUB_OFFLINE (and check HF_ENDPOINT / the network) to download, or pass the cache_dir "
+                "that has it"
+            )
+        return refs
+
+    def _cached_listing(self, revision: str, commit: str) -> RevisionListing:
+        # Only what was fetched is known offline; blob names are the ETags, i.e. the sha256
+        # of LFS files, so weight hashes need no re-read.
+        snapshot = self._storage / "snapshots" / commit
+        files = []
+        for p in sorted(snapshot.rglob("*")):
+            if not p.is_file():
+                continue
+            name = p.relative_to(snapshot).as_posix()
+            blob = Path(os.path.realpath(p)).name
+            lfs = _is_weight(name)
+            sha = blob if lfs and len(blob) == 64 else (self._hashes.sha256(p) if lfs else None)
+            files.append(SourceFile(name=name, size=p.stat().st_size, sha256=sha,
+                                    blob_id=None if lfs else blob, lfs=lfs))
+        return RevisionListing(model=self.model, repo=self.repo, revision=revision, step=self._step(revision),
+                               commit=commit, files=tuple(files), source=self.source)
 
     def resolve(self, revision: str) -> str:
         """Commit sha of a branch (or a commit sha itself).
@@ -473,6 +518,11 @@ class HubSource:
             cached = self._listings.get(commit)
         if cached is not None and cached.revision == revision:
             return cached
+        if _offline():
+            result = self._cached_listing(revision, commit)
+            with self._lock:
+                self._listings[commit] = result
+            return result
         from huggingface_hub.hf_api import RepoFile
 
         entries = self._call("listing files", lambda: list(self._api.list_repo_tree(
@@ -582,15 +632,21 @@ class HubSource:
                 f"run `pythia-forensics health {self.model}` and skip this revision"
             )
         weights: list[WeightFile] = []
-        snapshot: Path | None = None
-        for name in listing.fetch_names:
-            f = listing.file(name)
-            assert f is not None
-            path, digest = self._fetch_verified(listing, f)
-            snapshot = path.parent if "/" not in name else path.parents[len(Path(name).parts) - 1]
-            if f in listing.weights:
-                weights.append(WeightFile(f.name, f.size, digest or sha256_file(path)))
-        self._write_ref(revision, listing.commit)
+        snapshot = self._storage / "snapshots" / str(listing.commit)
+        with self._cache_lock:
+            for name in listing.fetch_names:
+                f = listing.file(name)
+                assert f is not None
+                path, digest = self._fetch_verified(listing, f)
+                if f in listing.weights:
+                    weights.append(WeightFile(f.name, f.size, digest or sha256_file(path)))
+            dangling = [n for n in listing.fetch_names if not (snapshot / n).exists()]
+            if dangling:
+                raise SourceError(
+                    f"{self.repo}@{revision}: {', '.join(dangling)} vanished from the cache {self.cache_dir} "
+                    "during the fetch (another process evicting?); rerun, or give each process its own cache_dir"
+                )
+            self._write_ref(revision, listing.commit)
         return listing.record(path=snapshot, weight_files=tuple(weights))
 
     def fetch_files(self, revision: str, names: Iterable[str]) -> Path:
@@ -606,13 +662,14 @@ class HubSource:
         """
         listing = self.listing(revision)
         snapshot = self._storage / "snapshots" / str(listing.commit)
-        for name in names:
-            f = listing.file(name)
-            if f is None:
-                raise SourceError(f"{self.repo}@{revision} has no file {name!r}; "
-                                  f"it has {', '.join(x.name for x in listing.files)}")
-            self._fetch_verified(listing, f)
-        self._write_ref(revision, listing.commit)
+        with self._cache_lock:
+            for name in names:
+                f = listing.file(name)
+                if f is None:
+                    raise SourceError(f"{self.repo}@{revision} has no file {name!r}; "
+                                      f"it has {', '.join(x.name for x in listing.files)}")
+                self._fetch_verified(listing, f)
+            self._write_ref(revision, listing.commit)
         return snapshot
 
     def _write_ref(self, revision: str, commit: str | None) -> None:
@@ -652,13 +709,14 @@ class HubSource:
         commit = self.resolve(revision)
         if not self.cache_dir.is_dir():
             return 0
-        info = scan_cache_dir(self.cache_dir)
-        cached = {r.commit_hash for repo in info.repos if repo.repo_id == self.repo for r in repo.revisions}
-        if commit not in cached:
-            return 0
-        strategy = info.delete_revisions(commit)
-        freed = strategy.expected_freed_size
-        strategy.execute()
+        with self._cache_lock:
+            info = scan_cache_dir(self.cache_dir)
+            cached = {r.commit_hash for repo in info.repos if repo.repo_id == self.repo for r in repo.revisions}
+            if commit not in cached:
+                return 0
+            strategy = info.delete_revisions(commit)
+            freed = strategy.expected_freed_size
+            strategy.execute()
         return freed
 
 

@@ -138,7 +138,8 @@ def test_resume_after_dropped_connection(hub, cache, local_model, monkeypatch):
     assert _sha(record.path / WEIGHTS) == _sha(local_model / "step1" / WEIGHTS)
 
 
-@pytest.mark.parametrize("on,status", [("refs", 503), ("tree", 500), ("resolve", 502), ("cdn", 503), ("cdn", 429)])
+@pytest.mark.parametrize("on,status", [("refs", 503), ("refs", 429), ("tree", 500), ("resolve", 502), ("cdn", 503),
+                                       ("cdn", 429)])
 def test_retries_transient_errors(hub, cache, local_model, on, status):
     hub.add_fault("status", on=on, status=status, times=2)
     record = _source(hub, cache).fetch("step2")
@@ -269,3 +270,18 @@ def test_local_hashes_are_cached_by_size_and_mtime(local_model, tmp_path):
     edited = LocalSource(model_dir, hash_cache=cache_file)
     record = edited.record("step0")
     assert edited._hashes.hashed == 1 and record.weight_files[0].sha256 == _sha(weights)
+
+
+def test_offline_mode_serves_the_cache(hub, cache, local_model, monkeypatch):
+    online = _source(hub, cache).fetch("step1")
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    dead = HubSource(TINY_REPO, cache_dir=cache, endpoint="http://127.0.0.1:9", token=False, backoff_base_s=0.01)
+    assert dead.revisions() == ("step1",)
+    offline = dead.fetch("step1")
+    assert (offline.commit, offline.weight_files, offline.path) == (online.commit, online.weight_files, online.path)
+    with pytest.raises(RevisionNotFoundError, match="step2"):
+        dead.fetch("step2")
+    with pytest.raises(SourceError, match="HF_HUB_OFFLINE is set"):
+        HubSource(TINY_REPO, cache_dir=cache.parent / "empty", endpoint="http://127.0.0.1:9", token=False).revisions()
