@@ -1,0 +1,66 @@
+"""`pythia-forensics audit`: does the configured dtype / batch size reproduce fp32 batch-1 margins?"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pythia_forensics.constants import AUDIT_MAX_DELTA, AUDIT_SAMPLE
+
+_VERDICT_STYLE = {"pass": "green", "drift": "yellow", "fail": "bold red"}
+_WORST_SHOWN = 10
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("audit")
+    def audit_cmd(
+        model: str = typer.Argument(..., help="Checkpoint folder, hub id, registry name or local suite model."),
+        probes: list[str] = typer.Option(..., "--probes", "-p", help="Probe-set name or file (repeatable)."),
+        revision: Optional[str] = typer.Option(None, help="Hub branch or local step<N> folder."),
+        dtype: str = typer.Option("auto", help="Configured dtype: auto | float32 | bfloat16 | float16"),
+        batch_size: str = typer.Option("auto", help="Configured items per forward pass, or auto."),
+        sample: int = typer.Option(AUDIT_SAMPLE, help="Items to re-score (seeded, stratified); 0 = all."),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        tolerance: float = typer.Option(AUDIT_MAX_DELTA, help="Max |delta margin| in nats for a pass."),
+        suite_dir: Optional[Path] = typer.Option(None, help="Local suite folder to look model names up in."),
+        out: Optional[Path] = typer.Option(None, help="Write the report: .json, .parquet or .csv."),
+    ) -> None:
+        """Re-score a sample in fp32 at batch size 1 and compare; exit status 1 unless it passes."""
+        from rich.table import Table
+
+        from pythia_forensics.audit import audit
+        from pythia_forensics.cli.common import console
+        from pythia_forensics.cli.health import check_out, write_report
+        from pythia_forensics.errors import AuditError
+
+        check_out(out)
+        if sample < 0:
+            raise AuditError(f"--sample must be a positive item count or 0 for all, got {sample}")
+        if not (batch_size == "auto" or batch_size.isdigit()):
+            raise AuditError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}")
+        report = audit(model, revision=revision, probes=probes, dtype=dtype,
+                       batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+                       sample=sample or None, device=device, tolerance=tolerance, suite_dir=suite_dir)
+        summary = Table(title=f"audit of {report.model}" + (f"@{report.revision}" if report.revision else ""))
+        for col in ("configured", "reference", "items", "max |Δ margin|", "mean |Δ margin|", "flips", "verdict"):
+            summary.add_column(col)
+        summary.add_row(f"{report.dtype}, batch {report.batch_size_used}",
+                        f"{report.reference_dtype}, batch {report.reference_batch_size}",
+                        f"{report.n_items} of {report.n_total}", f"{report.max_abs_delta:.3g} nats",
+                        f"{report.mean_abs_delta:.3g} nats", str(report.flips),
+                        f"[{_VERDICT_STYLE[report.verdict]}]{report.verdict}[/]")
+        console.print(summary)
+        worst = sorted(report.items, key=lambda i: -abs(i.delta))[:_WORST_SHOWN]
+        if report.verdict != "pass" and worst:
+            table = Table(title="largest margin changes (nats)")
+            for col in ("item", "reference", "configured", "Δ", "flipped"):
+                table.add_column(col)
+            for i in worst:
+                table.add_row(i.item_id, f"{i.margin_reference:.5f}", f"{i.margin:.5f}", f"{i.delta:+.3g}",
+                              "yes" if i.flipped else "")
+            console.print(table)
+        if out is not None:
+            write_report(report.to_dict(), report.to_frame(), out)
+        if report.failed:
+            raise typer.Exit(1)
