@@ -265,11 +265,16 @@ def _gate(agree_s: np.ndarray, config: AnalysisConfig) -> np.ndarray:
         return agree_s >= config.emergence_agree_min - config.tolerance
 
 
-def _peak(conflict_s: np.ndarray, gate: np.ndarray) -> tuple[float, int]:
-    """(peak value, index) over gated checkpoints, or all when none is gated; first on ties."""
+def _peak(conflict_s: np.ndarray, gate: np.ndarray, tol: float) -> tuple[float, int]:
+    """(peak value, index) over gated checkpoints, or all when none is gated; first on ties.
+
+    Ties are judged with `tol`: cumulative-sum smoothing gives three 0.9s slightly different
+    means, and float noise must not move the peak to a later checkpoint.
+    """
     pool = np.where(gate, conflict_s, -np.inf) if gate.any() else np.where(np.isnan(conflict_s), -np.inf, conflict_s)
-    idx = int(np.argmax(pool))  # argmax returns the first maximum
-    return float(conflict_s[idx]), idx
+    best = pool.max()
+    idx = int(np.flatnonzero(pool >= best - tol)[0])
+    return float(best), idx
 
 
 def trajectory_metrics(
@@ -315,7 +320,7 @@ def trajectory_metrics(
     emerged = emerged_at.size > 0
     out["emerged"] = emerged
     out["emergence_step"] = int(steps[emerged_at[0]]) if emerged else None
-    peak, peak_idx = _peak(cs, gate)
+    peak, peak_idx = _peak(cs, gate, tol)
     out["peak_acc"], out["peak_step"] = peak, int(steps[peak_idx])
 
     collapse_idx = None
@@ -652,7 +657,7 @@ def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config
 
     Void verdicts (invalid agree control) are left out. Per (probeset, rule, split) and per
     size column (total, non-embedding): rho, a two-sided permutation p-value
-    (`scipy.stats.permutation_test`, pairings; exact when n! <= scale.permutations) and a
+    (`scipy.stats.permutation_test` over the n! pairings; exact when n! <= scale.permutations) and a
     percentile bootstrap CI over models (resamples with a constant side are skipped).
 
     Args:
@@ -686,8 +691,11 @@ def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config
                     row["note"] = "constant values: rho undefined"
                 else:
                     row["rho"] = float(_spearman_rows(x, y))
+                    # one sample with x fixed: scipy then enumerates the n! pairings exactly when
+                    # n! <= n_resamples (with two samples it would count n!^2 and go random)
                     perm = stats.permutation_test(
-                        (x, y), lambda a, b, axis=-1: _spearman_rows(a, b), permutation_type="pairings",
+                        (y,), lambda b, axis=-1: _spearman_rows(np.broadcast_to(x, b.shape), b),
+                        permutation_type="pairings",
                         vectorized=True, n_resamples=config.scale_permutations, alternative="two-sided",
                         random_state=config.bootstrap_seed)
                     row["p_perm"] = float(min(1.0, perm.pvalue))

@@ -1,0 +1,293 @@
+"""Trajectory metrics and verdicts on synthetic trajectories whose answers are worked out by
+hand in the comments (k = 3 centred smoothing, edges truncated; shipped thresholds)."""
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import pythia_forensics.dynamics as dyn
+from pythia_forensics.errors import ConfigError, StoreError
+from synthetic_results import SUITE_FINALS, SUITE_PARAMS, items_for, suite_items, suite_models, write_store
+
+CFG = dyn.load_config()
+STEPS = np.arange(100, 1001, 100)  # ten checkpoints; final window = max(3, ceil(0.1 * 10)) = 3
+ONES = np.ones(10)
+# emerge-then-collapse; smoothed: .35 .5333 .7667 .9 .9 .7 .4 .1 0 0
+COLLAPSE = np.array([0.2, 0.5, 0.9, 0.9, 0.9, 0.9, 0.3, 0.0, 0.0, 0.0])
+CM_AT_COLLAPSE = np.array([1, 1, 1, 1, 1, 1, -1, -1, -1, -1], float)  # smoothed i5 = 1/3, i6 = -1/3
+
+
+def metrics(conflict, agree=ONES, cm=None, steps=STEPS):
+    cm = CM_AT_COLLAPSE if cm is None else cm
+    res = dyn.trajectory_metrics(steps, np.asarray(conflict, float), np.asarray(agree, float), np.asarray(cm, float),
+                                 config=CFG)
+    return res, dyn.classify(res, CFG)
+
+
+def test_smoothing_centred_truncated_edges():
+    got = dyn.smooth(np.array([0.0, 3.0, 6.0, 9.0]), 3)
+    np.testing.assert_allclose(got, [1.5, 3.0, 6.0, 7.5])
+    got = dyn.smooth(np.array([0.0, np.nan, 6.0]), 3)  # NaN is skipped, not zero
+    np.testing.assert_allclose(got, [0.0, 3.0, 6.0])
+    np.testing.assert_allclose(dyn.smooth(np.array([[1.0, 2.0], [3.0, 5.0]]), 3), [[1.5, 1.5], [4.0, 4.0]])
+
+
+def test_final_window_size():
+    assert dyn.final_window_size(10, CFG) == 3
+    assert dyn.final_window_size(30, CFG) == 3  # 0.1 * 30 = 3.0000000000000004 must not round up
+    assert dyn.final_window_size(31, CFG) == 4
+    assert dyn.final_window_size(154, CFG) == 16
+    assert dyn.final_window_size(2, CFG) == 2
+
+
+def test_emerge_then_collapse():
+    res, (verdict, void, _) = metrics(COLLAPSE)
+    assert res["emerged"] and res["emergence_step"] == 400  # first smoothed >= .8
+    assert res["peak_acc"] == pytest.approx(0.9) and res["peak_step"] == 400  # first of the tied maxima
+    assert res["collapse_step"] == 600  # last smoothed >= .5 (0.7 at step 600, 0.4 after)
+    assert res["final_acc"] == pytest.approx(0.0) and res["final_points"] == 3
+    assert res["depth"] == pytest.approx(0.9)
+    assert res["final_range"] == pytest.approx(0.1)
+    assert res["cm_valid"] and res["cm_max"] == pytest.approx(1.0)
+    assert res["cm_cross_step"] == 600 and res["lag_steps"] == 0 and res["lag_checkpoints"] == 0
+    assert res["cm_within_lag"] is True
+    assert res["agree_valid"] and (verdict, void) == ("DISPLACED", False)
+
+
+@pytest.mark.parametrize("cm, cross, lag_ckpt, within", [
+    ([1, 1, 1, 1, 1, -1, -1, -1, -1, -1], 500, -1, True),   # smoothed i4 = 1/3, i5 = -1/3
+    ([1, 1, 1, 1, 1, 1, 1, -1, -1, -1], 700, 1, True),      # smoothed i6 = 1/3, i7 = -1/3
+    ([1, 1, 1, 1, 1, 1, 1, 1, -1, -1], 800, 2, False),      # two checkpoints late
+])
+def test_cm_crossing_before_and_after_collapse(cm, cross, lag_ckpt, within):
+    res, _ = metrics(COLLAPSE, cm=np.array(cm, float))
+    assert res["collapse_step"] == 600
+    assert res["cm_cross_step"] == cross
+    assert res["lag_checkpoints"] == lag_ckpt and res["lag_steps"] == lag_ckpt * 100
+    assert res["cm_within_lag"] is within
+
+
+def test_cm_invalid_when_its_maximum_stays_small():
+    res, _ = metrics(COLLAPSE, cm=np.array([0.4] * 6 + [-0.4] * 4))  # smoothed max 0.4 < 0.5 nats
+    assert not res["cm_valid"] and res["cm_cross_step"] is None and res["lag_steps"] is None
+
+
+def test_cm_exactly_zero_counts_as_not_yet_crossed():
+    # smoothed i5 = (1 + 1 - 2)/3 = 0 exactly, i6 = (1 - 2 - 2)/3 < 0: the crossing is step 600
+    res, _ = metrics(COLLAPSE, cm=np.array([1, 1, 1, 1, 1, 1, -2, -2, -2, -2], float))
+    assert res["cm_cross_step"] == 600
+
+
+def test_survive_with_emergence_on_a_tie():
+    # smoothed: .45 .6 .8 (=(.6+.9+.9)/3, a float tie) .9 ...; final .9
+    res, (verdict, void, _) = metrics([0.3, 0.6, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], cm=ONES)
+    assert res["emergence_step"] == 300
+    assert res["peak_step"] == 400 and res["collapse_step"] is None and res["cm_cross_step"] is None
+    assert res["final_acc"] == pytest.approx(0.9) and res["depth"] == pytest.approx(0.0)
+    assert (verdict, void) == ("RECOVERED", False)
+
+
+def test_never():
+    res, (verdict, void, _) = metrics([0.3] * 10, cm=-ONES)
+    assert not res["emerged"] and res["emergence_step"] is None and res["collapse_step"] is None
+    assert res["depth"] == pytest.approx(0.0) and (verdict, void) == ("NEVER", False)
+
+
+def test_unstable_tail_wins_over_displaced():
+    # final raw 1, 0, 0 -> final 1/3; smoothed last three .6333 .3333 0 -> range .6333 >= .2
+    res, (verdict, _, _) = metrics([0.9] * 7 + [1.0, 0.0, 0.0])
+    assert res["final_acc"] == pytest.approx(1 / 3) and res["final_range"] == pytest.approx(1.9 / 3)
+    assert res["collapse_step"] == 800
+    assert verdict == "UNSTABLE"
+
+
+def test_ties_on_every_verdict_threshold():
+    # range exactly .2: smoothed last three .8, .6667, .6 -> UNSTABLE
+    res, (verdict, _, _) = metrics([0.8] * 9 + [0.4])
+    assert res["final_range"] == pytest.approx(0.2) and verdict == "UNSTABLE"
+    # final exactly .6 -> DISPLACED; exactly .8 -> RECOVERED
+    assert metrics([0.9] * 6 + [0.6] * 4)[1][0] == "DISPLACED"
+    assert metrics([0.9] * 7 + [0.8] * 3)[1][0] == "RECOVERED"
+    # final .7 (neither) -> PARTIAL
+    assert metrics([0.9] * 6 + [0.7] * 4)[1][0] == "PARTIAL"
+    # collapse: smoothed exactly .5 counts as still standing (i6 = (.9 + .6 + 0)/3 = .5)
+    res, _ = metrics([0.9] * 6 + [0.6, 0.0, 0.0, 0.0])
+    assert res["collapse_step"] == 700
+
+
+def test_invalid_agree_control_voids_the_verdict():
+    res, (verdict, void, reason) = metrics(COLLAPSE, agree=[1.0] * 5 + [0.5] * 5)
+    assert res["agree_final"] == pytest.approx(0.5) and not res["agree_valid"]
+    assert verdict == "DISPLACED" and void and "agree control invalid" in reason
+    # drop exactly .15 (max 1.0, final .85) is not < .15: invalid
+    res, (_, void, _) = metrics(COLLAPSE, agree=[1.0] * 7 + [0.85] * 3)
+    assert not res["agree_valid"] and void
+    res, (_, void, _) = metrics(COLLAPSE, agree=[1.0] * 7 + [0.9] * 3)
+    assert res["agree_valid"] and not void
+
+
+def test_early_global_bias_is_not_emergence():
+    # conflict 1.0 while agree is 0: a bias toward one candidate, not the rule
+    conflict = [1.0, 1.0, 0.5, 0.2, 0.2, 0.9, 0.9, 0.9, 0.9, 0.9]
+    agree = [0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    # smoothed conflict 1, .833, .567, .3, .433, .667, .9...; smoothed agree 0, .167, .5, .833, 1...
+    res, (verdict, void, _) = metrics(conflict, agree=agree, cm=ONES)
+    assert res["emergence_step"] == 700
+    assert res["peak_acc"] == pytest.approx(0.9) and res["peak_step"] == 700  # not the 1.0 at step 100
+    assert res["depth"] == pytest.approx(0.0)
+    assert (verdict, void) == ("RECOVERED", False)
+
+
+def test_too_few_checkpoints_is_void():
+    res, (verdict, void, reason) = metrics([0.9, 0.9], agree=[1, 1], cm=[1, 1], steps=np.array([100, 200]))
+    assert void and "only 2 checkpoints" in reason
+
+
+# --- analyze on item rows --------------------------------------------------------------------
+def test_analyze_items_drops_early_steps_main_duplicate_and_flagged_checkpoints():
+    steps = [0, 50, *STEPS]
+    conflict = [1.0, 1.0, *COLLAPSE]
+    agree = [0.0, 0.0, *ONES]
+    cm = [1.0, 1.0, *CM_AT_COLLAPSE]
+    items = items_for(steps, conflict, agree, cm)
+    main = items[items["step"] == 1000].assign(revision="main")  # main duplicates step1000
+    # a flagged checkpoint at step 500 whose numbers are garbage: must not be used
+    bad = items_for([500], [0.0], [0.0], [-1.0]).assign(revision="step500")
+    items = pd.concat([items[items["step"] != 500], bad, main], ignore_index=True)
+    health = pd.DataFrame(dict(model=["mini-s"], revision=["step500"], step=[500], status=["flagged"],
+                               reasons=["spike"]))
+    result = dyn.analyze(items, health=health)
+    row = result.metrics.iloc[0]
+    # used: 100..1000 without 500 (9 checkpoints): conflict .2 .5 .9 .9 .9(600) .3 0 0 0
+    # smoothed: .35 .533 .767 .9 .9 .7(600) .4 .1 0 -> emergence 400, collapse 600. Had the flagged
+    # 0.0 at step 500 been used: smoothed .6(400) .6(500) .4(600) -> collapse 500.
+    assert row["n_checkpoints"] == 9 and row["n_excluded_health"] == 1 and row["excluded_steps"] == "500"
+    assert row["emergence_step"] == 400 and row["collapse_step"] == 600
+    assert row["final_acc"] == pytest.approx(0.0) and row["verdict_label"] == "DISPLACED"
+    assert row["config_sha256"] == CFG.sha256
+    traj = result.trajectories
+    assert set(traj.loc[~traj["used"], "step"]) == {0, 50, 500}
+    assert (traj["revision"] != "main").all()
+    assert traj.loc[traj["step"] == 500, "drop_reason"].item() == "health: flagged"
+
+
+def test_bootstrap_final_ci_matches_scipy_bootstrap_of_item_means():
+    rng = np.random.default_rng(3)
+    n, steps = 40, list(range(100, 1100, 100))
+    rows = []
+    # items with their own per-step correctness, so the CI is not degenerate
+    correct = rng.random((n, len(steps))) < np.linspace(0.95, 0.3, len(steps))
+    for i in range(n):
+        for s_idx, step in enumerate(steps):
+            for cond in ("conflict", "agree"):
+                ok = bool(correct[i, s_idx]) if cond == "conflict" else True
+                rows.append(dict(model="m", revision=f"step{step}", step=step, rule="r", condition=cond,
+                                 split="heldout", item_id=f"{cond}{i}", margin=1.0 if ok else -1.0, correct=ok))
+    row = dyn.analyze(pd.DataFrame(rows)).metrics.iloc[0]
+    # final = mean over the last 3 steps = mean over items of each item's last-3 mean
+    per_item = correct[:, -3:].mean(axis=1)
+    assert row["final_acc"] == pytest.approx(per_item.mean())
+    ref = stats.bootstrap((per_item,), np.mean, method="percentile", n_resamples=20000,
+                          confidence_level=CFG.bootstrap_confidence, random_state=1).confidence_interval
+    assert row["final_lo"] == pytest.approx(ref.low, abs=0.03)
+    assert row["final_hi"] == pytest.approx(ref.high, abs=0.03)
+    assert row["depth_lo"] <= row["depth"] <= row["depth_hi"]
+
+
+def test_scale_analysis_rho_and_exact_permutation_p():
+    result = dyn.analyze(suite_items(), models=suite_models())
+    assert len(result.metrics) == 10
+    void = result.metrics[result.metrics["void"]]
+    assert list(zip(void["model"], void["rule"])) == [("mini-m", "reflexive_gender")]
+    scale = result.scale.set_index(["rule", "size", "metric"])
+    row = scale.loc[("pronoun_gender", "params_total", "final_acc")]
+    # finals 0, .2, .5, .8, .9 rise with size: rho = 1; exact two-sided p = 2 / 5! (identity, reverse)
+    assert row["n_models"] == 5 and row["rho"] == pytest.approx(1.0)
+    assert row["p_perm"] == pytest.approx(2 / math.factorial(5))
+    depth = scale.loc[("pronoun_gender", "params_nonembedding", "depth")]
+    assert depth["rho"] == pytest.approx(-1.0)
+    # reflexive: the void model is left out -> 4 models
+    refl = scale.loc[("reflexive_gender", "params_total", "depth")]
+    assert refl["n_models"] == 4 and "mini-m" not in refl["models"].split(",")
+    finals = [SUITE_FINALS[m] for m in refl["models"].split(",")]
+    sizes = [SUITE_PARAMS[m] for m in refl["models"].split(",")]
+    assert refl["rho"] == pytest.approx(stats.spearmanr(sizes, [1.0 - f for f in finals]).statistic)
+    assert refl["rho_lo"] <= refl["rho"] <= refl["rho_hi"]
+
+
+def test_scale_rho_matches_scipy_with_ties():
+    metrics = pd.DataFrame(dict(model=list("abcdef"), probeset="p", rule="r", split="heldout", void=False,
+                                depth=[0.5, 0.4, 0.45, 0.1, 0.1, 0.0], final_acc=[0.1, 0.3, 0.3, 0.7, 0.9, 0.9]))
+    models = pd.DataFrame(dict(model=list("abcdef"), params_total=[1, 2, 3, 4, 5, 6.0],
+                               params_nonembedding=[1, 1, 2, 3, 5, 8.0]))
+    scale = dyn.scale_analysis(metrics, models, config=CFG).set_index(["size", "metric"])
+    for size in ("params_total", "params_nonembedding"):
+        for metric in ("depth", "final_acc"):
+            want = stats.spearmanr(models[size], metrics[metric]).statistic
+            assert scale.loc[(size, metric), "rho"] == pytest.approx(want)
+
+
+def test_scale_needs_three_models():
+    items = pd.concat([items_for(STEPS, COLLAPSE, ONES, model=m) for m in ("a", "b")])
+    models = pd.DataFrame(dict(model=["a", "b"], params_total=[1.0, 2.0], params_nonembedding=[1.0, 2.0]))
+    scale = dyn.analyze(items, models=models).scale
+    assert scale["rho"].isna().all() and scale["note"].str.contains("fewer than").all()
+
+
+def test_analyze_results_folder_and_write(tmp_path):
+    root = write_store(tmp_path / "res", suite_items(), models=suite_models())
+    result = dyn.analyze(root)
+    assert len(result.metrics) == 10 and not result.scale.empty
+    written = dyn.write_dynamics(result, root)
+    names = {p.name for p in written}
+    assert {"dynamics.parquet", "dynamics.csv", "trajectories.parquet", "scale.csv"} <= names
+    back = pd.read_parquet(root / "dynamics.parquet")
+    assert (back["config_sha256"] == CFG.sha256).all()
+    assert list(back["verdict_label"]) == list(result.metrics["verdict_label"])
+
+
+def test_analyze_errors(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        dyn.analyze(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="no results"):
+        dyn.analyze(tmp_path / "empty")
+    with pytest.raises(StoreError, match="lack column"):
+        dyn.analyze(pd.DataFrame(dict(model=["a"])))
+
+
+def test_config_override_changes_hash_and_results(tmp_path):
+    override = tmp_path / "strict.yaml"
+    override.write_text("verdicts:\n  displaced_final_max: 0.05\n")
+    cfg = dyn.load_config(override)
+    assert cfg.displaced_final_max == 0.05 and cfg.sha256 != CFG.sha256
+    res = dyn.trajectory_metrics(STEPS, np.array([0.9] * 6 + [0.1] * 4), ONES, CM_AT_COLLAPSE, config=cfg)
+    assert dyn.classify(res, cfg)[0] == "PARTIAL"  # final .1 is no longer displaced
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("verdicts:\n  displaced_max: 0.5\n")
+    with pytest.raises(ConfigError, match="unknown key verdicts.displaced_max"):
+        dyn.load_config(bad)
+    bad.write_text("smoothing:\n  window: 4\n")
+    with pytest.raises(ConfigError, match="odd"):
+        dyn.load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        dyn.load_config(tmp_path / "missing.yaml")
+
+
+def test_no_threshold_literal_outside_analysis_yaml():
+    """The registered thresholds appear as numbers in no #5 module (they are read from YAML)."""
+    registered = {0.8, 0.6, 0.15, 0.2, 0.5}
+    pkg = Path(dyn.__file__).parent
+    for name in ("dynamics.py", "prereg.py", "figures.py", "report.py", "cli/analyze.py"):
+        path = pkg / name
+        if not path.exists():
+            continue
+        found = [node.value for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Constant) and isinstance(node.value, float) and node.value in registered]
+        assert not found, f"{name} holds threshold literal(s) {found}; read them from analysis.yaml"
