@@ -340,7 +340,7 @@ def test_hub_census_of_154_revisions_downloads_no_weight_bytes(hub, tmp_path):
     assert len(hub.requests(kind="tree")) >= 154
 
 
-def test_hub_deep_checks_within_disk_budget(hub, tmp_path, suites):
+def test_hub_deep_checks_within_disk_budget(hub, tmp_path):
     """Deep mode over the hub: .bin/safetensors disagreement, stale final copy, lineage."""
     import shutil
 
@@ -359,8 +359,13 @@ def test_hub_deep_checks_within_disk_budget(hub, tmp_path, suites):
     for step in steps:
         hub.add_branch("org/tiny-hub", f"step{step}", local / f"step{step}")
     hub.add_branch("org/tiny-hub", "main", local / "step5000")
-    peer = write_model(tmp_path / "src", "tiny-peer", 7, steps=[0])
-    hub.add_branch("org/tiny-peer", "step0", peer / "step0")
+    # a clean run (also the peer seed) and a run whose trained revisions descend from it
+    peer = write_model(tmp_path / "src", "tiny-peer", 7, steps=steps)
+    wrong = write_model(tmp_path / "src", "tiny-wrong", 8, init_from=7, steps=steps[:8])
+    for step in steps:
+        hub.add_branch("org/tiny-peer", f"step{step}", peer / f"step{step}")
+    for step in steps[:8]:
+        hub.add_branch("org/tiny-wrong", f"step{step}", wrong / f"step{step}")
 
     spec = resolve_model("org/tiny-hub")
     one = (local / "step0" / "model.safetensors").stat().st_size
@@ -378,6 +383,14 @@ def test_hub_deep_checks_within_disk_budget(hub, tmp_path, suites):
     blobs = sum(p.stat().st_size for p in (tmp_path / "hf-cache").rglob("blobs/*") if p.is_file())
     assert blobs <= 3 * one + biggest
     assert len(report.stats) == len(steps)
+
+    peer_src = _hub_source(hub, resolve_model("org/tiny-peer"), tmp_path)
+    clean = check_health(peer_src.spec, source=peer_src, deep=True, progress=False,
+                         peers=[_hub_source(hub, resolve_model("org/tiny-hub"), tmp_path)])
+    assert clean.findings == (), [f.reason for f in clean.findings]
+    wrong_src = _hub_source(hub, resolve_model("org/tiny-wrong"), tmp_path)
+    lineage = check_health(wrong_src.spec, source=wrong_src, deep=True, peers=[peer_src], progress=False)
+    assert _findings(lineage) == [("step1", "lineage", "bad")]
 
 
 # --- CLI -------------------------------------------------------------------------------------
