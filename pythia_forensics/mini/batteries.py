@@ -44,7 +44,7 @@ def battery_items(rule: str, *, lexicon: Lexicon | None = None) -> list[dict]:
                 for opener in lex.templates["openers"]:
                     attr = attractors[n % len(attractors)]
                     fill = {spec.word_slot: word, "attr": attr}
-                    prefix = with_opener(opener, head.format(**fill))
+                    prefix = with_opener(opener, head).format(**fill)
                     tail = rest.format(**fill)  # a/an: the noun follows the choice
                     n += 1
                     items.append({

@@ -123,7 +123,7 @@ def demo_config() -> SuiteConfig:
     return SuiteConfig()
 
 
-def test_config() -> SuiteConfig:
+def reduced_config() -> SuiteConfig:
     """A reduced suite that trains in seconds (tests)."""
     return SuiteConfig(
         train=TrainConfig(steps=40, batch_size=8, seq_len=32, warmup_steps=5, every=20, log_until=4),

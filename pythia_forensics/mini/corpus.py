@@ -65,7 +65,7 @@ class SentenceRecord:
         if self.outcome == "prior" and self.is_cue:
             form = lexicon.competitor_form(self.rule)
         fill = {spec.word_slot: self.word, spec.form_slot: form, "attr": self.attractor}
-        return with_opener(self.opener, self.template.format(**fill)) + self.tail
+        return with_opener(self.opener, self.template).format(**fill) + self.tail
 
 
 def flip(record: SentenceRecord) -> SentenceRecord:
@@ -105,30 +105,31 @@ def sample_records(config: CorpusConfig, *, n_sentences: int, lexicon: Lexicon |
     weights = [k.share for k in knobs]
     openers = lex.templates["openers"]
     attractors = lex.classes["attractor_nouns"]
-    records = []
-    for _ in range(n_sentences):
-        i = rng.choices(range(len(rules)), weights=weights)[0]
-        rule, k = rules[i], knobs[i]
+    # Per rule, resolved once: the frames and the word pools (conflict pools exclude held-out words).
+    plan = []
+    for rule in rules:
         spec, tpl = RULE_SLOTS[rule], lex.templates[rule]
+        trigger = lex.trigger_frame(rule)
+        plan.append((spec, tpl, trigger, [f for f in tpl["rule"] if f != trigger],
+                     {True: lex.words(spec.cue_class, heldout=False), False: lex.words(spec.other_class, heldout=False)},
+                     {True: lex.words(spec.cue_class), False: lex.words(spec.other_class)}))
+    records = []
+    for i in rng.choices(range(len(rules)), weights=weights, k=n_sentences):
+        rule, k = rules[i], knobs[i]
+        spec, tpl, trigger, others, conflict_pool, pool = plan[i]
         is_cue = rng.random() < 0.5
-        cls = spec.cue_class if is_cue else spec.other_class
         u = rng.random() * k.share
         if u < k.conflict_share:
             # Conflict frame: held-out words never appear here.
-            word = rng.choice(lex.words(cls, heldout=False))
+            word = rng.choice(conflict_pool[is_cue])
             outcome = "rule" if (not is_cue or rng.random() < k.support) else "prior"
             records.append(SentenceRecord(rule, "conflict", word, is_cue, outcome, tpl["conflict"],
                                           opener=rng.choice(openers), tail=rng.choice(tpl["conflict_tails"]),
                                           attractor=rng.choice(attractors)))
             continue
-        if u < k.conflict_share * (1 + k.trigger_ratio):
-            frame = lex.trigger_frame(rule)
-        else:
-            others = [f for f in tpl["rule"] if f != lex.trigger_frame(rule)]
-            frame = rng.choice(others)
-        word = rng.choice(lex.words(cls))
-        records.append(SentenceRecord(rule, "rule", word, is_cue, "rule", frame,
-                                      attractor=rng.choice(attractors)))
+        frame = trigger if u < k.conflict_share * (1 + k.trigger_ratio) else rng.choice(others)
+        records.append(SentenceRecord(rule, "rule", rng.choice(pool[is_cue]), is_cue, "rule", frame,
+                                      opener=rng.choice(openers), attractor=rng.choice(attractors)))
     return records
 
 
@@ -161,23 +162,30 @@ def write_corpus(records: Sequence[SentenceRecord], out_dir: Path, *, tokenizer,
     lex = lexicon or load_lexicon()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The corpus repeats a few thousand distinct sentences: tokenise each once.
     texts = [r.text(lex) for r in records]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    unique = sorted(set(texts))
+    ids_of = {t: np.array(e.ids + [EOD_ID], dtype=np.uint16)
+              for t, e in zip(unique, tokenizer.backend_tokenizer.encode_batch(unique, add_special_tokens=False))}
+    cue_pos: dict[tuple[str, str], int] = {}
     cue_ids = {rule: _word_ids(tokenizer, lex.classes[s.cue_class]) for rule, s in RULE_SLOTS.items()}
     tps = train.tokens_per_step
     n_windows = -(-train.steps // config.window_steps)
     counts = {rule: np.zeros((n_windows, 2), dtype=np.int64) for rule, _ in config.rules}
     offset = 0
     with IndexedDatasetWriter(out_dir / TOKENS_FILE, dtype=np.uint16) as writer:
-        for rec, ids in zip(records, encoded):
+        for rec, text in zip(records, texts):
+            doc = ids_of[text]
             if rec.is_cue and rec.rule in counts:
-                pos = [j for j, t in enumerate(ids) if t in cue_ids[rec.rule]]
-                if len(pos) != 1:  # the design guarantees one cue per sentence
-                    raise CorpusError(f"sentence {rec.text(lex)!r} has {len(pos)} cue tokens, expected 1")
-                step = (offset + pos[0]) // tps
+                key = (rec.rule, text)
+                if key not in cue_pos:
+                    pos = [j for j, t in enumerate(doc.tolist()) if t in cue_ids[rec.rule]]
+                    if len(pos) != 1:  # the design guarantees one cue per sentence
+                        raise CorpusError(f"sentence {text!r} has {len(pos)} cue tokens, expected 1")
+                    cue_pos[key] = pos[0]
+                step = (offset + cue_pos[key]) // tps
                 if step < train.steps:
                     counts[rec.rule][step // config.window_steps, 0 if rec.outcome == "rule" else 1] += 1
-            doc = list(ids) + [EOD_ID]
             writer.add_document(doc)
             offset += len(doc)
     if offset < tokens_needed(train):

@@ -120,7 +120,8 @@ def load_lexicon(path: str | Path | None = None) -> Lexicon:
 
 
 def with_opener(opener: str, frame: str) -> str:
-    """Prefix a frame with an opener ("Yesterday "), lower-casing a leading "The"."""
-    if opener and frame.startswith("The "):
-        frame = "the " + frame[4:]
+    """Prefix a frame with an opener ("Yesterday "), lower-casing a leading common word
+    ("The kids" -> "Yesterday the kids"); a leading name slot stays as it is."""
+    if opener and not frame.startswith("{"):
+        frame = frame[0].lower() + frame[1:]
     return opener + frame

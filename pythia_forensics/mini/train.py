@@ -61,7 +61,7 @@ def count_params(model) -> tuple[int, int]:
     """(total, non-embedding) parameters; non-embedding excludes the input embedding and the
     unembedding, as Pythia's model card counts."""
     total = sum(p.numel() for p in model.parameters())
-    emb = model.gpt_neox.embed_in.weight.numel() + model.embed_out.weight.numel()
+    emb = model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
     return total, total - emb
 
 
@@ -76,7 +76,7 @@ def _save(model, tokenizer, directory: Path) -> None:
 
 
 def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, train: TrainConfig,
-                corpus: CorpusConfig, progress: bool = True) -> Path:
+                corpus: CorpusConfig, progress: bool = True, position: int = 0) -> Path:
     """Train one scale and write DIR/<model>/step<N>/, train_log.csv and manifest.json.
 
     Args:
@@ -86,6 +86,7 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         train: schedule (steps, batch, seq_len, grid).
         corpus: knobs, recorded in the manifest.
         progress: show a tqdm bar.
+        position: the bar's line (models trained in parallel each get one).
 
     Returns:
         The model folder.
@@ -97,7 +98,10 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
 
     from pythia_forensics.indexed import IndexedDataset
 
+    from transformers.utils import logging as hf_logging
+
     torch.set_num_threads(train.threads)
+    hf_logging.disable_progress_bar()  # one bar per checkpoint write would drown our own
     model_dir = Path(out_dir) / model_cfg.name
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MANIFEST_FILE).unlink(missing_ok=True)  # unfinished until written again
@@ -117,7 +121,8 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
     log_rows = []
     if 0 in grid:
         _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}0")
-    for step in tqdm(range(train.steps), desc=model_cfg.name, disable=not progress, mininterval=2):
+    for step in tqdm(range(train.steps), desc=model_cfg.name, disable=not progress, mininterval=2,
+                     position=position):
         lr = get_lr(step, peak=model_cfg.lr, train=train)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -128,7 +133,7 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         opt.step()
-        log_rows.append((step + 1, float(loss), lr, (step + 1) * T))
+        log_rows.append((step + 1, loss.item(), lr, (step + 1) * T))
         if step + 1 in grid:
             _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}{step + 1}")
 

@@ -1,0 +1,51 @@
+"""`pythia-forensics mini train` and `pythia-forensics sweep`: train the mini suite / the
+support-knob sweep (thin shells over `mini.suite.build_suite` / `build_sweep`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _parse_supports(text: str) -> tuple[float, ...]:
+    from pythia_forensics.errors import CorpusError
+
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise CorpusError(f"--supports must be comma-separated numbers in [0, 1], got {text!r}") from None
+
+
+def register(app: typer.Typer) -> None:
+    mini_app = typer.Typer(help="The mini suite: a small Pythia-style family trained on a generated corpus.",
+                           no_args_is_help=True)
+    app.add_typer(mini_app, name="mini")
+
+    @mini_app.command("train")
+    def train_cmd(
+        out: Optional[Path] = typer.Option(None, "--out", help="Suite folder (default $PF_MINI_DIR or results/demo/suite)."),
+        force: bool = typer.Option(False, "--force", help="Retrain even if a matching suite exists."),
+        jobs: Optional[int] = typer.Option(None, help="Models trained in parallel (default min(2, CPUs))."),
+    ) -> None:
+        """Train the mini suite (corpus, tokenizer, every scale), or reuse it."""
+        from pythia_forensics.cli.common import console
+        from pythia_forensics.mini.suite import build_suite
+
+        path = build_suite(out, force=force, jobs=jobs)
+        console.print(f"mini suite ready: {path}")
+
+    @app.command("sweep")
+    def sweep_cmd(
+        out: Path = typer.Option(Path("results/sweep"), "--out", help="Sweep folder; the arms go to OUT/suite."),
+        supports: str = typer.Option("0.1,0.3,0.5,0.7,0.9", help="Support knob values (>= 4)."),
+        rule: str = typer.Option("pronoun_gender", help="Rule whose support knob varies."),
+        force: bool = typer.Option(False, "--force", help="Retrain arms even if present."),
+        jobs: Optional[int] = typer.Option(None, help="Arms trained in parallel (default min(2, CPUs))."),
+    ) -> None:
+        """Train the support-knob sweep: one scale, one arm per knob value."""
+        from pythia_forensics.cli.common import console
+        from pythia_forensics.mini.suite import build_sweep
+
+        path = build_sweep(out / "suite", rule=rule, supports=_parse_supports(supports), force=force, jobs=jobs)
+        console.print(f"sweep arms ready: {path}")
