@@ -436,3 +436,33 @@ def test_cli_user_mistakes_exit_2_with_one_line(suites, tmp_path, capsys, extra,
 def test_cli_unknown_model_exit_2(capsys):
     code, _, err = _cli(["health", "pythia-71m"], capsys)
     assert code == 2 and "pythia-70m" in err and err.count("\n") == 1
+
+
+def test_deep_findings_tensor_equal_neighbours_and_main_mismatch():
+    """Re-saved copies (different bytes, same tensors) and a `main` that is not the final step."""
+    import torch
+
+    from pythia_forensics.health import _DeepInput, deep_findings
+
+    gen = torch.Generator().manual_seed(0)
+    theta0 = {"gpt_neox.embed_in.weight": torch.randn(16, 8, generator=gen),
+              "gpt_neox.layers.0.attention.bias": torch.ones(4, 4)}       # a buffer: ignored
+    delta = {k: torch.randn(v.shape, generator=gen) for k, v in theta0.items()}
+    steps = [0, 1, 2, 4, 8, 16, 32]
+
+    def at(step):
+        return {k: theta0[k] + (step / 32) ** 0.5 * delta[k] for k in theta0}
+
+    states = {f"step{s}": at(s) for s in steps}
+    states["step16"] = {k: v.clone() for k, v in states["step8"].items()}   # stale: step8 re-saved
+    states["main"] = at(31)                                                   # main != step32
+    inputs = [_DeepInput(rev, int(rev[4:]) if rev != "main" else 32, {"safetensors": (lambda s=s: s)})
+              for rev, s in states.items()]
+    findings, stats = deep_findings(inputs, final_revision="step32")
+    got = sorted((f.revision, f.code, f.status) for f in findings)
+    assert got == [("main", "final_mismatch", "flagged"), ("step16", "not_distinct", "bad"),
+                   ("step32", "final_mismatch", "flagged")]
+    assert [s.revision for s in stats] == [f"step{s}" for s in steps]
+    # the same pair reported by the census as byte-identical is not reported twice
+    findings, _ = deep_findings(inputs, final_revision="step32", same_blobs=[("step8", "step16")])
+    assert "not_distinct" not in {f.code for f in findings}
