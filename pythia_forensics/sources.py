@@ -686,13 +686,38 @@ class HubSource:
         except OSError:
             pass  # best effort: the snapshot is complete without it
 
-    def cached_commits(self) -> dict[str, int]:
-        """Commit sha -> bytes on disk of each cached revision of this repo."""
+    def _scan(self):
+        """`scan_cache_dir`, after dropping refs of this repo that point at no snapshot.
+
+        huggingface_hub writes such refs itself (a `dry_run`, a 404 cached in `.no_exist`),
+        and `scan_cache_dir` then skips the whole repo as corrupted: an eviction would
+        silently free nothing and a disk budget would be overrun.
+
+        Raises:
+            SourceError: the repo's cache folder is still damaged after that.
+        """
         from huggingface_hub import scan_cache_dir
 
-        if not self.cache_dir.is_dir():
-            return {}
+        refs_dir = self._storage / "refs"
+        if refs_dir.is_dir():
+            for ref in refs_dir.rglob("*"):
+                if ref.is_file() and not (self._storage / "snapshots" / ref.read_text().strip()).is_dir():
+                    ref.unlink(missing_ok=True)
         info = scan_cache_dir(self.cache_dir)
+        damaged = [w for w in info.warnings if str(self._storage) in str(w)]
+        if damaged:
+            raise SourceError(
+                f"the hub cache folder {self._storage} is damaged ({str(damaged[0]).splitlines()[0]}); "
+                "run `hf cache verify` or delete that folder and fetch again"
+            )
+        return info
+
+    def cached_commits(self) -> dict[str, int]:
+        """Commit sha -> bytes on disk of each cached revision of this repo."""
+        if not self._storage.is_dir():
+            return {}
+        with self._cache_lock:
+            info = self._scan()
         for repo in info.repos:
             if repo.repo_id == self.repo and repo.repo_type == "model":
                 return {r.commit_hash: r.size_on_disk for r in repo.revisions}
@@ -704,13 +729,11 @@ class HubSource:
         Returns:
             Bytes freed (0 if the revision was not cached).
         """
-        from huggingface_hub import scan_cache_dir
-
         commit = self.resolve(revision)
-        if not self.cache_dir.is_dir():
+        if not self._storage.is_dir():
             return 0
         with self._cache_lock:
-            info = scan_cache_dir(self.cache_dir)
+            info = self._scan()
             cached = {r.commit_hash for repo in info.repos if repo.repo_id == self.repo for r in repo.revisions}
             if commit not in cached:
                 return 0

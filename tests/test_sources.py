@@ -285,3 +285,38 @@ def test_offline_mode_serves_the_cache(hub, cache, local_model, monkeypatch):
         dead.fetch("step2")
     with pytest.raises(SourceError, match="HF_HUB_OFFLINE is set"):
         HubSource(TINY_REPO, cache_dir=cache.parent / "empty", endpoint="http://127.0.0.1:9", token=False).revisions()
+
+
+def test_loopback_hub_speaks_the_client_protocol_and_size_agrees_with_dry_run(hub, cache, local_model):
+    """Other huggingface_hub entry points work against the server, and `size()` (from the
+    listing alone) agrees with the library's own `snapshot_download(dry_run=True)`."""
+    from huggingface_hub import HfApi, scan_cache_dir, snapshot_download
+
+    src = _source(hub, cache)
+    api = HfApi(endpoint=hub.endpoint, token=False)
+    info = api.model_info(TINY_REPO, revision="step2", files_metadata=True)
+    assert info.sha == hub.commits["step2"]
+    lfs = {s.rfilename: s.lfs.sha256 for s in info.siblings if s.lfs}
+    assert lfs == {WEIGHTS: _sha(local_model / "step2" / WEIGHTS)}
+    assert api.file_exists(TINY_REPO, WEIGHTS, revision="step2")
+    assert not api.file_exists(TINY_REPO, "nope.bin", revision="step2")
+
+    def dry(rev):
+        names = src.listing(rev).fetch_names
+        files = snapshot_download(TINY_REPO, revision=rev, cache_dir=cache, endpoint=hub.endpoint, token=False,
+                                  allow_patterns=list(names), dry_run=True)
+        assert sorted(f.filename for f in files) == sorted(names)
+        return sum(f.file_size for f in files), sum(f.file_size for f in files if f.is_cached)
+
+    assert dry("step4") == (src.size("step4").total_bytes, 0)
+    src.fetch("step4")
+    for rev in ("step4", "main", "step1"):  # main shares step4's blobs; step1 shares the tokenizer
+        size = src.size(rev)
+        assert dry(rev) == (size.total_bytes, size.cached_bytes), rev
+    assert 0 < src.size("step1").cached_bytes < src.size("step1").total_bytes
+    # the dry runs left refs without snapshots, which makes scan_cache_dir skip the repo as
+    # corrupted; the source repairs that, so eviction still frees space
+    assert any("missing commit hashes" in str(w) for w in scan_cache_dir(cache).warnings)
+    assert set(src.cached_commits()) == {hub.commits["step4"]}
+    assert not scan_cache_dir(cache).warnings
+    assert src.evict("step4") > 0 and src.cached_commits() == {}
