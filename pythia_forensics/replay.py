@@ -213,7 +213,11 @@ class _Options:
     health: str = "off"
     disk_budget: int | None = None
     cache_dir: str | None = None
+    hub_options: tuple[tuple[str, Any], ...] = ()   # extra HubSource options (endpoint, token, retries)
     progress: bool = True
+
+    def source_options(self) -> dict[str, Any]:
+        return {"cache_dir": self.cache_dir, **dict(self.hub_options)}
 
 
 def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Sequence[Any],
@@ -233,7 +237,7 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
     index = planned = skipped = skipped_health = 0
     flagged: list[str] = []
     for spec in specs:
-        source = sources.open_source(spec, cache_dir=opts.cache_dir)
+        source = sources.open_source(spec, **opts.source_options())
         names = source.revisions()
         if revisions is not None:
             wanted = set(revisions.get(spec.name, ()))
@@ -515,6 +519,7 @@ def replay(
     executor: str = "local",
     health: str | None = None,
     cache_dir: str | Path | None = None,
+    hub_options: dict[str, Any] | None = None,
     chunk: int = DEFAULT_REPLAY_CHUNK,
     slurm: dict[str, Any] | None = None,
     progress: bool = True,
@@ -533,6 +538,7 @@ def replay(
         health: `off` (default), `skip` (leave out revisions health.parquet marks bad) or
             `flag` (score them, list them in the summary).
         cache_dir: the hub cache (default: huggingface_hub's).
+        hub_options: extra `HubSource` options: endpoint, token, max_retries, backoff_base_s.
         chunk: revisions per array task.
         slurm: extra submitit parameters for `slurm` (partition, gpus_per_node, timeout_min...).
         progress: show progress bars.
@@ -563,7 +569,8 @@ def replay(
     store.clean_temporaries()
     opts = _Options(dtype=dtype, device=_rank_device(device), batch_size=batch_size, bos=bos,
                     vocab_rows=vocab_rows, health=health, disk_budget=budget,
-                    cache_dir=None if cache_dir is None else str(cache_dir), progress=progress)
+                    cache_dir=None if cache_dir is None else str(cache_dir),
+                    hub_options=tuple(sorted((hub_options or {}).items())), progress=progress)
     rank, world = _rank_slice() if executor == "local" else (0, 1)
     todo, summary = _plan(specs, steps, probe_sets, store, opts, rank=rank, world=world)
     _write_models(store, specs)

@@ -314,3 +314,145 @@ def test_cli_bad_input_is_one_line_exit_2(extra, expect, suite, probe_files, tmp
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expect in err, err
+
+
+# --- the loopback hub: disk budget, prefetch, eviction --------------------------------------
+HUB_REPO = "EleutherAI/pythia-tiny"
+CDN_DELAY_S = 0.25  # per LFS object: makes downloads slow enough to overlap with scoring
+
+
+class _DiskPoller:
+    """Peak bytes of regular files under a folder, polled in a thread (independent of replay)."""
+
+    def __init__(self, folder: Path, period_s: float = 0.002) -> None:
+        self.folder, self.period_s, self.peak = folder, period_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _size(self) -> int:
+        total = 0
+        for dirpath, _, files in os.walk(self.folder):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    if not os.path.islink(path):
+                        total += os.stat(path).st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._size())
+            time.sleep(self.period_s)
+
+    def __enter__(self) -> "_DiskPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._size())
+
+
+@pytest.fixture()
+def slow_hub(suite, monkeypatch):
+    """The loopback hub serving mini-a's 10 revisions (+ main), with a slow CDN."""
+    import hubserver
+    from hub_fixtures import publish_to_hub
+
+    real = hubserver._Handler._serve_cdn
+
+    def slow(self, method, sha256):
+        if method == "GET":
+            time.sleep(CDN_DELAY_S)
+        return real(self, method, sha256)
+
+    monkeypatch.setattr(hubserver._Handler, "_serve_cdn", slow)
+    with hubserver.HubServer() as hub:
+        publish_to_hub(hub, suite / "mini-a", repo=HUB_REPO)
+        yield hub
+
+
+def test_hub_sweep_respects_disk_budget_and_prefetch_overlaps(slow_hub, suite, probe_files, reference_run,
+                                                              tmp_path, capsys):
+    from pythia_forensics.replay import replay
+
+    checkpoint = sum(p.stat().st_size for p in (suite / "mini-a" / "step0").iterdir() if p.is_file())
+    budget = int(2.5 * checkpoint)  # room for the revision being scored plus the next one
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    with _DiskPoller(cache) as disk:
+        summary = replay([HUB_REPO], [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
+                         disk_budget=budget, hub_options={"endpoint": slow_hub.endpoint, "token": False},
+                         progress=False)
+    print(f"\nhub sweep: checkpoint {checkpoint} B, budget {budget} B, 10 revisions = {10 * checkpoint} B; "
+          f"peak on disk {disk.peak} B; {summary.render()}")
+    assert summary.revisions_scored == 10
+    assert 10 * checkpoint > budget
+    assert disk.peak <= budget + checkpoint, (disk.peak, budget)
+    assert summary.peak_held_bytes <= budget
+    assert summary.downloaded_bytes >= 10 * checkpoint * 0.9
+    assert summary.evicted_bytes > 0
+    # the weights of every revision were downloaded exactly once
+    assert slow_hub.bytes_sent(file="*.safetensors", kind="cdn") == sum(
+        (suite / "mini-a" / f"step{s}" / "model.safetensors").stat().st_size for s in STEPS)
+    # prefetch: downloads ran while revisions were being scored
+    assert summary.prefetch_overlap_s > 0.2 * min(summary.fetch_s, summary.score_s), summary.render()
+    assert summary.wall_s < summary.fetch_s + summary.score_s
+    # same numbers as the local replay of the same checkpoints
+    hub_rows = ResultsStore(tmp_path / "res").items()
+    local = ResultsStore(reference_run[0]).items()
+    local = local[local.model == "mini-a"]
+    merged = hub_rows.merge(local, on=["revision", "probeset", "item_id"], suffixes=("", "_local"))
+    assert len(merged) == len(local) == len(hub_rows)
+    np.testing.assert_allclose(merged["margin"], merged["margin_local"], atol=1e-5, rtol=0)
+    assert merged["commit"].str.len().eq(40).all()
+    assert (merged["weights_sha256"] == merged["weights_sha256_local"]).all()
+
+    # rerun: nothing to fetch; a re-uploaded branch (same name, new commit) is re-scored alone
+    again = replay([HUB_REPO], [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
+                   disk_budget=budget, hub_options={"endpoint": slow_hub.endpoint, "token": False}, progress=False)
+    assert again.revisions_scored == 0 and again.downloaded_bytes == 0
+    slow_hub.add_branch(HUB_REPO, "step8", suite / "mini-b" / "step8", title="re-upload")
+    third = replay([HUB_REPO], [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
+                   disk_budget=budget, hub_options={"endpoint": slow_hub.endpoint, "token": False}, progress=False)
+    assert third.revisions_scored == 1 and third.units_scored == 2
+    rows = ResultsStore(tmp_path / "res").items()
+    assert len(rows) == len(hub_rows)
+    step8 = rows[rows.revision == "step8"].merge(
+        ResultsStore(reference_run[0]).items().query("model == 'mini-b' and revision == 'step8'"),
+        on=["probeset", "item_id"], suffixes=("", "_b"))
+    np.testing.assert_allclose(step8["margin"], step8["margin_b"], atol=1e-5, rtol=0)
+
+
+def test_budget_smaller_than_one_checkpoint_and_unreachable_hub_exit_2(slow_hub, suite, probe_files, tmp_path,
+                                                                       capsys, monkeypatch):
+    from pythia_forensics import sources
+    from pythia_forensics.cli import main
+
+    # The CLI reaches the hub through HF_ENDPOINT, read when huggingface_hub is imported (long
+    # before this test); hand the loopback endpoint (and no retries) to every hub source instead.
+    endpoint = {"url": slow_hub.endpoint}
+    real_open = sources.open_source
+    monkeypatch.setattr(sources, "open_source", lambda spec, **o: real_open(
+        spec, **{**o, "token": False, "max_retries": 0, "endpoint": endpoint["url"]}))
+    base = [HUB_REPO, "--probes", str(probe_files[0]), "--results", str(tmp_path / "r"),
+            "--cache-dir", str(tmp_path / "c")]
+    cases = [(["--steps", "0:4", "--disk-budget", "1MB"], None),
+             (["--disk-budget", "10kB"], "smaller than one checkpoint")]
+    for extra, expect in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["replay", *base, *extra])
+        err = capsys.readouterr().err.strip()
+        if expect is None:
+            assert exc.value.code == 0, err
+            continue
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and expect in err, err
+    assert slow_hub.bytes_sent(file="*.safetensors") > 0
+    endpoint["url"] = "http://127.0.0.1:9"
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", *base])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "cannot reach the hub" in err, err
