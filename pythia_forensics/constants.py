@@ -138,6 +138,7 @@ DEFAULT_SUPPORT_WINDOW_TOKENS = 10_000_000
 # Tokens per processing block (memory: ~20 bytes per token of scratch at this size).
 SUPPORT_BLOCK_TOKENS = 1 << 22
 SUPPORT_TEXT_BATCH = 1024  # documents tokenized per encode_batch call
+SUPPORT_STATE_EVERY_S = 30.0  # progress-file interval (an interrupted count resumes from it)
 
 # --- figures -----------------------------------------------------------------------------
 # Okabe-Ito: colour-blind-safe categorical palette.
