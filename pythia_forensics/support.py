@@ -32,6 +32,8 @@ Example::
 from __future__ import annotations
 
 import difflib
+import hashlib
+import itertools
 import json
 import math
 import os
@@ -53,6 +55,7 @@ from pythia_forensics.constants import (
     SUPPORT_DIRECTIONS,
     SUPPORT_MODES,
     SUPPORT_RULES_SUBDIR,
+    SUPPORT_STATE_EVERY_S,
     SUPPORT_TEXT_BATCH,
     probes_dir,
 )
@@ -635,15 +638,16 @@ class _Block:
     seg_starts: np.ndarray  # local document starts (sorted, 0 included when a doc starts there)
     offset: int  # global offset of ids[0]
     core: tuple[int, int]  # local range whose cues this block owns
+    resume: int = 0  # where a resumed run continues: token offset (streams) or documents read (text)
 
 
 def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, block_tokens: int,
-                    end: int | None = None) -> Iterator[_Block]:
+                    end: int | None = None, begin: int = 0) -> Iterator[_Block]:
     """Blocks of a flat token stream with ``halo`` tokens of context on both sides; cores tile
-    ``[0, end)``."""
+    ``[begin, end)``."""
     n = int(tokens.shape[0])
     end = n if end is None else min(end, n)
-    for a in range(0, end, block_tokens):
+    for a in range(begin, end, block_tokens):
         b = min(a + block_tokens, end)
         lo, hi = max(a - halo, 0), min(b + halo, n)
         i0 = np.searchsorted(doc_offsets, lo, side="right") - 1
@@ -653,7 +657,7 @@ def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, b
         # the block's first token lies inside some document: mark position 0 as its start so
         # searchsorted never returns segment 0 for in-document tokens
         starts = np.unique(np.concatenate(([0], starts)))
-        yield _Block(np.asarray(tokens[lo:hi]), starts, lo, (a - lo, b - lo))
+        yield _Block(np.asarray(tokens[lo:hi]), starts, lo, (a - lo, b - lo), resume=b)
 
 
 def _text_documents(path: Path, *, text_field: str) -> tuple[Iterator[str], int | None]:
@@ -719,19 +723,22 @@ def _text_documents(path: Path, *, text_field: str) -> tuple[Iterator[str], int 
     return gen_txt(), None
 
 
-def _text_blocks(docs: Iterable[str], tok, *, block_tokens: int, progress) -> Iterator[_Block]:
+def _text_blocks(docs: Iterable[str], tok, *, block_tokens: int, progress, offset: int = 0,
+                 docs_done: int = 0) -> Iterator[_Block]:
     """Tokenize documents in batches and pack whole documents into blocks (no halo needed:
-    events never cross a document, and blocks end at document ends)."""
-    offset = 0
+    events never cross a document, and blocks end at document ends). ``offset``/``docs_done``:
+    where a resumed run stands (the first ``docs_done`` documents are skipped untokenized)."""
     pending: list[np.ndarray] = []
     pending_n = 0
+    n_docs = docs_done
+    docs = itertools.islice(docs, docs_done, None)
 
     def flush() -> _Block:
         nonlocal offset, pending, pending_n
         lengths = np.array([a.size for a in pending], dtype=np.int64)
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if lengths.size else np.zeros(1, np.int64)
         ids = np.concatenate(pending) if pending else np.zeros(0, np.int64)
-        block = _Block(ids, starts, offset, (0, ids.size))
+        block = _Block(ids, starts, offset, (0, ids.size), resume=n_docs)
         offset += ids.size
         pending, pending_n = [], 0
         return block
@@ -739,7 +746,8 @@ def _text_blocks(docs: Iterable[str], tok, *, block_tokens: int, progress) -> It
     batch: list[str] = []
 
     def encode(batch: list[str]) -> None:
-        nonlocal pending_n
+        nonlocal pending_n, n_docs
+        n_docs += len(batch)
         for enc in tok.encode_batch(batch, add_special_tokens=False):
             arr = np.asarray(enc.ids, dtype=np.int64)
             pending.append(arr)
@@ -772,6 +780,8 @@ def count_token_stream(
     window_tokens: int = DEFAULT_SUPPORT_WINDOW_TOKENS,
     block_tokens: int = SUPPORT_BLOCK_TOKENS,
     token_limit: int | None = None,
+    state_file: str | os.PathLike | None = None,
+    state_key: str = "",
     progress: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Count support events in a flat token array (memmap welcome) with document offsets.
@@ -784,6 +794,9 @@ def count_token_stream(
         window_tokens: stream-window width for the per-window counts.
         block_tokens: tokens per block (memory bound).
         token_limit: count only cues before this flat offset (the tokens a run trained on).
+        state_file: where to save progress (JSON, atomically, every few seconds); a rerun with
+            the same inputs resumes from it, and it is removed when the count completes.
+        state_key: identity of the stream (e.g. its path and size) folded into the state key.
         progress: show a tqdm bar.
 
     Returns:
@@ -793,16 +806,64 @@ def count_token_stream(
 
     matcher = _Matcher(rules, vocab)
     halo = window + 2 * matcher.max_len + 2
-    tallies = [_Tally() for _ in rules]
     n = int(tokens.shape[0])
     n_count = n if token_limit is None else min(n, token_limit)
-    with tqdm(total=n_count, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
+    state = _State(state_file, _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens))
+    tallies, begin, _ = state.load(len(rules))
+    with tqdm(total=n_count, initial=begin, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
         for block in _indexed_blocks(tokens, np.asarray(doc_offsets, np.int64), halo=halo,
-                                     block_tokens=block_tokens, end=n_count):
+                                     block_tokens=block_tokens, end=n_count, begin=begin):
             _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
                          window=window, tallies=tallies, window_tokens=window_tokens, limit=n_count)
             bar.update(block.core[1] - block.core[0])
+            state.save(tallies, position=block.resume, offset=block.resume)
+    state.done()
     return _finish(rules, tallies, n_count, window_tokens)
+
+
+def _state_key(rules: Sequence[CompiledRule], *parts: Any) -> str:
+    """Hash of everything a count depends on: the rules' token forms and the options."""
+    spec = [[r.name, r.direction, [[list(f.ids), f.leading_space] for role in ROLES for f in r.role(role)]]
+            for r in rules]
+    return hashlib.sha256(json.dumps([spec, [str(p) for p in parts]]).encode()).hexdigest()
+
+
+class _State:
+    """Resumable progress: tallies plus how far the stream was read, saved atomically."""
+
+    def __init__(self, path: str | os.PathLike | None, key: str) -> None:
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        self._last = time.monotonic()
+
+    def load(self, n_rules: int) -> tuple[list[_Tally], int, int]:
+        """(tallies, position, offset) from a matching saved state, else a fresh start."""
+        tallies = [_Tally() for _ in range(n_rules)]
+        if self.path is None or not self.path.is_file():
+            return tallies, 0, 0
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return tallies, 0, 0  # a torn or foreign file: start over (it is overwritten)
+        if data.get("key") != self.key:
+            return tallies, 0, 0
+        for t, counts in zip(tallies, data["counts"]):
+            t.counts = np.asarray(counts, dtype=np.int64).reshape(3, -1)
+        return tallies, int(data["position"]), int(data["offset"])
+
+    def save(self, tallies: list[_Tally], *, position: int, offset: int, force: bool = False) -> None:
+        if self.path is None or (not force and time.monotonic() - self._last < SUPPORT_STATE_EVERY_S):
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"key": self.key, "position": position, "offset": offset,
+                                   "counts": [t.counts.tolist() for t in tallies]}))
+        os.replace(tmp, self.path)
+        self._last = time.monotonic()
+
+    def done(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def _finish(rules, tallies, n_tokens: int, window_tokens: int) -> dict[str, dict[str, np.ndarray]]:
@@ -812,6 +873,13 @@ def _finish(rules, tallies, n_tokens: int, window_tokens: int) -> dict[str, dict
         cues, wins, losses = t.totals(n_win)
         out[rule.name] = {"cues": cues, "rule_wins": wins, "prior_wins": losses, "n_tokens": np.int64(n_tokens)}
     return out
+
+
+def _source_identity(path: Path) -> str:
+    """Path, size and modification time: a changed input never resumes an old count."""
+    p = Path(path)
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    return json.dumps([str(p.resolve())] + [[q.name, q.stat().st_size, q.stat().st_mtime_ns] for q in files])
 
 
 def _read_corpus_meta(path: Path) -> dict[str, Any]:
@@ -838,6 +906,7 @@ def count_support(
     multi_token: bool = True,
     strict: bool = False,
     token_limit: int | None = None,
+    state_file: str | os.PathLike | None = None,
     block_tokens: int = SUPPORT_BLOCK_TOKENS,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -862,6 +931,8 @@ def count_support(
         strict: raise `TokenizationError` instead of warning about unmatched words.
         token_limit: count only cues before this flat token offset (a mini corpus sets it to
             the tokens its training read, ``corpus.json`` ``train_tokens``).
+        state_file: progress file: an interrupted count resumes from it when rerun with the
+            same inputs and options (the CLI puts it next to ``--out``); removed on completion.
         block_tokens: tokens per processing block (bounds memory).
         progress: tqdm progress bar.
 
@@ -940,20 +1011,25 @@ def count_support(
     if indexed_prefix is not None:
         ds = IndexedDataset(indexed_prefix)
         counts = count_token_stream(ds.tokens, ds.item_offsets, compiled, vocab, window=w, window_tokens=wt,
-                                    block_tokens=block_tokens, token_limit=token_limit, progress=progress)
+                                    block_tokens=block_tokens, token_limit=token_limit, progress=progress,
+                                    state_file=state_file, state_key=_source_identity(indexed_prefix.with_suffix(".bin")))
     else:
         tok = load_tokenizer(tokenizer)
         docs, total = _text_documents(path, text_field=text_field)
         matcher = _Matcher(compiled, vocab)
-        tallies = [_Tally() for _ in compiled]
-        n = 0
-        with tqdm(total=total, unit="doc", disable=not progress, desc="support") as bar:
-            for block in _text_blocks(docs, tok, block_tokens=block_tokens, progress=bar):
+        state = _State(state_file, _state_key(compiled, _source_identity(path), text_field, w, wt, token_limit,
+                                              block_tokens))
+        tallies, docs_done, n = state.load(len(compiled))
+        with tqdm(total=total, initial=docs_done, unit="doc", disable=not progress, desc="support") as bar:
+            for block in _text_blocks(docs, tok, block_tokens=block_tokens, progress=bar, offset=n,
+                                      docs_done=docs_done):
                 _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
                              window=w, tallies=tallies, window_tokens=wt, limit=token_limit)
                 n = block.offset + block.ids.size
+                state.save(tallies, position=block.resume, offset=n)
                 if token_limit is not None and n >= token_limit:
                     break
+        state.done()
         counts = _finish(compiled, tallies, n if token_limit is None else min(n, token_limit), wt)
     return _frame(compiled, counts, window_tokens=wt, tokens_per_step=tokens_per_step,
                   window_steps=window_steps, mode=mode, window=w, unmatched=unmatched)

@@ -314,6 +314,38 @@ def test_step_windows_and_token_limit(tmp_path, tiny_tokenizer):
         count_support(paths["bin"], "pronoun_gender", tokenizer=tiny_tokenizer, window_steps=5, progress=False)
 
 
+@pytest.mark.parametrize("kind", ["bin", "jsonl"])
+def test_interrupted_count_resumes(tmp_path, tiny_tokenizer, monkeypatch, kind):
+    import pythia_forensics.support as sup
+
+    paths = write_text_inputs(tmp_path, CORPUS_LINES * 500, tiny_tokenizer)  # > 3 text batches
+    opts = dict(tokenizer=tiny_tokenizer, tokens_per_step=64, window_steps=10, block_tokens=2000, progress=False)
+    full = count_support(paths[kind], "all", **opts)
+    monkeypatch.setattr(sup, "SUPPORT_STATE_EVERY_S", 0.0)
+    real, calls, raised = sup._count_block, [], []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3 and not raised:  # interrupt once, in the third block
+            raised.append(1)
+            raise RuntimeError("simulated interrupt")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sup, "_count_block", flaky)
+    state = tmp_path / "state.json"
+    with pytest.raises(RuntimeError, match="simulated interrupt"):
+        count_support(paths[kind], "all", state_file=state, **opts)
+    assert state.is_file()
+    n_before = len(calls)
+    resumed = count_support(paths[kind], "all", state_file=state, **opts)
+    pd.testing.assert_frame_equal(resumed, full)
+    total_blocks = len(calls) - n_before
+    calls.clear()
+    count_support(paths[kind], "all", **opts)
+    assert total_blocks == len(calls) - 2  # the two finished blocks were not counted again
+    assert not state.exists()
+
+
 def test_sequence_start_name_split_in_two_tokens_is_matched():
     from tinymodels import neox_tokenizer
 

@@ -32,8 +32,11 @@ def register(app: typer.Typer) -> None:
         with warnings.catch_warnings():
             # printed below from frame.attrs, once per word, instead of as a Python warning
             warnings.simplefilter("ignore", SupportCueWarning)
+            # with --out, progress is saved next to it: rerunning after an interrupt resumes
+            state = out.with_name(out.name + ".partial.json") if out is not None else None
             frame = count_support(corpus, rules, window=window, tokenizer=tokenizer, tokens_per_step=tokens_per_step,
-                                  window_steps=window_steps, mode=mode, text_field=text_field, strict=strict)
+                                  window_steps=window_steps, mode=mode, text_field=text_field, strict=strict,
+                                  state_file=state)
         for line in frame.attrs["unmatched"]:
             err_console.print(f"[yellow]unmatched:[/] {line}", highlight=False)
         if out is not None:
