@@ -276,7 +276,6 @@ def known_suites() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
 
 
-@functools.lru_cache(maxsize=None)
 def get_suite(name: str = "pythia") -> Suite:
     """A shipped suite by name (`pythia`), or a local suite folder.
 
@@ -284,7 +283,7 @@ def get_suite(name: str = "pythia") -> Suite:
         name: a suite name from `known_suites()`, or a path to a local suite folder.
 
     Returns:
-        The frozen `Suite`.
+        The frozen `Suite` (a local folder is re-read on every call: it may have grown).
 
     Raises:
         UnknownModelError: unknown suite name ("did you mean" + the known list).
@@ -292,6 +291,11 @@ def get_suite(name: str = "pythia") -> Suite:
     path = Path(name).expanduser()
     if path.is_dir():
         return load_local_suite(path)
+    return _shipped_suite(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_suite(name: str) -> Suite:
     yaml_path = SUITES_DIR / f"{name}.yaml"
     if not yaml_path.is_file():
         raise UnknownModelError(_unknown_message(name, known_suites(), where="suites", what="suite"))
