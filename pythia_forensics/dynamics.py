@@ -469,8 +469,14 @@ def _item_matrix(frame: pd.DataFrame, steps: np.ndarray, value: str) -> np.ndarr
     """items x steps matrix of `value` (NaN where an item was not scored at a step)."""
     if frame.empty:
         return np.empty((0, len(steps)))
-    pivot = frame.pivot_table(index="item_id", columns="step", values=value, aggfunc="mean")
-    return pivot.reindex(columns=steps).to_numpy(dtype=float)
+    codes, uniques = pd.factorize(frame["item_id"], sort=True)
+    cols = np.searchsorted(steps, frame["step"].to_numpy())
+    total = np.zeros((len(uniques), len(steps)))
+    count = np.zeros((len(uniques), len(steps)))
+    np.add.at(total, (codes, cols), frame[value].to_numpy(dtype=float))
+    np.add.at(count, (codes, cols), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
 
 
 def _resampled_accuracy(matrix: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:

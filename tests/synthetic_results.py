@@ -61,14 +61,19 @@ def items_for(
 def write_store(root: Path, items: pd.DataFrame, models: pd.DataFrame | None = None,
                 health: pd.DataFrame | None = None) -> Path:
     """Write item rows (one file per model/revision) and side tables through ResultsStore."""
+    from unittest import mock
+
     from pythia_forensics.store import ResultsStore, WorkKey
 
     store = ResultsStore(root)
-    for (model, revision, probeset), frame in items.groupby(["model", "revision", "probeset"]):
-        key = WorkKey(model=model, revision=revision, content_key=f"c-{model}-{revision}", probeset=probeset,
-                      probeset_sha256="p" * 64, dtype="float32", bos=False, vocab_rows="tokenizer", code_version="t")
-        store.write(key, frame.drop(columns=["probeset"]), provenance={"repo": model})
-    store.refresh_summary()
+    # tmp_path needs no durability: skipping fsync makes the ~120 small writes fast on a busy disk
+    with mock.patch("pythia_forensics.store.os.fsync"):
+        for (model, revision, probeset), frame in items.groupby(["model", "revision", "probeset"]):
+            key = WorkKey(model=model, revision=revision, content_key=f"c-{model}-{revision}", probeset=probeset,
+                          probeset_sha256="p" * 64, dtype="float32", bos=False, vocab_rows="tokenizer",
+                          code_version="t")
+            store.write(key, frame.drop(columns=["probeset"]), provenance={"repo": model})
+        store.refresh_summary()
     if models is not None:
         store.write_models(models)
     if health is not None:

@@ -241,9 +241,9 @@ def test_scale_needs_three_models():
 
 
 def test_analyze_results_folder_and_write(tmp_path):
-    root = write_store(tmp_path / "res", suite_items(), models=suite_models())
+    root = write_store(tmp_path / "res", suite_items(rules=("pronoun_gender",)), models=suite_models())
     result = dyn.analyze(root)
-    assert len(result.metrics) == 10 and not result.scale.empty
+    assert len(result.metrics) == 5 and not result.scale.empty
     written = dyn.write_dynamics(result, root)
     names = {p.name for p in written}
     assert {"dynamics.parquet", "dynamics.csv", "trajectories.parquet", "scale.csv"} <= names
