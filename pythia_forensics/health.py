@@ -917,7 +917,7 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     stats: list[RevisionStats] = []
     fetcher: _Fetcher | None = None
     if deep and entries:
-        if disk_budget is not None:
+        if disk_budget is not None and local_root is None:   # local folders download nothing
             biggest = max(entries, key=lambda e: sum(f.size for f in e.files))
             need = sum(f.size for f in biggest.files)
             if need > disk_budget:

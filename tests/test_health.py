@@ -370,6 +370,10 @@ def test_hub_deep_checks_within_disk_budget(hub, tmp_path):
     spec = resolve_model("org/tiny-hub")
     one = (local / "step0" / "model.safetensors").stat().st_size
     src = _hub_source(hub, spec, tmp_path)
+    from pythia_forensics.errors import DiskBudgetError
+
+    with pytest.raises(DiskBudgetError, match="raise --disk-budget"):
+        check_health(spec, source=src, deep=True, disk_budget=one // 2, progress=False)
     report = check_health(spec, source=src, deep=True, disk_budget=3 * one,
                           peers=[_hub_source(hub, resolve_model("org/tiny-peer"), tmp_path)], progress=False)
     got = _findings(report)
