@@ -320,3 +320,18 @@ def test_loopback_hub_speaks_the_client_protocol_and_size_agrees_with_dry_run(hu
     assert set(src.cached_commits()) == {hub.commits["step4"]}
     assert not scan_cache_dir(cache).warnings
     assert src.evict("step4") > 0 and src.cached_commits() == {}
+
+
+def test_bin_only_sharded_branch_is_fetched(hub, cache):
+    shards = {f"pytorch_model-0000{i}-of-00002.bin": os.urandom(30_000 + i) for i in (1, 2)}
+    index = b'{"weight_map": {}}'
+    files = {"config.json": b'{"model_type": "gpt_neox"}', "pytorch_model.bin.index.json": index, **shards}
+    hub.add_branch(TINY_REPO, "step16", files)
+    src = _source(hub, cache)
+    listing = src.listing("step16")
+    assert listing.weight_format == "bin"
+    record = src.fetch("step16")
+    assert {(w.name, w.size, w.sha256) for w in record.weight_files} == {
+        (name, len(data), hashlib.sha256(data).hexdigest()) for name, data in shards.items()}
+    assert sorted(p.name for p in record.path.iterdir()) == sorted(files)
+    assert (record.path / "pytorch_model.bin.index.json").read_bytes() == index
