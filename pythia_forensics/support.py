@@ -61,6 +61,7 @@ from pythia_forensics.constants import (
 )
 from pythia_forensics.errors import ConfigError, CorpusError, TokenizationError
 from pythia_forensics.indexed import IndexedDataset, dataset_prefix
+from pythia_forensics.mini import corpus as _mini_corpus
 
 __all__ = [
     "WordClass",
@@ -80,8 +81,9 @@ __all__ = [
 
 ROLES = ("cues", "targets", "competitors")
 _RULE_KEYS = {"name", "description", "direction", "cues", "targets", "competitors", "lexicon"}
-# Mini-suite corpus folder layout (docs/ARCHITECTURE.md).
-_CORPUS_TOKENS, _CORPUS_TOKENIZER, _CORPUS_META = "tokens", "tokenizer.json", "corpus.json"
+# Mini-suite corpus folder layout (docs/ARCHITECTURE.md): names owned by the generator.
+_CORPUS_TOKENS, _CORPUS_META = _mini_corpus.TOKENS_FILE, _mini_corpus.CORPUS_META_FILE
+_CORPUS_TOKENIZER = "tokenizer.json"  # what save_pretrained writes
 _UINT16_IDS = 1 << 16
 
 
@@ -300,16 +302,16 @@ def load_tokenizer(spec: Any):
     from tokenizers import Tokenizer
 
     if isinstance(spec, Tokenizer):
-        return spec
+        return _untruncated(spec)
     backend = getattr(spec, "backend_tokenizer", None)
     if backend is not None:
-        return backend
+        return _untruncated(backend)
     p = Path(str(spec))
     try:
         if p.is_file():
-            return Tokenizer.from_file(str(p))
+            return _untruncated(Tokenizer.from_file(str(p)))
         if p.is_dir() and (p / "tokenizer.json").is_file():
-            return Tokenizer.from_file(str(p / "tokenizer.json"))
+            return _untruncated(Tokenizer.from_file(str(p / "tokenizer.json")))
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(spec))
@@ -320,7 +322,20 @@ def load_tokenizer(spec: Any):
         ) from None
     if getattr(tok, "backend_tokenizer", None) is None:
         raise TokenizationError(f"tokenizer {str(spec)!r} is not a fast tokenizer; pass its tokenizer.json")
-    return tok.backend_tokenizer
+    return _untruncated(tok.backend_tokenizer)
+
+
+def _untruncated(tok):
+    """The tokenizer without truncation or padding (a saved max_length would silently cut
+    long documents); a copy when it had either, so the caller's object is left alone."""
+    if tok.truncation is None and tok.padding is None:
+        return tok
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(tok.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
 
 
 def _boundary_tables(tok) -> tuple[np.ndarray, np.ndarray]:

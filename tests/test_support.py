@@ -198,6 +198,34 @@ def test_shipped_rules_reference_the_lexicon():
     assert rules["subject_verb_agreement"].cues[0].words == tuple(lex["plural_nouns"])
 
 
+def test_inline_words_and_mixed_classes(tmp_path, tiny_tokenizer):
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump({
+        "name": "mine",
+        "cues": [{"lexicon": "female_names"}, {"words": ["girl", "woman"], "name": "feminine_nouns"}],
+        "targets": ["she", "She"],
+        "competitors": "he",
+    }))
+    (r,) = load_rules(f)
+    assert [c.name for c in r.cues] == ["female_names", "feminine_nouns"]
+    assert r.targets[0].words == ("she", "She") and r.competitors[0].words == ("he",)
+    p = tmp_path / "c.txt"
+    p.write_text("The girl cried. She was sad.\nThe woman said he left.\n")
+    assert overall(count_support(p, f, tokenizer=tiny_tokenizer, progress=False))["mine"] == (2, 1, 1)
+
+
+def test_truncating_tokenizer_is_not_allowed_to_cut_documents(tmp_path, tiny_tokenizer):
+    tok = load_tokenizer(tiny_tokenizer)
+    from tokenizers import Tokenizer
+
+    cut = Tokenizer.from_str(tok.to_str())
+    cut.enable_truncation(max_length=4)
+    p = tmp_path / "c.txt"
+    p.write_text("The dogs by the river were happy.\n")
+    assert overall(count_support(p, "subject_verb_agreement", tokenizer=cut, progress=False))["subject_verb_agreement"] == (1, 1, 0)
+    assert cut.truncation is not None  # the caller's object is untouched
+
+
 def test_rule_file_errors_are_collected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"rules": [
