@@ -329,7 +329,10 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
     seen: set[str] = set()
     problems: list[str] = []
 
+    rename = _checkpoint_renamer(model)
+
     def put(name: str, tensor: Any) -> None:
+        name = rename(name)
         if name not in state:
             if not name.endswith(IGNORED_TENSOR_SUFFIXES):
                 problems.append(f"unexpected tensor {name}")
@@ -358,6 +361,25 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
         raise ModelLoadError(f"weights in {folder} do not fit the loaded model ({'; '.join(problems[:3])}); "
                              "it is a different architecture: load it with load_model instead")
     return model.eval()
+
+
+def _checkpoint_renamer(model: Any) -> Any:
+    """Checkpoint tensor name -> the model's name (transformers 5 renames some modules, e.g.
+    GPT-NeoX's ``embed_out`` is ``lm_head`` in memory but stays ``embed_out`` on disk)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+
+        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    except Exception:  # older transformers: names on disk are the names in memory
+        renamings = []
+
+    def rename(name: str) -> str:
+        for t in renamings:
+            name = t.rename_source_key(name)[0]
+        return name
+
+    return rename
 
 
 def _tied_names(model: Any) -> set[str]:
@@ -393,18 +415,23 @@ def _make_plan(encoded: Sequence[EncodedItem]) -> _Plan:
     maximal = sorted({owner[i] for i in range(len(fulls))}, key=lambda i: (-len(fulls[i]), fulls[i]))
     seq_index = {m: k for k, m in enumerate(maximal)}
     full_owner = {fulls[i]: seq_index[owner[i]] for i in range(len(fulls))}
-    rows: dict[tuple[int, int], int] = {}
+    # A logits row is identified by the tokens up to it, so the row after a shared prefix is
+    # computed once even when several branches (sequences) contain it.
+    rows: dict[tuple[int, ...], int] = {}
+    row_at: list[tuple[int, int]] = []
     reads: dict[tuple[int, int], int] = {}
     tok_cand: list[int] = []
     tok_read: list[int] = []
     for c, (ctx, cont) in enumerate(cands):
         seq = full_owner[ctx + cont[:-1]]
         for j, tok in enumerate(cont):
-            row = rows.setdefault((seq, len(ctx) - 1 + j), len(rows))
+            row = rows.setdefault(ctx + cont[:j], len(rows))
+            if row == len(row_at):
+                row_at.append((seq, len(ctx) - 1 + j))
             read = reads.setdefault((row, tok), len(reads))
             tok_cand.append(c)
             tok_read.append(read)
-    row_keys = np.array(list(rows), dtype=np.int64).reshape(-1, 2)
+    row_keys = np.array(row_at, dtype=np.int64).reshape(-1, 2)
     read_keys = np.array(list(reads), dtype=np.int64).reshape(-1, 2)
     return _Plan([fulls[m] for m in maximal], row_keys[:, 0], row_keys[:, 1], read_keys[:, 0],
                  read_keys[:, 1], np.array(tok_cand, dtype=np.int64), np.array(tok_read, dtype=np.int64))
