@@ -694,9 +694,16 @@ def deep_findings(revisions: Sequence[_DeepInput], *, final_revision: str | None
         d0 = tensor_distance(state, state0) if state0 is not None else nan
         if first_trained is None and r is not first and d0 > 0:
             first_trained = (r, state)
+        d_final = tensor_distance(state, final_state) if final_state is not None else nan
+        if d_final == 0.0 and r.revision != final_revision and d_prev != 0.0:
+            # A re-saved copy of the final model (other bytes, same tensors) escapes the hash
+            # census; the tensors give it away.
+            if not any({r.revision, final_revision} <= c for c in together):
+                findings.append(Finding(r.revision, r.step, "not_distinct", "bad",
+                                        f"every parameter equals the final model's ({final_revision}): "
+                                        "a copy of the final model under a mid-training name"))
         stats.append(RevisionStats(
-            revision=r.revision, step=r.step, dist_from_step0=d0,
-            dist_to_final=tensor_distance(state, final_state) if final_state is not None else nan,
+            revision=r.revision, step=r.step, dist_from_step0=d0, dist_to_final=d_final,
             dist_to_previous=d_prev, embedding_norm=_embedding_norm(state),
         ))
         prev = (r, state)

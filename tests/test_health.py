@@ -459,14 +459,17 @@ def test_deep_findings_tensor_equal_neighbours_and_main_mismatch():
 
     states = {f"step{s}": at(s) for s in steps}
     states["step16"] = {k: v.clone() for k, v in states["step8"].items()}   # stale: step8 re-saved
+    states["step2"] = {k: v.clone() for k, v in at(32).items()}               # the final model, re-saved
     states["main"] = at(31)                                                   # main != step32
     inputs = [_DeepInput(rev, int(rev[4:]) if rev != "main" else 32, {"safetensors": (lambda s=s: s)})
               for rev, s in states.items()]
     findings, stats = deep_findings(inputs, final_revision="step32")
     got = sorted((f.revision, f.code, f.status) for f in findings)
     assert got == [("main", "final_mismatch", "flagged"), ("step16", "not_distinct", "bad"),
+                   ("step2", "not_distinct", "bad"), ("step2", "trend_break", "flagged"),
                    ("step32", "final_mismatch", "flagged")]
+    assert "final model" in next(f.detail for f in findings if f.revision == "step2" and f.code == "not_distinct")
     assert [s.revision for s in stats] == [f"step{s}" for s in steps]
     # the same pair reported by the census as byte-identical is not reported twice
-    findings, _ = deep_findings(inputs, final_revision="step32", same_blobs=[("step8", "step16")])
+    findings, _ = deep_findings(inputs, final_revision="step32", same_blobs=[("step8", "step16"), ("step2", "step32")])
     assert "not_distinct" not in {f.code for f in findings}
