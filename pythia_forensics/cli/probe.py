@@ -11,10 +11,13 @@ from pythia_forensics.errors import PFError
 OUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
 
 
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise PFError(f"--out {out} has suffix {out.suffix.lower()!r}; use one of {', '.join(OUT_SUFFIXES)}")
+
+
 def _write(frame, out: Path) -> None:
     suffix = out.suffix.lower()
-    if suffix not in OUT_SUFFIXES:
-        raise PFError(f"--out {out} has suffix {suffix!r}; use one of {', '.join(OUT_SUFFIXES)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     if suffix == ".parquet":
@@ -46,6 +49,8 @@ def register(app: typer.Typer) -> None:
         from pythia_forensics.cli.common import console
         from pythia_forensics.scoring import ScoreOptions, score, summarize
 
+        if out is not None:
+            _check_out(out)  # before the (long) scoring, not after
         options = ScoreOptions(dtype=dtype, device=device, bos=bos, vocab_rows=vocab_rows,
                                batch_size=int(batch_size) if batch_size.isdigit() else batch_size)
         frame = score(model, probes, revision=revision, options=options, progress=True)
