@@ -498,6 +498,7 @@ class _Matcher:
                     groups.setdefault(f.ids[0], []).append((np.array(f.ids, dtype=np.int64), f.leading_space))
                     self.lut[f.ids[0]] |= lut_dtype(1) << lut_dtype(cat)
                 self.forms.append(groups)
+        self.any_form = self.lut != 0
         self.max_len = max((rule.max_len for rule in self.rules), default=1)
 
     def match(self, ids: np.ndarray, seg_starts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -511,20 +512,24 @@ class _Matcher:
                 f"token id {int(ids.max())} is beyond the tokenizer's vocabulary ({self.vocab.size}); "
                 "pass the tokenizer the stream was written with"
             )
-        bits = self.lut[ids]
-        cand = np.flatnonzero(bits)
-        cand_bits = bits[cand]
+        # one bool look-up over the block, then the category bits only at the sparse candidates
+        cand = np.flatnonzero(self.any_form[ids])
         cand_ids = ids[cand]
+        cand_bits = self.lut[cand_ids]
         out = []
         for cat, groups in enumerate(self.forms):
             if not groups:
                 out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
                 continue
-            sel = (cand_bits >> cand_bits.dtype.type(cat)) & 1 != 0
+            sel = ((cand_bits >> cand_bits.dtype.type(cat)) & 1) != 0
             pos_all, first_all = cand[sel], cand_ids[sel]
+            # group candidates by first token once (sort), instead of one scan per form
+            order = np.argsort(first_all, kind="stable")
+            pos_all, first_all = pos_all[order], first_all[order]
             starts_l, ends_l = [], []
             for first, variants in groups.items():
-                pos = pos_all[first_all == first]
+                lo_i, hi_i = np.searchsorted(first_all, [first, first + 1])
+                pos = pos_all[lo_i:hi_i]
                 for seq, leading_space in variants:
                     L = seq.shape[0]
                     p = pos[pos + L <= n]
@@ -657,17 +662,18 @@ class _Block:
 
 
 def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, block_tokens: int,
-                    end: int | None = None, begin: int = 0) -> Iterator[_Block]:
+                    end: int | None = None, begin: int = 0, offset_unit: int = 1) -> Iterator[_Block]:
     """Blocks of a flat token stream with ``halo`` tokens of context on both sides; cores tile
-    ``[begin, end)``."""
+    ``[begin, end)``. ``doc_offsets`` may be a memmap in units of ``offset_unit`` (an index's
+    byte pointers): only the slice near each block is read."""
     n = int(tokens.shape[0])
     end = n if end is None else min(end, n)
     for a in range(begin, end, block_tokens):
         b = min(a + block_tokens, end)
         lo, hi = max(a - halo, 0), min(b + halo, n)
-        i0 = np.searchsorted(doc_offsets, lo, side="right") - 1
-        i1 = np.searchsorted(doc_offsets, hi, side="left")
-        starts = np.asarray(doc_offsets[max(i0, 0) : i1], dtype=np.int64) - lo
+        i0 = np.searchsorted(doc_offsets, lo * offset_unit, side="right") - 1
+        i1 = np.searchsorted(doc_offsets, hi * offset_unit, side="left")
+        starts = np.asarray(doc_offsets[max(i0, 0) : i1], dtype=np.int64) // offset_unit - lo
         starts = np.maximum(starts, 0)
         # the block's first token lies inside some document: mark position 0 as its start so
         # searchsorted never returns segment 0 for in-document tokens
@@ -797,6 +803,7 @@ def count_token_stream(
     token_limit: int | None = None,
     state_file: str | os.PathLike | None = None,
     state_key: str = "",
+    offset_unit: int = 1,
     progress: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Count support events in a flat token array (memmap welcome) with document offsets.
@@ -812,6 +819,8 @@ def count_token_stream(
         state_file: where to save progress (JSON, atomically, every few seconds); a rerun with
             the same inputs resumes from it, and it is removed when the count completes.
         state_key: identity of the stream (e.g. its path and size) folded into the state key.
+        offset_unit: a document starts at token ``doc_offsets[i] // offset_unit`` (pass an
+            index's byte ``pointers`` and its token size to avoid materialising token offsets).
         progress: show a tqdm bar.
 
     Returns:
@@ -826,8 +835,8 @@ def count_token_stream(
     state = _State(state_file, _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens))
     tallies, begin, _ = state.load(len(rules))
     with tqdm(total=n_count, initial=begin, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
-        for block in _indexed_blocks(tokens, np.asarray(doc_offsets, np.int64), halo=halo,
-                                     block_tokens=block_tokens, end=n_count, begin=begin):
+        for block in _indexed_blocks(tokens, doc_offsets, halo=halo, block_tokens=block_tokens, end=n_count,
+                                     begin=begin, offset_unit=offset_unit):
             _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
                          window=window, tallies=tallies, window_tokens=window_tokens, limit=n_count)
             bar.update(block.core[1] - block.core[0])
@@ -1025,7 +1034,12 @@ def count_support(
 
     if indexed_prefix is not None:
         ds = IndexedDataset(indexed_prefix)
-        counts = count_token_stream(ds.tokens, ds.item_offsets, compiled, vocab, window=w, window_tokens=wt,
+        if not ds.is_contiguous:
+            raise CorpusError(f"{indexed_prefix}.idx: items are not stored back to back in .bin; rewrite the "
+                              "dataset with IndexedDatasetWriter to get a flat stream")
+        # documents = idx items; their byte pointers are read lazily near each block
+        counts = count_token_stream(ds.tokens, ds.pointers, compiled, vocab, offset_unit=ds.dtype.itemsize,
+                                    window=w, window_tokens=wt,
                                     block_tokens=block_tokens, token_limit=token_limit, progress=progress,
                                     state_file=state_file, state_key=_source_identity(indexed_prefix.with_suffix(".bin")))
     else:
