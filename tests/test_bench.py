@@ -1,0 +1,154 @@
+"""The benchmark: its quick path end to end, its battery, its floor arithmetic, its baseline.
+
+The quick path runs every competitor (ours, lm-eval, minicons, full-logits) on a tiny GPT-NeoX
+with Pythia's padded vocabulary and the real NeoX tokenizer; the table must name each one and
+every competitor's log-probs must agree with ours to 1e-4 (the benchmark computes that delta
+itself, from independent implementations; here we also check the full-logits baseline against
+a plain one-item loop written in this file).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from tinymodels import neox_tokenizer
+
+from pythia_forensics import bench
+from pythia_forensics.constants import BENCH_COMPETITORS, BENCH_MAX_ABS_DELTA, BENCH_MIN_ITEMS
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    neox_tokenizer()  # skip cleanly without the real tokenizer
+    out = tmp_path_factory.mktemp("bench")
+    plan = replace(bench.default_plan(quick=True), items=48, support_tokens=200_000)
+    # in-process: one import of torch/lm-eval instead of four fresh interpreters (RSS not measured)
+    return out, bench.run_bench(out, plan=plan, isolate=False, gpu=False, progress=False)
+
+
+def test_quick_table_names_every_competitor_and_agrees_with_ours(quick_report):
+    out, report = quick_report
+    table = pd.read_csv(out / "bench.csv")
+    assert set(table["competitor"]) == set(BENCH_COMPETITORS)
+    assert (table["status"] == "ok").all(), table[["competitor", "status"]]
+    others = table[table["competitor"] != "ours"]
+    assert others["max_abs_delta_logp"].notna().all()
+    assert (others["max_abs_delta_logp"] <= BENCH_MAX_ABS_DELTA).all(), others[["competitor", "max_abs_delta_logp"]]
+    assert (table["wall_per_revision_s"] > 0).all()
+    assert (table.loc[table["competitor"] == "ours", "ratio_vs_ours"] == 1.0).all()
+    md = (out / "bench.md").read_text()
+    for comp in BENCH_COMPETITORS:
+        assert f"| {comp} |" in md
+    assert "## Where our time goes" in md and "## The machine's floor" in md
+    assert "skipped" in md  # GPU section disabled here, said so
+
+
+def test_quick_breakdown_and_floor_are_consistent(quick_report):
+    _, report = quick_report
+    stages = report["breakdown"]["tiny"]
+    assert stages["forward"] > 0 and stages["load"] > 0
+    parts = sum(v for k, v in stages.items() if k != "total")
+    assert parts == pytest.approx(stages["total"], rel=1e-6)
+    floor = report["floor"]["tiny"]
+    assert 0 < floor["compute_s"] and 0 < floor["load_s"]
+    assert floor["floor_s"] == max(floor["compute_s"], floor["load_s"])
+
+
+def test_battery_mixes_lengths_candidates_and_shared_prefixes():
+    tok = neox_tokenizer()
+    probes = bench.build_battery()
+    assert len(probes.items) >= BENCH_MIN_ITEMS
+    assert len({i.item_id for i in probes.items}) == len(probes.items)
+    stats = bench.battery_stats(probes, tok)
+    assert stats.single_token_items > 200 and stats.multi_token_items > 200
+    assert stats.distinct_prefixes < 0.7 * stats.items  # many items share a prefix
+    assert stats.prefix_tokens_min <= 4 and stats.prefix_tokens_max >= 30
+    # the trie never has more tokens than running every (item, candidate) on its own
+    assert stats.distinct_tokens < stats.naive_tokens
+
+
+def test_battery_stats_count_a_hand_made_trie():
+    tok = neox_tokenizer()
+    from pythia_forensics.probes import ProbeItem, ProbeSet
+
+    items = (
+        ProbeItem("a", "pronoun_gender", "conflict", "train", "Sue cried because", " she", " he"),
+        ProbeItem("b", "pronoun_gender", "conflict", "train", "Sue cried because", " she was", " he was"),
+    )
+    stats = bench.battery_stats(ProbeSet("t", items, "x", "test"), tok)
+    prefix = tok("Sue cried because", add_special_tokens=False)["input_ids"]
+    n = len(prefix)
+    assert stats.distinct_prefixes == 1
+    # rows read: after the prefix (shared by all four candidates), after " she", after " he"
+    assert stats.distinct_contexts == 3
+    # trie of prefix + candidate[:-1]: the prefix's n tokens, then " she" and " he" branches
+    assert stats.distinct_tokens == n + 2
+    assert stats.naive_tokens == 2 * (n + 1) + 2 * (n + 2)
+
+
+def test_lower_bound_arithmetic():
+    shape = bench.BenchShape("s", layers=2, d_model=8, heads=2, vocab_size=100)
+    assert shape.params_nonembedding == 12 * 64 * 2 + 13 * 8 * 2 + 2 * 8
+    stats = bench.BatteryStats(items=1, single_token_items=1, multi_token_items=0, distinct_prefixes=1,
+                               distinct_contexts=3, distinct_tokens=10, attention_positions=55,
+                               prefix_tokens_min=10, prefix_tokens_max=10, prefix_tokens_mean=10.0, naive_tokens=22)
+    f = bench.lower_bound(shape, stats, flops_per_s=1e6, read_bytes_per_s=1e3, weight_bytes=500)
+    body = 2 * shape.params_nonembedding * 10 + 4 * 2 * 8 * 55
+    head = 2 * 8 * 100 * 3
+    assert f["flops"] == body + head
+    assert f["compute_s"] == pytest.approx((body + head) / 1e6)
+    assert f["load_s"] == pytest.approx(0.5)
+    assert f["floor_s"] == max(f["compute_s"], 0.5)
+
+
+def test_missing_numbers_count_as_mismatch(tmp_path):
+    import numpy as np
+
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, np.zeros((2, 3, 2)))
+    np.save(b, np.full((1, 3, 2), np.nan))
+    revs = [tmp_path / "step1", tmp_path / "step2"]
+    ours = bench.RunResult("ours", "s", 0, 2, 3, 1.0, 0.0, 1.0, None, logp_file=str(a))
+    other = bench.RunResult("x", "s", 0, 1, 3, 1.0, 0.0, 1.0, None, logp_file=str(b))
+    assert bench._max_abs_delta(ours, other, revs, revs[1:]) == math.inf
+    np.save(b, np.full((1, 3, 2), 0.25))
+    assert bench._max_abs_delta(ours, other, revs, revs[1:]) == 0.25
+
+
+def test_full_logits_baseline_matches_a_plain_loop(tmp_path):
+    """The baseline the table compares against is itself right: one item at a time, fp32."""
+    import numpy as np
+    import torch
+
+    tok = neox_tokenizer()
+    shape = bench.bench_shapes(quick=True)[0]
+    model_dir = bench.build_suite(tmp_path / "suite", shape, revisions=1, progress=False)
+    rev = bench.revision_dirs(model_dir)[0]
+    probes = bench.build_battery(min_items=12)
+    logp, _, _, _ = bench._sweep_full_logits([rev], probes, batch_size=5)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(rev), dtype=torch.float32).eval()
+    for k, it in enumerate(probes.items[:6]):
+        for j, cand in enumerate((it.target, it.foil)):
+            p = tok(it.prefix, add_special_tokens=False)["input_ids"]
+            c = tok(cand, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([p + c])).logits[0].double(), -1)
+            want = sum(lp[len(p) - 1 + t, c[t]].item() for t in range(len(c)))
+            assert logp[0, k, j] == pytest.approx(want, abs=1e-4)
+    assert not np.isnan(logp).any()
+
+
+def test_cli_without_tokenizer_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from pythia_forensics.cli import main
+
+    monkeypatch.setenv("PF_NEOX_TOKENIZER", str(tmp_path / "missing.json"))
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--out", str(tmp_path / "o"), "--quick"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "PF_NEOX_TOKENIZER" in err and "\n" not in err
