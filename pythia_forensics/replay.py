@@ -36,7 +36,6 @@ from pythia_forensics import __version__
 from pythia_forensics.constants import (
     DEFAULT_REPLAY_CHUNK,
     DEFAULT_RESULTS_DIR,
-    FP32_MAX_PARAMS,
     HEALTH_SKIP_STATUSES,
     STEP_DIR_PREFIX,
 )
@@ -190,16 +189,11 @@ def _code_version() -> str:
     return str(getattr(scoring, "SCORING_VERSION", None) or __version__)
 
 
-def _resolve_dtype(dtype: str, params: int | None) -> str:
+def _resolve_dtype(dtype: str, params: int | None, device: str) -> str:
     """The dtype `auto` will mean, known before loading so it can be part of the work key."""
     from pythia_forensics import scoring
 
-    resolver = getattr(scoring, "resolve_dtype", None)
-    if resolver is not None:
-        return str(resolver(dtype, params=params))
-    if dtype != "auto":
-        return str(dtype).replace("torch.", "")
-    return "float32" if params is None or params <= FP32_MAX_PARAMS else "bfloat16"
+    return str(scoring.resolve_dtype(dtype, params=params, device=scoring.resolve_device(device)))
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -255,7 +249,7 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
                 spec_text = ",".join(str(int(x)) for x in steps)
             chosen = parse_steps(spec_text, sorted(by_step))
             chosen_names = [by_step[x] for x in chosen]
-        dtype = _resolve_dtype(opts.dtype, spec.params_total)
+        dtype = _resolve_dtype(opts.dtype, spec.params_total, opts.device)
         for revision in chosen_names:
             index += 1
             # Ranks split the whole planned grid, not what is left of it, so every rank
@@ -360,14 +354,16 @@ class _Fetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _provenance(record: Any, batch_size: Any, device: str) -> dict[str, Any]:
+def _provenance(record: Any, frame: pd.DataFrame) -> dict[str, Any]:
     import torch
     import transformers
 
     return {
         "repo": record.repo, "step": record.step, "commit": record.commit,
         "weights_sha256": record.weights_sha256,
-        "batch_size": str(batch_size), "device": device, "pf_version": __version__,
+        # what actually ran (an `auto` batch size halves itself on out-of-memory)
+        "batch_size": int(frame.attrs.get("batch_size", 0)), "device": str(frame.attrs.get("device", "")),
+        "pf_version": __version__,
         "torch_version": torch.__version__, "transformers_version": transformers.__version__,
     }
 
@@ -409,14 +405,13 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
             else:
                 scoring.load_weights_into(skeleton[1], path)
             _, model, tokenizer = skeleton
-            device = str(next(model.parameters()).device)
             for key, probe_set in item.keys:
                 bar.set_postfix_str(f"{key.model}@{key.revision} {key.probeset}", refresh=False)
                 frame = scoring.score(model, probe_set, tokenizer=tokenizer, revision=key.revision,
                                       options=scoring.ScoreOptions(dtype=key.dtype, device=opts.device,
                                                                    batch_size=opts.batch_size, bos=key.bos,
                                                                    vocab_rows=key.vocab_rows))
-                store.write(key, frame, provenance=_provenance(fetched, opts.batch_size, device))
+                store.write(key, frame, provenance=_provenance(fetched, frame))
                 written += 1
                 bar.update(1)
             score_intervals.append((t0, time.perf_counter()))

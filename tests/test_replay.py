@@ -114,7 +114,7 @@ def _stable(frame: pd.DataFrame) -> pd.DataFrame:
 # --- local suite -----------------------------------------------------------------------------
 def test_local_replay_equals_scoring_each_checkpoint_alone(suite, probe_files, reference_run):
     from pythia_forensics.probes import load_probes
-    from pythia_forensics.scoring import score
+    from pythia_forensics.scoring import load_model, score
 
     results, summary = reference_run
     assert summary.revisions_planned == 30 and summary.revisions_scored == 30
@@ -125,9 +125,10 @@ def test_local_replay_equals_scoring_each_checkpoint_alone(suite, probe_files, r
     sets = [load_probes(p) for p in probe_files]
     for model in MODELS:
         for step in STEPS:
-            path = suite / model / f"step{step}"
+            # each checkpoint loaded on its own from its folder (no skeleton reuse)
+            net, tokenizer = load_model(suite / model / f"step{step}", dtype="float32", device="cpu")
             for probe_set in sets:
-                alone = score(str(path), probe_set).set_index("item_id").sort_index()
+                alone = score(net, probe_set, tokenizer=tokenizer).set_index("item_id").sort_index()
                 got = rows[(rows.model == model) & (rows.revision == f"step{step}")
                            & (rows.probeset == probe_set.name)].set_index("item_id").sort_index()
                 assert list(got.index) == list(alone.index)
@@ -229,55 +230,74 @@ def _run_cli(args: list[str], **kw) -> subprocess.Popen:
 
 
 def test_sigkill_at_ten_random_moments_then_resume_equals_uninterrupted(suite, probe_files, reference_run, tmp_path):
+    """Ten replays SIGKILLed at random moments, then a CLI rerun: the store equals one clean run.
+
+    The killed replays are processes forked from a forkserver that imported torch and the
+    package once, so each kill costs milliseconds of start-up instead of seconds.
+    """
+    import multiprocessing
+
+    from pythia_forensics.replay import replay
+
     results = tmp_path / "killed"
-    args = ["replay", *[str(suite / m) for m in MODELS], "--probes", str(probe_files[0]),
-            "--probes", str(probe_files[1]), "--results", str(results)]
+    models = [str(suite / m) for m in MODELS]
+    probes = [str(p) for p in probe_files]
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.gpt_neox.modeling_gpt_neox",
+                                "pandas", "pyarrow.parquet", "pythia_forensics.replay", "pythia_forensics.scoring",
+                                "pythia_forensics.sources", "pythia_forensics.probes"])
     store = ResultsStore(results)
     rng = random.Random(4)
     kills = 0
-    for attempt in range(30):
-        if kills == 10:
+    for _ in range(40):
+        if kills == 10 or len(store.keys()) == 60:
             break
         done_before = len(store.keys())
-        proc = _run_cli(args)
-        # Kill at a random moment after this run has made progress (so every kill lands in the
-        # middle of real work: fetching, scoring or writing), or at a random moment of start-up.
-        deadline = time.monotonic() + 60
+        proc = ctx.Process(target=replay, args=(models, probes),
+                           kwargs={"results": str(results), "progress": False})
+        proc.start()
+        # Every third kill at a random moment of start-up/planning; the others at a random
+        # moment after this run has written something (mid-fetch, mid-score or mid-write).
         if kills % 3 == 0:
-            time.sleep(rng.uniform(0.5, 4.0))
+            proc.join(timeout=rng.uniform(0.05, 1.5))
         else:
-            while len(store.keys()) <= done_before and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while len(store.keys()) <= done_before and proc.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            proc.join(timeout=rng.uniform(0.0, 0.5))
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)
             kills += 1
-        proc.wait()
-        if len(store.keys()) == 60:
-            break
-    assert kills >= 5, f"only {kills} kills landed before the sweep finished"
-    final = _run_cli(args)
+        proc.join()
+    assert kills == 10, f"only {kills} kills landed before the sweep finished"
+    assert len(store.keys()) < 60  # the kills left work to resume
+    final = _run_cli(["replay", *models, *[a for p in probes for a in ("--probes", p)], "--results", str(results)])
     assert final.wait(timeout=300) == 0, final.stderr.read()
     expected = _stable(ResultsStore(reference_run[0]).items())
     got = _stable(store.items())
-    pd.testing.assert_frame_equal(got.drop(columns=["work_key"]), expected.drop(columns=["work_key"]),
-                                  check_exact=False, atol=1e-6, rtol=0)
+    assert len(got) == len(expected) and not got.duplicated(["model", "revision", "probeset", "item_id"]).any()
     assert (got["work_key"] == expected["work_key"]).all()  # same keys: same inputs, same code
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-6, rtol=0)
     assert len(store.keys()) == 60
-    assert not list(results.rglob(".tmp-*"))
+    assert not list(results.rglob(".tmp-*"))  # the rerun cleaned up what the kills left
 
 
 def test_submitit_two_task_array_on_local_executor(suite, probe_files, tmp_path):
     from pythia_forensics.replay import replay
 
-    summary = replay([str(suite / "mini-c")], str(probe_files[0]), results=tmp_path / "arr", steps="0:256",
-                     executor="submitit-local", chunk=5, progress=False)
-    assert summary.jobs == 2
-    assert summary.revisions_scored == 10 and summary.units_scored == 10
-    assert len(list((tmp_path / "arr" / ".submitit").glob("*_0_result.pkl"))) + \
-        len(list((tmp_path / "arr" / ".submitit").rglob("*_result.pkl"))) >= 2
+    summary = replay([str(suite / "mini-c")], str(probe_files[0]), results=tmp_path / "arr", steps="0:4",
+                     executor="submitit-local", chunk=2, progress=False)
+    assert summary.jobs == 2  # one array of two tasks: steps (0, 1) and (2, 4)
+    assert summary.revisions_scored == 4 and summary.units_scored == 4
+    assert len(list((tmp_path / "arr" / ".submitit").rglob("*_result.pkl"))) == 2
     rows = ResultsStore(tmp_path / "arr").items()
-    assert len(rows) == 10 * len(PRONOUN) and not rows.duplicated(["revision", "item_id"]).any()
+    assert len(rows) == 4 * len(PRONOUN) and not rows.duplicated(["revision", "item_id"]).any()
+    assert sorted(set(rows["step"])) == [0, 1, 2, 4]
+    # the array tasks wrote exactly what an in-process replay computes
+    ref = replay([str(suite / "mini-c")], str(probe_files[0]), results=tmp_path / "ref", steps="0:4",
+                 progress=False)
+    assert ref.revisions_scored == 4
+    np.testing.assert_allclose(rows["margin"], ResultsStore(tmp_path / "ref").items()["margin"], atol=1e-6)
 
 
 def test_rank_slices_are_disjoint_and_cover_the_work(suite, probe_files, tmp_path, monkeypatch):
