@@ -63,6 +63,8 @@ __all__ = [
     "best_fitting_dtype",
     "step_token_range",
     "dataset_prefix",
+    "index_path",
+    "data_path",
 ]
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
@@ -97,6 +99,18 @@ def dataset_prefix(path: str | os.PathLike) -> Path:
     if p.suffix in (".bin", ".idx"):
         return p.with_suffix("")
     return p
+
+
+def index_path(prefix: str | os.PathLike) -> Path:
+    """``PREFIX.idx`` (appended, so a prefix with dots such as ``pile.v1`` keeps them)."""
+    p = dataset_prefix(prefix)
+    return p.with_name(p.name + ".idx")
+
+
+def data_path(prefix: str | os.PathLike) -> Path:
+    """``PREFIX.bin``."""
+    p = dataset_prefix(prefix)
+    return p.with_name(p.name + ".bin")
 
 
 def step_token_range(step_start: int, step_end: int, *, tokens_per_step: int) -> tuple[int, int]:
@@ -141,7 +155,7 @@ class IndexedDataset:
 
     def __init__(self, prefix: str | os.PathLike) -> None:
         self.prefix = dataset_prefix(prefix)
-        idx_path, bin_path = self.prefix.with_suffix(".idx"), self.prefix.with_suffix(".bin")
+        idx_path, bin_path = index_path(self.prefix), data_path(self.prefix)
         for p in (idx_path, bin_path):
             if not p.is_file():
                 raise CorpusError(
@@ -375,8 +389,8 @@ class IndexedDatasetWriter:
             with open(self._docs_tmp, "rb") as docs:
                 while block := docs.read(8 * _COPY_CHUNK):
                     out.write(block)
-        os.replace(self._bin_tmp, self.prefix.with_suffix(".bin"))
-        os.replace(idx_tmp, self.prefix.with_suffix(".idx"))
+        os.replace(self._bin_tmp, data_path(self.prefix))
+        os.replace(idx_tmp, index_path(self.prefix))
         for p in (self._sizes_tmp, self._docs_tmp):
             p.unlink(missing_ok=True)
         self._closed = True

@@ -60,7 +60,7 @@ from pythia_forensics.constants import (
     probes_dir,
 )
 from pythia_forensics.errors import ConfigError, CorpusError, TokenizationError
-from pythia_forensics.indexed import IndexedDataset, dataset_prefix
+from pythia_forensics.indexed import IndexedDataset, data_path, dataset_prefix, index_path
 from pythia_forensics.mini import corpus as _mini_corpus
 
 __all__ = [
@@ -993,7 +993,7 @@ def count_support(
         meta = _read_corpus_meta(path)
         if tokenizer is None and (path / _CORPUS_TOKENIZER).is_file():
             tokenizer = path / _CORPUS_TOKENIZER
-    elif path.suffix in (".bin", ".idx") or dataset_prefix(path).with_suffix(".idx").is_file() and not path.is_file():
+    elif path.suffix in (".bin", ".idx") or (not path.exists() and index_path(path).is_file()):
         indexed_prefix = dataset_prefix(path)
     elif not path.exists():
         raise CorpusError(f"corpus not found: {path}; pass a text/JSONL/Parquet file, a .bin/.idx prefix or a folder")
@@ -1041,7 +1041,7 @@ def count_support(
         counts = count_token_stream(ds.tokens, ds.pointers, compiled, vocab, offset_unit=ds.dtype.itemsize,
                                     window=w, window_tokens=wt,
                                     block_tokens=block_tokens, token_limit=token_limit, progress=progress,
-                                    state_file=state_file, state_key=_source_identity(indexed_prefix.with_suffix(".bin")))
+                                    state_file=state_file, state_key=_source_identity(data_path(indexed_prefix)))
     else:
         tok = load_tokenizer(tokenizer)
         docs, total = _text_documents(path, text_field=text_field)

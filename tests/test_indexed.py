@@ -125,6 +125,14 @@ def test_reader_errors_are_pf_errors(tmp_path):
         IndexedDataset(tmp_path / "bad")
 
 
+def test_dotted_prefix(tmp_path):
+    with IndexedDatasetWriter(tmp_path / "pile.v1") as w:
+        w.add_document([4, 5])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pile.v1.bin", "pile.v1.idx"]
+    assert list(IndexedDataset(tmp_path / "pile.v1")[0]) == [4, 5]
+    assert list(IndexedDataset(tmp_path / "pile.v1.idx")[0]) == [4, 5]
+
+
 def test_empty_dataset(tmp_path):
     with IndexedDatasetWriter(tmp_path / "e"):
         pass
