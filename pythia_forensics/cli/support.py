@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from pythia_forensics.constants import DEFAULT_SUPPORT_WINDOW
+from pythia_forensics.constants import DEFAULT_SUPPORT_WINDOW, PYTHIA_STORED_TOKENS_PER_STEP
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
         rules: list[str] = typer.Option(["all"], "--rules", help="Rule YAML file, shipped rule name, or 'all' (repeatable)."),
         window: int = typer.Option(DEFAULT_SUPPORT_WINDOW, "--window", help="W: tokens after (before) a cue."),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer.json, model folder or model name."),
-        tokens_per_step: Optional[int] = typer.Option(None, "--tokens-per-step", help="Stored tokens per training step."),
+        tokens_per_step: Optional[int] = typer.Option(
+            None, "--tokens-per-step",
+            help=f"Stored tokens per training step (Pythia's pre-shuffled document.bin: {PYTHIA_STORED_TOKENS_PER_STEP})."),
         window_steps: Optional[int] = typer.Option(None, "--window-steps", help="Training steps per window."),
         mode: str = typer.Option("windowed", "--mode", help="windowed | bigram"),
         text_field: str = typer.Option("text", "--text-field", help="Text field/column of JSONL, Parquet, datasets."),
