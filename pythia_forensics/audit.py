@@ -28,12 +28,14 @@ import numpy as np
 from pythia_forensics.constants import (
     AUDIT_MAX_DELTA,
     AUDIT_REFERENCE_DTYPE,
+    AUDIT_REVISIONS,
     AUDIT_SAMPLE,
     AUDIT_SEED,
 )
 from pythia_forensics.errors import AuditError
 
-__all__ = ["AuditItem", "AuditReport", "audit", "sample_items", "compare_frames"]
+__all__ = ["AuditItem", "AuditReport", "audit", "audit_revisions", "pick_revisions", "sample_items",
+           "compare_frames"]
 
 VERDICTS = ("pass", "drift", "fail")
 REFERENCE_BATCH_SIZE = 1  # one item per forward pass: no padding, no batch-shape effects
@@ -291,3 +293,59 @@ def audit(model: Any, *, revision: str | None = None, probes: Any, dtype: str = 
         flips=sum(i.flipped for i in items), flipped=tuple(i.item_id for i in items if i.flipped),
         nonfinite=nonfinite, tolerance=tolerance, verdict=verdict, items=tuple(items),
     )
+
+
+def pick_revisions(revisions: Sequence[str], n: int) -> list[str]:
+    """`n` revisions spread evenly over a grid, first and last included, in grid order.
+
+    Raises:
+        AuditError: n < 1.
+    """
+    if n < 1:
+        raise AuditError(f"the number of revisions to audit must be at least 1, got {n}")
+    if n >= len(revisions):
+        return list(revisions)
+    idx = sorted({int(round(x)) for x in np.linspace(0, len(revisions) - 1, n)})
+    return [revisions[i] for i in idx]
+
+
+def audit_revisions(model: Any, *, probes: Any, revisions: Sequence[str] | None = None,
+                    n_revisions: int = AUDIT_REVISIONS, suite_dir: str | Path | None = None,
+                    cache_dir: str | Path | None = None, progress: bool = True,
+                    **options: Any) -> tuple[AuditReport, ...]:
+    """Audit a sample of a model's revisions (what a replay runs before trusting a sweep).
+
+    Each revision is fetched through `sources` (hub revisions into the shared cache, local
+    ones read in place) and audited with `audit`.
+
+    Args:
+        model: a registry name, hub id, local model folder or `ModelSpec`.
+        probes: a `ProbeSet` or anything `load_probes` accepts.
+        revisions: revisions to audit; default: `n_revisions` spread over the grid.
+        n_revisions: how many when `revisions` is not given.
+        suite_dir: a local suite folder to look model names up in.
+        cache_dir: hub cache folder (default: huggingface_hub's).
+        progress: show a progress bar.
+        **options: passed to `audit` (dtype, batch_size, sample, device, tolerance, ...).
+
+    Returns:
+        One `AuditReport` per revision, in grid order.
+    """
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    from pythia_forensics.constants import MAIN_REVISION
+    from pythia_forensics.registry import resolve_model
+    from pythia_forensics.sources import open_source
+
+    spec = model if hasattr(model, "steps") and hasattr(model, "source") else resolve_model(model, suite_dir=suite_dir)
+    src = open_source(spec, **({"cache_dir": str(cache_dir)} if cache_dir and spec.source != "local" else {}))
+    chosen = list(revisions) if revisions else pick_revisions(
+        [r for r in src.revisions() if r != MAIN_REVISION], n_revisions)
+    reports = []
+    for rev in tqdm(chosen, desc=f"audit {spec.name}", unit="rev", disable=not progress):
+        record = src.fetch(rev)
+        report = audit(str(record.path), probes=probes, **options)
+        reports.append(replace(report, model=spec.name, revision=rev))
+    return tuple(reports)

@@ -125,6 +125,7 @@ AUDIT_SAMPLE = 64
 AUDIT_SEED = 0
 AUDIT_MAX_DELTA = 1e-4
 AUDIT_REFERENCE_DTYPE = "float32"
+AUDIT_REVISIONS = 3  # revisions a sampled audit spreads over the grid (first, middle, last)
 
 # --- support counters (support.py, issue #7) ------------------------------------------------
 DEFAULT_SUPPORT_WINDOW = 16  # W: tokens after (or before) a cue where a target/competitor counts

@@ -119,3 +119,34 @@ def test_cli_user_mistakes_exit_2(tiny_checkpoint, capsys, extra, needle):
     code, _, err = _cli(["audit", str(tiny_checkpoint), "--probes", "pronoun_gender", "--device", "cpu", *extra],
                         capsys)
     assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_pick_revisions_spreads_over_the_grid():
+    from pythia_forensics.audit import pick_revisions
+
+    grid = [f"step{s}" for s in (0, 1, 2, 4, 8, 1000, 2000, 3000)]
+    assert pick_revisions(grid, 3) == ["step0", "step8", "step3000"]
+    assert pick_revisions(grid, 1) == ["step0"] and pick_revisions(grid, 20) == grid
+    with pytest.raises(AuditError):
+        pick_revisions(grid, 0)
+
+
+def test_audit_revisions_of_a_local_suite(tmp_path, tiny_tokenizer, capsys):
+    import json as _json
+
+    from tinymodels import save_checkpoint, tiny_neox
+
+    model_dir = tmp_path / "suite" / "tiny"
+    for seed, step in enumerate((0, 10, 20)):
+        save_checkpoint(model_dir / f"step{step}", tiny_neox(len(tiny_tokenizer), seed=seed), tiny_tokenizer)
+    (model_dir / "manifest.json").write_text(_json.dumps({"model": "tiny", "steps": [0, 10, 20]}))
+    code, out, _ = _cli(["audit", str(model_dir), "--revisions", "2", "--probes", "pronoun_gender",
+                         "--dtype", "float32", "--batch-size", "8", "--sample", "8", "--device", "cpu",
+                         "--out", str(tmp_path / "a.json")], capsys)
+    data = _json.loads((tmp_path / "a.json").read_text())
+    assert code == 0 and [r["revision"] for r in data["reports"]] == ["step0", "step20"]
+    assert all(r["verdict"] == "pass" and r["model"] == "tiny" for r in data["reports"])
+    # different revisions really were loaded: their reference margins differ
+    m0 = [i["margin_reference"] for i in data["reports"][0]["items"]]
+    m2 = [i["margin_reference"] for i in data["reports"][1]["items"]]
+    assert m0 != m2

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Checkpoint folder, hub id, registry name or local suite model."),
         probes: list[str] = typer.Option(..., "--probes", "-p", help="Probe-set name or file (repeatable)."),
         revision: Optional[str] = typer.Option(None, help="Hub branch or local step<N> folder."),
+        revisions: int = typer.Option(0, help="Instead of one revision, audit N spread over the grid (0: off)."),
         dtype: str = typer.Option("auto", help="Configured dtype: auto | float32 | bfloat16 | float16"),
         batch_size: str = typer.Option("auto", help="Configured items per forward pass, or auto."),
         sample: int = typer.Option(AUDIT_SAMPLE, help="Items to re-score (seeded, stratified); 0 = all."),
@@ -39,21 +40,29 @@ def register(app: typer.Typer) -> None:
             raise AuditError(f"--sample must be a positive item count or 0 for all, got {sample}")
         if not (batch_size == "auto" or batch_size.isdigit()):
             raise AuditError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}")
-        report = audit(model, revision=revision, probes=probes, dtype=dtype,
-                       batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
-                       sample=sample or None, device=device, tolerance=tolerance, suite_dir=suite_dir)
-        summary = Table(title=f"audit of {report.model}" + (f"@{report.revision}" if report.revision else ""))
-        for col in ("configured", "reference", "items", "max |Δ margin|", "mean |Δ margin|", "flips", "verdict"):
+        kwargs = dict(dtype=dtype, batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+                      sample=sample or None, device=device, tolerance=tolerance)
+        if revisions:
+            from pythia_forensics.audit import audit_revisions
+
+            reports = audit_revisions(model, probes=probes, n_revisions=revisions, suite_dir=suite_dir, **kwargs)
+        else:
+            reports = (audit(model, revision=revision, probes=probes, suite_dir=suite_dir, **kwargs),)
+        summary = Table(title=f"numerical audit of {reports[0].model}")
+        for col in ("revision", "configured", "reference", "items", "max |Δ margin|", "mean |Δ margin|",
+                    "flips", "verdict"):
             summary.add_column(col)
-        summary.add_row(f"{report.dtype}, batch {report.batch_size_used}",
-                        f"{report.reference_dtype}, batch {report.reference_batch_size}",
-                        f"{report.n_items} of {report.n_total}", f"{report.max_abs_delta:.3g} nats",
-                        f"{report.mean_abs_delta:.3g} nats", str(report.flips),
-                        f"[{_VERDICT_STYLE[report.verdict]}]{report.verdict}[/]")
+        for report in reports:
+            summary.add_row(report.revision or "", f"{report.dtype}, batch {report.batch_size_used}",
+                            f"{report.reference_dtype}, batch {report.reference_batch_size}",
+                            f"{report.n_items} of {report.n_total}", f"{report.max_abs_delta:.3g} nats",
+                            f"{report.mean_abs_delta:.3g} nats", str(report.flips),
+                            f"[{_VERDICT_STYLE[report.verdict]}]{report.verdict}[/]")
         console.print(summary)
-        worst = sorted(report.items, key=lambda i: -abs(i.delta))[:_WORST_SHOWN]
-        if report.verdict != "pass" and worst:
-            table = Table(title="largest margin changes (nats)")
+        worst_report = max(reports, key=lambda r: r.max_abs_delta)
+        worst = sorted(worst_report.items, key=lambda i: -abs(i.delta))[:_WORST_SHOWN]
+        if worst_report.verdict != "pass" and worst:
+            table = Table(title=f"largest margin changes (nats), {worst_report.revision or worst_report.model}")
             for col in ("item", "reference", "configured", "Δ", "flipped"):
                 table.add_column(col)
             for i in worst:
@@ -61,6 +70,9 @@ def register(app: typer.Typer) -> None:
                               "yes" if i.flipped else "")
             console.print(table)
         if out is not None:
-            write_report(report.to_dict(), report.to_frame(), out)
-        if report.failed:
+            import pandas as pd
+
+            payload = reports[0].to_dict() if len(reports) == 1 else {"reports": [r.to_dict() for r in reports]}
+            write_report(payload, pd.concat([r.to_frame() for r in reports], ignore_index=True), out)
+        if any(r.failed for r in reports):
             raise typer.Exit(1)
