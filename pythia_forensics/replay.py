@@ -350,8 +350,10 @@ class _Fetcher:
             self.evicted += freed
             self.held = max(0, self.held - freed)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, wait: bool = True) -> None:
+        # On an error or Ctrl-C do not wait for an in-flight download: huggingface_hub resumes
+        # its partial file on the next run.
+        self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _provenance(record: Any, frame: pd.DataFrame) -> dict[str, Any]:
@@ -418,9 +420,12 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
             scored += 1
             fetcher.release(item)
             top_up()
+    except BaseException:
+        fetcher.close(wait=False)
+        raise
     finally:
         bar.close()
-        fetcher.close()
+    fetcher.close()
     fetch_s = sum(e - s for s, e in fetcher.intervals)
     return replace(
         summary,
@@ -557,7 +562,9 @@ def replay(
     budget = parse_size(disk_budget)
     if budget is not None and budget <= 0:
         raise DiskBudgetError(f"disk budget must be positive, got {disk_budget!r}")
-    names = [models] if isinstance(models, (str, Path)) else list(models)
+    names = list(dict.fromkeys([str(models)] if isinstance(models, (str, Path)) else [str(m) for m in models]))
+    if not names:
+        raise PFError("no model given; pass a registry name (pythia-160m), a hub id or a local model folder")
     specs = [resolve_model(m, suite_dir=suite_dir) for m in names]
     probe_sets = _load_probe_sets(probes)
     store = ResultsStore(results)

@@ -317,6 +317,25 @@ def test_rank_slices_are_disjoint_and_cover_the_work(suite, probe_files, tmp_pat
     assert sorted(set(rows["step"])) == [0, 1, 2, 4, 8]
 
 
+def test_health_skip_and_flag(suite, probe_files, tmp_path):
+    from pythia_forensics.replay import replay
+
+    store = ResultsStore(tmp_path / "h")
+    store.write_health(pd.DataFrame({"model": ["mini-a", "mini-a"], "revision": ["step2", "step4"],
+                                     "status": ["bad", "flagged"], "reasons": ["truncated weights", "equals main"]}))
+    run = lambda mode: replay([str(suite / "mini-a")], str(probe_files[0]), results=tmp_path / "h",  # noqa: E731
+                              steps="0:4", health=mode, progress=False)
+    skipped = run("skip")
+    assert skipped.revisions_scored == 3 and skipped.revisions_skipped_health == 1
+    assert skipped.revisions_flagged == ("mini-a@step4 (flagged)",)
+    assert sorted(set(store.items()["step"])) == [0, 1, 4]
+    flagged = run("flag")
+    assert flagged.revisions_scored == 1 and flagged.revisions_skipped_health == 0
+    assert set(flagged.revisions_flagged) == {"mini-a@step2 (bad)", "mini-a@step4 (flagged)"}
+    assert "flagged by health" in flagged.render()
+    assert sorted(set(store.items()["step"])) == [0, 1, 2, 4]
+
+
 # --- bad input: one line, exit status 2 -----------------------------------------------------------
 @pytest.mark.parametrize("extra, expect", [
     (["pythia-160mm"], "unknown model 'pythia-160mm'"),
