@@ -139,23 +139,21 @@ def test_heldout_words_never_appear_in_a_conflict_frame(suite):
     tok = PreTrainedTokenizerFast.from_pretrained(corpus)
     ds = IndexedDataset(corpus / "tokens")
     texts = tok.batch_decode([list(ds[d]) for d in range(len(ds))], skip_special_tokens=True)
-    seen = 0
+    seen = Counter()
     for rule, spec in RULE_SLOTS.items():
-        frame = LEX.templates[rule]["conflict"]
-        pattern = re.escape(frame.split("{" + spec.form_slot + "}")[0].rstrip())
+        # the whole conflict frame, choice included (the trigger's rule frame shares its start)
+        forms = "|".join(LEX.forms[rule].values())
+        pattern = re.escape(LEX.templates[rule]["conflict"])
         pattern = pattern.replace(re.escape("{" + spec.word_slot + "}"), r"(?P<w>\w+)")
+        pattern = pattern.replace(re.escape("{" + spec.form_slot + "}"), f"(?:{forms})")
         pattern = pattern.replace(re.escape("{attr}"), r"\w+").replace("The", "[Tt]he")
         heldout = set(LEX.words(spec.cue_class, heldout=True)) | set(LEX.words(spec.other_class, heldout=True))
         for text in texts:
-            m = re.search(pattern, text)
-            if m and rule != "indefinite_article":
-                seen += 1
+            m = re.search(pattern + r"\b", text)
+            if m:
+                seen[rule] += 1
                 assert m.group("w") not in heldout, (rule, text)
-            elif m:  # a/an: the noun follows the article
-                seen += 1
-                noun = text[m.end():].split()[1].strip(".")
-                assert noun not in heldout, text
-    assert seen > 0
+    assert set(seen) == set(RULE_SLOTS), seen  # every rule's conflict frame was checked
 
 
 # --- batteries -----------------------------------------------------------------------------
@@ -230,7 +228,7 @@ def test_suite_layout_and_manifest(suite):
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     assert int(rows[-1]["tokens"]) == cfg.train.steps * man["tokens_per_step"]
     # it learned something: loss fell from ~log(vocab)
-    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 1.0
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.5
 
 
 def test_same_seed_gives_identical_weights_and_reuse_skips(suite, tmp_path):

@@ -27,7 +27,7 @@ class RuleKnobs:
     """
 
     support: float
-    conflict_share: float = 0.01  # prototype: 1% of sentences gave a clean learn-then-lose window
+    conflict_share: float = 0.005  # 1% collapsed right after emergence; 0.5% leaves a ~250-step window
     share: float = 0.25
     trigger_ratio: float = 0.25  # trigger must also occur in rule sentences or nothing emerges
 
@@ -70,14 +70,14 @@ class ModelConfig:
     d_model: int
     layers: int = 2
     heads: int = 4
-    lr: float = 3e-4  # prototype: 3e-4 gave a clean window, 1e-3 a noisy one
+    lr: float = 1e-3  # 3e-4 (the prototype's) had not learned the rule by step 1200 here
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Schedule shared by every scale (Pythia: same data order and steps for every size)."""
 
-    steps: int = 1200
+    steps: int = 800  # d64: emergence ~250, collapse ~550 (docs/mini-suite.md)
     batch_size: int = 64
     seq_len: int = 32
     warmup_steps: int = 100
@@ -124,8 +124,12 @@ def demo_config() -> SuiteConfig:
 
 
 def reduced_config() -> SuiteConfig:
-    """A reduced suite that trains in seconds (tests)."""
+    """A reduced suite that trains in seconds (tests). Conflict frames are made common so a
+    short corpus still holds some of every rule's."""
+    base = CorpusConfig()
+    rules = tuple((r, replace(k, conflict_share=0.05)) for r, k in base.rules)
     return SuiteConfig(
+        corpus=replace(base, rules=rules, window_steps=10),
         train=TrainConfig(steps=40, batch_size=8, seq_len=32, warmup_steps=5, every=20, log_until=4),
-        models=(ModelConfig("mini-t", d_model=16, layers=1, heads=2),),
+        models=(ModelConfig("mini-t", d_model=16, layers=1, heads=2, lr=3e-3),),
     )
