@@ -107,9 +107,10 @@ class ReplaySummary:
             f"{len(self.revisions_flagged)} flagged; {self.units_scored} results written",
             f"disk: {format_size(self.downloaded_bytes)} downloaded, {format_size(self.reused_bytes)} reused, "
             f"{format_size(self.evicted_bytes)} evicted, peak held {format_size(self.peak_held_bytes)}",
-            f"time: {self.wall_s:.1f}s wall, {self.fetch_s:.1f}s fetching, {self.score_s:.1f}s scoring, "
-            f"{self.prefetch_overlap_s:.1f}s of fetching overlapped scoring "
-            f"({100 * self.prefetch_overlap_fraction:.0f}%)" + (f"; {self.jobs} jobs" if self.jobs > 1 else ""),
+            f"time: {self.wall_s:.1f}s wall, {self.fetch_s:.1f}s fetching, {self.score_s:.1f}s scoring"
+            + (f", {self.prefetch_overlap_s:.1f}s of fetching overlapped scoring "
+               f"({100 * self.prefetch_overlap_fraction:.0f}%)" if self.downloaded_bytes else "")
+            + (f"; {self.jobs} jobs" if self.jobs > 1 else ""),
         ]
         if self.revisions_flagged:
             lines.append("flagged by health: " + ", ".join(self.revisions_flagged))
