@@ -168,6 +168,8 @@ SUMMARY_KEYS = ("model", "step", "revision", "probeset", "rule", "condition", "s
 STORE_TEMP_MAX_AGE_S = 24 * 3600
 # Revisions per work unit for array executors (one Slurm task scores one chunk).
 DEFAULT_REPLAY_CHUNK = 8
+# Wall-clock limit of one array task unless --slurm timeout_min=N says otherwise.
+DEFAULT_ARRAY_TIMEOUT_MIN = 240
 # Health statuses replay acts on with `--health skip` (health.py writes health.parquet).
 HEALTH_SKIP_STATUSES = ("bad",)
 
