@@ -139,7 +139,7 @@ class _Problems:
         tail = f"; ... and {more} more" if more > 0 else ""
         error = ProbeFormatError(
             f"{len(self.items)} problem(s) in probe file {source}: {shown}{tail}. "
-            "Fix these items (see README 'Probe format') and rerun."
+            "Fix these items and rerun (format: docs/ARCHITECTURE.md, 'Probe items')."
         )
         error.problems = list(self.items)  # type: ignore[attr-defined]
         raise error
