@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from pythia_forensics import __version__
 from pythia_forensics.constants import (
+    DEFAULT_ARRAY_TIMEOUT_MIN,
     DEFAULT_REPLAY_CHUNK,
     DEFAULT_RESULTS_DIR,
     HEALTH_SKIP_STATUSES,
@@ -42,7 +43,7 @@ from pythia_forensics.constants import (
 from pythia_forensics.errors import DiskBudgetError, PFError, StepSpecError
 from pythia_forensics.store import ResultsStore, WorkKey
 
-__all__ = ["replay", "ReplaySummary", "parse_size", "EXECUTORS", "HEALTH_MODES"]
+__all__ = ["replay", "run_unit", "ReplaySummary", "parse_size", "parse_params", "EXECUTORS", "HEALTH_MODES"]
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 HEALTH_MODES = ("off", "skip", "flag")
@@ -146,6 +147,22 @@ def parse_size(text: str | int | None) -> int | None:
         raise DiskBudgetError(f"malformed disk budget {text!r}: use a size such as 50GB, 800MiB or 123456 (bytes)")
     unit = (match.group(2) or "").lower().rstrip("b")
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["slurm_partition=gpu", "gpus_per_node=1"]` -> `{"slurm_partition": "gpu", "gpus_per_node": 1}`.
+
+    Raises:
+        PFError: an entry is not KEY=VALUE.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PFError(f"malformed --slurm {pair!r}: use KEY=VALUE, e.g. slurm_partition=gpu")
+        value = value.strip()
+        out[key.strip()] = int(value) if value.isdigit() else value
+    return out
 
 
 def format_size(n: int) -> str:
@@ -493,14 +510,32 @@ def _run_array(todo: list[_Todo], *, specs_by_name: dict[str, str], suite_dir: A
         return summary
     started = time.perf_counter()
     folder = Path(results) / ".submitit" / "%j"
-    ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else "slurm")
-    ex.update_parameters(timeout_min=int((slurm or {}).get("timeout_min", 240)), **{
-        k: v for k, v in (slurm or {}).items() if k != "timeout_min"})
-    jobs = ex.map_array(run_unit, units)
+    params = {"timeout_min": DEFAULT_ARRAY_TIMEOUT_MIN, **(slurm or {})}
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else "slurm")
+        ex.update_parameters(**params)
+        jobs = ex.map_array(run_unit, units)
+    except (ValueError, TypeError) as exc:
+        raise PFError(f"submitit rejected the job parameters {params}: {str(exc).splitlines()[0]}; "
+                      "fix the --slurm KEY=VALUE options") from exc
+    except (OSError, RuntimeError) as exc:  # no sbatch on this machine, or it refused the array
+        raise PFError(f"could not submit the {executor} job array ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); on a machine without Slurm use "
+                      "--executor submitit-local or local") from exc
     merged = replace(summary, jobs=0)
+    failed: list[str] = []
     for job in tqdm(jobs, desc="jobs", disable=not opts.progress):
-        merged = merged.merge(replace(job.result(), models=(), probe_sets=(), revisions_planned=0,
+        try:
+            part = job.result()
+        except Exception as exc:  # noqa: BLE001 - a failed task must not hide the others' results
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+            failed.append(f"task {job.job_id}: {lines[-1] if lines else type(exc).__name__}")
+            continue
+        merged = merged.merge(replace(part, models=(), probe_sets=(), revisions_planned=0,
                                       revisions_skipped=0, revisions_skipped_health=0, revisions_flagged=()))
+    if failed:
+        raise PFError(f"{len(failed)} of {len(jobs)} array tasks failed ({failed[0]}); their finished work is "
+                      f"stored: rerun the same command to redo only what is missing (logs in {folder.parent})")
     return replace(merged, wall_s=time.perf_counter() - started)
 
 

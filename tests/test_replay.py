@@ -300,6 +300,20 @@ def test_submitit_two_task_array_on_local_executor(suite, probe_files, tmp_path)
     np.testing.assert_allclose(rows["margin"], ResultsStore(tmp_path / "ref").items()["margin"], atol=1e-6)
 
 
+def test_work_unit_is_idempotent(suite, probe_files, tmp_path):
+    """An array task run twice (a requeued Slurm task) scores once and stores no duplicates."""
+    from pythia_forensics.probes import load_probes
+    from pythia_forensics.replay import run_unit
+
+    unit = {"model": str(suite / "mini-b"), "suite_dir": None, "revisions": ["step2", "step64"],
+            "probes": (load_probes(probe_files[1]),), "results": str(tmp_path / "u"),
+            "options": {"progress": False}}
+    assert run_unit(unit).revisions_scored == 2
+    assert run_unit(unit).revisions_scored == 0
+    rows = ResultsStore(tmp_path / "u").items()
+    assert sorted(set(rows["revision"])) == ["step2", "step64"] and len(rows) == 2 * len(ARTICLE)
+
+
 def test_rank_slices_are_disjoint_and_cover_the_work(suite, probe_files, tmp_path, monkeypatch):
     """What `accelerate launch` does: each rank (RANK/WORLD_SIZE) takes a disjoint slice."""
     from pythia_forensics.replay import replay

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from pythia_forensics.constants import DEFAULT_RESULTS_DIR
+from pythia_forensics.constants import DEFAULT_REPLAY_CHUNK, DEFAULT_RESULTS_DIR
 
 
 def register(app: typer.Typer) -> None:
@@ -25,13 +25,19 @@ def register(app: typer.Typer) -> None:
         executor: str = typer.Option("local", help="local | slurm | submitit-local"),
         health: str = typer.Option("off", help="off | skip | flag (reads RESULTS/health.parquet)"),
         cache_dir: Optional[Path] = typer.Option(None, help="Hub cache folder (default: huggingface_hub's)."),
+        chunk: int = typer.Option(DEFAULT_REPLAY_CHUNK, help="Revisions per array task (slurm executors)."),
+        slurm: list[str] = typer.Option([], "--slurm", help="submitit parameter KEY=VALUE, e.g. "
+                                        "slurm_partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)."),
     ) -> None:
         """Replay checkpoints: fetch within a disk budget, score, store; reruns resume."""
         from pythia_forensics.cli.common import console
         from pythia_forensics.replay import replay
 
+        from pythia_forensics.replay import parse_params
+
         summary = replay(models, probes, steps=steps, suite_dir=suite_dir, results=results,
                          disk_budget=disk_budget, dtype=dtype, device=device,
                          batch_size=int(batch_size) if batch_size.isdigit() else batch_size, bos=bos,
-                         executor=executor, health=health, cache_dir=cache_dir)
+                         executor=executor, health=health, cache_dir=cache_dir, chunk=chunk,
+                         slurm=parse_params(slurm))
         console.print(summary.render(), highlight=False)
