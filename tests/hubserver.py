@@ -122,7 +122,7 @@ class LogEntry:
     path: str          # the URL path (with query)
     file: str | None   # file path in the repo for resolve/cdn requests
     status: int
-    bytes_sent: int    # body bytes written
+    bytes_sent: int    # body bytes the response carries (logged before it is sent: no race with the client)
     range: str | None
 
 
@@ -335,17 +335,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str, *, headers: Mapping[str, str] | None = None,
               method: str = "GET", content_length: int | None = None) -> int:
+        sent = len(body) if method != "HEAD" else 0
+        # Log before answering: the client may act on the response (and a test read the
+        # log) before this thread would get to log after writing it.
+        self._log(method, status, sent)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body) if content_length is None else content_length))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        sent = 0
-        if method != "HEAD" and body:
+        if sent:
             self.wfile.write(body)
-            sent = len(body)
-        self._log(method, status, sent)
         return sent
 
     def _log(self, method: str, status: int, sent: int) -> None:
@@ -519,6 +520,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, body[: len(body) // 2], "application/octet-stream", headers=headers, method=method)
         else:  # drop: promise the whole body, send part of it, cut the connection
             cut = len(body) // 2 if fault.after_bytes is None else min(fault.after_bytes, len(body))
+            self._log(method, status, cut)
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(body)))
@@ -527,5 +529,4 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body[:cut])
             self.wfile.flush()
-            self._log(method, status, cut)
             self.close_connection = True
