@@ -297,23 +297,29 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
                 continue
             todo.append(_Todo(spec=spec, source=source, revision=revision, step=spec.step_of(revision), keys=keys))
     if opts.disk_budget is not None:
-        # dry run: every hub revision still to score must fit the budget on its own
+        # Dry run before anything downloads: one revision per hub model (a model's checkpoints
+        # are one size; each is sized again just before its own fetch), so a budget below one
+        # checkpoint fails now rather than after hours of work, at one listing call per model.
+        first: dict[str, _Todo] = {}
         for t in todo:
-            if t.source.source != "hub":
-                continue
-            need = t.source.size(t.revision).total_bytes
-            if need > opts.disk_budget:
-                raise DiskBudgetError(
-                    f"disk budget {format_size(opts.disk_budget)} is smaller than one checkpoint: "
-                    f"{t.spec.name}@{t.revision} needs {format_size(need)}; "
-                    f"raise --disk-budget to at least {format_size(need)}"
-                )
+            if t.source.source == "hub":
+                first.setdefault(t.spec.name, t)
+        for t in first.values():
+            _check_fits(t, t.source.size(t.revision).total_bytes, opts.disk_budget)
     summary = ReplaySummary(
         models=tuple(s.name for s in specs), probe_sets=tuple(p.name for p in probe_sets),
         revisions_planned=planned, revisions_skipped=skipped, revisions_skipped_health=skipped_health,
         revisions_flagged=tuple(flagged),
     )
     return todo, summary
+
+
+def _check_fits(todo: _Todo, need: int, budget: int) -> None:
+    if need > budget:
+        raise DiskBudgetError(
+            f"disk budget {format_size(budget)} is smaller than one checkpoint: {todo.spec.name}@{todo.revision} "
+            f"needs {format_size(need)}; raise --disk-budget to at least {format_size(need)}"
+        )
 
 
 # --- running ------------------------------------------------------------------------------
@@ -341,6 +347,8 @@ class _Fetcher:
         if todo.source.source != "hub":
             return True  # a local folder is read in place: nothing lands on disk
         size = todo.source.size(todo.revision)
+        if self.budget is not None:
+            _check_fits(todo, size.total_bytes, self.budget)
         todo.download, todo.reused = size.download_bytes, size.cached_bytes
         # Nothing held: always admit (planning checked every checkpoint fits the budget).
         return self.budget is None or self.held == 0 or self.held + todo.download <= self.budget
@@ -419,7 +427,7 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
             t0 = time.perf_counter()
             path = fetched.path
             if skeleton is None or skeleton[0] != item.spec.name:
-                skeleton = None  # free the previous model before loading the next
+                skeleton = model = tokenizer = None  # free the previous model before loading the next
                 model, tokenizer = scoring.load_model(path, dtype=item.keys[0][0].dtype, device=opts.device)
                 skeleton = (item.spec.name, model, tokenizer)
             else:
