@@ -370,7 +370,8 @@ def test_cli_bad_input_is_one_line_exit_2(extra, expect, suite, probe_files, tmp
 
 
 # --- the loopback hub: disk budget, prefetch, eviction --------------------------------------
-HUB_REPO = "EleutherAI/pythia-tiny"
+HUB_REPOS = {f"EleutherAI/pythia-tiny-{m[-1]}": m for m in MODELS}   # hub id -> local model
+HUB_REPO = "EleutherAI/pythia-tiny-a"
 CDN_DELAY_S = 0.25  # per LFS object: makes downloads slow enough to overlap with scoring
 
 
@@ -411,7 +412,7 @@ class _DiskPoller:
 
 @pytest.fixture()
 def slow_hub(suite, monkeypatch):
-    """The loopback hub serving mini-a's 10 revisions (+ main), with a slow CDN."""
+    """The loopback hub serving the suite's 3 models x 10 revisions (+ main), with a slow CDN."""
     import hubserver
     from hub_fixtures import publish_to_hub
 
@@ -424,7 +425,8 @@ def slow_hub(suite, monkeypatch):
 
     monkeypatch.setattr(hubserver._Handler, "_serve_cdn", slow)
     with hubserver.HubServer() as hub:
-        publish_to_hub(hub, suite / "mini-a", repo=HUB_REPO)
+        for repo, model in HUB_REPOS.items():
+            publish_to_hub(hub, suite / model, repo=repo)
         yield hub
 
 
@@ -436,44 +438,47 @@ def test_hub_sweep_respects_disk_budget_and_prefetch_overlaps(slow_hub, suite, p
     budget = int(2.5 * checkpoint)  # room for the revision being scored plus the next one
     cache = tmp_path / "hf-cache"
     cache.mkdir()
+    hub = {"endpoint": slow_hub.endpoint, "token": False}
     with _DiskPoller(cache) as disk:
-        summary = replay([HUB_REPO], [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
-                         disk_budget=budget, hub_options={"endpoint": slow_hub.endpoint, "token": False},
-                         progress=False)
-    print(f"\nhub sweep: checkpoint {checkpoint} B, budget {budget} B, 10 revisions = {10 * checkpoint} B; "
+        summary = replay(list(HUB_REPOS), [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
+                         disk_budget=budget, hub_options=hub, progress=False)
+    print(f"\nhub sweep: checkpoint {checkpoint} B, budget {budget} B, 30 revisions = {30 * checkpoint} B; "
           f"peak on disk {disk.peak} B; {summary.render()}")
-    assert summary.revisions_scored == 10
-    assert 10 * checkpoint > budget
+    assert summary.revisions_scored == 30 and summary.units_scored == 60
+    assert 30 * checkpoint > budget
     assert disk.peak <= budget + checkpoint, (disk.peak, budget)
     assert summary.peak_held_bytes <= budget
-    assert summary.downloaded_bytes >= 10 * checkpoint * 0.9
-    assert summary.evicted_bytes > 0
+    assert summary.downloaded_bytes >= 30 * checkpoint * 0.9
+    assert summary.evicted_bytes >= 30 * checkpoint * 0.9
+    assert disk.peak > checkpoint  # a revision was downloading while another was held
     # the weights of every revision were downloaded exactly once
     assert slow_hub.bytes_sent(file="*.safetensors", kind="cdn") == sum(
-        (suite / "mini-a" / f"step{s}" / "model.safetensors").stat().st_size for s in STEPS)
+        (suite / m / f"step{s}" / "model.safetensors").stat().st_size for m in MODELS for s in STEPS)
     # prefetch: downloads ran while revisions were being scored
     assert summary.prefetch_overlap_s > 0.2 * min(summary.fetch_s, summary.score_s), summary.render()
     assert summary.wall_s < summary.fetch_s + summary.score_s
     # same numbers as the local replay of the same checkpoints
     hub_rows = ResultsStore(tmp_path / "res").items()
     local = ResultsStore(reference_run[0]).items()
-    local = local[local.model == "mini-a"]
-    merged = hub_rows.merge(local, on=["revision", "probeset", "item_id"], suffixes=("", "_local"))
+    hub_rows["local_model"] = hub_rows["repo"].map(HUB_REPOS)
+    merged = hub_rows.merge(local, left_on=["local_model", "revision", "probeset", "item_id"],
+                            right_on=["model", "revision", "probeset", "item_id"], suffixes=("", "_local"))
     assert len(merged) == len(local) == len(hub_rows)
     np.testing.assert_allclose(merged["margin"], merged["margin_local"], atol=1e-5, rtol=0)
     assert merged["commit"].str.len().eq(40).all()
     assert (merged["weights_sha256"] == merged["weights_sha256_local"]).all()
 
     # rerun: nothing to fetch; a re-uploaded branch (same name, new commit) is re-scored alone
-    again = replay([HUB_REPO], [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
-                   disk_budget=budget, hub_options={"endpoint": slow_hub.endpoint, "token": False}, progress=False)
+    again = replay(list(HUB_REPOS), [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
+                   disk_budget=budget, hub_options=hub, progress=False)
     assert again.revisions_scored == 0 and again.downloaded_bytes == 0
     slow_hub.add_branch(HUB_REPO, "step8", suite / "mini-b" / "step8", title="re-upload")
-    third = replay([HUB_REPO], [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
-                   disk_budget=budget, hub_options={"endpoint": slow_hub.endpoint, "token": False}, progress=False)
+    third = replay(list(HUB_REPOS), [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
+                   disk_budget=budget, hub_options=hub, progress=False)
     assert third.revisions_scored == 1 and third.units_scored == 2
     rows = ResultsStore(tmp_path / "res").items()
     assert len(rows) == len(hub_rows)
+    rows = rows[rows.repo == HUB_REPO]
     step8 = rows[rows.revision == "step8"].merge(
         ResultsStore(reference_run[0]).items().query("model == 'mini-b' and revision == 'step8'"),
         on=["probeset", "item_id"], suffixes=("", "_b"))
