@@ -636,6 +636,9 @@ def analyze(
                 traj.loc[mask, f"{cond}_hi"] = boot[f"{cond}_ci"][1]
         trajectories.append(traj)
     metrics = pd.DataFrame(rows)
+    for col in ("peak_acc", "final_acc", "final_range", "depth", "agree_final", "agree_max", "cm_max", "final_lo",
+                "final_hi", "depth_lo", "depth_hi"):
+        metrics[col] = pd.to_numeric(metrics[col]).astype(float)  # None (no checkpoints) -> NaN
     for col in ("emergence_step", "peak_step", "collapse_step", "cm_cross_step", "lag_steps", "lag_checkpoints"):
         metrics[col] = pd.array(metrics[col], dtype="Int64")
     metrics["cm_within_lag"] = pd.array(metrics["cm_within_lag"], dtype="boolean")
@@ -680,19 +683,19 @@ def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config
     if models is None or models.empty or metrics.empty or "model" not in models:
         return pd.DataFrame(columns=cols)
     sizes = [c for c in SIZE_COLUMNS if c in models]
-    joined = metrics[~metrics["void"]].merge(models[["model", *sizes]], on="model", how="inner")
+    joined = metrics.merge(models[["model", *sizes]], on="model", how="inner")
     alpha = (1 - config.bootstrap_confidence) / 2
     rows = []
     for (probeset, rule, split), group in joined.groupby(["probeset", "rule", "split"], sort=True):
         for size in sizes:
             for metric in SCALE_METRICS:
-                sub = group[[size, metric, "model"]].dropna().sort_values(size)
+                sub = group.loc[~group["void"], [size, metric, "model"]].dropna().sort_values(size)
                 row = dict(probeset=probeset, rule=rule, split=split, size=size, metric=metric, n_models=len(sub),
                            models=",".join(sub["model"]), rho=np.nan, p_perm=np.nan, rho_lo=np.nan, rho_hi=np.nan,
                            note="", config_sha256=config.sha256)
                 x, y = sub[size].to_numpy(float), sub[metric].to_numpy(float)
                 if len(sub) < config.scale_min_models:
-                    row["note"] = f"fewer than {config.scale_min_models} models"
+                    row["note"] = f"fewer than {config.scale_min_models} models with a valid verdict"
                 elif np.unique(x).size < 2 or np.unique(y).size < 2:
                     row["note"] = "constant values: rho undefined"
                 else:

@@ -61,6 +61,7 @@ MODEL_COLORS = tuple(c for c in PALETTE if c != PALETTE[6])  # yellow is unreada
 FLAG_COLOR = PALETTE[7]
 RAW_ALPHA = 0.35  # raw per-checkpoint points under the smoothed line
 BAND_ALPHA = 0.18  # bootstrap bands
+MIN_FIGURE_WIDTH = 7.5  # inches
 STEP_LABEL = "training step (symlog axis; step 0 drawn)"
 ACC_LABEL = "accuracy (fraction of items correct)"
 CM_LABEL = "contrast margin CM (nats)"
@@ -77,7 +78,6 @@ _RC = {
     "pdf.fonttype": 42,
     "svg.hashsalt": "pythia-forensics",
     "savefig.dpi": FIGURE_DPI,
-    "figure.dpi": 100,
 }
 _METADATA = {"pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
              "png": {"Software": None}}
@@ -112,7 +112,8 @@ def _symlog(ax, steps) -> None:
 def _grid(n: int, *, width: float = 3.0, height: float = 2.4, max_cols: int = 5) -> tuple[Figure, np.ndarray]:
     cols = min(max(n, 1), max_cols)
     rows = -(-max(n, 1) // cols)
-    fig = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
+    # at least MIN_FIGURE_WIDTH wide: the shared legend under the panels needs the room
+    fig = Figure(figsize=(max(width * cols, MIN_FIGURE_WIDTH), height * rows + 0.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -193,7 +194,7 @@ def _figure_legend(fig: Figure, axes) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen.keys()), loc="outside lower center", ncols=min(len(seen), 6),
+        fig.legend(list(seen.values()), list(seen.keys()), loc="outside lower center", ncols=min(len(seen), 4),
                    frameon=False)
 
 
@@ -237,7 +238,7 @@ def cm_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probeset: st
 def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame, *, probeset: str,
                  rule: str) -> Figure:
     """(c) Collapse depth vs parameter count (total | non-embedding), CIs, Spearman rho."""
-    met = _group(metrics, probeset, rule).merge(sizes, on="model", how="inner")
+    met = _group(metrics, probeset, rule).merge(sizes, on="model", how="inner").dropna(subset=["depth"])
     stat = _group(scale, probeset, rule) if not scale.empty else scale
     with _style():
         fig = Figure(figsize=(7.0, 3.0), layout="constrained")
@@ -283,7 +284,7 @@ def verdict_grid(metrics: pd.DataFrame, *, order: Sequence[str]) -> Figure:
     rows = list(labels)
     models = [m for m in order if m in set(metrics["model"])]
     with _style():
-        fig = Figure(figsize=(1.0 + 0.8 * len(models), 1.2 + 0.45 * len(rows)), layout="constrained")
+        fig = Figure(figsize=(5.0 + 0.8 * len(models), 1.6 + 0.45 * len(rows)), layout="constrained")
         ax = fig.subplots()
         for i, key in enumerate(rows):
             for j, model in enumerate(models):
