@@ -94,3 +94,23 @@ def test_shipped_names_resolve(tiny_checkpoint, capsys):
     code, out, err = _run(["probe", str(tiny_checkpoint), "--probes", "pronoun_gender"], capsys)
     assert code in (0, None), err
     assert "pronoun_gender" in out and "heldout" in out
+
+
+def test_hub_repo_with_revision_and_unknown_revision(tiny_checkpoint, tmp_path):
+    """Through a loopback hub: a good revision scores, an unknown one is one line, exit 2."""
+    from hubserver import HubServer
+
+    with HubServer() as hub:
+        hub.add_branch("EleutherAI/pythia-tiny", "step100", tiny_checkpoint)
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1",
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)])}
+        base = [sys.executable, "-m", "pythia_forensics", "probe", "EleutherAI/pythia-tiny", "-p", str(DATA / "small.yaml")]
+        good = subprocess.run(base + ["--revision", "step100", "--out", str(tmp_path / "s.csv")],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert good.returncode == 0, good.stderr[-2000:]
+        frame = pd.read_csv(tmp_path / "s.csv")
+        assert len(frame) == 3 and frame["revision"].eq("step100").all()
+        bad = subprocess.run(base + ["--revision", "step999"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "step999" in lines[0] and "Traceback" not in bad.stderr, bad.stderr[-2000:]
