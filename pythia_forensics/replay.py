@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from pythia_forensics.constants import (
     HEALTH_SKIP_STATUSES,
     STEP_DIR_PREFIX,
 )
-from pythia_forensics.errors import DiskBudgetError, PFError, StepSpecError
+from pythia_forensics.errors import DiskBudgetError, PFError
 from pythia_forensics.store import ResultsStore, WorkKey
 
 __all__ = ["replay", "run_unit", "ReplaySummary", "parse_size", "parse_params", "EXECUTORS", "HEALTH_MODES"]
@@ -602,7 +602,7 @@ def replay(
     if health not in HEALTH_MODES:
         raise PFError(f"unknown health mode {health!r}; use one of {', '.join(HEALTH_MODES)}")
     if chunk < 1:
-        raise StepSpecError(f"chunk must be at least 1 revision, got {chunk}")
+        raise PFError(f"--chunk must be at least 1 revision per array task, got {chunk}")
     budget = parse_size(disk_budget)
     if budget is not None and budget <= 0:
         raise DiskBudgetError(f"disk budget must be positive, got {disk_budget!r}")

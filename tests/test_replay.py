@@ -350,6 +350,22 @@ def test_health_skip_and_flag(suite, probe_files, tmp_path):
     assert sorted(set(store.items()["step"])) == [0, 1, 2, 4]
 
 
+def test_parse_size_and_params():
+    from pythia_forensics.errors import DiskBudgetError, PFError
+    from pythia_forensics.replay import parse_params, parse_size
+
+    assert parse_size("50GB") == 50 * 10**9
+    assert parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("800 MiB") == 800 * 2**20
+    assert parse_size("123456") == 123456 and parse_size(None) is None
+    for bad in ("lots", "5 XB", "-3GB", "GB"):
+        with pytest.raises(DiskBudgetError, match="malformed disk budget"):
+            parse_size(bad)
+    assert parse_params(["slurm_partition=gpu", "gpus_per_node=1"]) == {"slurm_partition": "gpu", "gpus_per_node": 1}
+    with pytest.raises(PFError, match="KEY=VALUE"):
+        parse_params(["oops"])
+
+
 # --- bad input: one line, exit status 2 -----------------------------------------------------------
 @pytest.mark.parametrize("extra, expect", [
     (["pythia-160mm"], "unknown model 'pythia-160mm'"),

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pythia_forensics.errors import StoreError
-from pythia_forensics.store import ResultsStore, WorkKey, summarize
+from pythia_forensics.store import ResultsStore, WorkKey
 
 
 def _key(**over) -> WorkKey:
