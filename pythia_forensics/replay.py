@@ -40,7 +40,7 @@ from pythia_forensics.constants import (
     HEALTH_SKIP_STATUSES,
     STEP_DIR_PREFIX,
 )
-from pythia_forensics.errors import DiskBudgetError, PFError
+from pythia_forensics.errors import DiskBudgetError, PFError, StepSpecError
 from pythia_forensics.store import ResultsStore, WorkKey
 
 __all__ = ["replay", "run_unit", "ReplaySummary", "parse_size", "parse_params", "EXECUTORS", "HEALTH_MODES"]
@@ -265,7 +265,10 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
                 spec_text = steps
             else:
                 spec_text = ",".join(str(int(x)) for x in steps)
-            chosen = parse_steps(spec_text, sorted(by_step))
+            try:
+                chosen = parse_steps(spec_text, sorted(by_step))
+            except StepSpecError as exc:  # say which model, the grid differs between models
+                raise StepSpecError(f"{spec.name} ({spec.repo or spec.path}): {exc}") from exc
             chosen_names = [by_step[x] for x in chosen]
         dtype = _resolve_dtype(opts.dtype, spec.params_total, opts.device)
         for revision in chosen_names:

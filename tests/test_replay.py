@@ -370,7 +370,7 @@ def test_parse_size_and_params():
 @pytest.mark.parametrize("extra, expect", [
     (["pythia-160mm"], "unknown model 'pythia-160mm'"),
     (["{suite}/mini-a", "--steps", "1:x"], "malformed --steps"),
-    (["{suite}/mini-a", "--steps", "3"], "not on the checkpoint grid"),
+    (["{suite}/mini-a", "--steps", "3"], "mini-a ({suite}/mini-a): --steps '3': not on the checkpoint grid"),
     (["{suite}/mini-a", "--disk-budget", "lots"], "malformed disk budget"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(extra, expect, suite, probe_files, tmp_path, capsys):
@@ -382,7 +382,7 @@ def test_cli_bad_input_is_one_line_exit_2(extra, expect, suite, probe_files, tmp
         main(args)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and expect in err, err
+    assert len(err.splitlines()) == 1 and expect.format(suite=suite) in err, err
 
 
 # --- the loopback hub: disk budget, prefetch, eviction --------------------------------------
