@@ -146,6 +146,11 @@ def resolve_dtype(dtype: str = "auto", *, params: int | None = None, device: str
         return dtype
     if device == "cpu" or params is None or params <= FP32_MAX_PARAMS:
         return "float32"
+    import torch
+
+    # GPUs before Ampere have no bf16: fp16 there (still with the fp32 log-sum-exp)
+    if str(device or "").startswith("cuda") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "float16"
     return "bfloat16"
 
 

@@ -211,7 +211,13 @@ def revisions(tmp_path_factory, tiny_tokenizer):
     a = save_checkpoint(root / "step1", tiny_neox(len(tiny_tokenizer), seed=11), tiny_tokenizer)
     b = save_checkpoint(root / "step2", tiny_neox(len(tiny_tokenizer), seed=12), tiny_tokenizer)
     b_bin = root / "bin" / "step2"
-    tiny_neox(len(tiny_tokenizer), seed=12).save_pretrained(b_bin, safe_serialization=False)
+    # a .bin-only revision (old Pythia branches): same tensors and names, pickled by torch.save
+    from safetensors.torch import load_file
+
+    b_bin.mkdir(parents=True)
+    torch.save(load_file(b / "model.safetensors"), b_bin / "pytorch_model.bin")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (b_bin / name).write_bytes((b / name).read_bytes())
     other = save_checkpoint(root / "wide", tiny_neox(len(tiny_tokenizer), hidden=48, seed=1), tiny_tokenizer)
     return root, a, b, b_bin, other
 
@@ -228,6 +234,9 @@ def test_load_weights_into_equals_fresh_load(revisions, tiny_tokenizer):
     load_weights_into(model, a)
     load_weights_into(model, b_bin)  # .bin: torch.load(weights_only=True)
     assert np.abs(score(model, probes, tokenizer=tok)["logp_target"] - fresh["logp_target"]).max() < 1e-6
+    assert not list(b_bin.glob("*.safetensors"))
+    from_bin = score(b_bin, probes)  # load_model from .bin only (transformers: weights_only=True)
+    assert np.abs(from_bin["logp_target"] - fresh["logp_target"]).max() < 1e-6
     # a local folder of revisions + --revision
     via_rev = score(root, probes, revision="step2")
     assert np.abs(via_rev["logp_foil"] - fresh["logp_foil"]).max() < 1e-6 and via_rev.attrs["revision"] == "step2"
