@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from pythia_forensics.constants import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
 from pythia_forensics.errors import PFError
 
 OUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
@@ -41,7 +42,8 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("auto", help="auto (fp32 on CPU and up to ~3B params) | float32 | float16 | bfloat16."),
         device: str = typer.Option("auto", help="auto (cuda if available) | cpu | cuda | cuda:N."),
         bos: bool = typer.Option(False, "--bos/--no-bos", help="Prepend a BOS token to every prefix (Pythia adds none)."),
-        vocab_rows: str = typer.Option("tokenizer", help="Log-sum-exp over the 'tokenizer' rows only or 'all' embedding rows."),
+        vocab_rows: str = typer.Option(DEFAULT_VOCAB_ROWS, help=f"{' | '.join(VOCAB_ROWS)}: log-sum-exp over the "
+                                       "tokenizer's rows only (Pythia: 50277 of 50304) or all output-embedding rows."),
     ) -> None:
         """Score a checkpoint: log p(target) vs log p(foil) per item; summary per rule, condition, split."""
         from rich.table import Table
