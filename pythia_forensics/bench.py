@@ -587,6 +587,15 @@ _SWEEPS: dict[str, Callable[..., tuple[Any, float, float, dict]]] = {
 }
 
 
+_PRELOAD = {
+    "ours": ("pythia_forensics.replay", "pythia_forensics.scoring", "pythia_forensics.store",
+             "pythia_forensics.sources", "pythia_forensics.registry"),
+    "lm-eval": ("lm_eval.api.instance", "lm_eval.models.huggingface"),
+    "minicons": ("minicons.scorer",),
+    "full-logits": (),
+}
+
+
 class _nullcontext:
     def __enter__(self) -> None:
         return None
@@ -714,11 +723,18 @@ def _run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     probes = load_probes(spec["battery"])
     rev_dirs = [Path(p) for p in spec["revisions"]]
+    # import every competitor's code before the clock starts: library import time is not sweep time
+    import importlib
+
+    for module in _PRELOAD.get(spec["competitor"], ()) + ("transformers.models.gpt_neox.modeling_gpt_neox",):
+        importlib.import_module(module)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     logp, load_s, score_s, extra = _SWEEPS[spec["competitor"]](
         rev_dirs, probes, battery=Path(spec["battery"]), work=work, batch_size=int(spec["batch_size"]),
         profile=bool(spec.get("profile")))
     wall = time.perf_counter() - t0
+    extra["cpu_s"] = time.process_time() - c0  # all threads; robust to other processes' load
     logp_file = work / "logp.npy"
     np.save(logp_file, np.asarray(logp, dtype=np.float64))
     return {"wall_s": wall, "load_s": load_s, "score_s": score_s, "logp_file": str(logp_file), "extra": extra,
@@ -782,10 +798,10 @@ class BenchPlan:
 
     Attributes:
         shapes: layer shapes.
-        revisions: revisions per shape in the suite; ours and lm-eval sweep all of them.
-        slow_revisions: revisions minicons and the full-logits scorer sweep per round (they
-            are ~10x slower; each round takes the next ones, so rounds cover different
-            revisions). Their ratio is per revision.
+        revisions: revisions per shape in the suite; ours sweeps all of them every round.
+        lm_eval_revisions / slow_revisions: revisions lm-eval / minicons and the full-logits
+            scorer sweep per round (they are 5-20x slower than ours; each round takes the
+            next ones, so rounds cover different revisions). Ratios are per revision.
         rounds: alternating rounds (each round runs every competitor once per shape, in an
             order rotated by one each round).
         items: battery size.
@@ -795,8 +811,9 @@ class BenchPlan:
 
     shapes: tuple[BenchShape, ...]
     revisions: int = BENCH_REVISIONS
+    lm_eval_revisions: int = 2
     slow_revisions: int = 1
-    rounds: int = 3
+    rounds: int = 2
     items: int = BENCH_MIN_ITEMS
     budget_s: float = 720.0
     support_tokens: int = BENCH_SUPPORT_TOKENS
@@ -807,7 +824,8 @@ class BenchPlan:
 def default_plan(*, quick: bool = False) -> BenchPlan:
     """The plan `make bench` runs (quick: a tiny shape, 2 revisions, 120 items, one round)."""
     if quick:
-        return BenchPlan(shapes=bench_shapes(quick=True), revisions=BENCH_QUICK_REVISIONS, slow_revisions=1,
+        return BenchPlan(shapes=bench_shapes(quick=True), revisions=BENCH_QUICK_REVISIONS, lm_eval_revisions=1,
+                         slow_revisions=1,
                          rounds=1, items=BENCH_QUICK_ITEMS, budget_s=120.0, support_tokens=1_000_000)
     return BenchPlan(shapes=bench_shapes())
 
@@ -925,7 +943,8 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
             order = list(plan.competitors[k:] + plan.competitors[:k])
             this: dict[str, tuple[RunResult, list[Path]]] = {}
             for comp in order:
-                sub = revs[shape.name] if comp in ("ours", "lm-eval") else _slow_subset(revs[shape.name], r, plan.slow_revisions)
+                n_sub = {"ours": plan.revisions, "lm-eval": plan.lm_eval_revisions}.get(comp, plan.slow_revisions)
+                sub = _slow_subset(revs[shape.name], r, n_sub)
                 bar.set_postfix_str(f"round {r + 1} {shape.name} {comp}", refresh=True)
                 res = run_competitor(comp, sub, battery_path, work=work / shape.name / comp / f"round{r}",
                                      shape=shape.name, round_=r, items=len(probes.items),
@@ -949,11 +968,13 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
     for shape in plan.shapes:
         prof = run_competitor("ours", revs[shape.name], battery_path, work=work / shape.name / "ours-profile",
                               shape=shape.name, round_=-1, items=len(probes.items), isolate=isolate, profile=True)
+        if prof.status != "ok":
+            breakdown[shape.name] = {"status": prof.status}  # type: ignore[dict-item]
         stages = dict(prof.extra.get("stages", {}))
         if stages:
             stages["other"] = max(0.0, prof.wall_s - sum(stages.values()))
             stages["total"] = prof.wall_s
-        breakdown[shape.name] = {k: v / len(revs[shape.name]) for k, v in stages.items()}
+            breakdown[shape.name] = {k: v / len(revs[shape.name]) for k, v in stages.items()}
         weights = revs[shape.name][-1] / "model.safetensors"
         read = measure_disk_read(weights)
         floors[shape.name] = {**lower_bound(shape, stats, flops_per_s=flops, read_bytes_per_s=read,
@@ -985,8 +1006,10 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
                 "load_per_revision_s": _median([x.load_s / x.revisions for x in ok]),
                 "score_per_revision_s": _median([x.score_s / x.revisions for x in ok]),
                 "items_per_s": len(probes.items) / per_rev if per_rev else math.nan,
+                "cpu_per_revision_s": _median([x.extra.get("cpu_s", math.nan) / x.revisions for x in ok]),
                 "peak_rss_mib": max(rss) / 2**20 if rss else math.nan,
                 "ratio_vs_ours": ratio,
+                "cpu_ratio_vs_ours": math.nan,  # filled below, once ours' CPU time is known
                 "max_abs_delta_logp": delta,
                 "target_ratio": target if target is not None else math.nan,
                 "target_met": (bool(ratio >= target and delta <= BENCH_MAX_ABS_DELTA) if target is not None
@@ -994,6 +1017,9 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
                 "status": "ok" if len(ok) == len(rs) and rs else "; ".join(sorted({x.status for x in rs if x.status != "ok"})) or "not run",
                 "wall_s_rounds": " ".join(f"{x.wall_s:.2f}" for x in rs),
             })
+    for row in rows:
+        ours_cpu = next(r["cpu_per_revision_s"] for r in rows if r["shape"] == row["shape"] and r["competitor"] == "ours")
+        row["cpu_ratio_vs_ours"] = row["cpu_per_revision_s"] / ours_cpu if ours_cpu else math.nan
     table = pd.DataFrame(rows)
 
     # 5. support counter and GPU
@@ -1002,7 +1028,7 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
     machine["loadavg_end"] = os.getloadavg()
     report = {
         "plan": {"shapes": [s.name for s in plan.shapes], "revisions": plan.revisions,
-                 "slow_revisions": plan.slow_revisions, "rounds_planned": plan.rounds, "rounds_done": rounds_done,
+                 "lm_eval_revisions": plan.lm_eval_revisions, "slow_revisions": plan.slow_revisions, "rounds_planned": plan.rounds, "rounds_done": rounds_done,
                  "items": len(probes.items), "batch_size": plan.batch_size, "budget_s": plan.budget_s,
                  "isolated": isolate},
         "machine": machine, "battery": asdict(stats), "table": rows, "breakdown": breakdown, "floor": floors,
@@ -1152,17 +1178,17 @@ def _write_report(out: Path, report: dict[str, Any], table: Any) -> dict[str, Pa
         "",
         f"Each competitor runs in a fresh process (peak RSS is its own) and sweeps the revisions: load each, "
         f"score every item's target and foil. {p['rounds_done']} alternating rounds (of {p['rounds_planned']} "
-        f"planned within a {p['budget_s']:.0f} s budget), the order rotated each round; medians. Ours and "
-        f"lm-eval sweep all {p['revisions']} revisions per round; minicons and the full-logits scorer "
-        f"{p['slow_revisions']} per round (a different one each round; they take ~10x longer), so every ratio is "
-        f"per revision. Competitors use batch size {p['batch_size']}; ours `auto`. Ours runs the replay engine "
+        f"planned within a {p['budget_s']:.0f} s budget), the order rotated each round; medians. Ours sweeps "
+        f"all {p['revisions']} revisions every round; lm-eval {p['lm_eval_revisions']} and minicons and the "
+        f"full-logits scorer {p['slow_revisions']} per round (the next ones each round; they take 5-20x longer), "
+        f"so every ratio is per revision. Competitors use batch size {p['batch_size']}; ours `auto`. Ours runs the replay engine "
         "end to end (plan, content keys, load, score, atomic Parquet writes) with `vocab_rows=\"all\"`, the "
         "normalisation the others use. max |delta logp| compares every item's target and foil log-prob with "
         "ours on the same revisions in the same round (max over rounds).",
         "",
         "| shape | competitor | rev/round | rounds | wall s/revision | load s/rev | score s/rev | items/s | "
-        "peak RSS MiB | ours is x faster | max abs delta logp | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS MiB | CPU s/rev | ours is x faster (wall) | (CPU) | max abs delta logp | target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["table"]:
         target = r["target_ratio"]
@@ -1170,7 +1196,8 @@ def _write_report(out: Path, report: dict[str, Any], table: Any) -> dict[str, Pa
             f"| {r['shape']} | {r['competitor']}{'' if r['status'] == 'ok' else ' (' + r['status'] + ')'} | "
             f"{r['revisions_per_round']} | {r['rounds']} | {_fmt(r['wall_per_revision_s'])} | "
             f"{_fmt(r['load_per_revision_s'])} | {_fmt(r['score_per_revision_s'])} | {_fmt(r['items_per_s'], 0)} | "
-            f"{_fmt(r['peak_rss_mib'], 0)} | {_fmt(r['ratio_vs_ours'], 1)} | {_fmt(r['max_abs_delta_logp'])} | "
+            f"{_fmt(r['peak_rss_mib'], 0)} | {_fmt(r['cpu_per_revision_s'])} | {_fmt(r['ratio_vs_ours'], 1)} | "
+            f"{_fmt(r['cpu_ratio_vs_ours'], 1)} | {_fmt(r['max_abs_delta_logp'])} | "
             f"{'' if math.isnan(target) else f'{target:g}x'} | {_fmt(r['target_met'])} |")
     lines += ["", "## Targets", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", "## Where our time goes (profiled replay, seconds per revision)", "",
@@ -1201,7 +1228,7 @@ def _write_report(out: Path, report: dict[str, Any], table: Any) -> dict[str, Pa
     s = report["support"]
     lines += ["## Support counter", ""]
     if s.get("status") == "ok":
-        lines.append(f"`support.benchmark`: {s['n_tokens']:,} tokens in {s['seconds']:.1f} s = "
+        lines.append(f"`support.benchmark`: {s['n_tokens']:,} tokens in {s['seconds']:.2f} s = "
                      f"{s['tokens_per_second'] / 1e6:.1f} M tokens/s (window {s.get('window')}, {s.get('events', 0):,} events).")
     else:
         lines.append(s.get("status", "skipped"))
