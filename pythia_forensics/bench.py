@@ -1058,58 +1058,85 @@ def _support_section(n_tokens: int) -> dict[str, Any]:
     return result
 
 
-def _gpu_section(probes: Any) -> dict[str, Any]:
-    """Items/s on the largest Pythia shape that fits the GPU (random weights built on the
-    device, dtype as `auto` resolves it, batch size auto-tuned by the scorer), plus
-    pythia-70m's shape for scale. Skipped cleanly without CUDA."""
+def _gpu_section(probes: Any, *, device: str = "cuda", shapes: Sequence[BenchShape] | None = None,
+                 memory_bytes: int | None = None) -> dict[str, Any]:
+    """Items/s on the largest Pythia shape that fits the device (random weights built on the
+    device, dtype as `auto` resolves it there, batch size auto-tuned by the scorer), plus the
+    smallest shape for scale. Skipped cleanly without CUDA.
+
+    Args:
+        probes: the battery.
+        device: ``cuda`` (the report's section); ``cpu`` exercises the same code in tests.
+        shapes: candidate shapes, largest first (default: `BENCH_GPU_SHAPES` from the registry).
+        memory_bytes: memory to fit into (default: the GPU's free memory).
+    """
     import torch
 
-    if not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         return {"status": "skipped: no CUDA device visible to torch"}
     from transformers import GPTNeoXForCausalLM
 
     from pythia_forensics import scoring
-    from pythia_forensics.registry import get_suite
 
-    suite = get_suite("pythia")
+    if shapes is None:
+        from pythia_forensics.registry import get_suite
+
+        suite = get_suite("pythia")
+        shapes = [BenchShape(name=n, layers=int(m.layers), d_model=int(m.d_model), heads=int(m.heads),
+                             vocab_size=int(m.vocab_size)) for n in BENCH_GPU_SHAPES for m in [suite.model(n)]]
+    cuda = device.startswith("cuda")
+    if memory_bytes is None:
+        memory_bytes = torch.cuda.mem_get_info()[0] if cuda else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     tokenizer = neox_tokenizer()
-    free, total = torch.cuda.mem_get_info()
-    rows = []
-    done_largest = False
-    for name in BENCH_GPU_SHAPES:
-        if done_largest and name != "pythia-70m":
+    rows: list[dict[str, Any]] = []
+    fitted = False
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    for k, shape in enumerate(shapes):
+        if fitted and k != len(shapes) - 1:
+            continue  # after the largest that fits, only the smallest (for scale)
+        dtype = scoring.resolve_dtype("auto", params=shape.params_total, device="cuda" if cuda else "cpu")
+        tdtype = getattr(torch, dtype)
+        need = shape.params_total * torch.finfo(tdtype).bits // 8
+        if need > 0.6 * memory_bytes:  # weights plus an auto-sized batch's activations must fit
+            rows.append({"shape": shape.name, "status": f"skipped: needs {need / 2**30:.1f} GiB of "
+                                                        f"{memory_bytes / 2**30:.1f} GiB free"})
             continue
-        m = suite.model(name)
-        shape = BenchShape(name=name, layers=int(m.layers), d_model=int(m.d_model), heads=int(m.heads),
-                           vocab_size=int(m.vocab_size))
-        dtype = scoring.resolve_dtype("auto", params=shape.params_total, device="cuda")
-        need = shape.params_total * torch.finfo(getattr(torch, dtype)).bits // 8
-        if need > 0.6 * free:  # weights plus activations of an auto-sized batch must fit
-            rows.append({"shape": name, "status": f"skipped: needs {need / 2**30:.1f} GiB of {free / 2**30:.1f} GiB free"})
-            continue
+        model = None
         try:
-            config = _neox_config(shape)
-            with torch.device("cuda"):
-                model = GPTNeoXForCausalLM(config).to(getattr(torch, dtype)).eval()
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(tdtype)  # build directly in the target dtype (no fp32 copy)
+            try:
+                with torch.device(device):
+                    model = GPTNeoXForCausalLM(_neox_config(shape)).eval()
+            finally:
+                torch.set_default_dtype(previous)
             _randomise(model, BENCH_SEED, BENCH_WEIGHT_STD)
-            scoring.score(model, probes, tokenizer=tokenizer, options=scoring.ScoreOptions(
-                dtype=dtype, device="cuda", batch_size="auto", vocab_rows="all"))  # warm-up: kernels, batch size
-            torch.cuda.synchronize()
+            opts = scoring.ScoreOptions(dtype=dtype, device="cuda" if cuda else "cpu", batch_size="auto",
+                                        vocab_rows="all")
+            scoring.score(model, probes, tokenizer=tokenizer, options=opts)  # warm-up: kernels, batch size
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            sync()
             t0 = time.perf_counter()
-            frame = scoring.score(model, probes, tokenizer=tokenizer, options=scoring.ScoreOptions(
-                dtype=dtype, device="cuda", batch_size="auto", vocab_rows="all"))
-            torch.cuda.synchronize()
+            frame = scoring.score(model, probes, tokenizer=tokenizer, options=opts)
+            sync()
             dt = time.perf_counter() - t0
-            rows.append({"shape": name, "status": "ok", "dtype": dtype, "batch_size": frame.attrs.get("batch_size"),
+            rows.append({"shape": shape.name, "status": "ok", "dtype": dtype, "batch_size": frame.attrs.get("batch_size"),
                          "seconds": dt, "items_per_s": len(probes.items) / dt,
-                         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20})
-            done_largest = True
-        except Exception as exc:  # noqa: BLE001 - an OOM at one size means try the next
-            rows.append({"shape": name, "status": f"failed: {type(exc).__name__}: {str(exc)[:160]}"})
+                         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else math.nan})
+            fitted = True
+        except Exception as exc:  # noqa: BLE001 - an OOM at one size means: try the next
+            rows.append({"shape": shape.name, "status": f"failed: {type(exc).__name__}: {str(exc)[:160]}"})
         finally:
             model = None
-            torch.cuda.empty_cache()
-    return {"status": "ok", "device": torch.cuda.get_device_name(0), "memory_gib": total / 2**30, "rows": rows}
+            if cuda:
+                torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+    return {"status": "ok", "device": name, "memory_gib": memory_bytes / 2**30, "rows": rows}
 
 
 def _fmt(v: Any, digits: int = 2) -> str:

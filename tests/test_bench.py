@@ -152,3 +152,21 @@ def test_cli_without_tokenizer_is_one_line_exit_2(tmp_path, monkeypatch, capsys)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "PF_NEOX_TOKENIZER" in err and "\n" not in err
+
+
+def test_device_section_picks_the_largest_shape_that_fits():
+    """The GPU section's logic, run on CPU: too-big shapes are skipped, the largest that fits
+    is scored, then the smallest for scale; without CUDA the real section says it skipped."""
+    import torch
+
+    tiny = bench.bench_shapes(quick=True)[0]
+    big = replace(tiny, name="big", d_model=4096, layers=64)
+    small = replace(tiny, name="small", layers=1)
+    probes = bench.build_battery(min_items=8)
+    out = bench._gpu_section(probes, device="cpu", shapes=[big, tiny, small], memory_bytes=2**30)
+    rows = {r["shape"]: r for r in out["rows"]}
+    assert rows["big"]["status"].startswith("skipped: needs")
+    assert rows["tiny"]["status"] == "ok" and rows["tiny"]["dtype"] == "float32" and rows["tiny"]["items_per_s"] > 0
+    assert rows["small"]["status"] == "ok"
+    if not torch.cuda.is_available():
+        assert bench._gpu_section(probes)["status"].startswith("skipped: no CUDA")
