@@ -27,8 +27,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import NullFormatter
 
 from pythia_forensics.constants import (
     CONDITION_COLORS,
@@ -103,7 +103,11 @@ def model_order(models: Sequence[str], sizes: pd.DataFrame | None = None) -> lis
 
 
 def _symlog(ax, steps) -> None:
-    """Symlog x: linear from 0 to the first positive checkpoint, log beyond (step 0 stays drawn)."""
+    """Symlog x: linear from 0 to the first analysed checkpoint, log beyond.
+
+    Step 0 stays drawn, and the steps analysis drops (below the minimum step) share one
+    linear decade instead of taking most of the axis from the analysed range.
+    """
     positive = [s for s in steps if s > 0]
     ax.set_xscale("symlog", linthresh=float(min(positive)) if positive else 1.0)
     ax.set_xlim(left=0)
@@ -178,7 +182,7 @@ def accuracy_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probes
                 ax.axvline(row["collapse_step"], color=PALETTE[7], linestyle=":", linewidth=1.2, label="collapse onset")
             label = row["verdict_label"]
             ax.set_title(f"{model}: {label}", color=VOID_TEXT if row["void"] else "black")
-            _symlog(ax, t["step"])
+            _symlog(ax, used["step"] if not used.empty else t["step"])
             ax.set_ylim(-0.03, 1.03)
             ax.set_xlabel(STEP_LABEL)
         axes[0].set_ylabel(ACC_LABEL)
@@ -226,7 +230,7 @@ def cm_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probeset: st
             lag = "" if pd.isna(row["lag_checkpoints"]) else f", lag {int(row['lag_checkpoints']):+d} ckpt"
             valid = "" if row["cm_valid"] else " (CM invalid: max too small)"
             ax.set_title(f"{model}{lag}{valid}")
-            _symlog(ax, t["step"])
+            _symlog(ax, used["step"] if not used.empty else t["step"])
             ax.set_xlabel(STEP_LABEL)
         axes[0].set_ylabel(CM_LABEL)
         _figure_legend(fig, axes)
@@ -256,6 +260,7 @@ def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame
                 ax.annotate(row.model, (getattr(row, size), row.depth), textcoords="offset points", xytext=(4, 4),
                             fontsize=6)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on narrow ranges
             ax.set_xlabel(f"parameters, {name} (log scale)")
             hit = stat[(stat["size"] == size) & (stat["metric"] == "depth")] if not stat.empty else stat
             if not hit.empty and pd.notna(hit["rho"].iloc[0]):
@@ -329,7 +334,7 @@ def overview_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, order:
                     continue
                 ax.plot(t["step"], t["conflict_smooth"], color=colors[model], linewidth=1.5, label=model)
                 ax.plot(t["step"], t["agree_smooth"], color=colors[model], linewidth=0.7, linestyle="--")
-            _symlog(ax, traj["step"])
+            _symlog(ax, traj.loc[traj["used"], "step"] if traj["used"].any() else traj["step"])
             ax.set_ylim(-0.03, 1.03)
             ax.set_title(label)
             ax.set_xlabel(STEP_LABEL)
@@ -351,7 +356,7 @@ def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probese
         fig = Figure(figsize=(7.5, 3.0), layout="constrained")
         left, right = fig.subplots(1, 2, sharex=True)
         edges = np.append(sup["window_start_step"].to_numpy(float), sup["window_end_step"].to_numpy(float)[-1:])
-        left.stairs(sup["ratio"].to_numpy(float), edges, color=FLAG_COLOR, linewidth=1.5,
+        left.stairs(sup["ratio"].to_numpy(float), edges, baseline=None, color=FLAG_COLOR, linewidth=1.5,
                     label="support ratio per window")
         left.axhline(1.0, color=VOID_TEXT, linewidth=0.8, linestyle="--", label="parity (rule = prior)")
         left.set_yscale("log")
@@ -364,7 +369,7 @@ def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probese
         right.set_ylabel("smoothed conflict accuracy")
         right.set_title("held-out conflict accuracy")
         for ax in (left, right):
-            _symlog(ax, [*traj["step"], *edges])
+            _symlog(ax, traj.loc[traj["used"], "step"] if traj["used"].any() else edges)
             ax.set_xlabel(STEP_LABEL)
         _figure_legend(fig, (left, right))
         fig.suptitle(f"{rule}: support frequency and behaviour")
