@@ -8,7 +8,6 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.lines import Line2D
 from scipy import stats
 
 from pythia_forensics import figures as F
