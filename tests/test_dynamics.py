@@ -300,3 +300,23 @@ def test_no_threshold_literal_outside_analysis_yaml():
             if isinstance(node, (ast.Assign, ast.AnnAssign)):
                 found += literals(node)
         assert not found, f"{name} holds threshold literal(s) {found}; read them from analysis.yaml"
+
+
+def test_pythia_grid_with_early_global_bias():
+    """Pythia's 154-step grid: 0, 1, 2, 4, ..., 512, 1000, 2000, ..., 143000."""
+    steps = [0] + [2 ** i for i in range(10)] + list(range(1000, 143001, 1000))
+    assert len(steps) == 154
+    # global bias (conflict 1, agree 0) up to 512; the rule at 1000-3000 (.9); gone from 4000
+    conflict = [1.0 if s < 1000 else 0.9 if s <= 3000 else 0.0 for s in steps]
+    agree = [0.0 if s < 1000 else 1.0 for s in steps]
+    row = dyn.analyze(items_for(steps, conflict, agree)).metrics.iloc[0]
+    # used: 128, 256, 512 and 1000..143000 = 146 checkpoints; final = last max(3, ceil(14.6)) = 15
+    assert row["n_checkpoints"] == 146 and row["final_points"] == 15
+    # smoothed conflict 1, 1, .967, .933 (1000), .9 (2000), .6 (3000), .3 (4000), 0...
+    # smoothed agree    0, 0, .333, .667 (1000), 1 (2000)... -> emergence at 2000, not at 128
+    assert row["emergence_step"] == 2000
+    assert row["peak_step"] == 2000 and row["peak_acc"] == pytest.approx(0.9)
+    assert row["collapse_step"] == 3000 and row["final_acc"] == 0.0 and row["depth"] == pytest.approx(0.9)
+    # CM +1 through 3000, -1 after: smoothed 1/3 at 3000, -1/3 at 4000
+    assert row["cm_cross_step"] == 3000 and row["lag_steps"] == 0 and row["lag_checkpoints"] == 0
+    assert row["verdict_label"] == "DISPLACED"
