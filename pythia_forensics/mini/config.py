@@ -87,7 +87,7 @@ class TrainConfig:
     seed: int = 1234
     # checkpoint grid: step0, log-spaced 1,2,4,... up to `log_until`, then every `every`
     log_until: int = 64
-    every: int = 25  # mini-l's emergence window is ~50 steps wide: sample it at least twice
+    every: int = 20  # mini-l's emergence window is ~50 steps wide (150-190): sample it 2-3 times
     threads: int = 1  # the CPU is shared; each scale trains on one thread
 
     @property
