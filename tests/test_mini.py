@@ -267,3 +267,35 @@ def test_cli_user_error_is_one_line_exit_2(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "at least 4" in err and "\n" not in err
+
+
+def test_interrupted_training_resumes_to_the_same_weights(suite, tmp_path, monkeypatch):
+    import pythia_forensics.mini.train as train_mod
+
+    cfg = reduced_config()
+    name = cfg.models[0].name
+    grid = cfg.train.checkpoint_steps()
+    mid = grid[len(grid) // 2]
+    real_save = train_mod._save_resume
+
+    def killed_after_mid(model, opt, model_dir, step):
+        real_save(model, opt, model_dir, step)
+        if step == mid:
+            raise KeyboardInterrupt  # a kill right after the middle checkpoint
+
+    monkeypatch.setattr(train_mod, "_save_resume", killed_after_mid)
+    with pytest.raises(KeyboardInterrupt):
+        build_suite(tmp_path, config=cfg, progress=False, jobs=1)
+    model_dir = tmp_path / name
+    assert not (model_dir / MANIFEST_FILE).exists() and (model_dir / "resume.safetensors").exists()
+    assert not (model_dir / f"step{cfg.train.steps}").exists()
+    monkeypatch.setattr(train_mod, "_save_resume", real_save)
+
+    build_suite(tmp_path, config=cfg, progress=False, jobs=1)  # resumes at `mid`
+    final = f"step{cfg.train.steps}"
+    assert _weights_hash(model_dir / final) == _weights_hash(suite / name / final)
+    assert not (model_dir / "resume.safetensors").exists()
+    with open(model_dir / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(suite / name / "train_log.csv") as fh:
+        assert rows == list(csv.DictReader(fh))

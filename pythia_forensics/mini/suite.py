@@ -6,8 +6,8 @@
 A suite folder is a local suite in the ARCHITECTURE.md layout (`DIR/<model>/step<N>/`,
 `manifest.json`, `train_log.csv`); corpora live beside the models (`DIR/corpus*/`, no
 manifest, so suite readers skip them). A model whose manifest exists and matches the
-requested knobs is reused; an unfinished one (no manifest) is retrained from step 0, which
-gives the same weights because training is deterministic.
+requested knobs is reused; an interrupted one (no manifest) resumes from its last checkpoint
+(weights + AdamW state), which gives the same weights as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -164,18 +164,19 @@ def _build(out_dir: Path, arms: list[Arm], cfg: SuiteConfig, *, force: bool, pro
     todo.sort(key=lambda a: -a.model.d_model * a.model.layers)
     if n_jobs == 1:
         for a in todo:
-            _train_arm(a, out_dir, cfg.train, progress, 0)
+            _train_arm(a, out_dir, cfg.train, progress, 0, not force)
     else:
         with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            futures = [pool.submit(_train_arm, a, out_dir, cfg.train, progress, i % n_jobs)
+            futures = [pool.submit(_train_arm, a, out_dir, cfg.train, progress, i % n_jobs, not force)
                        for i, a in enumerate(todo)]
             for f in futures:
                 f.result()
     return out_dir
 
 
-def _train_arm(arm: Arm, out_dir: Path, train: TrainConfig, progress: bool, position: int) -> Path:
+def _train_arm(arm: Arm, out_dir: Path, train: TrainConfig, progress: bool, position: int,
+               resume: bool) -> Path:
     from pythia_forensics.mini.train import train_model
 
     return train_model(arm.model, corpus_dir=out_dir / arm.corpus_dir, out_dir=out_dir, train=train,
-                       corpus=arm.corpus, progress=progress, position=position)
+                       corpus=arm.corpus, progress=progress, position=position, resume=resume)

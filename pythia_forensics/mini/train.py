@@ -76,7 +76,8 @@ def _save(model, tokenizer, directory: Path) -> None:
 
 
 def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, train: TrainConfig,
-                corpus: CorpusConfig, progress: bool = True, position: int = 0) -> Path:
+                corpus: CorpusConfig, progress: bool = True, position: int = 0,
+                resume: bool = True) -> Path:
     """Train one scale and write DIR/<model>/step<N>/, train_log.csv and manifest.json.
 
     Args:
@@ -87,6 +88,8 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         corpus: knobs, recorded in the manifest.
         progress: show a tqdm bar.
         position: the bar's line (models trained in parallel each get one).
+        resume: continue an interrupted run from its last checkpoint (weights + AdamW state),
+            which gives the same weights as an uninterrupted run; False starts at step 0.
 
     Returns:
         The model folder.
@@ -118,11 +121,14 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=model_cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     grid = set(train.checkpoint_steps())
-    log_rows = []
-    if 0 in grid:
-        _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}0")
-    for step in tqdm(range(train.steps), desc=model_cfg.name, disable=not progress, mininterval=2,
-                     position=position):
+    log_rows: list[tuple] = []
+    start = _resume(model, opt, model_dir, log_rows) if resume else 0
+    if start == 0:
+        _clear_resume(model_dir)
+        if 0 in grid:
+            _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}0")
+    for step in tqdm(range(start, train.steps), desc=model_cfg.name, disable=not progress, mininterval=2,
+                     position=position, initial=start, total=train.steps):
         lr = get_lr(step, peak=model_cfg.lr, train=train)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -136,11 +142,11 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         log_rows.append((step + 1, loss.item(), lr, (step + 1) * T))
         if step + 1 in grid:
             _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}{step + 1}")
+            _write_log(model_dir / TRAIN_LOG_FILE, log_rows)
+            _save_resume(model, opt, model_dir, step + 1)
 
-    with open(model_dir / TRAIN_LOG_FILE, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["step", "loss", "lr", "tokens"])
-        w.writerows(log_rows)
+    _write_log(model_dir / TRAIN_LOG_FILE, log_rows)
+    _clear_resume(model_dir)
     total, non_emb = count_params(model)
     corpus_meta = json.loads((Path(corpus_dir) / CORPUS_META_FILE).read_text())
     manifest = {
@@ -160,3 +166,69 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
     }
     (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return model_dir
+
+
+RESUME_FILE = "resume.safetensors"  # AdamW state at the last checkpoint; removed when done
+
+
+def _write_log(path: Path, rows: list[tuple]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "loss", "lr", "tokens"])
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def _save_resume(model, opt, model_dir: Path, step: int) -> None:
+    """AdamW moments per parameter name, as safetensors (never a pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, p in model.named_parameters():
+        st = opt.state.get(p)
+        if st:
+            tensors[f"exp_avg.{name}"] = st["exp_avg"].contiguous()
+            tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].contiguous()
+            tensors[f"step.{name}"] = st["step"].reshape(1).clone()
+    tmp = model_dir / (RESUME_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step)})
+    tmp.replace(model_dir / RESUME_FILE)
+
+
+def _clear_resume(model_dir: Path) -> None:
+    (model_dir / RESUME_FILE).unlink(missing_ok=True)
+
+
+def _resume(model, opt, model_dir: Path, log_rows: list[tuple]) -> int:
+    """Load the last checkpoint's weights and AdamW state; return the step to continue from
+    (0 if there is nothing to resume)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = model_dir / RESUME_FILE
+    log_path = model_dir / TRAIN_LOG_FILE
+    if not path.is_file() or not log_path.is_file():
+        return 0
+    with safe_open(str(path), framework="pt") as fh:
+        step = int(fh.metadata()["step"])
+    weights = model_dir / f"{STEP_DIR_PREFIX}{step}" / "model.safetensors"
+    if not weights.is_file():
+        return 0
+    with open(log_path) as fh:
+        rows = [(int(r["step"]), float(r["loss"]), float(r["lr"]), int(r["tokens"]))
+                for r in csv.DictReader(fh)]
+    if len(rows) < step:
+        return 0
+    # from_pretrained maps stored names (embed_out) to this version's (lm_head); strict copy.
+    saved = type(model).from_pretrained(weights.parent, dtype=torch.float32)
+    model.load_state_dict(saved.state_dict(), strict=True)
+    moments = load_file(str(path))
+    for name, p in model.named_parameters():
+        if f"exp_avg.{name}" in moments:
+            opt.state[p] = {"step": moments[f"step.{name}"].reshape(()).clone(),
+                            "exp_avg": moments[f"exp_avg.{name}"].clone(),
+                            "exp_avg_sq": moments[f"exp_avg_sq.{name}"].clone()}
+    log_rows.extend(rows[:step])
+    return step
