@@ -111,9 +111,12 @@ class SuiteConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     models: tuple[ModelConfig, ...] = (
-        ModelConfig("mini-s", d_model=32),
-        ModelConfig("mini-m", d_model=64),
-        ModelConfig("mini-l", d_model=128),
+        # Per-size peak learning rates (smaller model, larger lr, as Pythia's own schedule):
+        # with one lr for all, mini-s had not collapsed by 1600 steps and mini-l's emergence
+        # lasted one 50-step checkpoint; with these all three emerge ~200-275 and collapse ~400-450.
+        ModelConfig("mini-s", d_model=32, lr=3e-3),
+        ModelConfig("mini-m", d_model=64, lr=1e-3),
+        ModelConfig("mini-l", d_model=128, lr=5e-4),
     )
     tokenizer_vocab: int = 1024  # big enough that every lexicon word is one token
 
