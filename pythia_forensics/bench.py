@@ -1181,6 +1181,7 @@ def _notes(report: dict[str, Any]) -> list[str]:
                    if parts else "")
             if row["max_abs_delta_logp"] > BENCH_MAX_ABS_DELTA:
                 why += f"; numbers differ by {_fmt(row['max_abs_delta_logp'])} > {BENCH_MAX_ABS_DELTA}"
+        why += f"; CPU-time ratio {_fmt(row['cpu_ratio_vs_ours'])}x" if not row["target_met"] else ""
         notes.append(f"{shape} vs {row['competitor']}: {_fmt(row['ratio_vs_ours'])}x (target {target:g}x), "
                      f"max |delta logp| {_fmt(row['max_abs_delta_logp'])}: {verdict}{why}")
     return notes
