@@ -35,7 +35,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -252,7 +251,7 @@ def build_battery(*, min_items: int = BENCH_MIN_ITEMS, name: str = "bench") -> A
         A `ProbeSet`.
     """
     from pythia_forensics.mini.lexicon import load_lexicon
-    from pythia_forensics.probes import ProbeItem, ProbeSet, load_probes, probe_set_sha256
+    from pythia_forensics.probes import ProbeSet, load_probes, probe_set_sha256
 
     base = load_probes("all").items
     lexicon = load_lexicon()
