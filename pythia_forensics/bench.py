@@ -369,6 +369,42 @@ def battery_stats(probes: Any, tokenizer: Any) -> BatteryStats:
     )
 
 
+def plan_stats(probes: Any, tokenizer: Any, *, batch_size: int | None = None) -> dict[str, int]:
+    """Tokens our scorer's body actually runs on a battery, per plan it offers.
+
+    ``causal_*``: one causal sequence per maximal history (`scoring._make_plan`); ``tree_*``:
+    the trie packed into tree rows (`scoring._make_tree_plan`, when the scorer has it);
+    ``*_padded``: with the batching `scoring._run_plan` does (longest first, at most
+    `batch_size` rows and `batch_size x SCORING_BATCH_ROW_TOKENS` padded tokens a batch).
+    """
+    from pythia_forensics import constants, scoring
+
+    bs = batch_size or constants.DEFAULT_BATCH_SIZE_CPU
+    row_tokens = getattr(constants, "SCORING_BATCH_ROW_TOKENS", None)
+    encoded = scoring.encode_items(probes.items, tokenizer)
+
+    def padded(lengths: list[int]) -> int:
+        total = ptr = 0
+        while ptr < len(lengths):
+            width = lengths[ptr]
+            n = bs if row_tokens is None else min(bs, max(1, bs * row_tokens // width))
+            total += width * len(lengths[ptr:ptr + n])
+            ptr += n
+        return total
+
+    out: dict[str, int] = {}
+    for label, maker in (("causal", getattr(scoring, "_make_plan", None)),
+                         ("tree", getattr(scoring, "_make_tree_plan", None))):
+        if maker is None:
+            continue
+        plan = maker(encoded)
+        lengths = [len(x) for x in plan.sequences]
+        out[f"{label}_rows"] = len(lengths)
+        out[f"{label}_tokens"] = sum(lengths)
+        out[f"{label}_padded"] = padded(lengths)
+    return out
+
+
 # --- the machine's floor ----------------------------------------------------------------------
 def measure_matmul_flops(*, size: int = 1024, repeats: int = 5) -> float:
     """Best fp32 matmul FLOP/s of this process's torch threads (size^3 products)."""
@@ -923,6 +959,7 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
     probes = build_battery(min_items=plan.items)
     battery_path = write_battery(probes, out / "battery.jsonl")
     stats = battery_stats(probes, tokenizer)
+    plans = plan_stats(probes, tokenizer)
     revs = {name: revision_dirs(d)[:plan.revisions] for name, d in model_dirs.items()}
 
     # 2. alternating rounds
@@ -1036,7 +1073,7 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
                  "lm_eval_revisions": plan.lm_eval_revisions, "slow_revisions": plan.slow_revisions, "rounds_planned": plan.rounds, "rounds_done": rounds_done,
                  "items": len(probes.items), "batch_size": plan.batch_size, "budget_s": plan.budget_s,
                  "isolated": isolate},
-        "machine": machine, "battery": asdict(stats), "table": rows, "breakdown": breakdown, "floor": floors,
+        "machine": machine, "battery": asdict(stats), "plans": plans, "table": rows, "breakdown": breakdown, "floor": floors,
         "support": support, "gpu": gpu_rows, "wall_s": time.perf_counter() - started,
     }
     report["notes"] = _notes(report)
@@ -1242,7 +1279,16 @@ def _write_report(out: Path, report: dict[str, Any], table: Any) -> dict[str, Pa
               "needed rows only; gather = the rest of the batch loop (padding, index building, log-sum-exp, "
               "reads); frame = sums and DataFrame; store = atomic Parquet write; other = replay's planning, "
               "content keys and summary refresh.", "",
-              "## The machine's floor (per revision)", "",
+              ]
+    pl = report.get("plans", {})
+    if pl:
+        lines += ["Body tokens our scorer runs on this battery (per revision): "
+                  + "; ".join(f"{label} plan {pl[label + '_rows']} rows, {pl[label + '_tokens']} tokens "
+                              f"({pl[label + '_padded']} with batch padding)"
+                              for label in ("causal", "tree") if label + "_rows" in pl)
+                  + f"; the prefix trie has {b['distinct_tokens']} distinct tokens, running every (item, candidate) "
+                  f"alone {b['naive_tokens']}.", ""]
+    lines += ["## The machine's floor (per revision)", "",
               "| shape | body TFLOP | head TFLOP | matmul GFLOP/s | compute floor s | weight MB | disk read MB/s | "
               "load floor s | floor s | ours s | ours / floor |", "|---" * 11 + "|"]
     for shape, f in report["floor"].items():

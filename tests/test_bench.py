@@ -52,6 +52,10 @@ def test_quick_breakdown_and_floor_are_consistent(quick_report):
     assert stages["forward"] > 0 and stages["load"] > 0
     parts = sum(v for k, v in stages.items() if k != "total")
     assert parts == pytest.approx(stages["total"], rel=1e-6)
+    plans = report["plans"]
+    assert plans["causal_tokens"] <= plans["causal_padded"]
+    if "tree_tokens" in plans:  # tree rows never run more body tokens than causal sequences
+        assert report["battery"]["distinct_tokens"] <= plans["tree_tokens"] <= plans["causal_tokens"]
     floor = report["floor"]["tiny"]
     assert 0 < floor["compute_s"] and 0 < floor["load_s"]
     assert floor["floor_s"] == max(floor["compute_s"], floor["load_s"])
