@@ -848,7 +848,7 @@ class BenchPlan:
     revisions: int = BENCH_REVISIONS
     lm_eval_revisions: int = 1
     slow_revisions: int = 1
-    rounds: int = 2
+    rounds: int = 3
     items: int = BENCH_MIN_ITEMS
     budget_s: float = 780.0
     support_tokens: int = BENCH_SUPPORT_TOKENS
