@@ -208,3 +208,10 @@ BENCH_SUPPORT_TOKENS = 50_000_000  # support counter throughput is measured on t
 # GPU section: the Pythia sizes tried, largest first; one that does not fit is skipped.
 BENCH_GPU_SHAPES = ("pythia-12b", "pythia-6.9b", "pythia-2.8b", "pythia-1.4b", "pythia-410m", "pythia-160m", "pythia-70m")
 BENCH_FILES = ("bench.md", "bench.csv")
+
+# --- demo acceptance checks (issue #3, "what the demo must show") --------------------------
+# What the printed demo table calls a collapse and a held control. Emergence and survival use
+# the registered thresholds in analysis.yaml; these are the demo's own stricter bars.
+DEMO_COLLAPSE_FINAL_MAX = 0.2   # low-support rule ends at or below this held-out conflict acc
+DEMO_AGREE_MIN = 0.9            # its agree control ends at or above this
+DEMO_LOSS_JUMP_MAX = 0.05       # |mean loss after - before| around collapse onset, nats

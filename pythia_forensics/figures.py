@@ -376,6 +376,31 @@ def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probese
     return fig
 
 
+# --- (g) support-knob sweep -------------------------------------------------------------------
+def sweep_figure(table: pd.DataFrame, *, rule: str) -> Figure:
+    """(g) Final held-out conflict accuracy (left) and final contrast margin (right) against the
+    support knob, one point per arm. `table`: support, final_acc, final_cm, verdict."""
+    table = table.sort_values("support")
+    with _style():
+        fig = Figure(figsize=(7.5, 3.0), layout="constrained")
+        left, right = fig.subplots(1, 2, sharex=True)
+        left.plot(table["support"], table["final_acc"], marker="o", color=CONDITION_COLORS["conflict"],
+                  label="final conflict accuracy")
+        for x, y, v in zip(table["support"], table["final_acc"], table["verdict"]):
+            left.annotate(str(v)[0], (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        left.set_ylim(-0.05, 1.1)
+        left.set_ylabel("final held-out conflict accuracy")
+        right.plot(table["support"], table["final_cm"], marker="s", color=MODEL_COLORS[0],
+                   label="final contrast margin")
+        right.axhline(0.0, color=VOID_TEXT, linewidth=0.8, linestyle="--", label="CM = 0")
+        right.set_ylabel("final contrast margin (nats)")
+        for ax in (left, right):
+            ax.set_xlabel("support knob: P(rule wins in the conflict frame)")
+        _figure_legend(fig, (left, right))
+        fig.suptitle(f"{rule}: the support knob decides the rule's fate (letters: verdict)")
+    return fig
+
+
 # --- files ---------------------------------------------------------------------------------------------
 def save_figure(fig: Figure, stem: Path) -> list[Path]:
     """Write `stem`.pdf and `stem`.png with fixed metadata (same figure -> same bytes)."""

@@ -1,5 +1,6 @@
-"""`pythia-forensics mini train` and `pythia-forensics sweep`: train the mini suite / the
-support-knob sweep (thin shells over `mini.suite.build_suite` / `build_sweep`)."""
+"""`pythia-forensics mini train` and `pythia-forensics mini sweep`: train the mini suite / the
+support-knob sweep arms (thin shells over `mini.suite.build_suite` / `build_sweep`). The
+top-level `demo` and `sweep` commands run the whole pipeline on them (cli/demo.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,12 @@ from typing import Optional
 
 import typer
 
+from pythia_forensics.mini.suite import SWEEP_RULE, SWEEP_SUPPORTS
 
-def _parse_supports(text: str) -> tuple[float, ...]:
+SUPPORTS_DEFAULT = ",".join(f"{s:g}" for s in SWEEP_SUPPORTS)
+
+
+def parse_supports(text: str) -> tuple[float, ...]:
     from pythia_forensics.errors import CorpusError
 
     try:
@@ -35,17 +40,17 @@ def register(app: typer.Typer) -> None:
         path = build_suite(out, force=force, jobs=jobs)
         console.print(f"mini suite ready: {path}")
 
-    @app.command("sweep")
+    @mini_app.command("sweep")
     def sweep_cmd(
         out: Path = typer.Option(Path("results/sweep"), "--out", help="Sweep folder; the arms go to OUT/suite."),
-        supports: str = typer.Option("0.1,0.3,0.5,0.7,0.9", help="Support knob values (>= 4)."),
-        rule: str = typer.Option("pronoun_gender", help="Rule whose support knob varies."),
+        supports: str = typer.Option(SUPPORTS_DEFAULT, help="Support knob values (>= 4)."),
+        rule: str = typer.Option(SWEEP_RULE, help="Rule whose support knob varies."),
         force: bool = typer.Option(False, "--force", help="Retrain arms even if present."),
         jobs: Optional[int] = typer.Option(None, help="Arms trained in parallel (default min(2, CPUs))."),
     ) -> None:
-        """Train the support-knob sweep: one scale, one arm per knob value."""
+        """Train the support-knob sweep arms only: one scale, one arm per knob value."""
         from pythia_forensics.cli.common import console
         from pythia_forensics.mini.suite import build_sweep
 
-        path = build_sweep(out / "suite", rule=rule, supports=_parse_supports(supports), force=force, jobs=jobs)
+        path = build_sweep(out / "suite", rule=rule, supports=parse_supports(supports), force=force, jobs=jobs)
         console.print(f"sweep arms ready: {path}")
