@@ -420,10 +420,13 @@ def _off_target(summary: pd.DataFrame, tol: float) -> list[dict[str, Any]]:
     out = []
     other = summary[~summary["target"]]
     for (seed, r), g in other.groupby(["seed", "rule"]):
-        base = g.loc[g["dose"].idxmin(), "final_acc"]
+        b = g.loc[g["dose"].idxmin()]
+        base = b["final_acc"]
         for _, row in g.iterrows():
+            # The letters say whether a miss is the edit or the rule's own noise (U = unstable baseline).
             out.append({"seed": int(seed), "rule": r, "dose": float(row["dose"]), "final_acc": float(row["final_acc"]),
-                        "baseline": float(base), "within": bool(abs(row["final_acc"] - base) <= tol)})
+                        "baseline": float(base), "letter": row["letter"], "baseline_letter": b["letter"],
+                        "within": bool(abs(row["final_acc"] - base) <= tol)})
     return out
 
 

@@ -98,3 +98,17 @@ def test_bad_doses_are_refused():
         flip(RULE, 1.5)
     with pytest.raises(InterventionError):
         inject(RULE, -0.1, 10)
+
+
+@pytest.mark.parametrize("args", [["experiment", "kill", "--doses", "0,2"],
+                                  ["experiment", "kill", "--doses", "0,x"],
+                                  ["experiment", "kill", "--doses", "0.5"]])
+def test_cli_user_mistakes_are_one_line_exit_2(args, tmp_path, capsys):
+    from pythia_forensics.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert not (tmp_path / "suite").exists() or not any((tmp_path / "suite").iterdir())
