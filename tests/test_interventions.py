@@ -112,3 +112,36 @@ def test_cli_user_mistakes_are_one_line_exit_2(args, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert not (tmp_path / "suite").exists() or not any((tmp_path / "suite").iterdir())
+
+
+def _synthetic_scores(final_target: float, final_other: float):
+    import pandas as pd
+
+    from pythia_forensics.mini.config import RULES
+
+    steps = list(range(0, 820, 20))
+    rows = []
+    for r in RULES:
+        for s in steps:
+            acc = (final_target if r == RULE else final_other) if s >= 600 else (1.0 if s >= 200 else 0.0)
+            rows.append({"step": s, "rule": r, "conflict_acc": acc, "agree_acc": 1.0,
+                         "conflict_cm": 2.0 if acc > 0.5 else -1.0})
+    return pd.DataFrame(rows)
+
+
+def test_summary_off_target_and_figures(tmp_path):
+    from pythia_forensics.interventions import ArmSpec, _off_target, _summarise, arm_metrics
+    from pythia_forensics.intervention_figures import dose_response_figure, trajectories_figure
+
+    specs = [ArmSpec("a0", "kill", 0.0, 1, ()), ArmSpec("a1", "kill", 1.0, 1, (flip(RULE, 1.0),))]
+    scores = {"a0": _synthetic_scores(1.0, 1.0), "a1": _synthetic_scores(0.0, 0.5)}
+    m = arm_metrics(scores["a1"], RULE)
+    assert m["final_acc"] == 0.0 and m["final_cm"] == -1.0 and m["letter"] == "D"  # emerged, then lost
+    assert arm_metrics(scores["a0"], RULE)["letter"] == "R"
+    summary = _summarise(specs, scores, RULE)
+    off = _off_target(summary, 0.15)
+    assert len(off) == 6 and sum(not o["within"] for o in off) == 3  # the three other rules at 0.5 vs 1.0
+    dose_response_figure(summary[summary["target"]], tmp_path / "dr", rule=RULE, xlabel="flip fraction p")
+    traj = scores["a0"].assign(arm="a0", dose=0.0, seed=1)
+    trajectories_figure(traj[traj["rule"] == RULE], tmp_path / "tr", rule=RULE)
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("dr.pdf", "dr.png", "tr.pdf", "tr.png"))
