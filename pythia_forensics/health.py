@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from pythia_forensics.registry import step_of_revision
+from pythia_forensics.sources import WeightFile
 from pythia_forensics.constants import (
     EMBEDDING_TENSOR_KEYS,
     HEALTH_SIZE_MIN_PEERS,
@@ -69,17 +71,11 @@ __all__ = [
 ]
 
 _SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<i>\d+)-of-(?P<n>\d+)$")
-_STEP_RE = re.compile(r"^step(\d+)$")
 
 
 # --- records -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ListedFile:
-    """One weight file as a listing shows it (no bytes fetched)."""
-
-    name: str
-    size: int
-    sha256: str
+# One weight file as a listing shows it (no bytes fetched): the sources' record, reused.
+ListedFile = WeightFile
 
 
 @dataclass(frozen=True)
@@ -220,11 +216,6 @@ class HealthReport:
 
 
 # --- small helpers -----------------------------------------------------------------------
-def _step_of(revision: str) -> int | None:
-    match = _STEP_RE.match(revision)
-    return int(match.group(1)) if match else None
-
-
 def _order_key(step: int | None, revision: str) -> tuple[float, str]:
     # `main` (no step) sorts after every step branch: it is the final model.
     return (float("inf") if step is None else float(step), revision)
@@ -370,7 +361,7 @@ def census_findings(listings: Sequence[RevisionFiles], *, expected: Sequence[str
     # 1. Revisions the grid promises but the source lacks.
     for rev in expected:
         if rev not in by_rev:
-            findings.append(Finding(rev, _step_of(rev), "missing", "bad",
+            findings.append(Finding(rev, step_of_revision(rev), "missing", "bad",
                                     f"{rev} is in the expected grid but {where} has no such revision"))
 
     # 2. Complete weight sets, and truncated files readable from disk.
@@ -910,7 +901,7 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     local_root = Path(src.path) if getattr(src, "source", None) == "local" else None
     revisions = list(src.revisions())
     expected = _expected_revisions(spec)
-    names = [(r, spec.step_of(r)) for r in revisions] + [(r, _step_of(r)) for r in expected]
+    names = [(r, spec.step_of(r)) for r in revisions] + [(r, step_of_revision(r)) for r in expected]
     final_step = max((s for _, s in names if s is not None), default=None)
     keep = _select(names, steps, final_step)
     revisions = [r for r in revisions if r in keep]
@@ -960,7 +951,7 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
                                       peers=peer_loaders, progress=wrap)
         findings += deep_f
 
-    rows = build_rows(spec.name, [(e.revision, e.step) for e in entries] + [(r, _step_of(r)) for r in expected],
+    rows = build_rows(spec.name, [(e.revision, e.step) for e in entries] + [(r, step_of_revision(r)) for r in expected],
                       findings)
     return HealthReport(model=spec.name, source=spec.source, deep=deep, rows=rows, findings=tuple(findings),
                         clusters=tuple(clusters), stats=tuple(stats),

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from pythia_forensics.constants import MANIFEST_FILE
-from pythia_forensics.errors import CorpusError, PFError
+from pythia_forensics.errors import CorpusError
 from pythia_forensics.mini.batteries import battery_items, render_battery
-from pythia_forensics.mini.config import RULES, CorpusConfig, RuleKnobs, TrainConfig, reduced_config
+from pythia_forensics.mini.config import RULES, CorpusConfig, RuleKnobs, reduced_config
 from pythia_forensics.mini.corpus import SentenceRecord, flip, sample_records
 from pythia_forensics.mini.lexicon import RULE_SLOTS, load_lexicon, with_opener
 from pythia_forensics.mini.suite import build_suite, build_sweep, sweep_configs

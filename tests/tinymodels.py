@@ -7,7 +7,6 @@ different tokens) and a randomly initialised `GPTNeoXForCausalLM` saved with
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,26 +25,9 @@ TINY_TEXT = [
 
 def train_bpe_tokenizer(texts: list[str] | None = None, vocab_size: int = 320):
     """A byte-level BPE fast tokenizer with NeoX's special ids (<|endoftext|>=0, <|padding|>=1)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from pythia_forensics.mini.tokenizer import bpe_from_texts
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|padding|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator((texts or TINY_TEXT) * 20, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|padding|>",
-    )
+    return bpe_from_texts((texts or TINY_TEXT) * 20, vocab_size=vocab_size)
 
 
 def tiny_neox(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 4,

@@ -28,9 +28,6 @@ def build_tokenizer(*, vocab_size: int = 1024, lexicon: Lexicon | None = None):
     Raises:
         CorpusError: some lexicon word is not a single token (raise vocab_size).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from pythia_forensics.mini.corpus import _word_ids, sample_records
 
     lex = lexicon or load_lexicon()
@@ -41,6 +38,20 @@ def build_tokenizer(*, vocab_size: int = 1024, lexicon: Lexicon | None = None):
     # Each word alone, with and without a leading space, so all of them become single tokens.
     words = sorted(lex.all_words())
     texts += [f"{w} {w}" for w in words] * 20
+    fast = bpe_from_texts(texts, vocab_size=vocab_size)
+    if fast.convert_tokens_to_ids("<|endoftext|>") != 0 or fast.convert_tokens_to_ids("<|padding|>") != 1:
+        raise CorpusError("mini tokenizer special ids differ from NeoX's (<|endoftext|>=0, <|padding|>=1)")
+    _word_ids(fast, words)  # raises if a lexicon word is split
+    return fast
+
+
+def bpe_from_texts(texts, *, vocab_size: int):
+    """A byte-level BPE trained on `texts`, GPT-2/NeoX style (" she" and "she" are different
+    tokens), as a Hugging Face fast tokenizer with NeoX's special ids (<|endoftext|>=0,
+    <|padding|>=1), so the same loading code serves the mini suite and Pythia."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -51,14 +62,10 @@ def build_tokenizer(*, vocab_size: int = 1024, lexicon: Lexicon | None = None):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|endoftext|>",
         eos_token="<|endoftext|>",
         unk_token="<|endoftext|>",
         pad_token="<|padding|>",
     )
-    if fast.convert_tokens_to_ids("<|endoftext|>") != 0 or fast.convert_tokens_to_ids("<|padding|>") != 1:
-        raise CorpusError("mini tokenizer special ids differ from NeoX's (<|endoftext|>=0, <|padding|>=1)")
-    _word_ids(fast, words)  # raises if a lexicon word is split
-    return fast
