@@ -135,7 +135,25 @@ def test_shared_prefixes_cost_one_forward_row(model, tiny_tokenizer):
     # a multi-token candidate's row also serves the single-token ones after the same prefix
     items.append(ProbeItem("s9", "r", "agree", "train", "Mia cried because", " she was", " he was"))
     frame = score(model, _set(items), tokenizer=tiny_tokenizer)
-    assert frame.attrs["forward_sequences"] == 2 and frame.attrs["logit_rows"] == 3
+    # tree rows: the prefix and both branches (" she", " he") share ONE row; 3 logit rows
+    assert frame.attrs["forward_sequences"] == 1 and frame.attrs["logit_rows"] == 3
+
+
+def test_tree_rows_equal_plain_causal_sequences(model, tiny_tokenizer, monkeypatch):
+    """The tree-row plan (GPT-NeoX) and the causal-sequence plan (other architectures) give
+    the same numbers, and the tree runs fewer body tokens on items that share prefixes."""
+    from pythia_forensics import scoring
+
+    items = _items() + [ProbeItem(f"m{k}", "r", "agree", "train", p, " she was", " he was")
+                        for k, p in enumerate(PREFIXES)]
+    for batch_size in (1, 7, 64):
+        tree = score(model, _set(items), tokenizer=tiny_tokenizer, batch_size=batch_size)
+        with monkeypatch.context() as m:
+            m.setattr(scoring, "_tree_ok", lambda _model: False)
+            plain = score(model, _set(items), tokenizer=tiny_tokenizer, batch_size=batch_size)
+        for column in ("logp_target", "logp_foil"):
+            assert np.abs(tree[column].to_numpy() - plain[column].to_numpy()).max() < 1e-5
+        assert tree.attrs["forward_tokens"] < plain.attrs["forward_tokens"]
 
 
 def test_padding_token_never_reaches_real_positions(model, tiny_tokenizer):
