@@ -67,7 +67,8 @@ def trajectories_figure(traj: pd.DataFrame, stem: str | Path, *, rule: str) -> N
         for ax, col, label in ((axes[0], "conflict_acc", "held-out conflict accuracy"),
                                (axes[1], "conflict_cm", "conflict CM (nats)")):
             seen = set()
-            for arm, g in traj.groupby("arm"):
+            # Arms in dose order so the legend reads low to high.
+            for arm, g in sorted(traj.groupby("arm"), key=lambda kv: (kv[1]["dose"].iloc[0], kv[0])):
                 g = g.sort_values("step")
                 d = g["dose"].iloc[0]
                 ax.plot(g["step"], g[col], color=PALETTE[doses.index(d) % len(PALETTE)], lw=1, alpha=0.8,
