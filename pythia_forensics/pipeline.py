@@ -182,7 +182,22 @@ def _write_checks(checks: list[Check], results: Path) -> Path:
     return path
 
 
-def run_demo(out: str | Path, *, force: bool = False, progress: bool = True, jobs: int | None = None) -> JobResult:
+class _Stages:
+    """Runs pipeline stages in order and records each one's wall time."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[name] = time.perf_counter() - started
+
+
+def run_demo(out: str | Path, *, force: bool = False, progress: bool = True, jobs: int | None = None,
+             config=None) -> JobResult:
     """Train (or reuse) the mini suite, replay, count support, analyse, draw, check.
 
     Args:
@@ -190,6 +205,7 @@ def run_demo(out: str | Path, *, force: bool = False, progress: bool = True, job
         force: retrain the suite.
         progress: show progress bars.
         jobs: models trained in parallel.
+        config: the mini suite's `SuiteConfig` (default: the demo's).
 
     Returns:
         A JobResult with the analysis, the measured checks, figures and report paths, and
@@ -199,22 +215,16 @@ def run_demo(out: str | Path, *, force: bool = False, progress: bool = True, job
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    suite = build_suite(out / "suite", force=force, progress=progress, jobs=jobs)
-    timings["train"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _replay(suite, out, progress=progress)
-    timings["replay"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _count_support(suite, out, progress=progress)
-    timings["support"] = time.perf_counter() - t
-    t = time.perf_counter()
-    analysis, figures, report = _analyze_and_draw(out, progress=progress)
-    timings["analyse+figures"] = time.perf_counter() - t
+    stages = _Stages()
+    suite = stages.run("train", build_suite, out / "suite", config=config, force=force, progress=progress,
+                       jobs=jobs)
+    stages.run("replay", _replay, suite, out, progress=progress)
+    stages.run("support", _count_support, suite, out, progress=progress)
+    analysis, figures, report = stages.run("analyse+figures", _analyze_and_draw, out, progress=progress)
     checks = demo_checks(analysis, suite)
     _write_checks(checks, out)
-    return JobResult(out=out, analysis=analysis, checks=checks, figures=figures, report=report, timings=timings)
+    return JobResult(out=out, analysis=analysis, checks=checks, figures=figures, report=report,
+                     timings=stages.timings)
 
 
 def run_sweep(out: str | Path, *, force: bool = False, progress: bool = True, jobs: int | None = None,
@@ -226,19 +236,14 @@ def run_sweep(out: str | Path, *, force: bool = False, progress: bool = True, jo
 
     out = Path(out)
     rule = rule or SWEEP_RULE
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    suite = build_sweep(out / "suite", rule=rule, supports=supports or SWEEP_SUPPORTS, force=force,
-                        progress=progress, jobs=jobs)
-    timings["train"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _replay(suite, out, progress=progress)
-    timings["replay"] = time.perf_counter() - t
-    t = time.perf_counter()
-    analysis, figures, report = _analyze_and_draw(out, progress=progress)
+    stages = _Stages()
+    suite = stages.run("train", build_sweep, out / "suite", rule=rule, supports=supports or SWEEP_SUPPORTS,
+                       force=force, progress=progress, jobs=jobs)
+    stages.run("replay", _replay, suite, out, progress=progress)
+    analysis, figures, report = stages.run("analyse+figures", _analyze_and_draw, out, progress=progress)
     checks, table = sweep_checks(analysis, suite, rule)
     table.to_csv(out / "sweep.csv", index=False)
     figures += save_figure(sweep_figure(table, rule=rule), out / "figures" / "sweep_support")
-    timings["analyse+figures"] = time.perf_counter() - t
     _write_checks(checks, out)
-    return JobResult(out=out, analysis=analysis, checks=checks, figures=figures, report=report, timings=timings)
+    return JobResult(out=out, analysis=analysis, checks=checks, figures=figures, report=report,
+                     timings=stages.timings)
