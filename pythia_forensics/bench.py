@@ -26,6 +26,7 @@ tool's default (`"tokenizer"` rows only) would differ from them by design, not b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -507,7 +508,7 @@ def _sweep_ours(rev_dirs: Sequence[Path], probes: Any, *, battery: Path, work: P
     results = work / "results"
     steps = [step_of_revision(p.name) for p in rev_dirs]
     probe = _StageTimer() if profile else None
-    with (probe or _nullcontext()):
+    with (probe or contextlib.nullcontext()):
         summary = replay(str(model_dir), str(battery), steps=steps, results=results, dtype="float32",
                          device="cpu", batch_size="auto", vocab_rows="all", progress=False)
     frame = ResultsStore(results).items()
@@ -525,35 +526,48 @@ def _sweep_ours(rev_dirs: Sequence[Path], probes: Any, *, battery: Path, work: P
     return logp, load_s, summary.score_s, extra
 
 
-def _sweep_minicons(rev_dirs: Sequence[Path], probes: Any, *, batch_size: int, **_: Any) -> tuple[Any, float, float, dict]:
+def _timed_revisions(rev_dirs: Sequence[Path], n: int, load: Callable[[Path], Any],
+                     score: Callable[[Any], list[float]]) -> tuple[Any, float, float, dict]:
+    """Load and score each revision in turn, timing the two phases apart.
+
+    Returns log-probs shaped (revisions, items, 2) (target, foil), load seconds, score seconds
+    and no extras, the shape every competitor sweep returns."""
     import numpy as np
+
+    out = np.empty((len(rev_dirs), n))
+    load_s = score_s = 0.0
+    for r, rev in enumerate(rev_dirs):
+        t0 = time.perf_counter()
+        scorer_obj = load(rev)
+        t1 = time.perf_counter()
+        out[r] = score(scorer_obj)
+        load_s += t1 - t0
+        score_s += time.perf_counter() - t1
+        del scorer_obj
+    return out.reshape(len(rev_dirs), -1, 2), load_s, score_s, {}
+
+
+def _sweep_minicons(rev_dirs: Sequence[Path], probes: Any, *, batch_size: int, **_: Any) -> tuple[Any, float, float, dict]:
     import torch
     from minicons import scorer
 
     ctxs, conts = _item_pairs(probes)
-    out = np.empty((len(rev_dirs), len(ctxs)))
-    load_s = score_s = 0.0
-    for r, rev in enumerate(rev_dirs):
-        t0 = time.perf_counter()
-        lm = scorer.IncrementalLMScorer(str(rev), device="cpu", dtype=torch.float32)
-        t1 = time.perf_counter()
+
+    def score(lm: Any) -> list[float]:
         vals: list[float] = []
         for i in range(0, len(ctxs), batch_size):
             # separator="" : the continuation carries its own leading space
             vals.extend(lm.conditional_score(ctxs[i:i + batch_size], conts[i:i + batch_size], separator="",
                                              reduction=lambda x: x.sum(0).item()))
-        out[r] = vals
-        t2 = time.perf_counter()
-        load_s += t1 - t0
-        score_s += t2 - t1
-        del lm
-    return out.reshape(len(rev_dirs), -1, 2), load_s, score_s, {}
+        return vals
+
+    return _timed_revisions(rev_dirs, len(ctxs),
+                            lambda rev: scorer.IncrementalLMScorer(str(rev), device="cpu", dtype=torch.float32), score)
 
 
 def _sweep_lm_eval(rev_dirs: Sequence[Path], probes: Any, *, batch_size: int, **_: Any) -> tuple[Any, float, float, dict]:
     import logging
 
-    import numpy as np
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -561,36 +575,26 @@ def _sweep_lm_eval(rev_dirs: Sequence[Path], probes: Any, *, batch_size: int, **
     ctxs, conts = _item_pairs(probes)
     requests = [Instance(request_type="loglikelihood", doc={}, arguments=(c, x), idx=i)
                 for i, (c, x) in enumerate(zip(ctxs, conts))]
-    out = np.empty((len(rev_dirs), len(ctxs)))
-    load_s = score_s = 0.0
-    for r, rev in enumerate(rev_dirs):
-        t0 = time.perf_counter()
-        lm = HFLM(pretrained=str(rev), device="cpu", batch_size=batch_size, dtype="float32")
-        t1 = time.perf_counter()
-        res = lm.loglikelihood(requests, disable_tqdm=True)
-        out[r] = [ll for ll, _greedy in res]
-        t2 = time.perf_counter()
-        load_s += t1 - t0
-        score_s += t2 - t1
-        del lm
-    return out.reshape(len(rev_dirs), -1, 2), load_s, score_s, {}
+    return _timed_revisions(
+        rev_dirs, len(ctxs),
+        lambda rev: HFLM(pretrained=str(rev), device="cpu", batch_size=batch_size, dtype="float32"),
+        lambda lm: [ll for ll, _greedy in lm.loglikelihood(requests, disable_tqdm=True)])
 
 
 def _sweep_full_logits(rev_dirs: Sequence[Path], probes: Any, *, batch_size: int, **_: Any) -> tuple[Any, float, float, dict]:
     """What most research scripts do: run prefix+candidate as one sequence, log-softmax over
     [batch, sequence, vocabulary], sum the candidate's token log-probs in a Python loop."""
-    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ctxs, conts = _item_pairs(probes)
-    out = np.empty((len(rev_dirs), len(ctxs)))
-    load_s = score_s = 0.0
-    for r, rev in enumerate(rev_dirs):
-        t0 = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(str(rev), dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(str(rev))
-        t1 = time.perf_counter()
+
+    def load(rev: Path) -> tuple[Any, Any]:
+        return (AutoModelForCausalLM.from_pretrained(str(rev), dtype=torch.float32).eval(),
+                AutoTokenizer.from_pretrained(str(rev)))
+
+    def score(loaded: tuple[Any, Any]) -> list[float]:
+        model, tok = loaded
         vals: list[float] = []
         with torch.no_grad():
             for i in range(0, len(ctxs), batch_size):
@@ -609,12 +613,9 @@ def _sweep_full_logits(rev_dirs: Sequence[Path], probes: Any, *, batch_size: int
                 logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
                 for j, s in enumerate(seqs):
                     vals.append(sum(logp[j, t - 1, s[t]].item() for t in range(starts[j], len(s))))
-        out[r] = vals
-        t2 = time.perf_counter()
-        load_s += t1 - t0
-        score_s += t2 - t1
-        del model
-    return out.reshape(len(rev_dirs), -1, 2), load_s, score_s, {}
+        return vals
+
+    return _timed_revisions(rev_dirs, len(ctxs), load, score)
 
 
 _SWEEPS: dict[str, Callable[..., tuple[Any, float, float, dict]]] = {
@@ -629,15 +630,6 @@ _PRELOAD = {
     "minicons": ("minicons.scorer",),
     "full-logits": (),
 }
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
 
 
 class _StageTimer:

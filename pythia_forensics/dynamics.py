@@ -144,13 +144,19 @@ class AnalysisConfig:
     source: str = ""
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, *, what: str = "analysis config",
+              missing_hint: str = "pass an existing YAML file to --config") -> Any:
+    """Parse a user's YAML file; a missing or malformed file is a one-line ConfigError."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"analysis config {path} does not exist; pass an existing YAML file to --config") from None
+        raise ConfigError(f"{what} {path} does not exist; {missing_hint}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"analysis config {path} is not valid YAML ({exc}); fix the file") from None
+        raise ConfigError(f"{what} {path} is not valid YAML ({exc}); fix the file") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

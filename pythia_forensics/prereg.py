@@ -36,10 +36,9 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-import yaml
 
 from pythia_forensics.constants import ITEMS_DIR, PREREG_LOCK_FILE
-from pythia_forensics.dynamics import VERDICTS, Analysis, AnalysisConfig, load_config, primary
+from pythia_forensics.dynamics import VERDICTS, Analysis, AnalysisConfig, load_config, primary, read_yaml
 from pythia_forensics.errors import ConfigError, PreregError
 
 __all__ = ["Claim", "parse_predictions", "lock", "read_lock", "ledger", "LEDGER_STATUSES"]
@@ -105,12 +104,7 @@ def parse_predictions(path: str | Path) -> tuple[str | None, tuple[Claim, ...]]:
         ConfigError: the file is missing, not YAML, or a claim does not follow the grammar.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"predictions file {path} does not exist; pass the YAML file to lock") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"predictions file {path} is not valid YAML ({exc}); fix the file") from None
+    data = read_yaml(path, what="predictions file", missing_hint="pass the YAML file to lock")
     if not isinstance(data, dict) or not isinstance(data.get("predictions"), list) or not data["predictions"]:
         raise ConfigError(f"predictions file {path} needs a non-empty list under 'predictions:'")
     claims, seen = [], set()

@@ -23,3 +23,17 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
     """A saved tiny GPT-NeoX revision directory (safetensors + tokenizer)."""
     model = tiny_neox(len(tiny_tokenizer), seed=0)
     return save_checkpoint(tmp_path_factory.mktemp("tiny") / "step100", model, tiny_tokenizer)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Call the CLI in-process: `run_cli([...]) -> (exit code, stdout, stderr)`."""
+    from pythia_forensics.cli import main
+
+    def run(argv):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+
+    return run

@@ -91,22 +91,13 @@ def test_bf16_drift_on_pythia_shaped_model():
     assert next(model.parameters()).dtype == torch.bfloat16  # (the test cast it; audit copied)
 
 
-def _cli(argv, capsys):
-    from pythia_forensics.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def test_cli_exit_status_and_report(tiny_checkpoint, tmp_path, capsys):
-    code, out, _ = _cli(["audit", str(tiny_checkpoint), "--probes", "pronoun_gender", "--dtype", "float32",
-                         "--batch-size", "8", "--sample", "16", "--device", "cpu"], capsys)
+def test_cli_exit_status_and_report(tiny_checkpoint, tmp_path, run_cli):
+    code, out, _ = run_cli(["audit", str(tiny_checkpoint), "--probes", "pronoun_gender", "--dtype", "float32",
+                         "--batch-size", "8", "--sample", "16", "--device", "cpu"])
     assert code == 0 and "pass" in out
-    code, out, _ = _cli(["audit", str(tiny_checkpoint), "--probes", "pronoun_gender", "--dtype", "bfloat16",
+    code, out, _ = run_cli(["audit", str(tiny_checkpoint), "--probes", "pronoun_gender", "--dtype", "bfloat16",
                          "--batch-size", "8", "--sample", "16", "--device", "cpu",
-                         "--out", str(tmp_path / "a.json")], capsys)
+                         "--out", str(tmp_path / "a.json")])
     data = json.loads((tmp_path / "a.json").read_text())
     assert code == 1 and data["verdict"] in ("drift", "fail") and data["max_abs_delta"] > 1e-4
     assert len(data["items"]) == 16
@@ -115,9 +106,8 @@ def test_cli_exit_status_and_report(tiny_checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("extra, needle", [(["--batch-size", "lots"], "batch-size"),
                                            (["--out", "x.txt"], ".txt"),
                                            (["--dtype", "float8"], "float8")])
-def test_cli_user_mistakes_exit_2(tiny_checkpoint, capsys, extra, needle):
-    code, _, err = _cli(["audit", str(tiny_checkpoint), "--probes", "pronoun_gender", "--device", "cpu", *extra],
-                        capsys)
+def test_cli_user_mistakes_exit_2(tiny_checkpoint, run_cli, extra, needle):
+    code, _, err = run_cli(["audit", str(tiny_checkpoint), "--probes", "pronoun_gender", "--device", "cpu", *extra])
     assert code == 2 and needle in err and err.count("\n") == 1
 
 
@@ -131,7 +121,7 @@ def test_pick_revisions_spreads_over_the_grid():
         pick_revisions(grid, 0)
 
 
-def test_audit_revisions_of_a_local_suite(tmp_path, tiny_tokenizer, capsys):
+def test_audit_revisions_of_a_local_suite(tmp_path, tiny_tokenizer, run_cli):
     import json as _json
 
     from tinymodels import save_checkpoint, tiny_neox
@@ -140,9 +130,9 @@ def test_audit_revisions_of_a_local_suite(tmp_path, tiny_tokenizer, capsys):
     for seed, step in enumerate((0, 10, 20)):
         save_checkpoint(model_dir / f"step{step}", tiny_neox(len(tiny_tokenizer), seed=seed), tiny_tokenizer)
     (model_dir / "manifest.json").write_text(_json.dumps({"model": "tiny", "steps": [0, 10, 20]}))
-    code, out, _ = _cli(["audit", str(model_dir), "--revisions", "2", "--probes", "pronoun_gender",
+    code, out, _ = run_cli(["audit", str(model_dir), "--revisions", "2", "--probes", "pronoun_gender",
                          "--dtype", "float32", "--batch-size", "8", "--sample", "8", "--device", "cpu",
-                         "--out", str(tmp_path / "a.json")], capsys)
+                         "--out", str(tmp_path / "a.json")])
     data = _json.loads((tmp_path / "a.json").read_text())
     assert code == 0 and [r["revision"] for r in data["reports"]] == ["step0", "step20"]
     assert all(r["verdict"] == "pass" and r["model"] == "tiny" for r in data["reports"])

@@ -398,28 +398,18 @@ def test_hub_deep_checks_within_disk_budget(hub, tmp_path):
 
 
 # --- CLI -------------------------------------------------------------------------------------
-def _cli(argv, capsys):
-    from pythia_forensics.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def test_cli_exit_status_table_and_files(suites, tmp_path, capsys):
+def test_cli_exit_status_table_and_files(suites, tmp_path, run_cli):
     import json
 
     import pandas as pd
 
     a, _ = suites["clean"]
     f, _, _ = suites["faulty"]
-    code, out, _ = _cli(["health", str(a), "--out", str(tmp_path / "clean.json")], capsys)
+    code, out, _ = run_cli(["health", str(a), "--out", str(tmp_path / "clean.json")])
     assert code == 0 and "0 bad" in out
     assert json.loads((tmp_path / "clean.json").read_text())["failed"] is False
 
-    code, out, _ = _cli(["health", str(f), "--results", str(tmp_path / "res"), "--out", str(tmp_path / "f.csv")],
-                        capsys)
+    code, out, _ = run_cli(["health", str(f), "--results", str(tmp_path / "res"), "--out", str(tmp_path / "f.csv")])
     assert code == 1 and "step2000" in out and "duplicate" in out
     table = pd.read_csv(tmp_path / "f.csv")
     assert set(table.loc[table.status == "bad", "revision"]) == {"step16", "step2000", "step512", "step64"}
@@ -431,14 +421,14 @@ def test_cli_exit_status_table_and_files(suites, tmp_path, capsys):
     (["--steps", "5:x"], "steps"),
     (["--out", "report.txt"], ".txt"),
 ])
-def test_cli_user_mistakes_exit_2_with_one_line(suites, tmp_path, capsys, extra, needle):
+def test_cli_user_mistakes_exit_2_with_one_line(suites, tmp_path, run_cli, extra, needle):
     a, _ = suites["clean"]
-    code, _, err = _cli(["health", str(a), *extra], capsys)
+    code, _, err = run_cli(["health", str(a), *extra])
     assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_cli_unknown_model_exit_2(capsys):
-    code, _, err = _cli(["health", "pythia-71m"], capsys)
+def test_cli_unknown_model_exit_2(run_cli):
+    code, _, err = run_cli(["health", "pythia-71m"])
     assert code == 2 and "pythia-70m" in err and err.count("\n") == 1
 
 
