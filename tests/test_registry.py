@@ -177,9 +177,9 @@ def test_local_suite_reads_manifest(tmp_path):
 
 
 def test_local_folder_errors(tmp_path):
-    (tmp_path / "nomanifest" / "step0").mkdir(parents=True)
-    with pytest.raises(UnknownModelError, match="manifest.json"):
-        resolve_model(tmp_path / "nomanifest")
+    (tmp_path / "nocheckpoints" / "logs").mkdir(parents=True)
+    with pytest.raises(UnknownModelError, match="holds no checkpoint folders.*--step-pattern"):
+        resolve_model(tmp_path / "nocheckpoints")
     with pytest.raises(UnknownModelError, match="did you mean 'mini-s'"):
         _fake_local(tmp_path)
         resolve_model("mini-z", suite_dir=tmp_path / "suite")
