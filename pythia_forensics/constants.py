@@ -165,6 +165,10 @@ PALETTE = (
 )
 CONDITION_COLORS = {"conflict": PALETTE[1], "agree": PALETTE[0]}
 FIGURE_DPI = 200
+# Trajectory x axes (figures --x / --xscale): what x is, and how it is scaled ("auto" follows
+# the checkpoint grid: log for log-spaced grids, linear otherwise; step_axis.grid_scale).
+FIGURE_X_UNITS = ("steps", "tokens")
+FIGURE_X_SCALES = ("auto", "linear", "log", "symlog")
 
 # --- results store and replay (store.py, replay.py) ----------------------------------------
 ITEMS_DIR = "items"

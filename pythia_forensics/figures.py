@@ -64,7 +64,8 @@ from pythia_forensics.errors import StoreError
 from pythia_forensics.step_axis import StepAxis, count_label, step_axis
 
 __all__ = ["accuracy_figure", "cm_figure", "scale_figure", "verdict_grid", "overview_figure", "support_figure",
-           "save_figure", "render_figures", "load_support", "model_order", "model_shades", "cm_crossing"]
+           "save_figure", "render_figures", "load_support", "model_order", "model_shades", "cm_crossing",
+           "unknown_size_models"]
 
 
 # --- one visual language -----------------------------------------------------------------------
@@ -151,6 +152,17 @@ def model_order(models: Sequence[str], sizes: pd.DataFrame | None = None) -> lis
         size = {m: v for m, v in zip(sizes["model"], sizes["params_total"]) if np.isfinite(v)}
         return sorted(names, key=lambda m: (size.get(m, np.inf), m))
     return names
+
+
+def unknown_size_models(models: Sequence[str], sizes: pd.DataFrame | None) -> list[str]:
+    """Models (of `models`) whose total or non-embedding parameter count is unknown, sorted."""
+    sizes = _sizes_numeric(sizes)
+    known = set()
+    if not sizes.empty:
+        cols = [c for c in ("params_total", "params_nonembedding") if c in sizes]
+        ok = np.isfinite(sizes[cols].to_numpy(float)).all(axis=1) if cols else np.zeros(len(sizes), bool)
+        known = set(sizes.loc[ok, "model"])
+    return sorted(set(models) - known)
 
 
 def _symlog(ax, steps) -> None:

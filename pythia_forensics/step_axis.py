@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
+from pythia_forensics.constants import FIGURE_X_SCALES, FIGURE_X_UNITS
 from pythia_forensics.errors import ConfigError, StoreError
 
 __all__ = ["X_UNITS", "X_SCALES", "grid_scale", "count_label", "StepAxis", "step_axis"]
 
-X_UNITS = ("steps", "tokens")
-X_SCALES = ("auto", "linear", "log", "symlog")
+X_UNITS = FIGURE_X_UNITS
+X_SCALES = FIGURE_X_SCALES
 
 # A grid is log-spaced when its analysed steps hold a run of LOG_RUN consecutive ratios of at
 # least LOG_RATIO (a doubling grid has 2) and span at least LOG_SPAN_MIN x, or when most of
