@@ -65,7 +65,7 @@ from pythia_forensics.step_axis import StepAxis, count_label, step_axis
 
 __all__ = ["accuracy_figure", "cm_figure", "scale_figure", "verdict_grid", "overview_figure", "support_figure",
            "save_figure", "render_figures", "load_support", "model_order", "model_shades", "cm_crossing",
-           "unknown_size_models"]
+           "unknown_size_models", "model_colors"]
 
 
 # --- one visual language -----------------------------------------------------------------------
@@ -80,6 +80,12 @@ def model_shades(base: str, n: int) -> list[str]:
         return [base] * max(n, 0)
     ts = np.linspace(-0.5, 0.45, n)  # < 0: towards white, > 0: towards black
     return [_mix(base, "#FFFFFF", -t) if t < 0 else _mix(base, "#000000", t) for t in ts]
+
+
+def model_colors(order: Sequence[str], condition: str = "conflict") -> dict[str, str]:
+    """model -> its shade of `condition`'s hue, from the whole set's order (same model, same
+    shade in every figure of a set; lightest = first = smallest)."""
+    return dict(zip(order, model_shades(CONDITION_COLORS[condition], len(order))))
 
 
 EVENT_COLOR = "#000000"  # emergence, peak, collapse onset, CM zero crossing: black shapes
@@ -574,8 +580,7 @@ def overview_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, order:
     """
     labels = _rule_labels(metrics)
     models = [m for m in order if m in set(trajectories["model"])]
-    conflict = dict(zip(models, model_shades(CONDITION_COLORS["conflict"], len(models))))
-    agree = dict(zip(models, model_shades(CONDITION_COLORS["agree"], len(models))))
+    conflict, agree = model_colors(order, "conflict"), model_colors(order, "agree")
     axis = _axis_for(trajectories, axis)
     n_entries = len(models) + 2
     with _style():
@@ -609,7 +614,7 @@ def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probese
     sup = support[support["rule"] == rule].sort_values("window_start_step")
     traj = _group(trajectories, probeset, rule)
     models = [m for m in order if m in set(traj["model"])]
-    colors = {m: MODEL_COLORS[i % len(MODEL_COLORS)] for i, m in enumerate(models)}
+    colors = model_colors(order)
     with _style():
         fig = Figure(figsize=(7.5, 3.0), layout="constrained")
         left, right = fig.subplots(1, 2, sharex=True)

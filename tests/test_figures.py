@@ -371,6 +371,8 @@ def test_support_figure_series(rendered):
     assert len(stairs) == 1
     np.testing.assert_allclose(stairs[0].get_data().values, [9 / 3, 10 / 3, 4 / 7, 1 / 10])
     assert [line.get_label() for line in right.get_lines()] == ORDER
+    # each model keeps the shade it has in the overview
+    assert [line.get_color() for line in right.get_lines()] == [F.model_colors(ORDER)[m] for m in ORDER]
     assert_text_inside(fig)
 
 
