@@ -423,11 +423,20 @@ def _size_ticks(ax, values: Sequence[float]) -> None:
                 label.set_horizontalalignment("right")
 
 
-def _scale_title(stat: pd.DataFrame, size: str) -> str:
+def _scale_title(stat: pd.DataFrame, size: str, no_depth: Sequence[str] = ()) -> str:
+    """The panel title: rho with p and CI, or the scale row's note when rho is undefined.
+
+    A rho that ranks models the panel draws without a depth (never emerged) is not printed:
+    the figure would show a correlation over points it does not show.
+    """
     hit = stat[(stat["size"] == size) & (stat["metric"] == "depth")] if not stat.empty else stat
     if hit.empty:
         return "no scale statistic for this size"
     r = hit.iloc[0]
+    ranked = set(str(r["models"]).split(",")) if "models" in r and pd.notna(r["models"]) else set()
+    hidden = sorted(ranked & set(no_depth))
+    if pd.notna(r["rho"]) and hidden:
+        return _wrap(f"rho not shown: it ranks models that never emerged ({', '.join(hidden)})", 48)
     if pd.notna(r["rho"]):
         ci = "" if pd.isna(r["rho_lo"]) else f"\n95% CI [{r['rho_lo']:.2f}, {r['rho_hi']:.2f}]"
         p = "" if pd.isna(r["p_perm"]) else f", perm. p = {r['p_perm']:.3g}"
@@ -505,7 +514,7 @@ def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame
                             rotation=90, ha="center", va="center", fontsize=6, color=VOID_TEXT,
                             textcoords="offset points", xytext=(-5, 0))
             _size_ticks(ax, xs)
-            ax.set_title(_scale_title(stat, size))
+            ax.set_title(_scale_title(stat, size, list(never["model"])))
         depth = met.loc[emerged, ["depth", "depth_lo", "depth_hi"]].to_numpy(float)
         depth = depth[np.isfinite(depth)]
         axes[0].set_ylim(min(-0.05, depth.min() - 0.05) if depth.size else -0.05,

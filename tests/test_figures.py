@@ -475,6 +475,8 @@ def test_scale_panel_never_emerged_gets_no_depth():
     assert PYTHIA_SIZES["pythia-160m"][0] not in drawn_x  # no point, so no depth
     never = _labelled(ax, "never emerged (no depth)")
     assert len(never) == 1 and never[0].get_xdata()[0] == PYTHIA_SIZES["pythia-160m"][0]
+    # whatever the scale row holds, the panel never prints a rho over points it does not draw
+    assert "rho =" not in ax.get_title()
     assert_legend_complete(fig)
     assert_text_inside(fig)
 

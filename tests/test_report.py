@@ -156,7 +156,7 @@ def test_verdict_and_claims_tables_fit_the_width(width):
     from pythia_forensics.cli.tables import Col, fit_table
 
     cols = [Col("model"), Col("rule", wrap=True), Col("verdict"), Col("emerge", "right", drop=2),
-            Col("collapse", "right", drop=1), Col("final", "right"), Col("depth", "right", drop=1),
+            Col("onset", "right", drop=1), Col("final", "right"), Col("depth", "right", drop=1),
             Col("CM=0", "right", drop=3), Col("lag", "right", drop=3)]
     rows = [("mini-s", "subject_verb_agreement", "UNSTABLE", "140", "780", "0.317", "0.503", "760", "-1"),
             ("mini-l", "reflexive_gender", "RECOVERED", "120", "-", "1.000", "0.000", "-", "-")]

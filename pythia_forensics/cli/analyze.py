@@ -23,7 +23,7 @@ def _print_verdicts(analysis, order) -> None:
     split = analysis.verdicts["split"].iloc[0] if not analysis.verdicts.empty else ""
     # which columns give way first on a narrow terminal: CM/lag, then emergence, depth, onset
     cols = [Col("model"), Col("rule", wrap=True), Col("verdict"), Col("emerge", "right", drop=2),
-            Col("collapse", "right", drop=1), Col("final", "right"), Col("depth", "right", drop=1),
+            Col("onset", "right", drop=1), Col("final", "right"), Col("depth", "right", drop=1),
             Col("CM=0", "right", drop=3), Col("lag", "right", drop=3)]
     rows = analysis.verdicts.merge(analysis.metrics, on=["model", "probeset", "rule", "split"], suffixes=("", "_m"))
     rank = {m: i for i, m in enumerate(order)}
