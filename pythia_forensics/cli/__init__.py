@@ -48,6 +48,7 @@ _COMMAND_MODULES = (
     "health",
     "audit",
     "analyze",
+    "verify",
     "support",
     "mini",
     "demo",
