@@ -194,6 +194,15 @@ def content_sha256(table: pa.Table) -> str:
             h.update(b"f" + col.cast(pa.float64()).fill_null(0.0).to_numpy().astype("<f8").tobytes())
         elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
             h.update(b"i" + col.cast(pa.int64()).fill_null(0).to_numpy().astype("<i8").tobytes())
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            # length-prefixed UTF-8 straight from the Arrow buffers (nulls as "", the mask says which)
+            arr = col.fill_null("").cast(pa.large_string())
+            arr = pa.concat_arrays([arr]) if arr.offset else arr
+            _, offsets, data = arr.buffers()
+            offs = np.frombuffer(offsets, dtype="<i8")[: len(arr) + 1]
+            h.update(b"s" + (offs - offs[0]).tobytes())
+            if data is not None:
+                h.update(memoryview(data)[int(offs[0]):int(offs[-1])])
         else:
             text = json.dumps(col.to_pylist(), ensure_ascii=False, default=str, separators=(",", ":"))
             h.update(b"o" + text.encode("utf-8", "surrogatepass"))
@@ -267,7 +276,9 @@ def _read(path: Path) -> pa.Table:
     except _Damaged:
         raise
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        text = text.split("': ", 1)[1] if "': " in text else text  # drop pyarrow's restated path
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise _Damaged(f"unreadable Parquet ({first[:120]})") from None
 
 
@@ -299,8 +310,6 @@ def _check_items(table: pa.Table, path: Path, *, legacy: bool) -> dict[str, Any]
     key = keys.pop()
     if record is not None and record.get("work_key") != key:
         raise _Damaged("its rows' work key differs from its metadata's")
-    if path.stem != key:
-        raise _Damaged(f"is named for key {path.stem} but holds key {key}")
     margin = table["margin"].to_numpy(zero_copy_only=False).astype(float)
     correct = table["correct"].to_numpy(zero_copy_only=False)
     if {"logp_target", "logp_foil"} <= names:
@@ -538,8 +547,10 @@ class ResultsStore:
             if record.get("format") == 1:
                 legacy.append(path)
             slot = (str(record["model"]), str(record["revision"]), str(record["probeset"]))
-            # newest write first; between equal times, a format-2 file, then the name order
-            rank = (int(record.get("written_at") or 0), int(record.get("format") == STORE_FORMAT), path.name)
+            # newest write first; between equal times (a copy) the file named for its key, then
+            # a format-2 file, then the name order
+            rank = (int(record.get("written_at") or 0), int(path.stem == record["work_key"]),
+                    int(record.get("format") == STORE_FORMAT), path.name)
             candidates.setdefault(slot, []).append((rank, path, record, table))
         used, duplicates = {}, []
         for slot, options in candidates.items():
@@ -656,7 +667,7 @@ class ResultsStore:
         row = hit.iloc[0]
         values = {c: (None if pd.api.types.is_scalar(v) and pd.isna(v) else v.item() if hasattr(v, "item") else v)
                   for c, v in row.items()}
-        return {"values": values, "dtypes": {c: str(t) for c, t in table.dtypes.items()}}
+        return {"values": values, "columns": list(table.columns), "dtypes": {c: str(t) for c, t in table.dtypes.items()}}
 
     def _check_table(self, name: str) -> tuple[pd.DataFrame | None, str | None, bool]:
         """(frame, damage reason, legacy) of one of the store's tables; frame None if absent/damaged."""
@@ -705,15 +716,17 @@ class ResultsStore:
         return pd.DataFrame()
 
     def _models_from_items(self) -> pd.DataFrame:
-        rows, dtypes = [], {}
+        rows, dtypes, columns = [], {}, []
         for _, record, _ in self._scan().used.values():
             got = record.get("model_row")
             if got and got.get("values", {}).get("model") not in {r["model"] for r in rows}:
                 rows.append(got["values"])
                 dtypes.update(got.get("dtypes", {}))
+                columns += [c for c in got.get("columns", ()) if c not in columns]
         if not rows:
             return pd.DataFrame()
         frame = pd.DataFrame(rows)
+        frame = frame[[c for c in columns if c in frame] + [c for c in frame if c not in columns]]
         for col, dtype in dtypes.items():
             if col in frame:
                 frame[col] = frame[col].astype(dtype)
@@ -733,7 +746,7 @@ class ResultsStore:
         _write_table(pa.Table.from_pandas(merged, preserve_index=False), self.root / name, {"kind": name})
 
     # --- damage --------------------------------------------------------------------------------
-    def _quarantine(self, path: Path, reason: str) -> Path | None:
+    def _quarantine(self, path: Path, reason: str, *, then: str = "a replay recomputes it") -> Path | None:
         """Move a damaged file into RESULTS/quarantine/ with a reason file; one warning line."""
         rel = self._rel(path)
         self._verified.pop(path, None)
@@ -748,7 +761,7 @@ class ResultsStore:
             _log.warning(f"{rel}: {reason}; ignored (cannot move it aside: {exc.strerror or exc})")
             return None
         write_text(dest.with_name(dest.name + ".reason.txt"), f"{rel}: {reason}\n")
-        _log.warning(f"{rel}: {reason}; moved to {self._rel(dest)}; a replay recomputes it")
+        _log.warning(f"{rel}: {reason}; moved to {self._rel(dest)}; {then}")
         return dest
 
     def _temporaries(self) -> list[tuple[Path, bool]]:
@@ -803,7 +816,7 @@ class ResultsStore:
         scan = self._scan()
         problems = [StoreProblem("damaged", self._rel(p), r) for p, r in scan.damaged]
         problems += [StoreProblem("duplicate", self._rel(p), r) for p, r in scan.duplicates]
-        problems += [StoreProblem("legacy", self._rel(p), f"store format 1 (no checksum); --repair upgrades it")
+        problems += [StoreProblem("legacy", self._rel(p), "store format 1 (no checksum); --repair upgrades it")
                      for p in scan.legacy]
         for name in (SUMMARY_FILE, MODELS_FILE, HEALTH_FILE):
             frame, reason, legacy = self._check_table(name)
@@ -864,7 +877,7 @@ class ResultsStore:
             if self._quarantine(path, reason) is not None:
                 actions.append(f"quarantined {self._rel(path)}: {reason}")
         for path, reason in scan.duplicates:
-            if self._quarantine(path, reason) is not None:
+            if self._quarantine(path, reason, then="it was ignored already") is not None:
                 actions.append(f"moved duplicate {self._rel(path)} aside ({reason})")
         for path in scan.legacy:
             if path.exists():

@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
     ) -> None:
         """Trajectory metrics and verdicts: write dynamics.parquet/.csv, print verdicts and the prereg ledger."""
+        import pandas as pd
         from rich.table import Table
 
         from pythia_forensics.cli.common import console
@@ -53,7 +54,7 @@ def register(app: typer.Typer) -> None:
         written = write_dynamics(analysis, results)
         _print_verdicts(analysis, model_order(analysis.metrics["model"], ResultsStore(results).models()))
         for gap in ResultsStore(results).missing().itertuples(index=False):
-            at = "" if gap.step is None or gap.step != gap.step else f" (step {int(gap.step)})"
+            at = "" if pd.isna(gap.step) else f" (step {int(gap.step)})"
             console.print(f"missing: {gap.model} {gap.revision}{at} for probe set {gap.probeset}; "
                           f"`replay` recomputes it", highlight=False, soft_wrap=True)
         console.print(f"wrote {', '.join(p.name for p in written)} to {results}", highlight=False)
