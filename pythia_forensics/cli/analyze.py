@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
     ) -> None:
         """Trajectory metrics and verdicts: write dynamics.parquet/.csv, print verdicts and the prereg ledger."""
+        import pandas as pd
         from rich.table import Table
 
         from pythia_forensics.cli.common import console
@@ -52,6 +53,10 @@ def register(app: typer.Typer) -> None:
         analysis = run(results, config=config)
         written = write_dynamics(analysis, results)
         _print_verdicts(analysis, model_order(analysis.metrics["model"], ResultsStore(results).models()))
+        for gap in ResultsStore(results).missing().itertuples(index=False):
+            at = "" if pd.isna(gap.step) else f" (step {int(gap.step)})"
+            console.print(f"missing: {gap.model} {gap.revision}{at} for probe set {gap.probeset}; "
+                          f"`replay` recomputes it", highlight=False, soft_wrap=True)
         console.print(f"wrote {', '.join(p.name for p in written)} to {results}", highlight=False)
         scored = ledger(analysis, results)  # raises PreregError (exit 2) on a late or edited lock
         if scored is not None:
