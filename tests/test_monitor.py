@@ -320,9 +320,14 @@ def test_support_seen_by_the_live_monitor_equals_the_ground_truth(monitored_mini
     assert got["final"].all()
     for frame in (truth, got):
         frame["bin"] = frame["window_start_step"] // 100
-    a = truth.groupby(["rule", "bin"])[["rule_wins", "prior_wins"]].sum()
-    b = got.groupby(["rule", "bin"])[["rule_wins", "prior_wins"]].sum()
-    pd.testing.assert_frame_equal(a.sort_index(), b.sort_index(), check_dtype=False)
+    a = truth.groupby(["rule", "bin"])[["rule_wins", "prior_wins"]].sum().sort_index()
+    b = got.groupby(["rule", "bin"])[["rule_wins", "prior_wins"]].sum().sort_index()
+    assert a.index.equals(b.index)
+    inner = a.index.get_level_values("bin") < a.index.get_level_values("bin").max()
+    pd.testing.assert_frame_equal(a[inner], b[inner], check_dtype=False)
+    # the last window has no look-ahead past the end of training (the generator's truth does):
+    # a sentence cut by the end can lose its one event
+    assert ((a[~inner] - b[~inner]).to_numpy() >= 0).all() and ((a[~inner] - b[~inner]).to_numpy() <= 1).all()
 
 
 # --- inside a real transformers.Trainer -----------------------------------------------------
@@ -350,13 +355,13 @@ def test_trainer_callback_logs_metrics_through_the_trainer(tmp_path, tiny_tokeni
     trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tiny_tokenizer)
     trainer.add_callback(MonitorCallback(monitor, trainer=trainer if with_trainer else None))
     trainer.train()
-    logged = [h for h in trainer.state.log_history if "pf/pronoun_gender/conflict_acc" in h]
+    logged = [h for h in trainer.state.log_history if "pf/tiny_pronoun/pronoun_gender/conflict_acc" in h]
     assert [h["step"] for h in logged] == [3, 6]
     rows = ResultsStore(tmp_path / "res").items()
     for entry in logged:
         at = rows[(rows["step"] == entry["step"]) & (rows["rule"] == "pronoun_gender") & (rows["split"] == "heldout")]
         conflict = at[at["condition"] == "conflict"]
-        assert entry["pf/pronoun_gender/conflict_acc"] == pytest.approx(conflict["correct"].mean())
-        assert entry["pf/pronoun_gender/contrast_margin"] == pytest.approx(conflict["margin"].mean(), rel=1e-9)
-        assert "pf/reflexive_gender/agree_acc" in entry
+        assert entry["pf/tiny_pronoun/pronoun_gender/conflict_acc"] == pytest.approx(conflict["correct"].mean())
+        assert entry["pf/tiny_pronoun/pronoun_gender/contrast_margin"] == pytest.approx(conflict["margin"].mean(), rel=1e-9)
+        assert "pf/tiny_pronoun/reflexive_gender/agree_acc" in entry
     assert (tmp_path / "res" / "summary.parquet").exists()  # on_train_end closed the monitor
