@@ -317,15 +317,34 @@ class Monitor:
             if self._last_step is not None and step < self._last_step:
                 raise MonitorError(f"step {step} comes after step {self._last_step}; steps must not go back "
                                    "(a resumed run needs a new Monitor with the same results folder)")
-            if batch is not None and self._support_spec[0] is not None:
-                self._support_counter(tokenizer).observe(batch)
-                if self.tokens_per_step is None:
-                    self.tokens_per_step = int(np.asarray(batch.shape).prod())
+            if batch is not None:
+                self._observe(batch, tokenizer)
             if not self.due(step):
                 return None
             return self._check(model, step, tokenizer)
         finally:
             self.overhead_s += time.perf_counter() - t0
+
+    def observe(self, batch: Any, *, tokenizer: Any = None) -> None:
+        """Count one training batch's support events into the current window (no-op without
+        support rules). `step(batch=)` calls it; a Trainer user can call it from a collator.
+
+        Args:
+            batch: input ids, rows x tokens (torch tensor or array); 1-D is one row.
+            tokenizer: the tokenizer (default: the constructor's).
+        """
+        t0 = time.perf_counter()
+        try:
+            self._observe(batch, tokenizer)
+        finally:
+            self.overhead_s += time.perf_counter() - t0
+
+    def _observe(self, batch: Any, tokenizer: Any) -> None:
+        if self._support_spec[0] is None:
+            return
+        self._support_counter(tokenizer).observe(batch)
+        if self.tokens_per_step is None:
+            self.tokens_per_step = int(np.prod(np.shape(batch)))
 
     def __call__(self, model: Any, step: int, batch: Any = None) -> dict[str, float] | None:
         """`step` with the mini trainer's hook signature ``on_step(model, step, batch)``."""

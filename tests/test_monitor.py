@@ -4,9 +4,6 @@ and the Trainer callback logs through a real `transformers.Trainer`."""
 from __future__ import annotations
 
 import json
-import logging
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -218,7 +215,7 @@ def test_support_per_window_equals_the_corpus_ground_truth(tmp_path, tiny_set):
     # no model: count through the monitor's own observe/close path without scoring
     for step in range(1, cfg.train.steps + 2):  # one step past the end gives the last window its look-ahead
         x = np.asarray(stream[(step - 1) * T:step * T], dtype=np.int64).reshape(cfg.train.batch_size, -1)
-        monitor._support_counter(tok).observe(x)
+        monitor.observe(x)
         if step % W == 0:
             monitor._support.close_window(step - W, step)
     monitor.close()
