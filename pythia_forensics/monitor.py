@@ -18,9 +18,10 @@ trajectory analysis with `dynamics.step_table` / `dynamics.trajectory_metrics` u
 thresholds of analysis.yaml, as `analyze` does afterwards.
 
 Alerts: a rule whose (primary-split) trajectory has emerged, whose agree control still holds at
-the latest check, and whose smoothed conflict accuracy has fallen below ``collapse.onset_max_acc``
-(the collapse `analyze` reports) or whose smoothed contrast margin, once valid, has crossed
-``contrast_margin.zero``, gets ONE warning line (logger ``pythia_forensics.monitor``) naming the
+the latest check, and whose conflict accuracy has fallen below ``collapse.onset_max_acc`` (at the
+latest check, or in the smoothed trajectory: the collapse `analyze` reports; the centred smoother
+confirms a drop only one check later, so the raw drop makes the alert one check earlier) or whose
+smoothed contrast margin, once valid, has crossed ``contrast_margin.zero``, gets ONE warning line (logger ``pythia_forensics.monitor``) naming the
 rule, the step, the margin trend and the checkpoint to keep, and ``on_alert(alert)`` is called.
 
 Support: given support rules, the monitor counts the support counters (`support.count_token_stream`,
@@ -509,13 +510,22 @@ class Monitor:
             agree_now = float(agree_s[-1])
             holds = (np.isfinite(agree_now) and agree_now >= cfg.emergence_agree_min - tol
                      and float(np.nanmax(agree_s)) - agree_now < cfg.agree_max_drop - tol)
-            triggers = [name for name, hit in (("accuracy", m["collapse_step"] is not None),
+            cs = m["conflict_smooth"]
+            # accuracy: the latest check's conflict accuracy (raw: the centred smoother needs the
+            # next check to confirm) or the smoothed trajectory fell below the collapse threshold
+            fell = used["conflict_acc"].iloc[-1] < cfg.collapse_onset - tol or m["collapse_step"] is not None
+            triggers = [name for name, hit in (("accuracy", fell),
                                                ("contrast margin", m["cm_cross_step"] is not None)) if hit]
             if not holds or not triggers:
                 continue
             self._alerted.add(key)
-            onset = m["collapse_step"] if m["collapse_step"] is not None else m["cm_cross_step"]
-            cs = m["conflict_smooth"]
+            if m["collapse_step"] is not None:
+                onset = m["collapse_step"]
+            elif m["cm_cross_step"] is not None and not fell:
+                onset = m["cm_cross_step"]
+            else:  # the last earlier check still at or above the collapse threshold (smoothed)
+                above = np.flatnonzero(cs[:-1] >= cfg.collapse_onset - tol)
+                onset = int(steps[above[-1]]) if above.size else int(steps[-1])
             held = np.flatnonzero((cs >= cfg.emergence_conflict_min - tol) & (agree_s >= cfg.emergence_agree_min - tol)
                                   & (steps <= onset))
             keep = int(steps[held[-1]]) if held.size else int(m["peak_step"])
