@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
     ) -> None:
         """Trajectory metrics and verdicts: write dynamics.parquet/.csv, print verdicts and the prereg ledger."""
+        import pandas as pd
+
         from pythia_forensics.cli.common import console
         from pythia_forensics.cli.tables import Col, print_table
         from pythia_forensics.dynamics import analyze as run, write_dynamics
@@ -53,6 +55,10 @@ def register(app: typer.Typer) -> None:
         analysis = run(results, config=config)
         written = write_dynamics(analysis, results)
         _print_verdicts(analysis, model_order(analysis.metrics["model"], ResultsStore(results).models()))
+        for gap in ResultsStore(results).missing().itertuples(index=False):
+            at = "" if pd.isna(gap.step) else f" (step {int(gap.step)})"
+            console.print(f"missing: {gap.model} {gap.revision}{at} for probe set {gap.probeset}; "
+                          f"`replay` recomputes it", highlight=False, soft_wrap=True)
         console.print(f"wrote {', '.join(p.name for p in written)} to {results}", highlight=False)
         scored = ledger(analysis, results)  # raises PreregError (exit 2) on a late or edited lock
         if scored is not None:
@@ -69,7 +75,7 @@ def register(app: typer.Typer) -> None:
         x: XUnit = typer.Option("steps", "--x", case_sensitive=False,
                                 help="Trajectory x axis: training steps, or tokens (steps x tokens per step)."),
         xscale: XScale = typer.Option("auto", "--xscale", case_sensitive=False,
-                                         help="x scale: auto follows the checkpoint grid (log-spaced grids log, "
+                                      help="x scale: auto follows the checkpoint grid (log-spaced grids log, "
                                            "others linear)."),
     ) -> None:
         """Regenerate every figure (PDF + PNG) and report.md from stored results only."""
