@@ -196,6 +196,10 @@ PALETTE = (
 )
 CONDITION_COLORS = {"conflict": PALETTE[1], "agree": PALETTE[0]}
 FIGURE_DPI = 200
+# Trajectory x axes (figures --x / --xscale): what x is, and how it is scaled ("auto" follows
+# the checkpoint grid: log for log-spaced grids, linear otherwise; step_axis.grid_scale).
+FIGURE_X_UNITS = ("steps", "tokens")
+FIGURE_X_SCALES = ("auto", "linear", "log", "symlog")
 
 # --- results store and replay (store.py, replay.py) ----------------------------------------
 ITEMS_DIR = "items"
@@ -207,6 +211,19 @@ HEALTH_FILE = "health.parquet"
 SUMMARY_KEYS = ("model", "step", "revision", "probeset", "rule", "condition", "split")
 # A temp file this old is a dead writer's leftover even when its host cannot be checked.
 STORE_TEMP_MAX_AGE_S = 24 * 3600
+# Damaged store files are moved here (outside items/, so no Parquet reader picks them up),
+# each next to a `<name>.reason.txt` saying what was wrong.
+QUARANTINE_DIR = "quarantine"
+# Key of the store's own record in every Parquet file's key-value metadata (row count,
+# content sha256, work key); STORE_FORMAT 2 = per-model folders without `model=`, checksums.
+STORE_METADATA_KEY = "pythia_forensics"
+STORE_FORMAT = 2
+# Deterministic fault injection for interruption tests (store.py): PF_FAULT="store-write:N"
+# exits the process hard (os._exit) right after the N-th durable store write of the process
+# completes; "store-write-mid:N" exits in the middle of the N-th write, leaving a partial temp
+# file. Unset in normal use. FAULT_EXIT_STATUS is the status such an exit returns.
+FAULT_ENV = "PF_FAULT"
+FAULT_EXIT_STATUS = 86
 # Revisions per work unit for array executors (one Slurm task scores one chunk).
 DEFAULT_REPLAY_CHUNK = 8
 # Wall-clock limit of one array task unless --slurm timeout_min=N says otherwise.

@@ -59,6 +59,7 @@ _COMMAND_MODULES = (
     "health",
     "audit",
     "analyze",
+    "verify",
     "support",
     "mini",
     "demo",

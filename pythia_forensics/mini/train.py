@@ -78,7 +78,7 @@ def _save(model, tokenizer, directory: Path) -> None:
 
 def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, train: TrainConfig,
                 corpus: CorpusConfig, progress: bool = True, position: int = 0,
-                resume: bool = True) -> Path:
+                resume: bool = True, on_step=None) -> Path:
     """Train one scale and write DIR/<model>/step<N>/, train_log.csv and manifest.json.
 
     Args:
@@ -91,6 +91,9 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         position: the bar's line (models trained in parallel each get one).
         resume: continue an interrupted run from its last checkpoint (weights + AdamW state),
             which gives the same weights as an uninterrupted run; False starts at step 0.
+        on_step: optional ``on_step(model, step, batch)`` called after every update (step =
+            updates done, as checkpoint folders count; batch = that update's input ids), e.g.
+            a `pythia_forensics.monitor.Monitor`'s ``step``.
 
     Returns:
         The model folder.
@@ -141,6 +144,8 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         opt.step()
         log_rows.append((step + 1, loss.item(), lr, (step + 1) * T))
+        if on_step is not None:
+            on_step(model, step + 1, x)
         if step + 1 in grid:
             _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}{step + 1}")
             _write_log(model_dir / TRAIN_LOG_FILE, log_rows)
