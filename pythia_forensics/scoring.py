@@ -32,17 +32,18 @@ Computation (`score`), designed so shared work is done once:
     log-sum-exp over the chosen vocabulary rows (`ScoreOptions.vocab_rows`).
 
 Vocabulary rows: Pythia's output embedding has 50304 rows for a 50277-token tokenizer; the 27
-padding rows are never a label. ``vocab_rows="tokenizer"`` (default) normalises over the
-tokenizer's rows only, i.e. the distribution over text; ``"all"`` over every row, as minicons
-and lm-eval do. For trained Pythias the padding rows carry negligible mass; for random or very
-early checkpoints they can carry a lot, so the choice is recorded with every result.
+padding rows are never a label. ``vocab_rows="all"`` (default) normalises over every row, the
+model's own output distribution, as minicons, lm-eval and the Pythia paper's scorer do;
+``"tokenizer"`` over the tokenizer's rows only, i.e. the distribution over text. For trained
+Pythias the padding rows carry negligible mass; for random or very early checkpoints they can
+carry a lot (2.2e-3 nats per item measured on a Pythia-layout checkpoint), so the choice is
+recorded with every result.
 
 Options used are returned in ``frame.attrs`` (see `score`).
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -67,6 +68,7 @@ from pythia_forensics.constants import (
 )
 from pythia_forensics.errors import ModelLoadError, ScoringError, TokenizationError
 from pythia_forensics.probes import ProbeItem, ProbeSet, load_probes
+from pythia_forensics.registry import looks_like_path
 
 __all__ = [
     "SCORING_VERSION", "FRAME_COLUMNS", "ScoreOptions", "EncodedItem", "encode_items", "load_model",
@@ -75,7 +77,9 @@ __all__ = [
 ]
 
 # Bump when a change could alter any number the scorer returns (part of the results' work key).
-SCORING_VERSION = "2"  # 2: tree rows (numbers move by float rounding only, ~1e-6)
+# 2: tree rows (numbers move by float rounding only, ~1e-6); 3: default vocab_rows "all", so
+# results stored under the old default are never reused as if scored the new way.
+SCORING_VERSION = "3"
 
 FRAME_COLUMNS = (
     "model", "revision", "item_id", "rule", "condition", "split", "prefix", "target", "foil",
@@ -228,12 +232,12 @@ def _local_dir(path_or_id: str | Path, revision: str | None) -> Path | None:
     """The local checkpoint folder meant, None for a hub id; ModelLoadError for a bad path."""
     text = str(path_or_id)
     path = Path(text).expanduser()
-    looks_local = path.exists() or text.startswith(("/", ".", "~")) or os.sep + os.sep in text or text.count("/") > 1
-    if not looks_local:
+    if not (path.exists() or looks_like_path(text)):
         return None
     if not path.is_dir():
-        raise ModelLoadError(f"model path {text} does not exist (or is not a folder); pass a save_pretrained "
-                             "checkpoint folder or a hub repo id such as EleutherAI/pythia-70m")
+        what = "a file, not a checkpoint folder" if path.exists() else "it does not exist"
+        raise ModelLoadError(f"no such folder: {text} ({what}); pass a save_pretrained checkpoint folder, "
+                             "a folder of them with --revision NAME, or a hub repo id such as EleutherAI/pythia-70m")
     if revision not in (None, "main") or not (path / _CONFIG_FILE).exists():
         if revision is not None and (path / revision / _CONFIG_FILE).exists():
             return path / revision
