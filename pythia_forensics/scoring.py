@@ -164,22 +164,27 @@ def resolve_threads(threads: int | str = "auto") -> int:
 
 
 @contextmanager
-def _pinned_kernels(threads: int) -> Iterator[dict[str, Any]]:
+def _pinned_kernels(threads: int, device_type: str) -> Iterator[dict[str, Any]]:
     """Fix the process-wide torch settings that change scores, restore them afterwards.
 
-    Yields the settings that ran (for ``frame.attrs``).
+    Deterministic algorithms are enabled on CPU, and on CUDA only when
+    ``CUBLAS_WORKSPACE_CONFIG`` is set (cuBLAS needs it before its first call; without it
+    torch would warn on every matmul). Yields the settings that ran (for ``frame.attrs``).
     """
     import torch
+
+    deterministic = device_type != "cuda" or bool(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
 
     before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision())
     if before[0] != threads:
         torch.set_num_threads(threads)
     # warn_only: an op without a deterministic kernel warns instead of failing a long sweep
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic or before[1], warn_only=True if deterministic else before[2])
     torch.set_float32_matmul_precision("highest")
     try:
-        yield {"threads": threads, "deterministic_algorithms": True, "float32_matmul_precision": "highest"}
+        yield {"threads": threads, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+               "float32_matmul_precision": "highest"}
     finally:
         if torch.get_num_threads() != before[0]:
             torch.set_num_threads(before[0])
@@ -790,7 +795,7 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
     device = next(model.parameters()).device
     auto = batch_size == "auto"
     bs = (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU) if auto else int(batch_size)
-    with _pinned_kernels(resolve_threads(threads)) as kernels:
+    with _pinned_kernels(resolve_threads(threads), device.type) as kernels:
         values, bs = _run_plan(model, plan, n_rows=n_rows, pad_id=pad_id, batch_size=bs, auto_batch=auto,
                                progress=progress)
     sums = np.bincount(plan.tok_cand, weights=values[plan.tok_read], minlength=2 * len(encoded))

@@ -29,6 +29,7 @@ def quick_report(tmp_path_factory):
     return out, bench.run_bench(out, plan=plan, isolate=False, gpu=False, progress=False)
 
 
+@pytest.mark.slow  # the quick benchmark end to end: every competitor, several rounds
 def test_quick_table_names_every_competitor_and_agrees_with_ours(quick_report):
     out, report = quick_report
     table = pd.read_csv(out / "bench.csv")
@@ -53,6 +54,7 @@ def _nonembedding_params(model) -> tuple[int, int]:
     return sum(p.numel() for p in params if id(p) not in emb), sum(p.numel() for p in params)
 
 
+@pytest.mark.slow  # the quick benchmark end to end: every competitor, several rounds
 def test_quick_plans_breakdown_and_floor_recomputed_from_the_checkpoint(quick_report):
     import json
 
@@ -210,6 +212,8 @@ def test_device_section_picks_the_largest_shape_that_fits():
     """The GPU section's logic, run on CPU: too-big shapes are skipped, the largest that fits
     is scored, then the smallest for scale; without CUDA the real section says it skipped."""
     import torch
+
+    neox_tokenizer()  # the battery is tokenized with Pythia's tokenizer: skip cleanly without it
 
     tiny = bench.bench_shapes(quick=True)[0]
     big = replace(tiny, name="big", d_model=4096, layers=64)

@@ -230,6 +230,7 @@ def _run_cli(args: list[str], **kw) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_sigkill_at_ten_random_moments_then_resume_equals_uninterrupted(suite, probe_files, reference_run, tmp_path):
     """Ten replays SIGKILLed at random moments, then a CLI rerun: the store equals one clean run.
 
@@ -285,6 +286,7 @@ def test_sigkill_at_ten_random_moments_then_resume_equals_uninterrupted(suite, p
     assert not list(results.rglob(".tmp-*"))  # the rerun cleaned up what the kills left
 
 
+@pytest.mark.slow
 def test_submitit_two_task_array_on_local_executor(suite, probe_files, tmp_path):
     from pythia_forensics.replay import replay
 

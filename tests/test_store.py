@@ -123,6 +123,7 @@ def test_models_and_health_upsert(tmp_path):
         store.write_health(pd.DataFrame({"model": ["a"]}))
 
 
+@pytest.mark.slow
 def test_killed_writer_leaves_no_partial_file(tmp_path):
     """SIGKILL a process mid-way through many writes: every published file reads whole."""
     script = textwrap.dedent(f"""
