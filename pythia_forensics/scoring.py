@@ -829,7 +829,8 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         (the one that ran), ``bos, vocab_rows, vocab_rows_n`` (rows in the log-sum-exp),
         ``padding_side, scoring_version, probeset, probeset_sha256, model, revision``,
         ``forward_sequences, forward_tokens, logit_rows``, the pinned kernel settings
-        ``threads, deterministic_algorithms, float32_matmul_precision`` and ``wall_s``. Example::
+        ``threads, deterministic_algorithms, float32_matmul_precision``, the model's
+        ``attn_implementation`` and ``wall_s``. Example::
 
             frame = score("EleutherAI/pythia-70m", "pronoun_gender", revision="step3000")
             frame.groupby(["condition", "split"]).correct.mean()
@@ -898,6 +899,8 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         "forward_tokens": int(res["tokens"]), "logit_rows": int(res["rows"]),
         "threads": int(res["threads"]), "deterministic_algorithms": bool(res["deterministic_algorithms"]),
         "float32_matmul_precision": str(res["float32_matmul_precision"]),
+        # eager and sdpa attention round differently: part of what a unit's numbers depend on
+        "attn_implementation": str(getattr(model.config, "_attn_implementation", None) or ""),
         "wall_s": round(time.perf_counter() - t0, 4),
     })
     return frame

@@ -6,7 +6,7 @@ For tiny real GPT-NeoX checkpoints (tests/tinymodels.py) and a battery with shar
 multi-token candidates, it scores the same unit of work
   * twice in one process,
   * in two fresh processes,
-  * with 1 and 2 intra-op threads,
+  * with 1 and 2 intra-op threads (at the default batch size and at batch size 1),
   * at batch sizes 1, 7 and 64,
 and against an independent plain fp32 loop (one item at a time, full forward, float64
 log-softmax). It prints the largest difference of each comparison in nats and in fp32 steps at
@@ -102,6 +102,8 @@ def main() -> None:
         res["two_processes"] = _diff(a, b)
         res["process_vs_in_process"] = _diff(a, base)
         res["threads_1_vs_2"] = _diff(_score(hidden, threads=1), base)
+        res["threads_1_vs_2_batch1"] = _diff(_score(hidden, threads=1, batch_size=1),
+                                             _score(hidden, threads=2, batch_size=1))
         by_bs = {bs: _score(hidden, threads=2, batch_size=bs) for bs in (1, 7, 64)}
         res["batch_1_vs_7"] = _diff(by_bs[1], by_bs[7])
         res["batch_1_vs_64"] = _diff(by_bs[1], by_bs[64])

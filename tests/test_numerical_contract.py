@@ -83,6 +83,7 @@ def test_threads_are_pinned_for_the_call_recorded_and_restored(loaded, monkeypat
     assert all(s[2] for s in seen)  # deterministic algorithms on during every forward
     assert results[1].attrs["threads"] == results[2].attrs["threads"] == 2 and frame.attrs["threads"] == 1
     assert results[1].attrs["deterministic_algorithms"] and results[1].attrs["float32_matmul_precision"] == "highest"
+    assert results[1].attrs["attn_implementation"] == model.config._attn_implementation
     # same unit, same pinned settings: the same numbers, whatever ran before
     cols = ["logp_target", "logp_foil"]
     assert_fp32_close(results[1][cols].to_numpy(), results[2][cols].to_numpy(), ulps=1, what="log-probs")
