@@ -220,7 +220,7 @@ def _parse_int(token: str, spec: str | None) -> int:
     token = token.strip()
     if token.startswith(STEP_DIR_PREFIX):
         token = token[len(STEP_DIR_PREFIX):]
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):  # isdigit alone accepts "²"
         raise StepSpecError(
             f"malformed --steps {spec!r}: {token!r} is not a step number; use all, log, A:B or N,N,..."
         )
@@ -393,8 +393,11 @@ def load_local_model(model_dir: str | Path, *, suite: str | None = None) -> Mode
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UnknownModelError(f"{manifest_path} is not valid JSON ({exc}); rewrite it or retrain the suite") from exc
+    if not isinstance(manifest, dict):
+        raise UnknownModelError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not an object; "
+                                "rewrite it (docs/ARCHITECTURE.md, 'Local suite layout') or retrain the suite")
     steps = tuple(sorted(
         s for p in model_dir.iterdir() if p.is_dir() and (s := step_of_revision(p.name)) is not None
     ))
@@ -405,7 +408,15 @@ def load_local_model(model_dir: str | Path, *, suite: str | None = None) -> Mode
 
     def opt_int(key: str) -> int | None:
         value = manifest.get(key)
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        whole = (isinstance(value, int) and not isinstance(value, bool)) or \
+            (isinstance(value, float) and value.is_integer()) or \
+            (isinstance(value, str) and value.strip().isascii() and value.strip().isdigit())
+        if not whole:
+            raise UnknownModelError(f"{manifest_path}: field {key!r} is {value!r}, not a whole number; "
+                                    "fix it or retrain the suite")
+        return int(value)
 
     seed = opt_int("seed")
     return ModelSpec(

@@ -34,9 +34,10 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(None, help="Models trained in parallel (default min(2, CPUs))."),
     ) -> None:
         """Train the mini suite (corpus, tokenizer, every scale), or reuse it."""
-        from pythia_forensics.cli.common import console
-        from pythia_forensics.mini.suite import build_suite
+        from pythia_forensics.cli.common import check_output_dir, console
+        from pythia_forensics.mini.suite import build_suite, default_suite_dir
 
+        check_output_dir(out or default_suite_dir(), "--out")
         path = build_suite(out, force=force, jobs=jobs)
         console.print(f"mini suite ready: {path}")
 
@@ -49,8 +50,10 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(None, help="Arms trained in parallel (default min(2, CPUs))."),
     ) -> None:
         """Train the support-knob sweep arms only: one scale, one arm per knob value."""
-        from pythia_forensics.cli.common import console
+        from pythia_forensics.cli.common import check_output_dir, console
         from pythia_forensics.mini.suite import build_sweep
+
+        check_output_dir(out, "--out")
 
         path = build_sweep(out / "suite", rule=rule, supports=parse_supports(supports), force=force, jobs=jobs)
         console.print(f"sweep arms ready: {path}")
