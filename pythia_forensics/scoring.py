@@ -402,7 +402,7 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
                                              f"loaded model is {have!r}; load it with load_model instead")
     state = model.state_dict()
     seen: set[str] = set()
-    problems: list[str] = []
+    info: dict[str, list[Any]] = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
 
     rename = _checkpoint_renamer(model)
 
@@ -410,10 +410,10 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
         name = rename(name)
         if name not in state:
             if not name.endswith(IGNORED_TENSOR_SUFFIXES):
-                problems.append(f"unexpected tensor {name}")
+                info["unexpected_keys"].append(name)
             return
         if tuple(state[name].shape) != tuple(tensor.shape):
-            problems.append(f"{name} has shape {tuple(tensor.shape)}, model has {tuple(state[name].shape)}")
+            info["mismatched_keys"].append((name, tuple(tensor.shape), tuple(state[name].shape)))
             return
         state[name].copy_(tensor)
         seen.add(name)
@@ -439,12 +439,10 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
     tied = _tied_names(model)
     missing = sorted(set(state) - seen - tied)
     missing = [m for m in missing if not m.endswith(IGNORED_TENSOR_SUFFIXES)]
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]}")
-    if problems:
-        raise validation.CheckpointError(f"weights in {folder} do not fit the loaded model "
-                                         f"({'; '.join(problems[:3])}); it is a different architecture or a "
-                                         "damaged checkpoint: load it with load_model instead")
+    info["missing_keys"] = missing
+    # the same refusals, in the same words, as a first load through from_pretrained
+    validation.check_loading_info(info, str(folder), advice="a damaged checkpoint, or a different architecture "
+                                  "or size than the loaded model: load it with load_model instead")
     validation.check_finite(model, str(folder))
     return model.eval()
 

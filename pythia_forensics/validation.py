@@ -121,12 +121,14 @@ def _relevant(names: Iterable[str]) -> list[str]:
     return sorted(n for n in names if not str(n).endswith(IGNORED_TENSOR_SUFFIXES))
 
 
-def check_loading_info(info: dict[str, Any], where: str) -> None:
+def check_loading_info(info: dict[str, Any], where: str, *, advice: str | None = None) -> None:
     """Refuse what ``from_pretrained(..., output_loading_info=True)`` reports as not loaded.
 
     Args:
         info: the loading info: ``missing_keys``, ``unexpected_keys``, ``mismatched_keys``.
         where: the checkpoint, for the message.
+        advice: what to do, replacing each message's own advice (e.g. for a copy into a
+            model built from another revision).
 
     Raises:
         CheckpointError: a tensor the model needs is absent (transformers would initialise it
@@ -137,14 +139,15 @@ def check_loading_info(info: dict[str, Any], where: str) -> None:
     missing = _relevant(info.get("missing_keys") or [])
     unexpected = _relevant(info.get("unexpected_keys") or [])
     if mismatched:
-        raise CheckpointError(f"{where}: {len(mismatched)} tensor(s) have another shape than the model built from "
-                              f"config.json ({_names(mismatched)}); the weights and config.json do not belong together")
+        raise CheckpointError(f"{where}: {len(mismatched)} tensor(s) have another shape than the model "
+                              f"({_names(mismatched)}); "
+                              f"{advice or 'the weights and config.json do not belong together'}")
     if missing:
         raise CheckpointError(f"{where}: {len(missing)} tensor(s) missing from the weights ({_names(missing)}); "
-                              "transformers would fill them with random values: re-download or re-save the checkpoint")
+                              f"{advice or 'transformers would fill them with random values: re-download or re-save it'}")
     if unexpected:
         raise CheckpointError(f"{where}: {len(unexpected)} tensor(s) in the weights have no place in the model "
-                              f"({_names(unexpected)}); config.json describes another architecture or size")
+                              f"({_names(unexpected)}); {advice or 'config.json describes another architecture or size'}")
 
 
 def check_finite(model: Any, where: str) -> None:

@@ -9,10 +9,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
-import signal
 import sys
-import threading
-from typing import Any
 
 import typer
 
@@ -96,17 +93,6 @@ def main(argv: list[str] | None = None) -> None:
     from pythia_forensics.errors import Interrupted
 
     debug = bool(os.environ.get("PF_DEBUG"))
-    interrupted: list[bool] = []
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        # typer turns KeyboardInterrupt into a silent exit 130; remember it to say so
-        interrupted.append(True)
-        signal.default_int_handler(signum, frame)
-
-    previous = None
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         code = app(args=argv, standalone_mode=False)
     except PFError as exc:
@@ -129,9 +115,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         where = f" {exc.filename}" if exc.filename else ""
         _fail(f"error: cannot use{where}: {exc.strerror}; choose another location or fix its permissions", 2)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if interrupted and code == 130:
+    if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130: say so
         _fail(_INTERRUPTED, 130)
     sys.exit(code if isinstance(code, int) else 0)
