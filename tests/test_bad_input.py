@@ -571,4 +571,19 @@ def test_training_workers_die_when_the_parent_is_killed(tmp_path):
 
 
 CASES_TRIED = (len(PROBE_FILES) + len(OPTION_CASES) + len(OUTPUT_CASES) + len(CHECKPOINT_CASES)
-               + 2 * len(REPLAY_KINDS) + 2 * len(MANIFEST_CASES) + 2)  # + context overflow, interrupt
+               + 2 * len(REPLAY_KINDS) + 2 * len(MANIFEST_CASES) + 3)  # + context overflow, 2 interrupts
+
+
+def test_mini_train_interrupt_says_what_was_kept(tmp_path, run_cli, monkeypatch):
+    """Ctrl-C during `mini train`: one line naming the kept checkpoints and the rerun, exit 130."""
+    from pythia_forensics.mini import suite as mini_suite
+
+    def train_then_interrupt(out, **_):
+        for step in (0, 64):
+            (Path(out) / "mini-s" / f"step{step}").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mini_suite, "build_suite", train_then_interrupt)
+    code, _, err = run_cli(["mini", "train", "--out", str(tmp_path / "suite")])
+    line = _assert_clean(code, err, status=130, fragment="mini-s up to step 64 (2 checkpoints)")
+    assert "rerun the same command to resume" in line
