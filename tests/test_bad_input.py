@@ -424,7 +424,7 @@ def test_context_exactly_full_is_scored(checkpoint, tmp_path):
     assert len(tok(prefix, add_special_tokens=False)["input_ids"]) + cand - 1 == 64
     from pythia_forensics.probes import parse_probes
 
-    probes = parse_probes(_jsonl(prefix=prefix, foil=" she" if False else " he"), fmt="jsonl")
+    probes = parse_probes(_jsonl(prefix=prefix), fmt="jsonl")
     frame = score(str(checkpoint), probes, device="cpu")
     assert len(frame) == 1 and frame["logp_target"].notna().all()
 
@@ -474,11 +474,11 @@ def test_bad_manifest_is_one_line(name, command, suite, tmp_path, run_cli):
     argv = ["probe", str(model), "-p", SMALL, "--revision", "step100"] if command == "probe" else \
         ["replay", str(model), "-p", SMALL, "--results", str(tmp_path / "r")]
     code, out, err = run_cli(argv)
-    if command == "probe" and code == 0:
-        # probe reads a checkpoint folder; the manifest is the suite's, not the revision's
-        assert "accuracy" in out
-        return
-    _assert_clean(code, err, fragment=fragment)
+    if command == "probe":
+        # probe scores a revision folder and never reads the suite's manifest: still exact
+        assert code == 0 and "accuracy" in out, err[-2000:]
+    else:
+        _assert_clean(code, err, fragment=fragment)
 
 
 # --- clean shutdown --------------------------------------------------------------------------
@@ -587,3 +587,14 @@ def test_mini_train_interrupt_says_what_was_kept(tmp_path, run_cli, monkeypatch)
     code, _, err = run_cli(["mini", "train", "--out", str(tmp_path / "suite")])
     line = _assert_clean(code, err, status=130, fragment="mini-s up to step 64 (2 checkpoints)")
     assert "rerun the same command to resume" in line
+
+
+def test_pf_debug_keeps_the_traceback(tmp_path, monkeypatch):
+    from pythia_forensics.cli import main
+    from pythia_forensics.errors import ProbeFormatError
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text("[1]\n")
+    monkeypatch.setenv("PF_DEBUG", "1")
+    with pytest.raises(ProbeFormatError, match="must be a JSON object"):
+        main(["probe", str(tmp_path), "--probes", str(path)])
