@@ -101,3 +101,7 @@ class Interrupted(PFError):
     """The user interrupted a run (SIGINT); the message says what was kept. Exit status 130."""
 
     exit_code = 130
+
+
+class MonitorError(PFError, ValueError):
+    """A training monitor was set up or called wrongly (no tokenizer, bad schedule, ...)."""

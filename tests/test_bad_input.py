@@ -457,10 +457,12 @@ def test_health_deep_flags_nonfinite(suite, tmp_path):
 
 # --- local suite manifests -------------------------------------------------------------------
 MANIFEST_CASES = {
-    "layers_is_text": ({"model": "tiny", "layers": "two"}, "'layers'"),
+    "layers_is_text": ({"model": "tiny", "layers": "two"}, "not a valid manifest"),
     "json_list": ([1, 2, 3], "not an object"),
+    "steps_superscript": ({"model": "tiny", "steps": ["²"]}, "not a valid manifest"),
     "truncated": ('{"model": "tiny", "lay', "not valid JSON"),
-    "params_nan": ({"model": "tiny", "params_total": float("nan")}, "'params_total'"),
+    "params_nan": ('{"model": "tiny", "params_total": NaN}', "not a valid manifest"),
+    "params_inf": ('{"model": "tiny", "params_total": Infinity}', "not a valid manifest"),
 }
 
 
@@ -493,16 +495,13 @@ def test_interrupt_is_one_line_exit_130(run_cli, monkeypatch, tmp_path):
     _assert_clean(code, err, status=130, fragment="rerun")
 
 
-def test_truncated_manifest_does_not_crash_the_suite_builder(tmp_path):
-    from pythia_forensics.mini.config import demo_config
-    from pythia_forensics.mini.suite import Arm, _is_done
-
-    cfg = demo_config()
-    arm = Arm(cfg.models[0], cfg.corpus, "corpus")
-    (tmp_path / "manifest.json").write_text('{"model": "mini-s", "cor')
-    assert _is_done(tmp_path, arm, cfg.train) is False  # resumed/rebuilt, not a crash
-    (tmp_path / "manifest.json").write_text("[]")
-    assert _is_done(tmp_path, arm, cfg.train) is False
+@pytest.mark.parametrize("content", ['{"model": "mini-s", "cor', "[]", '{"layers": "two"}', '{"seed": Infinity}'])
+def test_damaged_manifest_stops_mini_train_with_one_line(content, tmp_path, run_cli):
+    """Refused in one line naming the file (never a crash, never trusted as finished)."""
+    (tmp_path / "suite" / "mini-l").mkdir(parents=True)
+    (tmp_path / "suite" / "mini-l" / "manifest.json").write_text(content)
+    code, _, err = run_cli(["mini", "train", "--out", str(tmp_path / "suite")])
+    _assert_clean(code, err, fragment="manifest.json is not a valid manifest")
 
 
 def test_describe_kept_counts_checkpoints(tmp_path):

@@ -7,6 +7,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -89,3 +90,25 @@ def check_output_dir(path: Path | str | None, option: str = "--out") -> None:
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{option} {path} is a file, not a folder; choose a folder path")
     _check_folder_writable(_nearest_existing(path), option, path)
+
+def _export_step_pattern(value: str | None) -> str | None:
+    # The registry reads $PF_STEP_PATTERN whenever no pattern is passed, so exporting it
+    # reaches every model lookup of the command, array workers and subprocesses included.
+    import os
+
+    from pythia_forensics.constants import ENV_STEP_PATTERN
+
+    if value:
+        os.environ[ENV_STEP_PATTERN] = value
+    return value
+
+
+def step_pattern_option() -> Any:
+    """The `--step-pattern REGEX` option shared by every command that reads model folders."""
+    import typer
+
+    return typer.Option(
+        None, "--step-pattern", callback=_export_step_pattern, metavar="REGEX",
+        help="Checkpoint folder names of a local model, the step in group 1 or (?P<step>...), e.g. "
+             r"'ckpt_(\d+)'. Default: step<N> and checkpoint-<N> (Trainer; step from trainer_state.json).",
+    )
