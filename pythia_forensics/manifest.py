@@ -199,9 +199,11 @@ def infer_manifest(checkpoint_dir: str | Path, *, model: str | None = None) -> M
         config = loaded if isinstance(loaded, Mapping) else {}
     except (OSError, ValueError):
         pass
+    from pythia_forensics.validation import loading_errors
+
     try:
         shapes = _weight_shapes(folder)
-    except (OSError, RuntimeError, ValueError):  # unreadable weights: health reports them
+    except loading_errors():  # unreadable weights (SafetensorError, a refused pickle): scoring refuses them
         shapes = {}
     params = {k: s for k, s in shapes.items() if not k.endswith(IGNORED_TENSOR_SUFFIXES)}
 

@@ -460,7 +460,7 @@ MANIFEST_CASES = {
     "layers_is_text": ({"model": "tiny", "layers": "two"}, "not a valid manifest"),
     "json_list": ([1, 2, 3], "not an object"),
     "steps_superscript": ({"model": "tiny", "steps": ["²"]}, "not a valid manifest"),
-    "truncated": ('{"model": "tiny", "lay', "not valid JSON"),
+    "truncated": ('{"model": "tiny", "lay', "not a valid manifest"),
     "params_nan": ('{"model": "tiny", "params_total": NaN}', "not a valid manifest"),
     "params_inf": ('{"model": "tiny", "params_total": Infinity}', "not a valid manifest"),
 }
