@@ -162,7 +162,7 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise PFError(f"malformed --slurm {pair!r}: use KEY=VALUE, e.g. slurm_partition=gpu")
         value = value.strip()
-        out[key.strip()] = int(value) if value.isdigit() else value
+        out[key.strip()] = int(value) if value.isascii() and value.isdigit() else value
     return out
 
 
