@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -137,6 +138,15 @@ def _style():
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "_"
+
+
+def _tokens_at(store: Any) -> dict[str, dict[int, float]]:
+    """model -> {step: tokens seen} from the stored rows' `tokens` column (absent: empty)."""
+    items = store.items()
+    if items.empty or "tokens" not in items:
+        return {}
+    rows = items[["model", "step", "tokens"]].dropna().drop_duplicates(["model", "step"])
+    return {m: dict(zip(g["step"].astype(int), g["tokens"].astype(float))) for m, g in rows.groupby("model")}
 
 
 def _sizes_numeric(sizes: pd.DataFrame | None) -> pd.DataFrame:
@@ -743,7 +753,8 @@ def render_figures(results_dir: str | Path, out_dir: str | Path | None = None, *
     scale = analysis.scale[analysis.scale["split"] == split] if not analysis.scale.empty else analysis.scale
     order = model_order(metrics["model"], sizes)
     tokens = dict(zip(sizes["model"], sizes["tokens_per_step"])) if "tokens_per_step" in sizes else {}
-    axis = step_axis(traj, x=x, xscale=xscale, tokens_per_step=tokens)
+    axis = step_axis(traj, x=x, xscale=xscale, tokens_per_step=tokens,
+                     tokens_at=_tokens_at(ResultsStore(root)) if x == "tokens" else None)
     support = load_support(root)
     written: list[Path] = []
     labels = _rule_labels(metrics)

@@ -50,15 +50,20 @@ __all__ = [
     "Suite",
     "checkpoint_folders",
     "looks_like_path",
+    "BranchGrid",
     "describe_grid",
+    "branch_grid",
+    "decoder_params",
     "get_suite",
     "known_suites",
     "load_local_suite",
     "load_local_model",
     "parse_steps",
+    "hub_branch_patterns",
     "resolve_model",
     "revision_name",
     "step_of_revision",
+    "tokens_of_revision",
 ]
 
 _STEP_RE = re.compile(rf"^{STEP_DIR_PREFIX}(\d+)$")
@@ -103,6 +108,13 @@ class ModelSpec:
     precision: str | None = None
     optimizer_steps_per_named_step: float = 1.0
     folders: Mapping[str, int] = field(default_factory=dict, hash=False)
+    # Branch-name grammars (regexes, whole-name match; group `step` or 1 = the step, optional
+    # groups `tokens` + `unit` = tokens seen, e.g. OLMo's `step20000-tokens84B`). Empty means
+    # the Pythia grammar `step<N>`.
+    branch_patterns: tuple[str, ...] = ()
+    model_type: str | None = None     # the config's model_type, where the suite file states it
+    arch: Mapping[str, Any] = field(default_factory=dict, hash=False)  # further config facts
+    notes: tuple[str, ...] = ()       # known upstream faults and caveats (cited in the suite file)
 
     @property
     def revisions(self) -> tuple[str, ...]:
@@ -121,20 +133,35 @@ class ModelSpec:
         return self.data_seed if self.data_seed == self.weight_seed else None
 
     def step_of(self, revision: str) -> int | None:
-        """Named step of a revision (`step1000` -> 1000, an alias such as `main` -> its step)."""
+        """Named step of a revision (`step1000` -> 1000, an alias such as `main` -> its step,
+        `step20000-tokens84B` -> 20000 under an OLMo grammar)."""
         if revision in self.aliases:
             return self.aliases[revision]
         if revision in self.folders:
             return self.folders[revision]
+        if self.branch_patterns:
+            return _parse_branch(revision, self.branch_patterns)[0]
         return step_of_revision(revision)
+
+    def tokens_of(self, revision: str) -> int | None:
+        """Tokens seen that the revision's own name states (None when the grammar has none)."""
+        return _parse_branch(revision, self.branch_patterns)[1] if self.branch_patterns else None
 
     def optimizer_step(self, step: int) -> float:
         """Optimizer steps taken at a named step (differs from `step` only for v0)."""
         return step * self.optimizer_steps_per_named_step
 
-    def tokens_seen(self, step: int) -> int | None:
-        """Training tokens seen at a named step, or None when tokens per step is unknown."""
-        if self.tokens_per_step is None:
+    def tokens_seen(self, step: int | None, revision: str | None = None) -> int | None:
+        """Training tokens seen at a named step, or None when the suite does not define them.
+
+        Tokens that the revision's name encodes (OLMo: `step20000-tokens84B` -> 84e9, as
+        rounded in the name) win over `step x tokens_per_step`.
+        """
+        if revision is not None:
+            named = self.tokens_of(revision)
+            if named is not None:
+                return named
+        if self.tokens_per_step is None or step is None:
             return None
         return int(round(self.optimizer_step(step) * self.tokens_per_step))
 
@@ -147,6 +174,9 @@ class Suite:
     description: str
     models: tuple[ModelSpec, ...]
     path: Path | None = None          # the YAML file or the local suite folder
+    sources: Mapping[str, str] = field(default_factory=dict, hash=False)  # cite key -> URL
+    branch_grammar: str | None = None  # the suite's branch-name regex (None: step<N>)
+    notes: tuple[str, ...] = ()       # suite-wide faults and caveats, each with its source
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -174,6 +204,45 @@ def step_of_revision(revision: str) -> int | None:
     """`"step1000"` -> 1000; None for a name that is not `step<N>` (e.g. `main`, a sha)."""
     match = _STEP_RE.match(revision)
     return int(match.group(1)) if match else None
+
+
+# Multipliers of the unit letter in a branch name's token count (`tokens84B`).
+_TOKEN_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _parse_branch(name: str, patterns: Sequence[str]) -> tuple[int | None, int | None]:
+    """(step, tokens) of a branch name under the first grammar that matches it wholly."""
+    for pattern in patterns:
+        regex = _compiled(pattern)
+        match = regex.fullmatch(name)
+        if match is None:
+            continue
+        group = match.group("step") if "step" in regex.groupindex else match.group(1)
+        if group is None or not (group.isascii() and group.isdigit()):
+            continue
+        tokens = None
+        if "tokens" in regex.groupindex and match.group("tokens") is not None:
+            text = match.group("tokens")
+            unit = (match.group("unit") or "") if "unit" in regex.groupindex else ""
+            if text.isascii() and text.isdigit() and unit.upper() in _TOKEN_UNITS:
+                tokens = int(text) * _TOKEN_UNITS[unit.upper()]
+        return int(group), tokens
+    return None, None
+
+
+def tokens_of_revision(name: str, pattern: str) -> int | None:
+    """Tokens seen that a branch name states under `pattern`.
+
+    Example:
+        >>> tokens_of_revision("step20000-tokens84B", r"step(?P<step>\\d+)-tokens(?P<tokens>\\d+)(?P<unit>[BMT])")
+        84000000000
+    """
+    return _parse_branch(name, (pattern,))[1]
 
 
 # --- step specifications -----------------------------------------------------------------
@@ -330,6 +399,8 @@ def _grid_from_yaml(grid: Mapping[str, Any]) -> tuple[int, ...]:
 
 
 def _suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
+    if isinstance(data.get("models"), list):
+        return _listed_suite_from_yaml(data, path)
     suite = data["suite"]
     org = data["hub_org"]
     grid = _grid_from_yaml(data["grid"])
@@ -380,6 +451,175 @@ def _suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
                 optimizer_steps_per_named_step=float(v0["optimizer_steps_per_named_step"]),
             ))
     return Suite(name=suite, description=str(data.get("description", "")), models=tuple(models), path=path)
+
+
+def _cite(entry: Mapping[str, Any], sources: Mapping[str, str], path: Path, what: str) -> None:
+    """Every fact group of a listed suite names its source; an unknown key is a broken file."""
+    keys = entry.get("cite")
+    keys = [keys] if isinstance(keys, str) else list(keys or ())
+    if not keys:
+        raise ValueError(f"{path}: {what} cites no source")
+    unknown = [k for k in keys if k not in sources]
+    if unknown:
+        raise ValueError(f"{path}: {what} cites unknown source(s) {unknown}; add them under `sources`")
+
+
+def _listed_suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
+    """A suite file listing its models one by one (OLMo, LLM360, ...), every fact cited.
+
+    Shape: `sources` (key -> URL), `branch_grammar` {pattern, cite}, optional `notes`
+    [{text, cite}], `models` [{name, repo, cite, layers?, d_model?, heads?, vocab_size?,
+    params_total?, params_nonembedding?, tokens_per_step?, model_type?, arch?, notes?}].
+    Facts a file leaves out stay None: sizes then come from the checkpoint's config and tensors.
+    """
+    suite = str(data["suite"])
+    sources = {str(k): str(v) for k, v in (data.get("sources") or {}).items()}
+    grammar = data.get("branch_grammar") or {}
+    pattern = grammar.get("pattern")
+    if pattern is not None:
+        _cite(grammar, sources, path, "branch_grammar")
+        regex = re.compile(pattern)
+        if "step" not in regex.groupindex:
+            raise ValueError(f"{path}: branch_grammar {pattern!r} has no (?P<step>...) group")
+    patterns = (str(pattern),) if pattern else ()
+
+    def notes_of(entry: Mapping[str, Any], what: str) -> tuple[str, ...]:
+        out = []
+        for note in entry.get("notes") or ():
+            _cite(note, sources, path, f"{what} note {note.get('text', '')[:30]!r}")
+            cites = note["cite"] if isinstance(note["cite"], list) else [note["cite"]]
+            out.append(f"{note['text']} ({', '.join(sources[c] for c in cites)})")
+        return tuple(out)
+
+    suite_notes = notes_of(data, "suite")
+    models = []
+    for row in data["models"]:
+        _cite(row, sources, path, f"model {row.get('name')!r}")
+
+        def opt(key: str, row: Mapping[str, Any] = row) -> int | None:
+            return None if row.get(key) is None else int(row[key])
+
+        steps = _grid_from_yaml(row["grid"]) if row.get("grid") else ()
+        models.append(ModelSpec(
+            name=str(row["name"]), suite=suite, source="hub", repo=str(row["repo"]),
+            size=row.get("size"), layers=opt("layers"), d_model=opt("d_model"), heads=opt("heads"),
+            vocab_size=opt("vocab_size"), params_total=opt("params_total"),
+            params_nonembedding=opt("params_nonembedding"), tokens_per_step=opt("tokens_per_step"),
+            steps=steps, aliases={str(k): int(v) for k, v in (row.get("aliases") or {}).items()},
+            precision=row.get("precision"), branch_patterns=patterns, model_type=row.get("model_type"),
+            arch=dict(row.get("arch") or {}), notes=notes_of(row, f"model {row['name']!r}"),
+        ))
+    return Suite(name=suite, description=str(data.get("description", "")), models=tuple(models), path=path,
+                 sources=sources, branch_grammar=patterns[0] if patterns else None, notes=suite_notes)
+
+
+def hub_branch_patterns(step_pattern: str | None = None) -> tuple[str, ...]:
+    """The grammars a hub repo outside the registry is read with.
+
+    `step_pattern` (default `$PF_STEP_PATTERN`) alone when given; else `step<N>` and every
+    shipped suite's grammar, so an OLMo-style repo not listed anywhere still parses.
+
+    Raises:
+        UnknownModelError: the pattern is not a regular expression or has no group.
+    """
+    text = step_pattern if step_pattern is not None else os.environ.get(ENV_STEP_PATTERN) or None
+    if text is not None:
+        return tuple(r.pattern for r in _step_regexes(text))
+    patterns = [_STEP_RE.pattern]
+    for name in known_suites():
+        grammar = _shipped_suite(name).branch_grammar
+        if grammar and grammar not in patterns:
+            patterns.append(grammar)
+    return tuple(patterns)
+
+
+@dataclass(frozen=True)
+class BranchGrid:
+    """What a repo's branch list says about its checkpoint grid (no file was read).
+
+    Attributes:
+        steps: parsed step -> branch name (one branch per step, in step order).
+        tokens: branch name -> tokens seen its name states (grammars with a tokens group).
+        unparsed: branch names no grammar reads (`main`, stage-2 branches, ...).
+        duplicates: (step, branch) of branches whose step another branch already holds.
+        spacing: the most common difference between consecutive steps (None: < 2 steps).
+        gaps: (previous step, next step, missing count) where consecutive steps are further
+            apart than `spacing` and a whole number of spacings.
+    """
+
+    steps: Mapping[int, str]
+    tokens: Mapping[str, int]
+    unparsed: tuple[str, ...]
+    duplicates: tuple[tuple[int, str], ...]
+    spacing: int | None
+    gaps: tuple[tuple[int, int, int], ...]
+
+    @property
+    def missing(self) -> int:
+        return sum(g[2] for g in self.gaps)
+
+
+def branch_grid(branches: Sequence[str], spec: ModelSpec) -> BranchGrid:
+    """Parse branch names with `spec`'s grammar and find the grid's gaps (pure; no hub call).
+
+    Args:
+        branches: branch names (as `list_repo_refs` lists them).
+        spec: the model; its `branch_patterns` (or `step<N>`) and aliases read the names.
+
+    Returns:
+        A `BranchGrid`.
+    """
+    steps: dict[int, str] = {}
+    tokens: dict[str, int] = {}
+    unparsed: list[str] = []
+    duplicates: list[tuple[int, str]] = []
+    for name in sorted(branches):
+        step = None if name in spec.aliases else spec.step_of(name)
+        if step is None:
+            unparsed.append(name)
+            continue
+        named = spec.tokens_of(name)
+        if named is not None:
+            tokens[name] = named
+        if step in steps:
+            duplicates.append((step, name))
+            continue
+        steps[step] = name
+    ordered = sorted(steps)
+    diffs = [b - a for a, b in zip(ordered, ordered[1:])]
+    spacing = None
+    if diffs:
+        counts: dict[int, int] = {}
+        for d in diffs:
+            counts[d] = counts.get(d, 0) + 1
+        spacing = max(counts, key=lambda d: (counts[d], -d))
+    gaps = tuple((a, b, (b - a) // spacing - 1) for a, b in zip(ordered, ordered[1:])
+                 if spacing and b - a > spacing and (b - a) % spacing == 0)
+    return BranchGrid(steps={s: steps[s] for s in ordered}, tokens=tokens, unparsed=tuple(unparsed),
+                      duplicates=tuple(duplicates), spacing=spacing, gaps=gaps)
+
+
+def decoder_params(model_type: str, *, vocab_size: int, d_model: int, layers: int, intermediate: int,
+                   tie_word_embeddings: bool) -> tuple[int, int]:
+    """(total, non-embedding) parameters of an OLMo / OLMo 2 / Llama decoder from its config.
+
+    Per layer: q, k, v, o projections 4*d^2 (no biases, as many key/value heads as heads) and
+    a SwiGLU MLP 3*d*ff. Norms: OLMo 1 layer norm has no parameters; Llama has 2 RMSNorm
+    weights per layer (2d) and OLMo 2 four (q-norm, k-norm, post-attention, post-MLP: 4d),
+    both plus a final norm (d). Embeddings: V*d, twice when input and output are untied;
+    non-embedding excludes them (Pythia's convention).
+
+    Raises:
+        ValueError: a model type this formula does not describe.
+    """
+    norms = {"olmo": (0, 0), "llama": (2, 1), "olmo2": (4, 1)}
+    if model_type not in norms:
+        raise ValueError(f"no parameter formula for model_type {model_type!r}")
+    per_layer_norms, final_norm = norms[model_type]
+    d = d_model
+    nonemb = layers * (4 * d * d + 3 * d * intermediate + per_layer_norms * d) + final_norm * d
+    emb = vocab_size * d * (1 if tie_word_embeddings else 2)
+    return nonemb + emb, nonemb
 
 
 # --- local suites ------------------------------------------------------------------------
@@ -572,7 +812,8 @@ def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | Non
             if text in (m.name, m.repo):
                 return m
     if _HUB_ID_RE.match(text) and not path.exists():
-        return ModelSpec(name=text.split("/")[-1], suite="hub", source="hub", repo=text)
+        return ModelSpec(name=text.split("/")[-1], suite="hub", source="hub", repo=text,
+                         branch_patterns=hub_branch_patterns(step_pattern))
     known = local_names + tuple(n for s in known_suites() for n in get_suite(s).names)
     raise UnknownModelError(_unknown_message(text, known, where="the registry", hint=(
         "pass a registry name, a hub id (org/name) or a local model folder"

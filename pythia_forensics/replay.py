@@ -386,12 +386,15 @@ class _Fetcher:
         self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
-def _provenance(record: Any, frame: pd.DataFrame) -> dict[str, Any]:
+def _provenance(record: Any, frame: pd.DataFrame, spec: Any = None) -> dict[str, Any]:
     import torch
     import transformers
 
+    # tokens seen: from the branch name where the suite's grammar encodes them (OLMo), else
+    # step x tokens per step; None where neither is known
+    tokens = spec.tokens_seen(record.step, record.revision) if spec is not None else None
     return {
-        "repo": record.repo, "step": record.step, "commit": record.commit,
+        "repo": record.repo, "step": record.step, "tokens": tokens, "commit": record.commit,
         "weights_sha256": record.weights_sha256,
         # what actually ran (an `auto` batch size halves itself on out-of-memory)
         "batch_size": int(frame.attrs.get("batch_size", 0)), "device": str(frame.attrs.get("device", "")),
@@ -443,7 +446,7 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
                                       options=scoring.ScoreOptions(dtype=key.dtype, device=opts.device,
                                                                    batch_size=opts.batch_size, bos=key.bos,
                                                                    vocab_rows=key.vocab_rows))
-                store.write(key, frame, provenance=_provenance(fetched, frame))
+                store.write(key, frame, provenance=_provenance(fetched, frame, item.spec))
                 written += 1
                 bar.update(1)
             score_intervals.append((t0, time.perf_counter()))

@@ -456,8 +456,13 @@ class HubSource:
         return dict(branches)
 
     def revisions(self) -> tuple[str, ...]:
-        """Branch names, `step<N>` in step order first, then the others (`main`)."""
-        return tuple(sorted(self.branches(), key=_revision_sort_key))
+        """Branch names, those the model's grammar gives a step (`step<N>`,
+        `step<N>-tokens<T>B`, ...) in step order first, then the others (`main`)."""
+        def key(revision: str) -> tuple[int, int | str]:
+            step = self.spec.step_of(revision)
+            return (0, step) if step is not None else (1, revision)
+
+        return tuple(sorted(self.branches(), key=key))
 
     # -- offline (HF_HUB_OFFLINE=1): serve what the shared cache already holds
     def _cached_refs(self) -> dict[str, str]:

@@ -100,6 +100,8 @@ class StepAxis:
         first: first analysed x (> 0 where one exists).
         linthresh, linscale: the symlog parameters ("log" and "symlog" only).
         tokens_per_step: model -> tokens per step (unit "tokens" only).
+        tokens_at: model -> {step: tokens seen} as stored per row (branch names that state
+            tokens, e.g. OLMo's); wins over `tokens_per_step` for the steps it holds.
     """
 
     unit: str
@@ -110,6 +112,7 @@ class StepAxis:
     linthresh: float | None = None
     linscale: float | None = None
     tokens_per_step: Mapping[str, float] = field(default_factory=dict)
+    tokens_at: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -123,7 +126,7 @@ class StepAxis:
         """x positions (in `unit`) of `steps` of `model`."""
         x = np.asarray(steps, dtype=float)
         if self.unit == "tokens":
-            return x * float(self.tokens_per_step[model])
+            return _tokens(x, self.tokens_at.get(model, {}), self.tokens_per_step.get(model))
         return x
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
@@ -197,6 +200,22 @@ class StepAxis:
             ax.set_xlabel(self.label)
 
 
+def _tokens(steps: np.ndarray, at: Mapping[int, float], per_step: float | None) -> np.ndarray:
+    """Tokens seen at each step: the stored per-step value (linear between stored steps, for
+    event positions such as a zero crossing), else step x tokens per step; NaN where neither
+    is known."""
+    steps = np.asarray(steps, dtype=float)
+    out = np.full(steps.shape, np.nan)
+    if at:
+        known = np.array(sorted(at), dtype=float)
+        values = np.array([at[int(k)] for k in known], dtype=float)
+        inside = np.isfinite(steps) & (steps >= known[0]) & (steps <= known[-1])
+        out[inside] = np.interp(steps[inside], known, values)
+    if per_step is not None:
+        out = np.where(np.isnan(out), steps * float(per_step), out)
+    return out
+
+
 def _nice_floor(value: float) -> float:
     """The largest 1, 2 or 5 x 10^k not above `value` (tick-friendly symlog thresholds)."""
     k = math.floor(math.log10(value))
@@ -204,7 +223,8 @@ def _nice_floor(value: float) -> float:
 
 
 def step_axis(trajectories: pd.DataFrame, *, x: str = "steps", xscale: str = "auto",
-              tokens_per_step: Mapping[str, float] | None = None) -> StepAxis:
+              tokens_per_step: Mapping[str, float] | None = None,
+              tokens_at: Mapping[str, Mapping[int, float]] | None = None) -> StepAxis:
     """The x axis for a figure set drawn from `trajectories`.
 
     Args:
@@ -212,7 +232,9 @@ def step_axis(trajectories: pd.DataFrame, *, x: str = "steps", xscale: str = "au
             is chosen from the used (analysed) steps, the limits cover every step drawn.
         x: "steps" or "tokens".
         xscale: "auto" (`grid_scale` of the analysed steps), "linear", "log" or "symlog".
-        tokens_per_step: model -> tokens per step; needed for every model when x is "tokens".
+        tokens_per_step: model -> tokens per step; needed for every model when x is "tokens"
+            and `tokens_at` does not cover all its steps.
+        tokens_at: model -> {step: tokens seen} (the stored per-row `tokens`).
 
     Returns:
         A `StepAxis`.
@@ -226,17 +248,22 @@ def step_axis(trajectories: pd.DataFrame, *, x: str = "steps", xscale: str = "au
     if xscale not in X_SCALES:
         raise ConfigError(f"x scale {xscale!r} is not one of {', '.join(X_SCALES)}")
     tps: dict[str, float] = {}
+    at: dict[str, dict[int, float]] = {}
+    frame = trajectories[["model", "step", "used"]]
     if x == "tokens":
-        known = {m: float(v) for m, v in (tokens_per_step or {}).items()
-                 if v is not None and not pd.isna(v) and float(v) > 0}
-        missing = sorted(set(trajectories["model"]) - set(known))
+        tps = {m: float(v) for m, v in (tokens_per_step or {}).items()
+               if v is not None and not pd.isna(v) and float(v) > 0}
+        at = {str(m): {int(s): float(t) for s, t in table.items() if t is not None and not pd.isna(t)}
+              for m, table in (tokens_at or {}).items()}
+        xs = np.concatenate([_tokens(group["step"].to_numpy(float), at.get(m, {}), tps.get(m))
+                             for m, group in frame.groupby("model", sort=False)]) if len(frame) else np.zeros(0)
+        frame = pd.concat([group for _, group in frame.groupby("model", sort=False)]) if len(frame) else frame
+        missing = sorted(set(frame["model"][np.isnan(xs)])) if len(frame) else []
         if missing:
             raise StoreError(f"tokens per step unknown for {', '.join(missing)} (models.parquet "
-                             "tokens_per_step); draw training steps instead")
-        tps = known
-    frame = trajectories[["model", "step", "used"]]
-    xs = frame["step"].to_numpy(float) if x == "steps" else \
-        frame["step"].to_numpy(float) * frame["model"].map(tps).to_numpy(float)
+                             "tokens_per_step, and no tokens stored per row); draw training steps instead")
+    else:
+        xs = frame["step"].to_numpy(float)
     used = frame["used"].to_numpy(bool)
     if xs.size == 0:
         xs, used = np.array([0.0, 1.0]), np.array([True, True])
@@ -248,16 +275,16 @@ def step_axis(trajectories: pd.DataFrame, *, x: str = "steps", xscale: str = "au
     if hi <= lo:
         hi = lo + max(first, 1.0)
     if scale == "linear":
-        return StepAxis(unit=x, scale=scale, lo=lo, hi=hi, first=first, tokens_per_step=tps)
+        return StepAxis(unit=x, scale=scale, lo=lo, hi=hi, first=first, tokens_per_step=tps, tokens_at=at)
     all_pos = xs[xs > 0]
     smallest = float(all_pos.min()) if all_pos.size else first
     if scale == "symlog":  # the classic: linear up to the first positive step, one decade wide
         return StepAxis(unit=x, scale=scale, lo=lo, hi=hi, first=first, linthresh=smallest, linscale=1.0,
-                        tokens_per_step=tps)
+                        tokens_per_step=tps, tokens_at=at)
     decades = math.log10(hi / first) if hi > first else 1.0
     linthresh = max(_nice_floor(first / 10 ** (PRE_DECADES_SHARE * decades)), _nice_floor(smallest))
     linthresh = min(linthresh, first)
     log_decades = math.log10(max(hi, linthresh * 10) / linthresh)
     adj = STUB_SHARE / (1 - STUB_SHARE) * log_decades  # stub width in decades
     return StepAxis(unit=x, scale="log", lo=lo, hi=hi, first=first, linthresh=linthresh,
-                    linscale=adj * (1 - 1 / 10), tokens_per_step=tps)
+                    linscale=adj * (1 - 1 / 10), tokens_per_step=tps, tokens_at=at)

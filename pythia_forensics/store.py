@@ -74,7 +74,7 @@ _LEGACY_PREFIX = "model="  # store format 1 named model folders hive-style
 # Columns every stored item row carries besides the score frame (ARCHITECTURE.md), plus the
 # key's own fields so a row explains itself without its file name.
 PROVENANCE_COLUMNS = (
-    "repo", "step", "commit", "weights_sha256", "dtype", "batch_size", "device", "bos",
+    "repo", "step", "tokens", "commit", "weights_sha256", "dtype", "batch_size", "device", "bos",
     "probeset", "probeset_sha256", "work_key", "pf_version", "torch_version",
     "transformers_version", "content_key", "vocab_rows", "code_version", "written_at",
 )
@@ -88,7 +88,7 @@ _ITEM_TYPES: dict[str, pa.DataType] = {
         "probeset", "probeset_sha256", "work_key", "pf_version", "torch_version", "transformers_version",
         "content_key", "vocab_rows", "code_version")},
     **{c: pa.float64() for c in ("logp_target", "logp_foil", "margin", "mean_logp_target", "mean_logp_foil")},
-    **{c: pa.int64() for c in ("n_target_tokens", "n_foil_tokens", "step", "batch_size", "written_at")},
+    **{c: pa.int64() for c in ("n_target_tokens", "n_foil_tokens", "step", "tokens", "batch_size", "written_at")},
     **{c: pa.bool_() for c in ("correct", "bos")},
 }
 # margin is logp_target - logp_foil computed in at least fp32: a stored margin further from
@@ -506,8 +506,9 @@ class ResultsStore:
         # ns wall clock: orders two writes of one slot even within one second
         written_at = time.time_ns()
         rows["written_at"] = written_at
-        if "step" in rows:
-            rows["step"] = pd.array(rows["step"], dtype="Int64")
+        for col in ("step", "tokens"):  # tokens: training tokens seen (None where the suite has none)
+            if col in rows:
+                rows[col] = pd.array(rows[col], dtype="Int64")
         table = _normalize(pa.Table.from_pandas(rows, preserve_index=False), _ITEM_TYPES)
         step = rows["step"].iloc[0] if "step" in rows else None
         record = {"kind": "items", "work_key": key.id, "model": key.model, "revision": key.revision,
