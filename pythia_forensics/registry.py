@@ -53,6 +53,7 @@ __all__ = [
     "BranchGrid",
     "describe_grid",
     "branch_grid",
+    "count_label_tokens",
     "decoder_params",
     "get_suite",
     "known_suites",
@@ -597,6 +598,16 @@ def branch_grid(branches: Sequence[str], spec: ModelSpec) -> BranchGrid:
                  if spacing and b - a > spacing and (b - a) % spacing == 0)
     return BranchGrid(steps={s: steps[s] for s in ordered}, tokens=tokens, unparsed=tuple(unparsed),
                       duplicates=tuple(duplicates), spacing=spacing, gaps=gaps)
+
+
+def count_label_tokens(tokens: int | None) -> str:
+    """`84000000000` -> `84B` (the unit a branch name would use); `?` for None."""
+    if tokens is None:
+        return "?"
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if tokens >= size and tokens % size == 0:
+            return f"{tokens // size}{unit}"
+    return f"{tokens:,}"
 
 
 def decoder_params(model_type: str, *, vocab_size: int, d_model: int, layers: int, intermediate: int,

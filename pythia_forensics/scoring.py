@@ -87,7 +87,7 @@ from pythia_forensics.registry import looks_like_path
 __all__ = [
     "SCORING_VERSION", "FRAME_COLUMNS", "ScoreOptions", "EncodedItem", "encode_items", "load_model",
     "load_weights_into", "resolve_device", "resolve_dtype", "resolve_threads", "score", "score_encoded", "summarize",
-    "Prepared", "prepare",
+    "Prepared", "prepare", "plan_reason",
 ]
 
 # Bump when a change could alter any number the scorer returns (part of the results' work key).
@@ -603,11 +603,27 @@ def _make_plan(encoded: Sequence[EncodedItem]) -> _Plan:
                  read_keys[:, 1], np.array(tok_cand, dtype=np.int64), np.array(tok_read, dtype=np.int64))
 
 
+def plan_reason(model: Any) -> str | None:
+    """Why `model` is scored with plain causal rows rather than tree rows (None: tree rows).
+
+    Tree rows need a model whose attention honours a custom 4D mask and explicit position
+    ids: the architectures in `SCORING_TREE_MODEL_TYPES` (exactness-tested) under sdpa or
+    eager attention. Any other causal LM still scores, exactly, on the plain plan.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SCORING_TREE_MODEL_TYPES:
+        return (f"model_type {model_type!r} is not one of the tree-tested architectures "
+                f"({', '.join(SCORING_TREE_MODEL_TYPES)}): plain causal rows")
+    attn = getattr(config, "_attn_implementation", None)
+    if attn not in ("sdpa", "eager"):
+        return f"attn_implementation {attn!r} takes no custom 4D mask: plain causal rows"
+    return None
+
+
 def _tree_ok(model: Any) -> bool:
     """Whether the model honours a custom 4D mask and explicit position ids (tree rows)."""
-    config = getattr(model, "config", None)
-    return (getattr(config, "model_type", None) in SCORING_TREE_MODEL_TYPES
-            and getattr(config, "_attn_implementation", None) in ("sdpa", "eager"))
+    return plan_reason(model) is None
 
 
 def _make_tree_plan(encoded: Sequence[EncodedItem], *, row_tokens: int = SCORING_TREE_ROW_TOKENS) -> _Plan:
@@ -992,6 +1008,8 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         "float32_matmul_precision": str(res["float32_matmul_precision"]),
         # eager and sdpa attention round differently: part of what a unit's numbers depend on
         "attn_implementation": str(getattr(model.config, "_attn_implementation", None) or ""),
+        # which forward plan ran and, for the plain one, why (an architecture outside the list)
+        "plan": "causal" if plan_reason(model) else "tree", "plan_reason": plan_reason(model) or "",
         "wall_s": round(time.perf_counter() - t0, 4),
     })
     return frame

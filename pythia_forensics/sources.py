@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +52,15 @@ from pythia_forensics.constants import (
     TOKENIZER_FILES,
 )
 from pythia_forensics.errors import RevisionNotFoundError, SourceError, UnknownModelError
-from pythia_forensics.registry import ModelSpec, checkpoint_folders, resolve_model, step_of_revision
+from pythia_forensics.registry import (
+    BranchGrid,
+    ModelSpec,
+    branch_grid,
+    checkpoint_folders,
+    hub_branch_patterns,
+    resolve_model,
+    step_of_revision,
+)
 
 __all__ = [
     "CheckpointRecord",
@@ -62,6 +70,7 @@ __all__ = [
     "RevisionSize",
     "SourceFile",
     "WeightFile",
+    "discover_branches",
     "open_source",
     "select_files",
     "sha256_file",
@@ -863,3 +872,31 @@ def open_source(model: ModelSpec | str | Path, **options: Any) -> HubSource | Lo
     return HubSource(spec, **{k: v for k, v in options.items() if k != "hash_cache"})
 
 
+
+
+def discover_branches(model: ModelSpec | str, *, step_pattern: str | None = None,
+                      **options: Any) -> tuple[ModelSpec, BranchGrid]:
+    """A hub repo's checkpoint grid from its branch list alone (`list_repo_refs`; no file,
+    no weight byte is read).
+
+    Args:
+        model: a `ModelSpec`, registry name or hub id.
+        step_pattern: a branch-name regex (group `step` or 1; optional `tokens` + `unit`)
+            that replaces the model's grammar.
+        **options: passed to `HubSource` (`endpoint`, `token`, `cache_dir`, ...).
+
+    Returns:
+        (the spec the names were read with, the parsed `BranchGrid`).
+
+    Raises:
+        UnknownModelError: a local model, or an invalid step pattern.
+        SourceError: the hub cannot be reached.
+    """
+    spec = model if isinstance(model, ModelSpec) else resolve_model(str(model), step_pattern=step_pattern)
+    if spec.source != "hub":
+        raise UnknownModelError(f"{spec.name} is a local model ({spec.path}); `suite discover` lists hub repos "
+                                "(a local folder's grid is its checkpoint folders: `suite show DIR`)")
+    if step_pattern is not None:
+        spec = replace(spec, branch_patterns=hub_branch_patterns(step_pattern))
+    source = HubSource(spec, **options)
+    return spec, branch_grid(tuple(source.branches()), spec)
