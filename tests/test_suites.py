@@ -328,6 +328,14 @@ def test_figures_x_tokens_from_stored_rows_of_two_suites(tmp_path, tiny_tokenize
     from pythia_forensics.store import ResultsStore
     from hub_fixtures import build_local_suite
 
+    from pythia_forensics.probes import ProbeItem
+
+    # every rule with conflict and agree items in both splits, as the analysis reads them
+    pairs = [(" she", " he"), (" he", " she"), (" an apple", " a apple"), (" a table", " an table")]
+    grid = [ProbeItem(f"r{r}.{c}.{sp}.{k}", f"rule{r}", cond, sp, prefix, *pairs[(r * 2 + k + c) % 4])
+            for r in range(2) for c, cond in enumerate(("conflict", "agree")) for sp in ("train", "heldout")
+            for k, prefix in enumerate(("Mia cried because", "Tom laughed because", "I ate"))]
+    items = grid
     results = tmp_path / "res"
     replay(OLMO_REPO, _set(items), results=results, cache_dir=tmp_path / "cache", dtype="float32", device="cpu",
            hub_options={"endpoint": olmo_hub.endpoint, "token": False}, progress=False)
