@@ -437,6 +437,7 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
                 skeleton = model = tokenizer = None  # free the previous model before loading the next
                 model, tokenizer = scoring.load_model(path, dtype=item.keys[0][0].dtype, device=opts.device)
                 skeleton = (item.spec.name, model, tokenizer)
+                _fill_sizes(store, item.spec, path)
             else:
                 scoring.load_weights_into(skeleton[1], path)
             _, model, tokenizer = skeleton
@@ -642,6 +643,22 @@ def replay(
                              executor=executor, chunk=chunk, slurm=slurm, summary=summary, step_pattern=step_pattern)
     store.refresh_summary()
     return replace(summary, wall_s=time.perf_counter() - started)
+
+
+_SIZE_FIELDS = ("layers", "d_model", "heads", "vocab_size", "params_total", "params_nonembedding")
+
+
+def _fill_sizes(store: ResultsStore, spec: Any, checkpoint: Path | None) -> None:
+    """Sizes the registry lacks (a hub repo outside it, a suite file that leaves them out)
+    from the fetched checkpoint's config.json and weight headers, into models.parquet."""
+    from pythia_forensics.manifest import infer_manifest
+
+    if checkpoint is None or all(getattr(spec, f) is not None for f in _SIZE_FIELDS):
+        return
+    facts = infer_manifest(checkpoint, model=spec.name)
+    filled = {f: getattr(facts, f) for f in _SIZE_FIELDS if getattr(spec, f) is None and getattr(facts, f) is not None}
+    if filled:
+        _write_models(store, [replace(spec, **filled)])
 
 
 def _write_models(store: ResultsStore, specs: Iterable[Any]) -> None:

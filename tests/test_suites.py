@@ -298,6 +298,12 @@ def test_replay_olmo_style_repo_equals_fp32_reference_with_tokens_per_row(olmo_h
         ref_f = np.array([_reference(model, tiny_tokenizer, i, i.foil, bos=False) for i in items])
         assert np.abs(got["logp_target"].to_numpy() - ref_t).max() < TOL, name
         assert np.abs(got["logp_foil"].to_numpy() - ref_f).max() < TOL, name
+    # a repo outside the registry: sizes from the fetched checkpoint's config and tensors
+    sizes = ResultsStore(results).models().set_index("model").loc["OLMo-tiny-hf"]
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
+    assert (sizes["params_total"], sizes["params_nonembedding"]) == (total, total - emb)
+    assert (sizes["layers"], sizes["d_model"]) == (2, 32) and pd.isna(sizes["tokens_per_step"])
 
 
 # --- figures on a tokens axis across two suites ------------------------------------------------
