@@ -924,7 +924,9 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     expected = [r for r in expected if r in keep]
     entries = [_files_of(src.listing(r), local_root=local_root)
                for r in tqdm(revisions, desc=f"listing {spec.name}", unit="rev", disable=not progress)]
-    final_revision = f"step{final_step}" if final_step is not None else None
+    # the final step's own branch name (`step143000`, OLMo's `step557000-tokens2464B`, ...)
+    final_revision = None if final_step is None else next(
+        (r for r, st in names if st == final_step and r in revisions), f"step{final_step}")
     where = f"the hub repo {spec.repo}" if spec.source == "hub" else str(spec.path)
     findings, clusters = census_findings(entries, expected=expected, final_revision=final_revision, where=where)
 

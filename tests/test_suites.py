@@ -358,3 +358,18 @@ def test_figures_x_tokens_from_stored_rows_of_two_suites(tmp_path, tiny_tokenize
     at = _tokens_at(store)
     assert at["OLMo-tiny-hf"] == {0: 0.0, 1000: 4e9, 2000: 9e9, 4000: 17e9}
     assert at["pythia-like"][4000] == 4000 * 2_097_152
+
+
+def test_health_census_of_olmo_style_repo_reads_no_weights(olmo_hub, tmp_path, monkeypatch):
+    from pythia_forensics.health import check_health
+    from pythia_forensics.sources import HubSource
+
+    monkeypatch.delenv("PF_STEP_PATTERN", raising=False)
+    spec = resolve_model(OLMO_REPO)
+    src = HubSource(spec, cache_dir=tmp_path / "cache", endpoint=olmo_hub.endpoint, token=False)
+    frame = check_health(spec, source=src, progress=False).to_frame()
+    by_rev = frame.set_index("revision")
+    assert set(BRANCHES.values()) <= set(by_rev.index)
+    assert (by_rev.loc[list(BRANCHES.values()), "status"] == "ok").all(), frame.to_string()
+    assert (by_rev.loc[list(BRANCHES.values()), "step"] == list(BRANCHES)).all()
+    assert olmo_hub.bytes_sent(file="*.safetensors") == 0
