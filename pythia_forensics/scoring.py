@@ -39,13 +39,26 @@ Pythias the padding rows carry negligible mass; for random or very early checkpo
 carry a lot (2.2e-3 nats per item measured on a Pythia-layout checkpoint), so the choice is
 recorded with every result.
 
+Determinism (README "Numerical contract"): the numbers of a unit of work are a pure function
+of (model weights, probe set, tokenizer, options). The batch plan (`_batches`) depends only on
+the plan's sequence lengths and the batch size; an out-of-memory back-off under
+``batch_size="auto"`` restarts the unit at the smaller size, so every number of a unit comes
+from one plan, and the size that ran is recorded. CPU matmul kernels pick their blocking by
+thread count (1 vs 2 threads moves fp32 log-probs by ~1 ulp), so scoring pins torch's intra-op
+threads to `ScoreOptions.threads` for the call (``auto``: ``$OMP_NUM_THREADS``, else the CPUs
+this process may use) instead of inheriting whatever an earlier caller set, pins the fp32
+matmul precision to "highest" (no TF32) and enables torch's deterministic algorithms; all of
+it is recorded in ``frame.attrs`` and restored afterwards.
+
 Options used are returned in ``frame.attrs`` (see `score`).
 """
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -73,7 +86,7 @@ from pythia_forensics.registry import looks_like_path
 
 __all__ = [
     "SCORING_VERSION", "FRAME_COLUMNS", "ScoreOptions", "EncodedItem", "encode_items", "load_model",
-    "load_weights_into", "resolve_device", "resolve_dtype", "score", "score_encoded", "summarize",
+    "load_weights_into", "resolve_device", "resolve_dtype", "resolve_threads", "score", "score_encoded", "summarize",
     "Prepared", "prepare",
 ]
 
@@ -101,11 +114,14 @@ class ScoreOptions:
         dtype: ``auto`` (fp32 on CPU and for models up to `FP32_MAX_PARAMS` on GPU, else bf16),
             ``float32``, ``float16`` or ``bfloat16``.
         device: ``auto`` (cuda if available), ``cpu`` or ``cuda`` (``cuda:N`` accepted).
-        batch_size: sequences per forward, or ``auto`` (a device default, halved on
-            out-of-memory until it fits).
+        batch_size: sequences per forward, or ``auto`` (a device default; on out-of-memory
+            the unit restarts at half the size until it fits, the size that ran is recorded).
         bos: prepend the tokenizer's BOS token (else EOS) to every prefix. Pythia: no.
         vocab_rows: log-sum-exp over the ``tokenizer``'s rows only or over ``all`` rows of the
             output embedding (see the module docstring).
+        threads: torch intra-op threads while scoring, or ``auto`` (`resolve_threads`). CPU
+            numbers depend on it at the ulp level, so two runs that must agree bit for bit
+            need the same value (it is recorded).
     """
 
     dtype: str = "auto"
@@ -113,6 +129,7 @@ class ScoreOptions:
     batch_size: int | str = "auto"
     bos: bool = False
     vocab_rows: str = DEFAULT_VOCAB_ROWS
+    threads: int | str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -124,6 +141,62 @@ class ScoreOptions:
         bs = self.batch_size
         if not (bs == "auto" or (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1)):
             raise ScoringError(f"batch size must be a positive integer or 'auto', got {bs!r}")
+        th = self.threads
+        if not (th == "auto" or (isinstance(th, int) and not isinstance(th, bool) and th >= 1)):
+            raise ScoringError(f"threads must be a positive integer or 'auto', got {th!r}")
+
+
+def resolve_threads(threads: int | str = "auto") -> int:
+    """The intra-op thread count ``auto`` means: ``$OMP_NUM_THREADS`` if it is a positive
+    integer, else the number of CPUs this process may run on (its affinity mask).
+
+    A function of the environment only, never of what ran earlier in the process (a test or a
+    trainer calling ``torch.set_num_threads``), so every process started the same way on the
+    same machine scores with the same kernels.
+
+    Raises:
+        ScoringError: ``threads`` is neither ``auto`` nor a positive integer.
+    """
+    if threads != "auto":
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ScoringError(f"threads must be a positive integer or 'auto', got {threads!r}")
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def _pinned_kernels(threads: int, device_type: str) -> Iterator[dict[str, Any]]:
+    """Fix the process-wide torch settings that change scores, restore them afterwards.
+
+    Deterministic algorithms are enabled on CPU, and on CUDA only when
+    ``CUBLAS_WORKSPACE_CONFIG`` is set (cuBLAS needs it before its first call; without it
+    torch would warn on every matmul). Yields the settings that ran (for ``frame.attrs``).
+    """
+    import torch
+
+    deterministic = device_type != "cuda" or bool(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision())
+    if before[0] != threads:
+        torch.set_num_threads(threads)
+    # warn_only: an op without a deterministic kernel warns instead of failing a long sweep
+    torch.use_deterministic_algorithms(deterministic or before[1], warn_only=True if deterministic else before[2])
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield {"threads": threads, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+               "float32_matmul_precision": "highest"}
+    finally:
+        if torch.get_num_threads() != before[0]:
+            torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.set_float32_matmul_precision(before[3])
 
 
 # --- devices and dtypes --------------------------------------------------------------------
@@ -657,6 +730,21 @@ def _tree_inputs(plan: _Plan, start: int, count: int, width: int, dtype: Any) ->
     return mask, torch.from_numpy(pos)
 
 
+def _batches(lengths: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
+    """(start, count) of each forward batch: a pure function of the sequence lengths (sorted
+    longest first) and the batch size, so the same unit always runs the same batches.
+
+    A batch holds at most ``batch_size`` sequences and ``batch_size x SCORING_BATCH_ROW_TOKENS``
+    padded tokens, so a few long rows never pad a whole batch of short ones to their width.
+    """
+    out, ptr = [], 0
+    while ptr < len(lengths):
+        count = min(batch_size, max(1, batch_size * SCORING_BATCH_ROW_TOKENS // lengths[ptr]), len(lengths) - ptr)
+        out.append((ptr, count))
+        ptr += count
+    return out
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -692,13 +780,13 @@ def _run_plan(model: Any, plan: _Plan, *, n_rows: int, pad_id: int, batch_size: 
     read_starts = np.searchsorted(plan.read_row[read_order], np.arange(len(plan.row_seq) + 1))
     values = np.empty(len(plan.read_row), dtype=np.float64)
     bar = tqdm(total=len(plan.sequences), desc="scoring", unit="seq", disable=not progress, leave=False)
-    ptr = 0
+    lengths = [len(s) for s in plan.sequences]
+    batches = _batches(lengths, batch_size)
+    k = 0
     with torch.inference_mode():
-        while ptr < len(plan.sequences):
-            # sequences are sorted longest first: cap the padded tokens of a batch too, so a
-            # few long rows never pad a whole batch of short ones to their width
-            width = len(plan.sequences[ptr])
-            seqs = plan.sequences[ptr:ptr + min(batch_size, max(1, batch_size * SCORING_BATCH_ROW_TOKENS // width))]
+        while k < len(batches):
+            ptr, count = batches[k]
+            seqs = plan.sequences[ptr:ptr + count]
             try:
                 width = max(len(s) for s in seqs)
                 ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -736,11 +824,15 @@ def _run_plan(model: Any, plan: _Plan, *, n_rows: int, pad_id: int, batch_size: 
                 if not auto_batch or batch_size == 1:
                     raise ScoringError(f"out of memory at batch size {batch_size}; pass a smaller --batch-size "
                                        "(or auto), or --dtype bfloat16 on GPU") from exc
+                # restart the whole unit at the smaller size: every number then comes from one
+                # batch plan (a function of the recorded batch size), never from a mix of two
                 batch_size = max(1, batch_size // 2)
+                batches, k = _batches(lengths, batch_size), 0
+                bar.reset()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            ptr += len(seqs)
+            k += 1
             bar.update(len(seqs))
     bar.close()
     return values, batch_size
@@ -752,7 +844,8 @@ def _model_dtype_name(model: Any) -> str:
 
 
 def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pad_id: int,
-                  batch_size: int | str = "auto", progress: bool = False, plan: Any = None) -> dict[str, Any]:
+                  batch_size: int | str = "auto", progress: bool = False, plan: Any = None,
+                  threads: int | str = "auto") -> dict[str, Any]:
     """Summed and mean log-probs of already tokenized items (the scorer's numeric core).
 
     Args:
@@ -763,10 +856,12 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
         batch_size: sequences per forward or ``auto``.
         progress: show a progress bar.
         plan: a plan built for exactly these items (`prepare`); None builds it here.
+        threads: torch intra-op threads for the call, or ``auto`` (`resolve_threads`).
 
     Returns:
-        Dict of numpy arrays ``logp_target, logp_foil, n_target, n_foil`` and stats
-        ``batch_size, sequences, tokens, rows``.
+        Dict of numpy arrays ``logp_target, logp_foil, n_target, n_foil``, stats
+        ``batch_size, sequences, tokens, rows`` and the pinned kernel settings
+        ``threads, deterministic_algorithms, float32_matmul_precision``.
     """
     if plan is None:
         plan = _make_tree_plan(encoded) if _tree_ok(model) else _make_plan(encoded)
@@ -777,15 +872,16 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
     device = next(model.parameters()).device
     auto = batch_size == "auto"
     bs = (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU) if auto else int(batch_size)
-    values, bs = _run_plan(model, plan, n_rows=n_rows, pad_id=pad_id, batch_size=bs, auto_batch=auto,
-                           progress=progress)
+    with _pinned_kernels(resolve_threads(threads), device.type) as kernels:
+        values, bs = _run_plan(model, plan, n_rows=n_rows, pad_id=pad_id, batch_size=bs, auto_batch=auto,
+                               progress=progress)
     sums = np.bincount(plan.tok_cand, weights=values[plan.tok_read], minlength=2 * len(encoded))
     return {
         "logp_target": sums[0::2], "logp_foil": sums[1::2],
         "n_target": np.array([len(e.target_ids) for e in encoded], dtype=np.int64),
         "n_foil": np.array([len(e.foil_ids) for e in encoded], dtype=np.int64),
         "batch_size": bs, "sequences": len(plan.sequences), "tokens": sum(len(s) for s in plan.sequences),
-        "rows": len(plan.row_seq),
+        "rows": len(plan.row_seq), **kernels,
     }
 
 
@@ -812,7 +908,9 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         in probe-set order. ``frame.attrs`` records what was used: ``dtype, device, batch_size``
         (the one that ran), ``bos, vocab_rows, vocab_rows_n`` (rows in the log-sum-exp),
         ``padding_side, scoring_version, probeset, probeset_sha256, model, revision``,
-        ``forward_sequences, forward_tokens, logit_rows, wall_s``. Example::
+        ``forward_sequences, forward_tokens, logit_rows``, the pinned kernel settings
+        ``threads, deterministic_algorithms, float32_matmul_precision``, the model's
+        ``attn_implementation`` and ``wall_s``. Example::
 
             frame = score("EleutherAI/pythia-70m", "pronoun_gender", revision="step3000")
             frame.groupby(["condition", "split"]).correct.mean()
@@ -850,7 +948,8 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
     encoded = prepared.encoded if prepared is not None else encode_items(items, tokenizer, bos=opts.bos)
     validation.check_context(encoded, items, model)
     res = score_encoded(model, encoded, n_rows=n_rows, pad_id=int(pad_id), batch_size=opts.batch_size,
-                        progress=progress, plan=None if prepared is None else prepared.plan)
+                        progress=progress, plan=None if prepared is None else prepared.plan,
+                        threads=opts.threads)
     lt, lf = res["logp_target"], res["logp_foil"]
     bad = ~(np.isfinite(lt) & np.isfinite(lf))
     if bad.any():
@@ -889,6 +988,10 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         "padding_side": "right", "scoring_version": SCORING_VERSION, "probeset": probe_set.name,
         "probeset_sha256": probe_set.sha256, "forward_sequences": int(res["sequences"]),
         "forward_tokens": int(res["tokens"]), "logit_rows": int(res["rows"]),
+        "threads": int(res["threads"]), "deterministic_algorithms": bool(res["deterministic_algorithms"]),
+        "float32_matmul_precision": str(res["float32_matmul_precision"]),
+        # eager and sdpa attention round differently: part of what a unit's numbers depend on
+        "attn_implementation": str(getattr(model.config, "_attn_implementation", None) or ""),
         "wall_s": round(time.perf_counter() - t0, 4),
     })
     return frame

@@ -195,6 +195,7 @@ def _cli(*args):
                           env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_suite_show_and_list(tmp_path):
     out = _cli("suite", "show", "pythia")
     assert out.returncode == 0, out.stderr
