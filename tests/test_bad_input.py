@@ -495,7 +495,10 @@ def test_interrupt_is_one_line_exit_130(run_cli, monkeypatch, tmp_path):
     _assert_clean(code, err, status=130, fragment="rerun")
 
 
-@pytest.mark.parametrize("content", ['{"model": "mini-s", "cor', "[]", '{"layers": "two"}', '{"seed": Infinity}'])
+MINI_MANIFESTS = ['{"model": "mini-s", "cor', "[]", '{"layers": "two"}', '{"seed": Infinity}']
+
+
+@pytest.mark.parametrize("content", MINI_MANIFESTS)
 def test_damaged_manifest_stops_mini_train_with_one_line(content, tmp_path, run_cli):
     """Refused in one line naming the file (never a crash, never trusted as finished)."""
     (tmp_path / "suite" / "mini-l").mkdir(parents=True)
@@ -570,7 +573,8 @@ def test_training_workers_die_when_the_parent_is_killed(tmp_path):
 
 
 CASES_TRIED = (len(PROBE_FILES) + len(OPTION_CASES) + len(OUTPUT_CASES) + len(CHECKPOINT_CASES)
-               + 2 * len(REPLAY_KINDS) + 2 * len(MANIFEST_CASES) + 3)  # + context overflow, 2 interrupts
+               + 2 * len(REPLAY_KINDS) + 2 * len(MANIFEST_CASES) + len(MINI_MANIFESTS)
+               + 4)  # + file size, context overflow, 2 interrupts
 
 
 def test_mini_train_interrupt_says_what_was_kept(tmp_path, run_cli, monkeypatch):
