@@ -39,7 +39,6 @@ from pythia_forensics.constants import (
     DEFAULT_RESULTS_DIR,
     DEFAULT_VOCAB_ROWS,
     HEALTH_SKIP_STATUSES,
-    STEP_DIR_PREFIX,
 )
 from pythia_forensics.errors import DiskBudgetError, PFError, StepSpecError
 from pythia_forensics.store import ResultsStore, WorkKey
@@ -259,8 +258,10 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
             by_step: dict[int, str] = {}
             for name in names:
                 step = spec.step_of(name)
-                # one revision per step: a `step<N>` branch wins over an alias such as `main`
-                if step is not None and (step not in by_step or name.startswith(STEP_DIR_PREFIX)):
+                # one revision per step: the grid's own branch (`step<N>`, `ckpt_359`) wins over
+                # an alias of it such as `main`
+                if step is not None and (step not in by_step
+                                         or (by_step[step] in spec.aliases and name not in spec.aliases)):
                     by_step[step] = name
             if isinstance(steps, (str, type(None))):
                 spec_text = steps

@@ -373,3 +373,34 @@ def test_health_census_of_olmo_style_repo_reads_no_weights(olmo_hub, tmp_path, m
     assert (by_rev.loc[list(BRANCHES.values()), "status"] == "ok").all(), frame.to_string()
     assert (by_rev.loc[list(BRANCHES.values()), "step"] == list(BRANCHES)).all()
     assert olmo_hub.bytes_sent(file="*.safetensors") == 0
+
+
+def test_replay_amber_style_llama_repo_scores_the_grid_branch_not_its_alias(tiny_tokenizer, items, tmp_path,
+                                                                           monkeypatch):
+    """LLM360/Amber's grammar (ckpt_NNN, main = ckpt_359) on a tiny LlamaForCausalLM repo."""
+    from transformers import LlamaForCausalLM
+
+    from pythia_forensics.replay import replay
+    from pythia_forensics.store import ResultsStore
+
+    monkeypatch.delenv("PF_STEP_PATTERN", raising=False)
+    folders = {}
+    for i, name in enumerate(("ckpt_358", "ckpt_359")):
+        folders[name] = tmp_path / name
+        tiny_decoder("llama", len(tiny_tokenizer), seed=200 + i).save_pretrained(folders[name], safe_serialization=True)
+        tiny_tokenizer.save_pretrained(folders[name])
+    with HubServer() as hub:
+        hub.add_branch("LLM360/Amber", "main", folders["ckpt_359"])  # listed first: must still lose to ckpt_359
+        for name, folder in folders.items():
+            hub.add_branch("LLM360/Amber", name, folder)
+        summary = replay("Amber", _set(items), steps="358:359", results=tmp_path / "res", cache_dir=tmp_path / "c",
+                         dtype="float32", device="cpu", hub_options={"endpoint": hub.endpoint, "token": False},
+                         progress=False)
+    assert summary.revisions_scored == 2
+    rows = ResultsStore(tmp_path / "res").items()
+    assert sorted(rows["revision"].unique()) == ["ckpt_358", "ckpt_359"]
+    assert rows["tokens"].isna().all()  # the card states no tokens per checkpoint: none recorded
+    got = rows[rows["revision"] == "ckpt_359"].set_index("item_id").loc[[i.item_id for i in items]]
+    model = LlamaForCausalLM.from_pretrained(folders["ckpt_359"], torch_dtype=torch.float32).eval()
+    ref = np.array([_reference(model, tiny_tokenizer, i, i.target, bos=False) for i in items])
+    assert (got["step"] == 359).all() and np.abs(got["logp_target"].to_numpy() - ref).max() < TOL
