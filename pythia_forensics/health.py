@@ -917,7 +917,7 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     local_root = Path(src.path) if getattr(src, "source", None) == "local" else None
     revisions = list(src.revisions())
     expected = _expected_revisions(spec)
-    names = [(r, spec.step_of(r)) for r in revisions] + [(r, step_of_revision(r)) for r in expected]
+    names = [(r, spec.step_of(r)) for r in revisions] + [(r, spec.step_of(r)) for r in expected]
     final_step = max((s for _, s in names if s is not None), default=None)
     keep = _select(names, steps, final_step)
     revisions = [r for r in revisions if r in keep]
@@ -925,8 +925,10 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     entries = [_files_of(src.listing(r), local_root=local_root)
                for r in tqdm(revisions, desc=f"listing {spec.name}", unit="rev", disable=not progress)]
     # the final step's own branch name (`step143000`, OLMo's `step557000-tokens2464B`, ...)
+    aliases = getattr(spec, "aliases", {}) or {}
     final_revision = None if final_step is None else next(
-        (r for r, st in names if st == final_step and r in revisions), f"step{final_step}")
+        (r for r, st in sorted(names, key=lambda n: n[0] in aliases) if st == final_step and r in revisions),
+        f"step{final_step}")
     where = f"the hub repo {spec.repo}" if spec.source == "hub" else str(spec.path)
     findings, clusters = census_findings(entries, expected=expected, final_revision=final_revision, where=where)
 
@@ -969,7 +971,7 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
                                       peers=peer_loaders, progress=wrap)
         findings += deep_f
 
-    rows = build_rows(spec.name, [(e.revision, e.step) for e in entries] + [(r, step_of_revision(r)) for r in expected],
+    rows = build_rows(spec.name, [(e.revision, e.step) for e in entries] + [(r, spec.step_of(r)) for r in expected],
                       findings)
     return HealthReport(model=spec.name, source=spec.source, deep=deep, rows=rows, findings=tuple(findings),
                         clusters=tuple(clusters), stats=tuple(stats),

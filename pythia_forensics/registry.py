@@ -113,6 +113,7 @@ class ModelSpec:
     # groups `tokens` + `unit` = tokens seen, e.g. OLMo's `step20000-tokens84B`). Empty means
     # the Pythia grammar `step<N>`.
     branch_patterns: tuple[str, ...] = ()
+    branch_format: str | None = None  # how a grid step is named, e.g. "ckpt_{step:03d}" (default step<N>)
     model_type: str | None = None     # the config's model_type, where the suite file states it
     arch: Mapping[str, Any] = field(default_factory=dict, hash=False)  # further config facts
     notes: tuple[str, ...] = ()       # known upstream faults and caveats (cited in the suite file)
@@ -122,6 +123,8 @@ class ModelSpec:
         """Branch / folder names of the expected grid, in step order."""
         if self.folders:
             return tuple(sorted(self.folders, key=lambda name: (self.folders[name], name)))
+        if self.branch_format:
+            return tuple(self.branch_format.format(step=s) for s in self.steps)
         return tuple(revision_name(s) for s in self.steps)
 
     @property
@@ -483,6 +486,11 @@ def _listed_suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
         if "step" not in regex.groupindex:
             raise ValueError(f"{path}: branch_grammar {pattern!r} has no (?P<step>...) group")
     patterns = (str(pattern),) if pattern else ()
+    if grammar.get("format") is not None:
+        named = str(grammar["format"]).format(step=7)
+        if _parse_branch(named, patterns)[0] != 7:
+            raise ValueError(f"{path}: branch_grammar format {grammar['format']!r} names step 7 {named!r}, "
+                             "which its pattern does not read back as step 7")
 
     def notes_of(entry: Mapping[str, Any], what: str) -> tuple[str, ...]:
         out = []
@@ -508,6 +516,7 @@ def _listed_suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
             params_nonembedding=opt("params_nonembedding"), tokens_per_step=opt("tokens_per_step"),
             steps=steps, aliases={str(k): int(v) for k, v in (row.get("aliases") or {}).items()},
             precision=row.get("precision"), branch_patterns=patterns, model_type=row.get("model_type"),
+            branch_format=grammar.get("format"),
             arch=dict(row.get("arch") or {}), notes=notes_of(row, f"model {row['name']!r}"),
         ))
     return Suite(name=suite, description=str(data.get("description", "")), models=tuple(models), path=path,

@@ -393,6 +393,16 @@ def test_replay_amber_style_llama_repo_scores_the_grid_branch_not_its_alias(tiny
         hub.add_branch("LLM360/Amber", "main", folders["ckpt_359"])  # listed first: must still lose to ckpt_359
         for name, folder in folders.items():
             hub.add_branch("LLM360/Amber", name, folder)
+        from pythia_forensics.health import check_health
+        from pythia_forensics.sources import HubSource
+
+        spec = resolve_model("Amber")
+        assert spec.revisions[:2] == ("ckpt_000", "ckpt_001") and spec.revisions[-1] == "ckpt_359"
+        src = HubSource(spec, cache_dir=tmp_path / "c", endpoint=hub.endpoint, token=False)
+        report = check_health(spec, source=src, steps="358:359", progress=False).to_frame().set_index("revision")
+        assert (report.loc[["ckpt_358", "ckpt_359"], "status"] == "ok").all(), report.to_string()
+        full = check_health(spec, source=src, progress=False).to_frame().set_index("revision")
+        assert full.loc["ckpt_000", "status"] == "bad" and "missing" in full.loc["ckpt_000", "reasons"]
         summary = replay("Amber", _set(items), steps="358:359", results=tmp_path / "res", cache_dir=tmp_path / "c",
                          dtype="float32", device="cpu", hub_options={"endpoint": hub.endpoint, "token": False},
                          progress=False)

@@ -57,7 +57,10 @@ def show_cmd(
     grids = {describe_grid(m.steps) for m in shown if m.steps}
     for grid in sorted(grids):
         console.print(f"grid: {grid}", highlight=False)
-    aliases = {f"{k} = step{v}" for m in shown for k, v in m.aliases.items()}
+    for m in shown:
+        if m.steps and m.branch_format:
+            console.print(f"branches of {m.name}: {m.revisions[0]} .. {m.revisions[-1]}", highlight=False)
+    aliases = {f"{k} = {m.revisions[m.steps.index(v)] if v in m.steps else f'step{v}'}" for m in shown for k, v in m.aliases.items()}
     if aliases:
         console.print("aliases: " + ", ".join(sorted(aliases)), highlight=False)
     if suite.branch_grammar:
