@@ -338,6 +338,17 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _custom_code(source: str, revision: str | None) -> str | None:
+    """The model_type of a config that maps to repo-supplied code (`auto_map`), else None."""
+    from transformers import PretrainedConfig
+
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(raw.get("model_type")) if isinstance(raw, dict) and raw.get("auto_map") else None
+
+
 def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: str = "auto",
                device: str = "auto") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer (never `trust_remote_code`; safetensors preferred).
@@ -369,6 +380,11 @@ def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: st
     try:
         config = AutoConfig.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
+        custom = _custom_code(source, hub_rev)
+        if custom is not None:  # e.g. allenai/OLMo-1B (hf_olmo): its own modelling code
+            raise ModelLoadError(f"cannot load model {where}: model_type {custom!r} needs the repo's own code "
+                                 "(trust_remote_code), which this tool never runs; use a transformers-native "
+                                 "twin of the checkpoints (for OLMo: the -hf repo, e.g. allenai/OLMo-1B-hf)") from exc
         raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}; check the repo id / path and "
                              "--revision (hub branches look like step1000)") from exc
     # Refuse before building anything: transformers would otherwise score a BERT under a random

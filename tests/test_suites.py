@@ -414,3 +414,18 @@ def test_replay_amber_style_llama_repo_scores_the_grid_branch_not_its_alias(tiny
     model = LlamaForCausalLM.from_pretrained(folders["ckpt_359"], torch_dtype=torch.float32).eval()
     ref = np.array([_reference(model, tiny_tokenizer, i, i.target, bos=False) for i in items])
     assert (got["step"] == 359).all() and np.abs(got["logp_target"].to_numpy() - ref).max() < TOL
+
+
+def test_custom_code_checkpoint_is_refused_with_the_hf_twin_named(tmp_path):
+    import json
+
+    from pythia_forensics.errors import ModelLoadError
+    from pythia_forensics.scoring import load_model
+
+    folder = tmp_path / "step1000-tokens4B"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "hf_olmo", "architectures": ["OLMoForCausalLM"],
+        "auto_map": {"AutoModelForCausalLM": "modeling_olmo.OLMoForCausalLM"}}))
+    with pytest.raises(ModelLoadError, match=r"'hf_olmo' needs the repo's own code .*allenai/OLMo-1B-hf"):
+        load_model(folder)
