@@ -1,0 +1,233 @@
+"""One budgeted fetcher for replay, health --deep, audit and `pythia-forensics fetch`.
+
+`Fetcher` turns "I need revision R of model M" into a *hold*: sized first (a dry run, no
+download), admitted by the ledger beside the hub cache (`lease.Ledger`) only while the bytes
+of every live hold of every worker on that cache stay within the disk budget, then fetched
+(in a background thread for prefetch) and finally released: the last worker holding a
+revision evicts it (`scan_cache_dir().delete_revisions`, shared blobs stay), others leave it.
+So N workers sharing one cache and one `--disk-budget` hold at most the budget plus the one
+revision a waiting worker may always take when nothing at all is held (planning checks that
+one checkpoint fits), and no worker ever evicts what another is reading. A killed worker's
+holds expire after `lease.timeout_s()` and the next worker to ask reaps them.
+
+Local sources are read in place: holds on them cost nothing and are never evicted.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pythia_forensics.constants import ENV_KILL_AFTER_FETCHES, LEDGER_DIR, LEASE_POLL_MAX_S
+from pythia_forensics.errors import DiskBudgetError
+from pythia_forensics.lease import Lease, Ledger
+
+__all__ = ["Fetcher", "Hold", "format_size", "check_fits", "ledger_for"]
+
+
+def format_size(n: int) -> str:
+    """`1234567` -> `1.23 MB` (decimal units, as disk budgets are written)."""
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def check_fits(model: str, revision: str, need: int, budget: int | None) -> None:
+    """Raise DiskBudgetError when one checkpoint alone exceeds the budget.
+
+    Raises:
+        DiskBudgetError: `need` > `budget`.
+    """
+    if budget is not None and need > budget:
+        raise DiskBudgetError(
+            f"disk budget {format_size(budget)} is smaller than one checkpoint: {model}@{revision} "
+            f"needs {format_size(need)}; raise --disk-budget to at least {format_size(need)}"
+        )
+
+
+def ledger_for(cache_dir: str | Path) -> Ledger:
+    """The ledger beside a hub cache (`CACHE/.pf-ledger/`)."""
+    return Ledger(Path(cache_dir) / LEDGER_DIR)
+
+
+@dataclass
+class Hold:
+    """A revision this worker holds: admitted by the ledger, fetched or being fetched."""
+
+    source: Any                # sources.HubSource | sources.LocalSource
+    revision: str
+    total: int = 0             # bytes of the revision's files
+    download: int = 0          # of which the cache lacked when sized
+    lease: Lease | None = None
+    extra: tuple[str, ...] = ()    # further files (health: the other weight format)
+    record: Any = None
+    released: bool = False
+    started: float = field(default=0.0, repr=False)
+
+    @property
+    def hub(self) -> bool:
+        return getattr(self.source, "source", None) == "hub"
+
+
+class Fetcher:
+    """Fetch revisions within one disk budget shared by every worker on the cache.
+
+    Args:
+        budget: most bytes held at once by all workers on a cache (None: no limit).
+        evict: evict released revisions (nobody else holding them). Default: when a budget
+            is set (the cache is then working space); without one the cache is the user's.
+        prefetch: background download threads (1: one revision downloads while one scores).
+    """
+
+    def __init__(self, budget: int | None, *, evict: bool | None = None, prefetch: int = 1) -> None:
+        self.budget = budget
+        self.evict = budget is not None if evict is None else evict
+        self.pool = ThreadPoolExecutor(max_workers=max(1, prefetch), thread_name_prefix="pf-prefetch")
+        self.held: list[Hold] = []
+        self.peak = 0              # most bytes this worker held at once
+        self.downloaded = 0
+        self.reused = 0
+        self.evicted = 0
+        self.fetches = 0
+        self.intervals: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+        self._ledgers: dict[Path, Ledger] = {}
+        self._kill_after = int(os.environ.get(ENV_KILL_AFTER_FETCHES) or 0)
+
+    # -- admission
+    def _ledger(self, source: Any) -> Ledger:
+        root = Path(source.cache_dir)
+        if root not in self._ledgers:
+            self._ledgers[root] = ledger_for(root)
+        return self._ledgers[root]
+
+    def _evictor(self, source: Any):
+        from pythia_forensics.sources import evict_cached
+
+        def evict(repo: str, commit: str) -> int:
+            freed = int(evict_cached(source.cache_dir, repo, commit) or 0)
+            with self._lock:
+                self.evicted += freed
+            return freed
+
+        return evict
+
+    def acquire(self, source: Any, revision: str, *, wait: bool = True, extra: Sequence[str] = ()) -> Hold | None:
+        """Size `revision` and take a hold on it once the shared budget has room.
+
+        Args:
+            wait: block until admitted; False returns None when the budget is full now.
+            extra: more file names of the revision to fetch with it (counted in the size).
+
+        Returns:
+            The hold, or None (only with `wait=False`).
+
+        Raises:
+            DiskBudgetError: the revision alone exceeds the budget.
+            SourceError, RevisionNotFoundError: from the source.
+        """
+        hold = Hold(source=source, revision=revision, extra=tuple(extra))
+        if not hold.hub:
+            self.held.append(hold)
+            return hold
+        size = source.size(revision)
+        listing = source.listing(revision)
+        extra_bytes = sum(f.size for f in listing.files if f.name in hold.extra and f.name not in listing.fetch_names)
+        hold.total, hold.download = size.total_bytes + extra_bytes, size.download_bytes + extra_bytes
+        check_fits(source.model, revision, hold.total, self.budget)
+        ledger = self._ledger(source)
+        delay = 0.05
+        while True:
+            lease = ledger.reserve(source.repo, str(listing.commit), hold.total, self.budget,
+                                   self._evictor(source))
+            if lease is not None or not wait:
+                break
+            time.sleep(delay)
+            delay = min(LEASE_POLL_MAX_S, delay * 1.5)
+        if lease is None:
+            return None
+        hold.lease = lease
+        self.held.append(hold)
+        self.peak = max(self.peak, sum(h.total for h in self.held if h.hub))
+        return hold
+
+    # -- fetching
+    def fetch(self, hold: Hold) -> Any:
+        """Fetch a held revision now (in this thread). Returns its `CheckpointRecord`."""
+        start = time.perf_counter()
+        try:
+            record = hold.source.fetch(hold.revision)
+            if hold.extra:
+                hold.source.fetch_files(hold.revision, [n for n in hold.extra])
+        finally:
+            with self._lock:
+                self.intervals.append((start, time.perf_counter()))
+        with self._lock:
+            if hold.hub:
+                self.downloaded += hold.download
+                self.reused += hold.total - hold.download
+            self.fetches += 1
+            fetches = self.fetches
+        hold.record = record
+        if self._kill_after and fetches >= self._kill_after:
+            # test fault hook: die like a preempted node, with holds and claims on disk
+            os.kill(os.getpid(), signal.SIGKILL)
+        return record
+
+    def submit(self, hold: Hold) -> Future:
+        """Fetch a held revision in the background (prefetch)."""
+        return self.pool.submit(self.fetch, hold)
+
+    # -- release
+    def release(self, hold: Hold) -> int:
+        """Give a hold back; the last holder evicts the revision (when evicting).
+
+        Returns:
+            Bytes freed on disk.
+        """
+        if hold.released:
+            return 0
+        hold.released = True
+        if hold in self.held:
+            self.held.remove(hold)
+        if not hold.hub or hold.lease is None:
+            return 0
+        source = hold.source
+        evict = self._evictor(source) if self.evict else None
+        before = self.evicted
+        self._ledger(source).release(hold.lease, evict)
+        return self.evicted - before
+
+    def release_all(self) -> None:
+        for hold in list(self.held):
+            try:
+                self.release(hold)
+            except Exception:  # noqa: BLE001 - best effort on the way out; leases expire anyway
+                if hold.lease is not None:
+                    hold.lease.release()
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the prefetch thread and drop every hold. On an error or Ctrl-C do not wait
+        for an in-flight download: huggingface_hub resumes its partial file next time."""
+        self.pool.shutdown(wait=wait, cancel_futures=True)
+        self.release_all()
+
+    def fetch_all(self, items: Iterable[tuple[Any, str]]) -> list[Any]:
+        """Fetch each (source, revision) in turn, keeping them (no eviction): staging."""
+        out = []
+        for source, revision in items:
+            hold = self.acquire(source, revision)
+            assert hold is not None
+            out.append(self.fetch(hold))
+            if hold.lease is not None:
+                hold.lease.release()   # staged files stay; the hold only guarded the download
+            hold.released = True
+            self.held.remove(hold)
+        return out
