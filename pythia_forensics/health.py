@@ -788,56 +788,79 @@ def _select(names: Sequence[tuple[str, int | None]], steps: str | Sequence[int] 
 
 
 class _Fetcher:
-    """Revision folders for the deep pass, downloaded within a disk budget.
+    """Revision folders for the deep pass, through the one budgeted `fetch.Fetcher`.
 
-    Local sources are read in place. Hub revisions go into the shared cache through the
-    source; those this pass downloads are evicted oldest first when holding the next one
-    would exceed the budget (tensors already loaded stay in memory), so at most the budget
-    plus one checkpoint is on disk. What the cache already held is reused and never
-    evicted. With no budget nothing is evicted, so a later replay reuses the downloads.
+    Local sources are read in place. Hub revisions go into the shared cache under holds in
+    the cache's ledger, so the budget is shared with every other worker on that cache; when
+    the next revision does not fit, this pass gives back its oldest hold (tensors already
+    loaded stay in memory; the last holder evicts). Revisions the cache held before this
+    pass are never evicted. With no budget nothing is evicted, so a later replay reuses the
+    downloads. Peers' sources share the main pass's `_Fetcher` (`view`), one budget for all.
     """
 
-    def __init__(self, source: Any, budget: int | None) -> None:
+    def __init__(self, source: Any, budget: int | None, *, shared: _Fetcher | None = None) -> None:
+        from pythia_forensics.fetch import Fetcher
+
         self.source = source
-        self.budget = budget
         self.local = getattr(source, "source", None) == "local"
         self.folders: dict[str, Path] = {}
-        self.owned: list[tuple[str, int]] = []     # (revision, bytes this pass downloaded)
-        self.held = 0
-        self.peak = 0
-        self.downloaded = 0
+        self.root = shared.root if shared is not None else self
+        if shared is None:
+            self.fetcher = Fetcher(budget)
+            self.order: list[tuple[_Fetcher, Any]] = []   # (view, hold), oldest first
+
+    def view(self, source: Any) -> _Fetcher:
+        """A fetcher for another source (a peer) sharing this one's budget and holds."""
+        return _Fetcher(source, None, shared=self)
+
+    @property
+    def downloaded(self) -> int:
+        return self.root.fetcher.downloaded
+
+    @property
+    def peak(self) -> int:
+        return self.root.fetcher.peak
+
+    def _give_back(self, entry: tuple[_Fetcher, Any]) -> None:
+        view, hold = entry
+        view.folders.pop(hold.revision, None)
+        if hold.download == 0 and hold.lease is not None:   # the cache had it: keep the files
+            self.root.fetcher.held.remove(hold)
+            hold.released = True
+            hold.lease.release()
+        else:
+            self.root.fetcher.release(hold)
 
     def folder(self, revision: str, names: Sequence[str]) -> Path:
         """The folder holding `names` of `revision` (fetching them first when needed)."""
         if self.local:
             return Path(self.source.path) / revision
+        root = self.root
         if revision not in self.folders:
-            # What fetch downloads, plus the other format of a branch carrying both (the
+            # What fetch downloads plus the other format of a branch carrying both (the
             # format check reads it): a "checkpoint" here is every weight file it has.
             listing = self.source.listing(revision)
-            extra = sum(int(f.size) for f in listing.all_weights if f.name not in listing.fetch_names)
-            need = int(self.source.size(revision).download_bytes) + extra
-            while self.budget is not None and self.owned and self.held + need > self.budget:
-                old, n = self.owned.pop(0)
-                self.source.evict(old)
-                self.folders.pop(old, None)
-                self.held -= n
-            record = self.source.fetch(revision)
+            extra = tuple(f.name for f in listing.all_weights if f.name not in listing.fetch_names)
+            while True:
+                hold = root.fetcher.acquire(self.source, revision, wait=not root.order, extra=extra)
+                if hold is not None:
+                    break
+                root._give_back(root.order.pop(0))
+            record = root.fetcher.fetch(hold)
+            root.order.append((self, hold))
             self.folders[revision] = Path(record.path)
-            if need:
-                self.owned.append((revision, need))
-                self.held += need
-                self.downloaded += need
-                self.peak = max(self.peak, self.held)
         folder = self.folders[revision]
         absent = [n for n in names if not (folder / n).exists()]
         if absent:
-            # The other format of a branch carrying both (fetch takes safetensors only):
-            # through the source's verified download, so the sha256 is checked the same way.
-            listing = self.source.listing(revision)
-            for name in absent:
-                self.source._fetch_verified(listing, listing.file(name))  # noqa: SLF001 (adapter, see report)
+            self.source.fetch_files(revision, absent)
         return folder
+
+    def close(self) -> None:
+        """Give back every hold (the budget's evictions happen here for the last ones)."""
+        root = self.root
+        while root.order:
+            root._give_back(root.order.pop(0))
+        root.fetcher.close()
 
 
 def _deep_input(entry: RevisionFiles, fetcher: _Fetcher) -> _DeepInput:
@@ -940,15 +963,18 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
                 continue
             peer_root = Path(peer_src.path) if getattr(peer_src, "source", None) == "local" else None
             peer_input = _deep_input(_files_of(peer_src.listing(zero[0]), local_root=peer_root),
-                                     _Fetcher(peer_src, disk_budget))
+                                     fetcher.view(peer_src))
             if peer_input.loaders:
                 peer_loaders[peer_spec.name] = next(iter(peer_input.loaders.values()))
 
         def wrap(it: Iterable[Any]) -> Iterable[Any]:
             return tqdm(it, total=len(inputs), desc=f"health {spec.name}", unit="rev", disable=not progress)
 
-        deep_f, stats = deep_findings(inputs, final_revision=final_revision, same_blobs=clusters,
-                                      peers=peer_loaders, progress=wrap)
+        try:
+            deep_f, stats = deep_findings(inputs, final_revision=final_revision, same_blobs=clusters,
+                                          peers=peer_loaders, progress=wrap)
+        finally:
+            fetcher.close()
         findings += deep_f
 
     rows = build_rows(spec.name, [(e.revision, e.step) for e in entries] + [(r, step_of_revision(r)) for r in expected],
