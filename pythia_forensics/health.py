@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from pythia_forensics.registry import step_of_revision
+from pythia_forensics.architecture import Architecture
 from pythia_forensics.sources import WeightFile
 from pythia_forensics.constants import (
     EMBEDDING_TENSOR_KEYS,
@@ -876,6 +877,88 @@ def _deep_input(entry: RevisionFiles, fetcher: _Fetcher) -> _DeepInput:
     return _DeepInput(revision=entry.revision, step=entry.step, loaders=loaders)
 
 
+def _census_configs(src: Any, revisions: Sequence[str]) -> dict[str, Architecture]:
+    """Each revision's `config.json` fields: read once per distinct config blob (a few hundred
+    bytes; a hub grid of 154 revisions usually shares one), never a weight byte."""
+    from pythia_forensics.architecture import from_config
+
+    out: dict[str, Architecture] = {}
+    by_blob: dict[str, Architecture] = {}
+    for rev in revisions:
+        listing = src.listing(rev)
+        f = listing.file("config.json")
+        if f is None:
+            continue
+        blob = f.blob_id or f.sha256 or f"{rev}"
+        if blob not in by_blob:
+            try:
+                folder = Path(src.fetch_files(rev, ["config.json"]))
+                by_blob[blob] = from_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+            except (OSError, ValueError):   # PFErrors are OSError/ValueError subclasses too
+                by_blob[blob] = Architecture()
+        out[rev] = by_blob[blob]
+    return out
+
+
+def _census_architecture(entry: RevisionFiles, config: Architecture | None) -> Architecture:
+    """Config fields plus, where the safetensors files are on disk, what their headers say."""
+    from pythia_forensics.architecture import from_shapes, read_safetensors_shapes
+
+    arch = Architecture()
+    sets = weight_sets(entry.files)
+    if entry.path is not None and "safetensors" in sets and not _missing_shards(sets["safetensors"]):
+        shapes: dict[str, tuple[int, ...]] = {}
+        try:
+            for f in sets["safetensors"]:
+                shapes.update(read_safetensors_shapes(Path(entry.path) / f.name))
+            arch = from_shapes(shapes)
+        except (OSError, ValueError):
+            pass  # a truncated or unreadable header is the census's `truncated` finding
+    return arch.merged(config or Architecture())
+
+
+def architecture_findings(spec: Any, found: Mapping[str, Architecture],
+                          steps: Mapping[str, int | None]) -> list[Finding]:
+    """A `bad` finding for each revision whose architecture disagrees with the registry entry
+    of the name it is served under (fields either side does not know are not compared)."""
+    from pythia_forensics.architecture import mismatches
+
+    out = []
+    for rev, arch in found.items():
+        diff = mismatches(arch, spec)
+        if diff:
+            out.append(Finding(rev, steps.get(rev), "architecture", "bad",
+                               f"served as {spec.name} but the checkpoint has " + ", ".join(diff)
+                               + " (checkpoint vs registry): a different model under this name"))
+    return out
+
+
+def _with_architecture(item: _DeepInput, spec: Any, config: Architecture | None,
+                       findings: list[Finding]) -> _DeepInput:
+    """Wrap a deep input's loaders: the first loaded state's tensor shapes are compared with
+    the registry entry (parameter count from the tensors themselves)."""
+    from pythia_forensics.architecture import from_shapes, mismatches
+
+    done: set[str] = set()
+
+    def wrap(load: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        def loader() -> dict[str, Any]:
+            state = load()
+            if item.revision not in done:
+                done.add(item.revision)
+                arch = from_shapes({k: tuple(v.shape) for k, v in state.items()}).merged(config or Architecture())
+                diff = mismatches(arch, spec)
+                if diff:
+                    findings.append(Finding(item.revision, item.step, "architecture", "bad",
+                                            f"tensors served as {spec.name} have " + ", ".join(diff)
+                                            + " (checkpoint vs registry): a different model under this name"))
+            return state
+        return loader
+
+    return _DeepInput(revision=item.revision, step=item.step,
+                      loaders={fmt: wrap(fn) for fmt, fn in item.loaders.items()})
+
+
 def _is_spec(obj: Any) -> bool:
     return hasattr(obj, "steps") and hasattr(obj, "source") and hasattr(obj, "revisions")
 
@@ -934,6 +1017,9 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     final_revision = f"step{final_step}" if final_step is not None else None
     where = f"the hub repo {spec.repo}" if spec.source == "hub" else str(spec.path)
     findings, clusters = census_findings(entries, expected=expected, final_revision=final_revision, where=where)
+    configs = _census_configs(src, revisions)
+    findings += architecture_findings(spec, {e.revision: _census_architecture(e, configs.get(e.revision))
+                                             for e in entries}, {e.revision: e.step for e in entries})
 
     stats: list[RevisionStats] = []
     fetcher: _Fetcher | None = None
@@ -948,7 +1034,8 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
         fetcher = _Fetcher(src, disk_budget)
         # Files the census proved broken would only fail to load again.
         broken = {f.revision for f in findings if f.code in ("truncated", "size", "no_weights")}
-        inputs = [_deep_input(e, fetcher) for e in entries if e.revision not in broken]
+        inputs = [_with_architecture(_deep_input(e, fetcher), spec, configs.get(e.revision), findings)
+                  for e in entries if e.revision not in broken]
         peer_loaders: dict[str, Callable[[], dict[str, Any]]] = {}
         for peer in peers:
             if hasattr(peer, "listing") and hasattr(peer, "spec"):   # a source object

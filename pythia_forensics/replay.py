@@ -40,6 +40,7 @@ from pythia_forensics.constants import (
     DEFAULT_RESULTS_DIR,
     FAILURES_DIR,
     REPLAY_EXIT_SOME_FAILED,
+    HEALTH_FILE,
     HEALTH_SKIP_STATUSES,
     STEP_DIR_PREFIX,
 )
@@ -692,8 +693,10 @@ def replay(
                     cache_dir=None if cache_dir is None else str(cache_dir),
                     hub_options=tuple(sorted((hub_options or {}).items())), progress=progress)
     rank, world = _rank_slice() if executor == "local" else (0, 1)
+    if health != "off":
+        _ensure_health(store, specs, steps, opts, progress=progress)
     todo, summary = _plan(specs, steps, probe_sets, store, opts, rank=rank, world=world)
-    _write_models(store, specs)
+    _write_models(store, specs, _sizes(todo, specs, opts))
     if executor == "local":
         summary = _run_todo(todo, store, opts, summary)
     else:
@@ -704,12 +707,88 @@ def replay(
     return replace(summary, wall_s=time.perf_counter() - started)
 
 
-def _write_models(store: ResultsStore, specs: Iterable[Any]) -> None:
-    rows = pd.DataFrame([{
-        "model": s.name, "repo": s.repo, "source": s.source,
-        "params_total": s.params_total, "params_nonembedding": s.params_nonembedding,
-        "tokens_per_step": s.tokens_per_step, "layers": s.layers, "d_model": s.d_model,
-    } for s in specs])
+def _ensure_health(store: ResultsStore, specs: Sequence[Any], steps: Any, opts: _Options, *,
+                   progress: bool) -> None:
+    """`--health skip|flag` with no health rows for a model: run its census first (listings
+    only, no weights downloaded) and store it, saying so in one line."""
+    from pythia_forensics.health import check_health
+
+    table = store.health()
+    have = set(table["model"]) if not table.empty else set()
+    missing = [s for s in specs if s.name not in have]
+    if not missing:
+        return
+    tqdm.write(f"health: no rows in {Path(store.root) / HEALTH_FILE} for {', '.join(s.name for s in missing)}; "
+               f"running the census first (--health {opts.health})", file=sys.stderr)
+    for spec in missing:
+        report = check_health(spec, steps=steps if isinstance(steps, str) or steps is None else list(steps),
+                              cache_dir=opts.cache_dir, progress=False,
+                              source=_health_source(spec, opts))
+        store.write_health(report.to_frame())
+
+
+def _health_source(spec: Any, opts: _Options) -> Any:
+    from pythia_forensics import sources
+
+    return sources.open_source(spec, **opts.source_options())
+
+
+def _checkpoint_architecture(spec: Any, source: Any, revision: str) -> Any:
+    """What one checkpoint of the model really is (tensor shapes + config.json), or None
+    when it cannot be read (the sweep then says so and records the registry's sizes)."""
+    import json
+
+    from pythia_forensics import architecture as arch
+
+    if source.source == "local":
+        return arch.of_folder(Path(source.path) / revision)
+    found = arch.from_shapes(source.weight_shapes(revision))
+    if source.listing(revision).file("config.json") is not None:
+        folder = Path(source.fetch_files(revision, ["config.json"]))
+        found = found.merged(arch.from_config(json.loads((folder / "config.json").read_text(encoding="utf-8"))))
+    return found
+
+
+def _sizes(todo: Sequence[_Todo], specs: Sequence[Any], opts: _Options) -> dict[str, Any]:
+    """Model name -> its `Architecture` read from one of its checkpoints (the first planned,
+    else the first listed), so a scale analysis never uses the size of the name alone."""
+    from pythia_forensics import sources
+
+    first = {}
+    for t in todo:
+        first.setdefault(t.spec.name, (t.source, t.revision))
+    out: dict[str, Any] = {}
+    for spec in specs:
+        try:
+            if spec.name in first:
+                source, revision = first[spec.name]
+            else:
+                source = sources.open_source(spec, **opts.source_options())
+                revision = next(iter(source.revisions()))
+            out[spec.name] = _checkpoint_architecture(spec, source, revision)
+        except (PFError, OSError, ValueError, StopIteration) as exc:
+            tqdm.write(f"warning: cannot read {spec.name}'s size from a checkpoint ({_one_line(exc)}); "
+                       "models.parquet records the registry's, marked size_source=registry", file=sys.stderr)
+    return out
+
+
+def _write_models(store: ResultsStore, specs: Iterable[Any], sizes: dict[str, Any] | None = None) -> None:
+    """models.parquet: one row per model; sizes from the checkpoint (`size_source` says so),
+    the registry's only where no checkpoint could be read. A checkpoint that disagrees with
+    its registry entry is reported by `health` (code `architecture`)."""
+    sizes = sizes or {}
+    fields = ("params_total", "params_nonembedding", "layers", "d_model")
+    rows = []
+    for s in specs:
+        found = sizes.get(s.name)
+        row = {"model": s.name, "repo": s.repo, "source": s.source, "tokens_per_step": s.tokens_per_step}
+        for f in fields:
+            have = getattr(found, f, None) if found is not None else None
+            row[f] = have if have is not None else getattr(s, f)
+        row["size_source"] = "checkpoint" if found is not None and found.params_total is not None else "registry"
+        rows.append(row)
+    rows = pd.DataFrame(rows, columns=["model", "repo", "source", "params_total", "params_nonembedding",
+                                       "tokens_per_step", "layers", "d_model", "size_source"])
     for col in ("params_total", "params_nonembedding", "tokens_per_step", "layers", "d_model"):
         rows[col] = pd.array(rows[col], dtype="Int64")
     store.write_models(rows)

@@ -693,6 +693,35 @@ class HubSource:
                               f"it has {', '.join(x.name for x in listing.files)}")
         return self._download(revision, names)
 
+    def weight_shapes(self, revision: str) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape of a revision's safetensors weights, from their headers only
+        (`get_safetensors_metadata`: a range request of a few KB per file; offline: the
+        staged files). Empty for `.bin`-only revisions (their shapes need unpickling).
+
+        Raises:
+            SourceError: unreachable hub, or an unreadable header.
+        """
+        from huggingface_hub.errors import SafetensorsParsingError
+
+        listing = self.listing(revision)
+        if listing.weight_format != "safetensors":
+            return {}
+        if _offline():
+            from pythia_forensics.architecture import read_safetensors_shapes
+
+            folder = self._download(revision, [f.name for f in listing.weights])
+            shapes: dict[str, tuple[int, ...]] = {}
+            for f in listing.weights:
+                shapes.update(read_safetensors_shapes(folder / f.name))
+            return shapes
+        try:
+            meta = self._call("reading safetensors headers", self._api.get_safetensors_metadata, self.repo,
+                              revision=listing.commit, label=revision)
+        except SafetensorsParsingError as exc:
+            raise SourceError(f"{self.repo}@{revision}: unreadable safetensors header ({str(exc).splitlines()[0]})"
+                              ) from exc
+        return {k: tuple(int(x) for x in t.shape) for fm in meta.files_metadata.values() for k, t in fm.tensors.items()}
+
     def cached_commits(self) -> dict[str, int]:
         """Commit sha -> bytes on disk of each cached revision of this repo."""
         repo = self._cached_repo()

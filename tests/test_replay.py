@@ -59,9 +59,12 @@ ARTICLE = [
 def _build_model(root: Path, name: str, tokenizer, *, seed0: int) -> Path:
     model_dir = root / name
     for i, step in enumerate(STEPS):
-        save_checkpoint(model_dir / f"step{step}", tiny_neox(len(tokenizer), seed=seed0 + i), tokenizer)
+        net = tiny_neox(len(tokenizer), seed=seed0 + i)
+        save_checkpoint(model_dir / f"step{step}", net, tokenizer)
+    total = sum(p.numel() for p in net.parameters())
+    embedding = net.get_input_embeddings().weight.numel() + net.get_output_embeddings().weight.numel()
     (model_dir / "manifest.json").write_text(json.dumps({
-        "model": name, "params_total": 45_000, "params_nonembedding": 25_000, "tokens_per_step": 4096,
+        "model": name, "params_total": total, "params_nonembedding": total - embedding, "tokens_per_step": 4096,
         "layers": 2, "d_model": 32, "heads": 4, "vocab_size": len(tokenizer), "seed": seed0,
         "steps": list(STEPS), "corpus": {}, "train": {},
     }))
