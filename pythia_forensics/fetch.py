@@ -28,7 +28,7 @@ from pythia_forensics.constants import ENV_KILL_AFTER_FETCHES, LEDGER_DIR, LEASE
 from pythia_forensics.errors import DiskBudgetError
 from pythia_forensics.lease import Lease, Ledger
 
-__all__ = ["Fetcher", "Hold", "format_size", "check_fits", "ledger_for"]
+__all__ = ["Fetcher", "Hold", "StageSummary", "stage", "select_revisions", "format_size", "check_fits", "ledger_for"]
 
 
 def format_size(n: int) -> str:
@@ -231,3 +231,101 @@ class Fetcher:
             hold.released = True
             self.held.remove(hold)
         return out
+
+
+# --- choosing revisions and staging them ------------------------------------------------------
+def select_revisions(spec: Any, names: Sequence[str], steps: str | Sequence[int] | None) -> list[str]:
+    """The revision names a `--steps` spec picks from what a source lists (one per step: a
+    `step<N>` branch wins over an alias such as `main`).
+
+    Raises:
+        StepSpecError: a malformed spec, or steps the source lacks (names the model; offline,
+            says that only staged revisions are visible).
+    """
+    from pythia_forensics.constants import STEP_DIR_PREFIX
+    from pythia_forensics.errors import StepSpecError
+    from pythia_forensics.registry import parse_steps
+    from pythia_forensics.sources import offline
+
+    by_step: dict[int, str] = {}
+    for name in names:
+        step = spec.step_of(name)
+        if step is not None and (step not in by_step or name.startswith(STEP_DIR_PREFIX)):
+            by_step[step] = name
+    text = steps if isinstance(steps, (str, type(None))) else ",".join(str(int(x)) for x in steps)
+    try:
+        chosen = parse_steps(text, sorted(by_step))
+    except StepSpecError as exc:  # say which model, the grid differs between models
+        hint = ("; HF_HUB_OFFLINE is set, so only staged revisions exist here: stage the others on a node with "
+                f"network with `pythia-forensics fetch {spec.name} --steps ...`") if spec.source == "hub" and offline() else ""
+        raise StepSpecError(f"{spec.name} ({spec.repo or spec.path}): {exc}{hint}") from exc
+    return [by_step[x] for x in chosen]
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """What `stage` put in the cache: per model, the revisions and their bytes."""
+
+    cache_dir: str
+    revisions: tuple[tuple[str, str, str], ...]   # (model, revision, commit)
+    total_bytes: int
+    downloaded_bytes: int
+
+    def render(self) -> str:
+        models = sorted({m for m, _, _ in self.revisions})
+        return (f"staged {len(self.revisions)} revisions of {len(models)} models ({', '.join(models)}) in "
+                f"{self.cache_dir}: {format_size(self.total_bytes)} in all, {format_size(self.downloaded_bytes)} "
+                "downloaded now; on the compute nodes set HF_HUB_OFFLINE=1 and pass the same --cache-dir")
+
+
+def stage(models: Sequence[str], *, steps: str | Sequence[int] | None = "all", suite_dir: str | Path | None = None,
+          cache_dir: str | Path | None = None, disk_budget: int | None = None,
+          hub_options: dict[str, Any] | None = None, progress: bool = True) -> StageSummary:
+    """Download exactly what a replay of `steps` needs (weights, config, tokenizer, and the
+    branch refs that make names resolve offline) into one hub cache, and keep it.
+
+    Args:
+        models: registry names or hub ids.
+        steps: as for replay.
+        cache_dir: the cache the compute nodes will read (default: huggingface_hub's).
+        disk_budget: refuse, before downloading anything, when the staged revisions would
+            exceed this many bytes in the cache.
+        hub_options: extra `HubSource` options (endpoint, token, retries).
+
+    Returns:
+        A `StageSummary`.
+
+    Raises:
+        PFError: a local model (nothing to stage), HF_HUB_OFFLINE set; DiskBudgetError:
+            the staging does not fit; UnknownModelError, StepSpecError, SourceError.
+    """
+    from tqdm.auto import tqdm
+
+    from pythia_forensics.errors import PFError
+    from pythia_forensics.registry import resolve_model
+    from pythia_forensics.sources import HubSource, offline
+
+    if offline():
+        raise PFError("HF_HUB_OFFLINE is set: `fetch` stages revisions from the hub, so run it where the hub is "
+                      "reachable (a login node) without HF_HUB_OFFLINE")
+    plan: list[tuple[Any, str]] = []
+    for name in dict.fromkeys(models):
+        spec = resolve_model(name, suite_dir=suite_dir)
+        if spec.source == "local":
+            raise PFError(f"{spec.name} is a local folder ({spec.path}): nothing to stage, compute nodes read it in place")
+        source = HubSource(spec, cache_dir=cache_dir, **(hub_options or {}))
+        plan += [(source, rev) for rev in select_revisions(spec, source.revisions(), steps)]
+    sizes = [src.size(rev) for src, rev in plan]
+    total = sum(s.total_bytes for s in sizes)
+    download = sum(s.download_bytes for s in sizes)
+    if disk_budget is not None and total > disk_budget:
+        raise DiskBudgetError(f"staging {len(plan)} revisions needs {format_size(total)} in the cache, more than the "
+                              f"disk budget {format_size(disk_budget)}; stage fewer --steps or raise --disk-budget")
+    fetcher = Fetcher(None, evict=False)
+    try:
+        records = fetcher.fetch_all(tqdm(plan, desc="fetch", unit="rev", disable=not progress))
+    finally:
+        fetcher.close()
+    root = str(plan[0][0].cache_dir) if plan else str(cache_dir or "")
+    return StageSummary(cache_dir=root, revisions=tuple((r.model, r.revision, str(r.commit)) for r in records),
+                        total_bytes=total, downloaded_bytes=download)

@@ -42,10 +42,9 @@ from pythia_forensics.constants import (
     REPLAY_EXIT_SOME_FAILED,
     HEALTH_FILE,
     HEALTH_SKIP_STATUSES,
-    STEP_DIR_PREFIX,
 )
-from pythia_forensics.errors import DiskBudgetError, PFError, StepSpecError
-from pythia_forensics.fetch import check_fits, format_size
+from pythia_forensics.errors import DiskBudgetError, PFError
+from pythia_forensics.fetch import check_fits, format_size, select_revisions
 from pythia_forensics.store import ResultsStore, WorkKey
 
 __all__ = ["replay", "run_unit", "read_failures", "ReplaySummary", "parse_size", "parse_params", "EXECUTORS", "HEALTH_MODES"]
@@ -243,8 +242,6 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
           rank: int = 0, world: int = 1) -> tuple[list[_Todo], ReplaySummary]:
     """List every selected checkpoint (no download), key it, keep what is not stored."""
     from pythia_forensics import sources
-    from pythia_forensics.registry import parse_steps
-
     code_version = _code_version()
     health = store.health() if opts.health != "off" else pd.DataFrame()
     status_of: dict[tuple[str, str], str] = {}
@@ -261,21 +258,7 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
             wanted = set(revisions.get(spec.name, ()))
             chosen_names = [r for r in names if r in wanted]
         else:
-            by_step: dict[int, str] = {}
-            for name in names:
-                step = spec.step_of(name)
-                # one revision per step: a `step<N>` branch wins over an alias such as `main`
-                if step is not None and (step not in by_step or name.startswith(STEP_DIR_PREFIX)):
-                    by_step[step] = name
-            if isinstance(steps, (str, type(None))):
-                spec_text = steps
-            else:
-                spec_text = ",".join(str(int(x)) for x in steps)
-            try:
-                chosen = parse_steps(spec_text, sorted(by_step))
-            except StepSpecError as exc:  # say which model, the grid differs between models
-                raise StepSpecError(f"{spec.name} ({spec.repo or spec.path}): {exc}") from exc
-            chosen_names = [by_step[x] for x in chosen]
+            chosen_names = select_revisions(spec, names, steps)
         dtype = _resolve_dtype(opts.dtype, spec.params_total, opts.device)
         for revision in chosen_names:
             index += 1

@@ -63,6 +63,7 @@ __all__ = [
     "SourceFile",
     "WeightFile",
     "evict_cached",
+    "offline",
     "open_source",
     "retrying",
     "select_files",
@@ -305,10 +306,14 @@ def _hash_cache_path(default_dir: Path) -> Path | None:
     return default_dir / HASH_CACHE_FILE if os.access(default_dir, os.W_OK) else None
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """True under HF_HUB_OFFLINE=1: hub sources serve only what the cache holds."""
     from huggingface_hub import constants as hf_constants
 
     return bool(hf_constants.is_offline_mode())
+
+
+_offline = offline
 
 
 def _revision_sort_key(revision: str) -> tuple[int, int | str]:

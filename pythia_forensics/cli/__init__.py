@@ -44,6 +44,7 @@ def version() -> None:
 _COMMAND_MODULES = (
     "probe",
     "suite",
+    "fetch",
     "replay",
     "health",
     "audit",
