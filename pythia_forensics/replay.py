@@ -346,8 +346,10 @@ def _record_failure(store: ResultsStore, item: _Todo, stage: str, exc: BaseExcep
     from pythia_forensics.lease import worker_id
 
     reason = _one_line(exc)
+    target = _failure_path(store, item.spec.name, item.revision)
+    target.parent.mkdir(parents=True, exist_ok=True)
     content_key = item.keys[0][0].content_key if item.keys else None
-    write_json(_failure_path(store, item.spec.name, item.revision), {
+    write_json(target, {
         "model": item.spec.name, "revision": item.revision, "step": item.step, "content_key": content_key,
         "stage": stage, "reason": reason, "error": type(exc).__name__, "worker": worker_id(),
         "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pf_version": __version__,
