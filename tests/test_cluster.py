@@ -407,3 +407,29 @@ def test_a_different_architecture_under_a_registry_name_is_flagged(suite, probes
     assert hub_steps.revisions_scored == 1
     assert models.loc[0, "params_total"] == true_params and models.loc[0, "size_source"] == "checkpoint"
     assert models.loc[0, "layers"] == 2
+
+
+def test_architecture_from_shapes_matches_the_published_pythia_14m_counts():
+    """GPT-NeoX tensor shapes written out by hand for Pythia-14m (6 layers, d=128, 50304 rows);
+    the counts must equal the published 14,067,712 / 1,189,888, buffers ignored."""
+    from pythia_forensics.architecture import Architecture, from_config, from_shapes, mismatches
+    from pythia_forensics.registry import resolve_model
+
+    d, layers, rows = 128, 6, 50304
+    shapes = {"gpt_neox.embed_in.weight": (rows, d), "embed_out.weight": (rows, d),
+              "gpt_neox.final_layer_norm.weight": (d,), "gpt_neox.final_layer_norm.bias": (d,)}
+    for i in range(layers):
+        p = f"gpt_neox.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (d,), p + "input_layernorm.bias": (d,),
+                   p + "post_attention_layernorm.weight": (d,), p + "post_attention_layernorm.bias": (d,),
+                   p + "attention.query_key_value.weight": (3 * d, d), p + "attention.query_key_value.bias": (3 * d,),
+                   p + "attention.dense.weight": (d, d), p + "attention.dense.bias": (d,),
+                   p + "mlp.dense_h_to_4h.weight": (4 * d, d), p + "mlp.dense_h_to_4h.bias": (4 * d,),
+                   p + "mlp.dense_4h_to_h.weight": (d, 4 * d), p + "mlp.dense_4h_to_h.bias": (d,),
+                   p + "attention.bias": (1, 1, 2048, 2048), p + "attention.masked_bias": ()}
+    arch = from_shapes(shapes).merged(from_config({"num_attention_heads": 4, "num_hidden_layers": 6}))
+    assert arch == Architecture(layers=6, d_model=128, heads=4, vocab_size=50304,
+                                params_total=14_067_712, params_nonembedding=1_189_888)
+    assert mismatches(arch, resolve_model("pythia-14m")) == []
+    wrong = mismatches(arch, resolve_model("pythia-70m"))
+    assert "d_model 128 vs 512" in wrong and "params_total 14,067,712 vs 70,426,624" in wrong
