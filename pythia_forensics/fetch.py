@@ -111,8 +111,8 @@ class Fetcher:
     def _evictor(self, source: Any):
         from pythia_forensics.sources import evict_cached
 
-        def evict(repo: str, commit: str) -> int:
-            freed = int(evict_cached(source.cache_dir, repo, commit) or 0)
+        def evict(repo: str, commit: str, keep: frozenset[str] = frozenset()) -> int:
+            freed = int(evict_cached(source.cache_dir, repo, commit, keep_blobs=keep) or 0)
             with self._lock:
                 self.evicted += freed
             return freed
@@ -143,10 +143,14 @@ class Fetcher:
         hold.total, hold.download = size.total_bytes + extra_bytes, size.download_bytes + extra_bytes
         check_fits(source.model, revision, hold.total, self.budget)
         ledger = self._ledger(source)
+        # the cache names a blob after its ETag: the sha256 of LFS files, the git blob id of others
+        names = set(listing.fetch_names) | set(hold.extra)
+        blobs = [f.sha256 if f.lfs else f.blob_id for f in listing.files
+                 if f.name in names and (f.sha256 if f.lfs else f.blob_id)]
         delay = 0.05
         while True:
             lease = ledger.reserve(source.repo, str(listing.commit), hold.total, self.budget,
-                                   self._evictor(source))
+                                   self._evictor(source), blobs=blobs)
             if lease is not None or not wait:
                 break
             time.sleep(delay)

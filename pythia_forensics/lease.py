@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,6 +247,7 @@ class HoldInfo:
     commit: str
     nbytes: int
     stale: bool
+    blobs: frozenset[str] = frozenset()   # cache blob names (ETags) of its files
 
     @property
     def revision_key(self) -> tuple[str, str]:
@@ -279,7 +280,7 @@ class Ledger:
             try:
                 body = read_lease(p)
                 out.append(HoldInfo(p, str(body["worker"]), str(body["repo"]), str(body["commit"]),
-                                    int(body["nbytes"]), is_stale(p, now=now)))
+                                    int(body["nbytes"]), is_stale(p, now=now), frozenset(body.get("blobs", ()))))
             except (OSError, ValueError, KeyError):
                 continue  # vanished, or being written this instant
         return out
@@ -293,22 +294,30 @@ class Ledger:
                 sizes[h.revision_key] = max(sizes.get(h.revision_key, 0), h.nbytes)
         return sum(sizes.values())
 
-    def _reap(self, holds: list[HoldInfo], evict: Callable[[str, str], int]) -> list[HoldInfo]:
+    @staticmethod
+    def _keep(live: list[HoldInfo], repo: str) -> frozenset[str]:
+        """Blobs of `repo` that live holds use: an eviction must leave them, even where the
+        holder's snapshot does not link them yet (its download is still running)."""
+        return frozenset().union(*(h.blobs for h in live if h.repo == repo))
+
+    def _reap(self, holds: list[HoldInfo], evict: Callable[[str, str, frozenset[str]], int]) -> list[HoldInfo]:
         live = [h for h in holds if not h.stale]
         held = {h.revision_key for h in live}
         for h in holds:
             if h.stale:
                 if h.revision_key not in held:
-                    evict(h.repo, h.commit)
+                    evict(h.repo, h.commit, self._keep(live, h.repo))
                 h.path.unlink(missing_ok=True)
         return live
 
     def reserve(self, repo: str, commit: str, nbytes: int, budget: int | None,
-                evict: Callable[[str, str], int]) -> Lease | None:
+                evict: Callable[[str, str, frozenset[str]], int], *, blobs: Iterable[str] = ()) -> Lease | None:
         """Take a hold on (repo, commit) reserving `nbytes`, if the budget allows now.
 
         Args:
-            evict: frees a revision of a dead worker that nobody else holds.
+            evict: `evict(repo, commit, keep_blobs)` frees a revision of a dead worker that
+                nobody else holds, keeping the blobs live holds use.
+            blobs: the cache blob names of the revision's files (protected while held).
 
         Returns:
             The hold (release it with `release`), or None: wait and ask again.
@@ -321,9 +330,10 @@ class Ledger:
             if budget is not None and used > 0 and used + need > budget:
                 return None
             name = f"{_safe(repo)}--{commit}--{worker_id()}-{uuid.uuid4().hex[:6]}.hold"
-            return Lease.create(self.holds_dir / name, {"repo": repo, "commit": commit, "nbytes": int(nbytes)})
+            return Lease.create(self.holds_dir / name, {"repo": repo, "commit": commit, "nbytes": int(nbytes),
+                                                        "blobs": sorted(set(blobs))})
 
-    def release(self, hold: Lease, evict: Callable[[str, str], int] | None) -> int:
+    def release(self, hold: Lease, evict: Callable[[str, str, frozenset[str]], int] | None) -> int:
         """Drop a hold; evict the revision (when `evict` is given) if no other worker holds it.
 
         Returns:
@@ -332,9 +342,9 @@ class Ledger:
         freed = 0
         with self.lock.hold():
             key = (hold.payload["repo"], hold.payload["commit"])
-            others = [h for h in self.holds() if not h.stale and h.revision_key == key and h.path != hold.path]
-            if evict is not None and not others:
-                freed = int(evict(*key) or 0)
+            live = [h for h in self.holds() if not h.stale and h.path != hold.path]
+            if evict is not None and not any(h.revision_key == key for h in live):
+                freed = int(evict(*key, self._keep(live, key[0])) or 0)
             hold.release()
         return freed
 

@@ -743,12 +743,16 @@ class HubSource:
         return evict_cached(self.cache_dir, self.repo, self.resolve(revision))
 
 
-def evict_cached(cache_dir: str | Path, repo: str, commit: str) -> int:
-    """Delete one cached revision with `scan_cache_dir().delete_revisions` (shared blobs stay).
+def evict_cached(cache_dir: str | Path, repo: str, commit: str, *, keep_blobs: Iterable[str] = ()) -> int:
+    """Delete one cached revision with `scan_cache_dir().delete_revisions`; blobs other cached
+    revisions link stay (the library's rule) and so do `keep_blobs` (names in `blobs/`: what
+    revisions other workers hold but may not have linked yet, their download still running).
 
     Returns:
         Bytes freed (0 when the revision is not cached).
     """
+    from dataclasses import replace
+
     info = _scan(cache_dir, repo)
     if info is None:
         return 0
@@ -756,6 +760,12 @@ def evict_cached(cache_dir: str | Path, repo: str, commit: str) -> int:
     if commit not in cached:
         return 0
     strategy = info.delete_revisions(commit)
+    keep = set(keep_blobs)
+    if keep:
+        kept = {b for b in strategy.blobs if Path(b).name in keep}
+        strategy = replace(strategy, blobs=frozenset(strategy.blobs - kept),
+                           expected_freed_size=strategy.expected_freed_size - sum(
+                               Path(b).stat().st_size for b in kept if Path(b).exists()))
     strategy.execute()
     return int(strategy.expected_freed_size)
 

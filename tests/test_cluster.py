@@ -190,9 +190,10 @@ def test_ledger_shares_one_budget_counts_a_shared_revision_once_and_reaps_dead_h
     monkeypatch.setenv("PF_LEASE_TIMEOUT_S", "30")
     ledger = lease.Ledger(tmp_path / "ledger")
     evicted: list[tuple[str, str]] = []
-    evict = lambda repo, commit: evicted.append((repo, commit)) or 100  # noqa: E731
-    a = ledger.reserve("r", "c1", 100, 250, evict)
-    b = ledger.reserve("r", "c2", 100, 250, evict)
+    kept: list[frozenset] = []
+    evict = lambda repo, commit, keep: evicted.append((repo, commit)) or kept.append(keep) or 100  # noqa: E731
+    a = ledger.reserve("r", "c1", 100, 250, evict, blobs=["cfg1", "tok"])
+    b = ledger.reserve("r", "c2", 100, 250, evict, blobs=["cfg2", "tok"])
     assert a is not None and b is not None
     assert ledger.reserve("r", "c3", 100, 250, evict) is None        # 300 > 250
     again = ledger.reserve("r", "c1", 100, 250, evict)               # already held: costs nothing
@@ -200,6 +201,8 @@ def test_ledger_shares_one_budget_counts_a_shared_revision_once_and_reaps_dead_h
     # the last holder evicts; an earlier one leaves the files to it
     assert ledger.release(a, evict) == 0 and evicted == []
     assert ledger.release(again, evict) == 100 and evicted == [("r", "c1")]
+    # a blob c1 shares with c2 (still held, maybe not yet linked by its download) is kept
+    assert kept == [frozenset({"cfg2", "tok"})]
     # a dead worker's hold: expired by its age, reaped (and its revision evicted) by the next ask
     os.utime(b.path, (time.time() - 60, time.time() - 60))
     b.released = True  # this process plays the dead worker: its heartbeat must not revive it
