@@ -747,6 +747,7 @@ def evict_cached(cache_dir: str | Path, repo: str, commit: str, *, keep_blobs: I
     """Delete one cached revision with `scan_cache_dir().delete_revisions`; blobs other cached
     revisions link stay (the library's rule) and so do `keep_blobs` (names in `blobs/`: what
     revisions other workers hold but may not have linked yet, their download still running).
+    Never the whole repo folder, even when the scan shows no other revision of it.
 
     Returns:
         Bytes freed (0 when the revision is not cached).
@@ -760,6 +761,16 @@ def evict_cached(cache_dir: str | Path, repo: str, commit: str, *, keep_blobs: I
     if commit not in cached:
         return 0
     strategy = info.delete_revisions(commit)
+    if strategy.repos:
+        # The library deletes the whole repo folder when the scan shows no other revision, but
+        # another worker's download may be under way there (its blobs still `.incomplete`, its
+        # snapshot not yet made): delete only this revision's snapshot, refs and blobs.
+        repo_info = next(rp for rp in info.repos if rp.repo_id == repo and rp.repo_type == "model")
+        rev = next(r for r in repo_info.revisions if r.commit_hash == commit)
+        strategy = replace(strategy, repos=frozenset(), snapshots=frozenset({rev.snapshot_path}),
+                           refs=frozenset(repo_info.repo_path / "refs" / ref for ref in rev.refs),
+                           blobs=frozenset(f.blob_path for f in rev.files),
+                           expected_freed_size=sum(f.size_on_disk for f in rev.files))
     keep = set(keep_blobs)
     if keep:
         kept = {b for b in strategy.blobs if Path(b).name in keep}
