@@ -76,10 +76,12 @@ class _Heartbeat:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._wake = threading.Event()   # set on add: re-read the period (tests change it)
 
     def add(self, lease: Lease) -> None:
         with self._lock:
             self._leases.add(lease)
+            self._wake.set()
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="pf-lease-heartbeat", daemon=True)
@@ -91,7 +93,8 @@ class _Heartbeat:
 
     def _run(self) -> None:
         while True:
-            time.sleep(heartbeat_s())
+            self._wake.wait(heartbeat_s())
+            self._wake.clear()
             with self._lock:
                 leases = list(self._leases)
             for lease in leases:
@@ -177,13 +180,29 @@ def read_lease(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def _owner_dead_here(path: Path) -> bool:
+    """The lease was taken on this host by a process that no longer exists (a rerun right
+    after a kill need not wait for the timeout). Other hosts' leases rely on the timeout."""
+    try:
+        body = read_lease(path)
+        if body.get("host") != socket.gethostname():
+            return False
+        os.kill(int(body["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return False
+
+
 def is_stale(path: Path, *, now: float | None = None) -> bool:
-    """True when the file exists and has not been touched for `timeout_s()`."""
+    """True when the file exists and has not been touched for `timeout_s()`, or its owner
+    was a process of this host that is gone."""
     try:
         mtime = os.stat(path).st_mtime
     except FileNotFoundError:
         return False
-    return (time.time() if now is None else now) - mtime > timeout_s()
+    return (time.time() if now is None else now) - mtime > timeout_s() or _owner_dead_here(path)
 
 
 def break_if_stale(path: Path) -> bool:
@@ -198,7 +217,7 @@ def break_if_stale(path: Path) -> bool:
         before = os.stat(path)
     except FileNotFoundError:
         return True
-    if time.time() - before.st_mtime <= timeout_s():
+    if time.time() - before.st_mtime <= timeout_s() and not _owner_dead_here(path):
         return False
     grave = path.with_name(f".{path.name}.broken.{uuid.uuid4().hex[:8]}")
     try:
@@ -206,7 +225,7 @@ def break_if_stale(path: Path) -> bool:
     except FileNotFoundError:
         return True
     after = os.stat(grave)
-    if (after.st_ino, after.st_mtime) != (before.st_ino, before.st_mtime):
+    if after.st_ino != before.st_ino:
         try:
             os.link(grave, path)   # a live lease: put it back (fails only if path was retaken)
         except FileExistsError:
