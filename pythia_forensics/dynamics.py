@@ -53,19 +53,20 @@ import yaml
 from scipy import stats
 
 from pythia_forensics.constants import (
-    ANALYSIS_CONFIG_FILE,
+    ANALYSIS_CONFIG_NAME,
     DYNAMICS_CSV,
     DYNAMICS_FILE,
     SCALE_FILE,
     STEP_DIR_PREFIX,
     TRAJECTORIES_FILE,
+    package_file,
 )
 from pythia_forensics.errors import ConfigError, StoreError
 
 __all__ = [
     "AnalysisConfig", "Analysis", "VERDICTS", "VERDICT_LETTERS", "GROUP_KEYS",
     "load_config", "smooth", "final_window_size", "trajectory_metrics", "classify",
-    "step_table", "analyze", "scale_analysis", "write_dynamics", "load_items",
+    "step_table", "analyze", "scale_analysis", "snap_ties", "write_dynamics", "load_items",
 ]
 
 VERDICTS = ("RECOVERED", "UNSTABLE", "DISPLACED", "PARTIAL", "NEVER")
@@ -176,8 +177,9 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
     Raises:
         ConfigError: the file is missing, not YAML, names an unknown key, or a value is invalid.
     """
-    values = _read_yaml(ANALYSIS_CONFIG_FILE)
-    source = str(ANALYSIS_CONFIG_FILE)
+    shipped = package_file(ANALYSIS_CONFIG_NAME)
+    values = _read_yaml(shipped)
+    source = str(shipped)
     if path is not None:
         user = _read_yaml(Path(path))
         problems = []
@@ -193,7 +195,7 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
         if problems:
             known = sorted(f"{s}.{k}" for s, k in _CONFIG_FIELDS)
             raise ConfigError(f"analysis config {path}: unknown {', '.join(problems)}; known keys: {', '.join(known)}")
-        source = f"{ANALYSIS_CONFIG_FILE} + {path}"
+        source = f"{shipped} + {path}"
     kwargs: dict[str, Any] = {}
     for (section, key), name in _CONFIG_FIELDS.items():
         try:
@@ -656,6 +658,36 @@ def analyze(
 
 
 # --- scale --------------------------------------------------------------------------------
+# Plural words for a scale note ("rho undefined: all depths equal").
+_SCALE_WORDS = {"depth": "depths", "final_acc": "final accuracies", "params_total": "total parameter counts",
+                "params_nonembedding": "non-embedding parameter counts"}
+
+
+def snap_ties(values: np.ndarray, tol: float) -> np.ndarray:
+    """Values equal within ``tol`` made exactly equal, so ranks see ties, not rounding noise.
+
+    Sorted values whose gap to their neighbour is <= ``tol`` form one tie group (a chain) and
+    all take the group's smallest value: three depths stored as 1.0, 1.0 and
+    1.0000000000000002 after smoothing are one tie, not a ranking.
+
+    Args:
+        values: 1-D array (NaN-free).
+        tol: the analysis tolerance (``analysis.tolerance``).
+
+    Returns:
+        A new array, same order as ``values``.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return v.copy()
+    order = np.argsort(v, kind="stable")
+    ordered = v[order]
+    starts = np.concatenate([[True], np.diff(ordered) > tol])
+    out = np.empty_like(v)
+    out[order] = ordered[starts][np.cumsum(starts) - 1]
+    return out
+
+
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman rho along the last axis (ties get average ranks), NaN where a side is constant."""
     rx = stats.rankdata(x, axis=-1)
@@ -667,43 +699,88 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (rx * ry).sum(axis=-1) / np.where(den > 0, den, 1), np.nan)
 
 
+def _known_sizes(models: pd.DataFrame, sizes: list[str]) -> pd.DataFrame:
+    """models.parquet's size columns as floats; NA, non-numeric or non-positive -> NaN (unknown)."""
+    out = models[["model", *sizes]].drop_duplicates("model", keep="last").copy()
+    for size in sizes:
+        col = pd.to_numeric(out[size], errors="coerce").astype(float)
+        out[size] = col.where(col > 0)
+    return out
+
+
+def _names(frame: pd.DataFrame) -> str:
+    return ", ".join(sorted(frame["model"].astype(str)))
+
+
 def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config: AnalysisConfig) -> pd.DataFrame:
     """Spearman rho of collapse depth and final accuracy against parameter count.
 
-    Void verdicts (invalid agree control) are left out. Per (probeset, rule, split) and per
-    size column (total, non-embedding): rho, a two-sided permutation p-value
-    (`scipy.stats.permutation_test` over the n! pairings; exact when n! <= scale.permutations) and a
-    percentile bootstrap CI over models (resamples with a constant side are skipped).
+    Per (probeset, rule, split) and per size column (total, non-embedding): rho, a two-sided
+    permutation p-value (`scipy.stats.permutation_test` over the n! pairings; exact when
+    n! <= scale.permutations) and a percentile bootstrap CI over models (resamples with a
+    constant side are skipped). Values equal within ``analysis.tolerance`` are ties
+    (`snap_ties`) before the ranks, the permutations and the bootstrap, so rounding noise is
+    never ranked; the reported rho equals ``scipy.stats.spearmanr`` on the snapped values.
+
+    Left out of a row, and named in its ``note``: models whose parameter count is unknown
+    (missing from ``models`` or NA there, e.g. a hub id outside the registry), models with a
+    void verdict (invalid agree control), and, for ``depth``, models whose rule never emerged
+    (no collapse depth). When no statistic is meaningful, ``rho``, ``p_perm``, ``rho_lo`` and
+    ``rho_hi`` are NaN and the note starts with the reason, in words a figure can print:
+    ``"n = 2: too few models for a rank correlation"`` (fewer than scale.min_models) or
+    ``"rho undefined: all depths equal"``.
 
     Args:
         metrics: `analyze` metrics rows.
         models: models.parquet rows (model, params_total, params_nonembedding).
-        config: thresholds (scale.*, bootstrap.*).
+        config: thresholds (scale.*, bootstrap.*, analysis.tolerance).
 
     Returns:
         Columns probeset, rule, split, size, metric, n_models, models, rho, p_perm, rho_lo,
-        rho_hi, note, config_sha256 (empty frame when no sizes are known).
+        rho_hi, note, config_sha256 (empty frame when no size column is known at all).
     """
     cols = ["probeset", "rule", "split", "size", "metric", "n_models", "models", "rho", "p_perm", "rho_lo", "rho_hi",
             "note", "config_sha256"]
     if models is None or models.empty or metrics.empty or "model" not in models:
         return pd.DataFrame(columns=cols)
     sizes = [c for c in SIZE_COLUMNS if c in models]
-    joined = metrics.merge(models[["model", *sizes]], on="model", how="inner")
+    if not sizes:
+        return pd.DataFrame(columns=cols)
+    joined = metrics.merge(_known_sizes(models, sizes), on="model", how="left")
+    tol = config.tolerance
     alpha = (1 - config.bootstrap_confidence) / 2
     rows = []
     for (probeset, rule, split), group in joined.groupby(["probeset", "rule", "split"], sort=True):
+        void = group["void"].astype(bool)
         for size in sizes:
+            unknown = ~void & group[size].isna()
             for metric in SCALE_METRICS:
-                sub = group.loc[~group["void"], [size, metric, "model"]].dropna().sort_values(size)
+                value = pd.to_numeric(group[metric], errors="coerce").astype(float)
+                undefined = ~void & ~unknown & value.isna()
+                if metric == "depth" and "emerged" in group:
+                    undefined |= ~void & ~unknown & ~group["emerged"].fillna(False).astype(bool)
+                keep = ~void & ~unknown & ~undefined
+                sub = pd.DataFrame({"model": group["model"], "x": group[size], "y": value})[keep]
+                sub = sub.sort_values(["x", "model"])
+                extras = []
+                if unknown.any():
+                    extras.append(f"sizes unknown for: {_names(group[unknown])}")
+                if undefined.any():
+                    what = "never emerged (no collapse depth)" if metric == "depth" else f"no {metric}"
+                    extras.append(f"{what}: {_names(group[undefined])}")
+                if void.any():
+                    extras.append(f"void verdict: {_names(group[void])}")
                 row = dict(probeset=probeset, rule=rule, split=split, size=size, metric=metric, n_models=len(sub),
                            models=",".join(sub["model"]), rho=np.nan, p_perm=np.nan, rho_lo=np.nan, rho_hi=np.nan,
                            note="", config_sha256=config.sha256)
-                x, y = sub[size].to_numpy(float), sub[metric].to_numpy(float)
+                x, y = snap_ties(sub["x"].to_numpy(float), tol), snap_ties(sub["y"].to_numpy(float), tol)
+                reason = ""
                 if len(sub) < config.scale_min_models:
-                    row["note"] = f"fewer than {config.scale_min_models} models with a valid verdict"
-                elif np.unique(x).size < 2 or np.unique(y).size < 2:
-                    row["note"] = "constant values: rho undefined"
+                    reason = f"n = {len(sub)}: too few models for a rank correlation"
+                elif np.unique(y).size < 2:
+                    reason = f"rho undefined: all {_SCALE_WORDS.get(metric, metric)} equal"
+                elif np.unique(x).size < 2:
+                    reason = f"rho undefined: all {_SCALE_WORDS.get(size, size)} equal"
                 else:
                     row["rho"] = float(_spearman_rows(x, y))
                     # one sample with x fixed: scipy then enumerates the n! pairings exactly when
@@ -720,6 +797,7 @@ def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config
                     boot = boot[np.isfinite(boot)]
                     if boot.size:
                         row["rho_lo"], row["rho_hi"] = (float(v) for v in np.quantile(boot, [alpha, 1 - alpha]))
+                row["note"] = "; ".join(p for p in [reason, *extras] if p)
                 rows.append(row)
     return pd.DataFrame(rows, columns=cols)
 

@@ -49,7 +49,6 @@ from pythia_forensics.constants import (
     IGNORED_TENSOR_SUFFIXES,
     KNOWN_IDENTICAL,
     MAIN_REVISION,
-    MANIFEST_FILE,
     WEIGHT_SUFFIXES,
 )
 
@@ -557,6 +556,14 @@ def tensor_distance(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     return total ** 0.5
 
 
+def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Names of floating tensors holding NaN or inf (a checkpoint whose every score is NaN)."""
+    import torch
+
+    return [name for name, t in state.items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def _embedding_norm(state: Mapping[str, Any]) -> float:
     for name, t in state.items():
         if name.endswith(EMBEDDING_TENSOR_KEYS):
@@ -652,6 +659,9 @@ def deep_findings(revisions: Sequence[_DeepInput], *, final_revision: str | None
         state = state0 if r is first else (final_state if r.revision == final_revision else load(r))
         if state is None:
             continue
+        if bad := nonfinite_tensors(state):
+            findings.append(Finding(r.revision, r.step, "nonfinite", "bad",
+                                    f"NaN or inf in {len(bad)} tensor(s), e.g. {bad[0]}"))
         # .bin and safetensors on one branch must hold the same tensors.
         if len(r.loaders) > 1:
             other_fmt = next(f for f in r.loaders if f != "safetensors")
@@ -758,12 +768,18 @@ def _expected_revisions(spec: Any) -> tuple[str, ...]:
     """The grid a model promises: the registry's for hub models; for a local model, the
     manifest's `steps` (what training meant to save; the registry reads only what is there)."""
     if getattr(spec, "source", None) == "local" and getattr(spec, "path", None) is not None:
-        manifest = Path(spec.path) / MANIFEST_FILE
+        from pythia_forensics.manifest import read_manifest
+        from pythia_forensics.errors import UnknownModelError
+
         try:
-            steps = json.loads(manifest.read_text(encoding="utf-8")).get("steps") or []
-        except (OSError, ValueError):
-            steps = []
-        return tuple(f"step{int(s)}" for s in steps)
+            manifest = read_manifest(spec.path)
+        except UnknownModelError:  # the registry reports a bad manifest; here it promises nothing
+            manifest = None
+        if manifest is None:
+            return ()
+        # a folder named otherwise (checkpoint-<N>) keeps its name: only its step was promised
+        named = {step: name for name, step in getattr(spec, "folders", {}).items()}
+        return tuple(named.get(int(s), f"step{int(s)}") for s in manifest.steps)
     return tuple(getattr(spec, "revisions", ()) or ())
 
 

@@ -12,7 +12,6 @@ the support counts.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pythia_forensics.constants import (DEMO_AGREE_MIN, DEMO_COLLAPSE_FINAL_MAX, DEMO_LOSS_JUMP_MAX,
-                                        MANIFEST_FILE)
+from pythia_forensics.constants import DEMO_AGREE_MIN, DEMO_COLLAPSE_FINAL_MAX, DEMO_LOSS_JUMP_MAX
+from pythia_forensics.manifest import Manifest, has_manifest, read_manifest
 
 SUPPORT_TABLE = "support.csv"
 CHECKS_TABLE = "checks.csv"
@@ -49,11 +48,13 @@ class JobResult:
 
 
 def _model_dirs(suite: Path) -> list[Path]:
-    return sorted(p for p in suite.iterdir() if (p / MANIFEST_FILE).is_file())
+    return sorted(p for p in suite.iterdir() if has_manifest(p))
 
 
-def _manifest(model_dir: Path) -> dict:
-    return json.loads((model_dir / MANIFEST_FILE).read_text())
+def _manifest(model_dir: Path) -> Manifest:
+    manifest = read_manifest(model_dir)
+    assert manifest is not None, model_dir  # _model_dirs keeps only folders with one
+    return manifest
 
 
 def _count_support(suite: Path, results: Path, *, progress: bool) -> Path:
@@ -61,7 +62,7 @@ def _count_support(suite: Path, results: Path, *, progress: bool) -> Path:
     from pythia_forensics.support import count_support
 
     out = results / SUPPORT_TABLE
-    corpora = sorted({Path(_manifest(m)["corpus"]["path"]) for m in _model_dirs(suite)})
+    corpora = sorted({Path(_manifest(m).corpus["path"]) for m in _model_dirs(suite)})
     frames = []
     for corpus in corpora:
         frame = count_support(corpus, "all", progress=progress)
@@ -104,7 +105,7 @@ def demo_checks(analysis, suite: Path) -> list[Check]:
     metrics = analysis.metrics
     metrics = metrics[metrics["split"] == cfg.primary_split]
     dirs = {m.name: m for m in _model_dirs(suite)}
-    knobs = {name: _manifest(d)["corpus"]["rules"] for name, d in dirs.items()}
+    knobs = {name: _manifest(d).corpus["rules"] for name, d in dirs.items()}
     any_knobs = next(iter(knobs.values()))
     low = min(any_knobs, key=lambda r: any_knobs[r]["support"])
     high = max(any_knobs, key=lambda r: any_knobs[r]["support"])
@@ -144,7 +145,7 @@ def sweep_checks(analysis, suite: Path, rule: str) -> tuple[list[Check], pd.Data
     cfg = analysis.config
     metrics = analysis.metrics
     metrics = metrics[(metrics["split"] == cfg.primary_split) & (metrics["rule"] == rule)]
-    support = {d.name: _manifest(d)["corpus"]["rules"][rule]["support"] for d in _model_dirs(suite)}
+    support = {d.name: _manifest(d).corpus["rules"][rule]["support"] for d in _model_dirs(suite)}
     final_cm = _final_margin(analysis, rule)
     table = pd.DataFrame({
         "model": metrics["model"], "support": metrics["model"].map(support), "final_acc": metrics["final_acc"],

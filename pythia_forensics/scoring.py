@@ -32,10 +32,23 @@ Computation (`score`), designed so shared work is done once:
     log-sum-exp over the chosen vocabulary rows (`ScoreOptions.vocab_rows`).
 
 Vocabulary rows: Pythia's output embedding has 50304 rows for a 50277-token tokenizer; the 27
-padding rows are never a label. ``vocab_rows="tokenizer"`` (default) normalises over the
-tokenizer's rows only, i.e. the distribution over text; ``"all"`` over every row, as minicons
-and lm-eval do. For trained Pythias the padding rows carry negligible mass; for random or very
-early checkpoints they can carry a lot, so the choice is recorded with every result.
+padding rows are never a label. ``vocab_rows="all"`` (default) normalises over every row, the
+model's own output distribution, as minicons, lm-eval and the Pythia paper's scorer do;
+``"tokenizer"`` over the tokenizer's rows only, i.e. the distribution over text. For trained
+Pythias the padding rows carry negligible mass; for random or very early checkpoints they can
+carry a lot (2.2e-3 nats per item measured on a Pythia-layout checkpoint), so the choice is
+recorded with every result.
+
+Determinism (README "Numerical contract"): the numbers of a unit of work are a pure function
+of (model weights, probe set, tokenizer, options). The batch plan (`_batches`) depends only on
+the plan's sequence lengths and the batch size; an out-of-memory back-off under
+``batch_size="auto"`` restarts the unit at the smaller size, so every number of a unit comes
+from one plan, and the size that ran is recorded. CPU matmul kernels pick their blocking by
+thread count (1 vs 2 threads moves fp32 log-probs by ~1 ulp), so scoring pins torch's intra-op
+threads to `ScoreOptions.threads` for the call (``auto``: ``$OMP_NUM_THREADS``, else the CPUs
+this process may use) instead of inheriting whatever an earlier caller set, pins the fp32
+matmul precision to "highest" (no TF32) and enables torch's deterministic algorithms; all of
+it is recorded in ``frame.attrs`` and restored afterwards.
 
 Options used are returned in ``frame.attrs`` (see `score`).
 """
@@ -44,7 +57,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,14 +81,19 @@ from pythia_forensics.constants import (
 )
 from pythia_forensics.errors import ModelLoadError, ScoringError, TokenizationError
 from pythia_forensics.probes import ProbeItem, ProbeSet, load_probes
+from pythia_forensics import validation
+from pythia_forensics.registry import looks_like_path
 
 __all__ = [
     "SCORING_VERSION", "FRAME_COLUMNS", "ScoreOptions", "EncodedItem", "encode_items", "load_model",
-    "load_weights_into", "resolve_device", "resolve_dtype", "score", "score_encoded", "summarize",
+    "load_weights_into", "resolve_device", "resolve_dtype", "resolve_threads", "score", "score_encoded", "summarize",
+    "Prepared", "prepare",
 ]
 
 # Bump when a change could alter any number the scorer returns (part of the results' work key).
-SCORING_VERSION = "2"  # 2: tree rows (numbers move by float rounding only, ~1e-6)
+# 2: tree rows (numbers move by float rounding only, ~1e-6); 3: default vocab_rows "all", so
+# results stored under the old default are never reused as if scored the new way.
+SCORING_VERSION = "3"
 
 FRAME_COLUMNS = (
     "model", "revision", "item_id", "rule", "condition", "split", "prefix", "target", "foil",
@@ -95,11 +114,14 @@ class ScoreOptions:
         dtype: ``auto`` (fp32 on CPU and for models up to `FP32_MAX_PARAMS` on GPU, else bf16),
             ``float32``, ``float16`` or ``bfloat16``.
         device: ``auto`` (cuda if available), ``cpu`` or ``cuda`` (``cuda:N`` accepted).
-        batch_size: sequences per forward, or ``auto`` (a device default, halved on
-            out-of-memory until it fits).
+        batch_size: sequences per forward, or ``auto`` (a device default; on out-of-memory
+            the unit restarts at half the size until it fits, the size that ran is recorded).
         bos: prepend the tokenizer's BOS token (else EOS) to every prefix. Pythia: no.
         vocab_rows: log-sum-exp over the ``tokenizer``'s rows only or over ``all`` rows of the
             output embedding (see the module docstring).
+        threads: torch intra-op threads while scoring, or ``auto`` (`resolve_threads`). CPU
+            numbers depend on it at the ulp level, so two runs that must agree bit for bit
+            need the same value (it is recorded).
     """
 
     dtype: str = "auto"
@@ -107,6 +129,7 @@ class ScoreOptions:
     batch_size: int | str = "auto"
     bos: bool = False
     vocab_rows: str = DEFAULT_VOCAB_ROWS
+    threads: int | str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -118,6 +141,62 @@ class ScoreOptions:
         bs = self.batch_size
         if not (bs == "auto" or (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1)):
             raise ScoringError(f"batch size must be a positive integer or 'auto', got {bs!r}")
+        th = self.threads
+        if not (th == "auto" or (isinstance(th, int) and not isinstance(th, bool) and th >= 1)):
+            raise ScoringError(f"threads must be a positive integer or 'auto', got {th!r}")
+
+
+def resolve_threads(threads: int | str = "auto") -> int:
+    """The intra-op thread count ``auto`` means: ``$OMP_NUM_THREADS`` if it is a positive
+    integer, else the number of CPUs this process may run on (its affinity mask).
+
+    A function of the environment only, never of what ran earlier in the process (a test or a
+    trainer calling ``torch.set_num_threads``), so every process started the same way on the
+    same machine scores with the same kernels.
+
+    Raises:
+        ScoringError: ``threads`` is neither ``auto`` nor a positive integer.
+    """
+    if threads != "auto":
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ScoringError(f"threads must be a positive integer or 'auto', got {threads!r}")
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def _pinned_kernels(threads: int, device_type: str) -> Iterator[dict[str, Any]]:
+    """Fix the process-wide torch settings that change scores, restore them afterwards.
+
+    Deterministic algorithms are enabled on CPU, and on CUDA only when
+    ``CUBLAS_WORKSPACE_CONFIG`` is set (cuBLAS needs it before its first call; without it
+    torch would warn on every matmul). Yields the settings that ran (for ``frame.attrs``).
+    """
+    import torch
+
+    deterministic = device_type != "cuda" or bool(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision())
+    if before[0] != threads:
+        torch.set_num_threads(threads)
+    # warn_only: an op without a deterministic kernel warns instead of failing a long sweep
+    torch.use_deterministic_algorithms(deterministic or before[1], warn_only=True if deterministic else before[2])
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield {"threads": threads, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+               "float32_matmul_precision": "highest"}
+    finally:
+        if torch.get_num_threads() != before[0]:
+            torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.set_float32_matmul_precision(before[3])
 
 
 # --- devices and dtypes --------------------------------------------------------------------
@@ -227,12 +306,12 @@ def _local_dir(path_or_id: str | Path, revision: str | None) -> Path | None:
     """The local checkpoint folder meant, None for a hub id; ModelLoadError for a bad path."""
     text = str(path_or_id)
     path = Path(text).expanduser()
-    looks_local = path.exists() or text.startswith(("/", ".", "~")) or os.sep + os.sep in text or text.count("/") > 1
-    if not looks_local:
+    if not (path.exists() or looks_like_path(text)):
         return None
     if not path.is_dir():
-        raise ModelLoadError(f"model path {text} does not exist (or is not a folder); pass a save_pretrained "
-                             "checkpoint folder or a hub repo id such as EleutherAI/pythia-70m")
+        what = "a file, not a checkpoint folder" if path.exists() else "it does not exist"
+        raise ModelLoadError(f"no such folder: {text} ({what}); pass a save_pretrained checkpoint folder, "
+                             "a folder of them with --revision NAME, or a hub repo id such as EleutherAI/pythia-70m")
     if revision not in (None, "main") or not (path / _CONFIG_FILE).exists():
         if revision is not None and (path / revision / _CONFIG_FILE).exists():
             return path / revision
@@ -289,20 +368,64 @@ def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: st
     where = f"{path_or_id}" + (f" (revision {revision})" if revision else "")
     try:
         config = AutoConfig.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
-        params = _count_params(config) if dtype == "auto" and dev != "cpu" else None
-        dt = resolve_dtype(dtype, params=params, device=dev)
-        # transformers (>=4.50, torch>=2.6) loads .bin only through torch.load(weights_only=True)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=hub_rev, dtype=getattr(torch, dt),
-                                                     trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}; check the repo id / path and "
                              "--revision (hub branches look like step1000)") from exc
+    # Refuse before building anything: transformers would otherwise score a BERT under a random
+    # head, fill missing tensors with random values, or crash deep inside on a damaged file.
+    validation.check_architecture(config, where)
+    if local is not None:
+        validation.check_weight_files(local)
+        validation.check_tokenizer_files(local, where)
+    params = _count_params(config) if dtype == "auto" and dev != "cpu" else None
+    dt = resolve_dtype(dtype, params=params, device=dev)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
+        with _quiet_transformers():
+            # transformers (>=4.50, torch>=2.6) loads .bin only through torch.load(weights_only=True)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                source, revision=hub_rev, dtype=getattr(torch, dt), trust_remote_code=False,
+                output_loading_info=True, ignore_mismatched_sizes=True)
+    except validation.loading_errors() as exc:
+        if local is None and isinstance(exc, OSError):
+            raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}; check the repo id / path and "
+                                 "--revision (hub branches look like step1000)") from exc
+        raise validation.describe_load_error(exc, where) from exc
+    validation.check_loading_info(info, where)
+    validation.check_finite(model, where)
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load a tokenizer for {where}: {_first_line(exc)}; save the tokenizer "
                              "next to the weights, or pass tokenizer= to score()") from exc
+    validation.check_tokenizer(tokenizer, where)
     return model.to(dev).eval(), tokenizer
+
+
+class _quiet_transformers:
+    """Keep transformers' and torch's loading chatter (progress bars, "newly initialized", pickle
+    protocol warnings) off stderr: what matters is checked here and refused in one line."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        self._bar = hf_logging.is_progress_bar_enabled()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore", UserWarning)
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._level)
+        if self._bar:
+            hf_logging.enable_progress_bar()
+        self._warnings.__exit__(*exc)
 
 
 def _weight_files(checkpoint_dir: Path) -> tuple[str, list[Path]]:
@@ -340,9 +463,24 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
     if not folder.is_dir():
         raise ModelLoadError(f"checkpoint folder {folder} does not exist; pass a save_pretrained folder")
     kind, files = _weight_files(folder)
+    validation.check_weight_files(folder)
+    config_path = folder / _CONFIG_FILE
+    if config_path.is_file():
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise validation.CheckpointError(f"{config_path} cannot be read ({_first_line(exc)}); "
+                                             "re-download or re-save the checkpoint") from None
+        validation.check_architecture(config, str(folder))
+        have = getattr(model.config, "model_type", None)
+        if config.model_type != have:
+            raise validation.CheckpointError(f"{folder}: config.json says model_type {config.model_type!r} but the "
+                                             f"loaded model is {have!r}; load it with load_model instead")
     state = model.state_dict()
     seen: set[str] = set()
-    problems: list[str] = []
+    info: dict[str, list[Any]] = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
 
     rename = _checkpoint_renamer(model)
 
@@ -350,31 +488,40 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
         name = rename(name)
         if name not in state:
             if not name.endswith(IGNORED_TENSOR_SUFFIXES):
-                problems.append(f"unexpected tensor {name}")
+                info["unexpected_keys"].append(name)
             return
         if tuple(state[name].shape) != tuple(tensor.shape):
-            problems.append(f"{name} has shape {tuple(tensor.shape)}, model has {tuple(state[name].shape)}")
+            info["mismatched_keys"].append((name, tuple(tensor.shape), tuple(state[name].shape)))
             return
         state[name].copy_(tensor)
         seen.add(name)
 
     with torch.no_grad():
         for path in files:
-            if kind == "safetensors":
-                with safe_open(str(path), framework="pt", device="cpu") as handle:
-                    for name in handle.keys():
-                        put(name, handle.get_tensor(name))
-            else:
-                for name, tensor in torch.load(path, map_location="cpu", weights_only=True).items():
-                    put(name, tensor)
+            try:
+                if kind == "safetensors":
+                    with safe_open(str(path), framework="pt", device="cpu") as handle:
+                        for name in handle.keys():
+                            put(name, handle.get_tensor(name))
+                else:
+                    loaded = torch.load(path, map_location="cpu", weights_only=True)
+                    if not isinstance(loaded, dict):
+                        raise validation.CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state "
+                                                         "dict of tensors; re-save the checkpoint")
+                    for name, tensor in loaded.items():
+                        put(name, tensor)
+            except validation.CheckpointError:
+                raise
+            except validation.loading_errors() as exc:
+                raise validation.describe_load_error(exc, str(path)) from exc
     tied = _tied_names(model)
     missing = sorted(set(state) - seen - tied)
     missing = [m for m in missing if not m.endswith(IGNORED_TENSOR_SUFFIXES)]
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]}")
-    if problems:
-        raise ModelLoadError(f"weights in {folder} do not fit the loaded model ({'; '.join(problems[:3])}); "
-                             "it is a different architecture: load it with load_model instead")
+    info["missing_keys"] = missing
+    # the same refusals, in the same words, as a first load through from_pretrained
+    validation.check_loading_info(info, str(folder), advice="a damaged checkpoint, or a different architecture "
+                                  "or size than the loaded model: load it with load_model instead")
+    validation.check_finite(model, str(folder))
     return model.eval()
 
 
@@ -583,6 +730,21 @@ def _tree_inputs(plan: _Plan, start: int, count: int, width: int, dtype: Any) ->
     return mask, torch.from_numpy(pos)
 
 
+def _batches(lengths: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
+    """(start, count) of each forward batch: a pure function of the sequence lengths (sorted
+    longest first) and the batch size, so the same unit always runs the same batches.
+
+    A batch holds at most ``batch_size`` sequences and ``batch_size x SCORING_BATCH_ROW_TOKENS``
+    padded tokens, so a few long rows never pad a whole batch of short ones to their width.
+    """
+    out, ptr = [], 0
+    while ptr < len(lengths):
+        count = min(batch_size, max(1, batch_size * SCORING_BATCH_ROW_TOKENS // lengths[ptr]), len(lengths) - ptr)
+        out.append((ptr, count))
+        ptr += count
+    return out
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -618,13 +780,13 @@ def _run_plan(model: Any, plan: _Plan, *, n_rows: int, pad_id: int, batch_size: 
     read_starts = np.searchsorted(plan.read_row[read_order], np.arange(len(plan.row_seq) + 1))
     values = np.empty(len(plan.read_row), dtype=np.float64)
     bar = tqdm(total=len(plan.sequences), desc="scoring", unit="seq", disable=not progress, leave=False)
-    ptr = 0
+    lengths = [len(s) for s in plan.sequences]
+    batches = _batches(lengths, batch_size)
+    k = 0
     with torch.inference_mode():
-        while ptr < len(plan.sequences):
-            # sequences are sorted longest first: cap the padded tokens of a batch too, so a
-            # few long rows never pad a whole batch of short ones to their width
-            width = len(plan.sequences[ptr])
-            seqs = plan.sequences[ptr:ptr + min(batch_size, max(1, batch_size * SCORING_BATCH_ROW_TOKENS // width))]
+        while k < len(batches):
+            ptr, count = batches[k]
+            seqs = plan.sequences[ptr:ptr + count]
             try:
                 width = max(len(s) for s in seqs)
                 ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -662,11 +824,15 @@ def _run_plan(model: Any, plan: _Plan, *, n_rows: int, pad_id: int, batch_size: 
                 if not auto_batch or batch_size == 1:
                     raise ScoringError(f"out of memory at batch size {batch_size}; pass a smaller --batch-size "
                                        "(or auto), or --dtype bfloat16 on GPU") from exc
+                # restart the whole unit at the smaller size: every number then comes from one
+                # batch plan (a function of the recorded batch size), never from a mix of two
                 batch_size = max(1, batch_size // 2)
+                batches, k = _batches(lengths, batch_size), 0
+                bar.reset()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            ptr += len(seqs)
+            k += 1
             bar.update(len(seqs))
     bar.close()
     return values, batch_size
@@ -678,7 +844,8 @@ def _model_dtype_name(model: Any) -> str:
 
 
 def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pad_id: int,
-                  batch_size: int | str = "auto", progress: bool = False) -> dict[str, Any]:
+                  batch_size: int | str = "auto", progress: bool = False, plan: Any = None,
+                  threads: int | str = "auto") -> dict[str, Any]:
     """Summed and mean log-probs of already tokenized items (the scorer's numeric core).
 
     Args:
@@ -688,12 +855,16 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
         pad_id: token id used for padding (never seen by a real position).
         batch_size: sequences per forward or ``auto``.
         progress: show a progress bar.
+        plan: a plan built for exactly these items (`prepare`); None builds it here.
+        threads: torch intra-op threads for the call, or ``auto`` (`resolve_threads`).
 
     Returns:
-        Dict of numpy arrays ``logp_target, logp_foil, n_target, n_foil`` and stats
-        ``batch_size, sequences, tokens, rows``.
+        Dict of numpy arrays ``logp_target, logp_foil, n_target, n_foil``, stats
+        ``batch_size, sequences, tokens, rows`` and the pinned kernel settings
+        ``threads, deterministic_algorithms, float32_matmul_precision``.
     """
-    plan = _make_tree_plan(encoded) if _tree_ok(model) else _make_plan(encoded)
+    if plan is None:
+        plan = _make_tree_plan(encoded) if _tree_ok(model) else _make_plan(encoded)
     for e in encoded:
         if max(e.target_ids + e.foil_ids) >= n_rows:
             raise ScoringError(f"a candidate token id ({max(e.target_ids + e.foil_ids)}) is outside the "
@@ -701,20 +872,22 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
     device = next(model.parameters()).device
     auto = batch_size == "auto"
     bs = (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU) if auto else int(batch_size)
-    values, bs = _run_plan(model, plan, n_rows=n_rows, pad_id=pad_id, batch_size=bs, auto_batch=auto,
-                           progress=progress)
+    with _pinned_kernels(resolve_threads(threads), device.type) as kernels:
+        values, bs = _run_plan(model, plan, n_rows=n_rows, pad_id=pad_id, batch_size=bs, auto_batch=auto,
+                               progress=progress)
     sums = np.bincount(plan.tok_cand, weights=values[plan.tok_read], minlength=2 * len(encoded))
     return {
         "logp_target": sums[0::2], "logp_foil": sums[1::2],
         "n_target": np.array([len(e.target_ids) for e in encoded], dtype=np.int64),
         "n_foil": np.array([len(e.foil_ids) for e in encoded], dtype=np.int64),
         "batch_size": bs, "sequences": len(plan.sequences), "tokens": sum(len(s) for s in plan.sequences),
-        "rows": len(plan.row_seq),
+        "rows": len(plan.row_seq), **kernels,
     }
 
 
 def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: str | None = None,
-          options: ScoreOptions | None = None, progress: bool = False, **overrides: Any) -> pd.DataFrame:
+          options: ScoreOptions | None = None, progress: bool = False, prepared: Prepared | None = None,
+          **overrides: Any) -> pd.DataFrame:
     """Score probe items on one checkpoint: one row per item.
 
     Args:
@@ -727,13 +900,17 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         options: `ScoreOptions`; keyword ``overrides`` (``dtype=``, ``batch_size=``, ...)
             replace its fields.
         progress: show a progress bar.
+        prepared: tokenization and plan from `prepare` for this probe set, tokenizer and model
+            (a training monitor scores the same items many times).
 
     Returns:
         A DataFrame with the columns `FRAME_COLUMNS` (ARCHITECTURE.md "Per-item score frame"),
         in probe-set order. ``frame.attrs`` records what was used: ``dtype, device, batch_size``
         (the one that ran), ``bos, vocab_rows, vocab_rows_n`` (rows in the log-sum-exp),
         ``padding_side, scoring_version, probeset, probeset_sha256, model, revision``,
-        ``forward_sequences, forward_tokens, logit_rows, wall_s``. Example::
+        ``forward_sequences, forward_tokens, logit_rows``, the pinned kernel settings
+        ``threads, deterministic_algorithms, float32_matmul_precision``, the model's
+        ``attn_implementation`` and ``wall_s``. Example::
 
             frame = score("EleutherAI/pythia-70m", "pronoun_gender", revision="step3000")
             frame.groupby(["condition", "split"]).correct.mean()
@@ -766,10 +943,21 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
     n_rows = min(len(tokenizer), emb_rows) if opts.vocab_rows == "tokenizer" else emb_rows
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     items = probe_set.items
-    encoded = encode_items(items, tokenizer, bos=opts.bos)
+    if prepared is not None:
+        prepared.check(probe_set, tokenizer, model, bos=opts.bos)
+    encoded = prepared.encoded if prepared is not None else encode_items(items, tokenizer, bos=opts.bos)
+    validation.check_context(encoded, items, model)
     res = score_encoded(model, encoded, n_rows=n_rows, pad_id=int(pad_id), batch_size=opts.batch_size,
-                        progress=progress)
+                        progress=progress, plan=None if prepared is None else prepared.plan,
+                        threads=opts.threads)
     lt, lf = res["logp_target"], res["logp_foil"]
+    bad = ~(np.isfinite(lt) & np.isfinite(lf))
+    if bad.any():
+        # a NaN margin compares False: it would be reported as "wrong", an accuracy of garbage
+        ids = [items[k].item_id for k in np.flatnonzero(bad)[:3]]
+        raise ScoringError(f"{int(bad.sum())} of {len(items)} item(s) got a non-finite log-prob "
+                           f"(e.g. {', '.join(map(repr, ids))}) in {_model_dtype_name(model)}; the weights or "
+                           "the dtype overflow: rerun with --dtype float32, or check the checkpoint (health --deep)")
     margin = lt - lf
     frame = pd.DataFrame({
         "model": model_name,
@@ -800,6 +988,10 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         "padding_side": "right", "scoring_version": SCORING_VERSION, "probeset": probe_set.name,
         "probeset_sha256": probe_set.sha256, "forward_sequences": int(res["sequences"]),
         "forward_tokens": int(res["tokens"]), "logit_rows": int(res["rows"]),
+        "threads": int(res["threads"]), "deterministic_algorithms": bool(res["deterministic_algorithms"]),
+        "float32_matmul_precision": str(res["float32_matmul_precision"]),
+        # eager and sdpa attention round differently: part of what a unit's numbers depend on
+        "attn_implementation": str(getattr(model.config, "_attn_implementation", None) or ""),
         "wall_s": round(time.perf_counter() - t0, 4),
     })
     return frame
@@ -822,3 +1014,54 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     out["_c"] = out["condition"].map({c: k for k, c in enumerate(CONDITIONS)})
     out["_s"] = out["split"].map({s: k for k, s in enumerate(SPLITS)})
     return out.sort_values(["rule", "_c", "_s"]).drop(columns=["_c", "_s"]).reset_index(drop=True)
+
+
+# --- prepare once, score many (a training monitor scores the same items every N steps) -------
+@dataclass(frozen=True)
+class Prepared:
+    """Tokenized items and their forward plan, reusable across weights of one architecture.
+
+    Attributes:
+        probe_set: the items prepared.
+        tokenizer_id: ``id`` of the tokenizer used (tokenization depends on it).
+        bos: whether a BOS token was prepended.
+        tree: whether the plan packs tree rows (depends on the model type, not its weights).
+        encoded: the items' token ids.
+        plan: the de-duplicated forward plan.
+    """
+
+    probe_set: ProbeSet
+    tokenizer_id: int
+    bos: bool
+    tree: bool
+    encoded: tuple[EncodedItem, ...]
+    plan: Any
+
+    def check(self, probe_set: ProbeSet, tokenizer: Any, model: Any, *, bos: bool) -> None:
+        """Raise ScoringError unless this preparation fits these items, tokenizer and model."""
+        if (probe_set.sha256 != self.probe_set.sha256 or id(tokenizer) != self.tokenizer_id
+                or bool(bos) != self.bos or _tree_ok(model) != self.tree):
+            raise ScoringError(f"prepared scoring of {self.probe_set.name!r} does not fit this call (other probe "
+                               "set, tokenizer, bos or model type); call prepare() again")
+
+
+def prepare(model: Any, probes: Any, *, tokenizer: Any, bos: bool = False) -> Prepared:
+    """Tokenize a probe set and build its forward plan once, for `score(..., prepared=)`.
+
+    Args:
+        model: the model the plan is for (only its architecture matters, not its weights).
+        probes: a `ProbeSet` or anything `load_probes` accepts.
+        tokenizer: the tokenizer `score` will be given.
+        bos: prepend the BOS token (must match the ``bos`` option of the scoring calls).
+
+    Returns:
+        A `Prepared`; scores with it equal scores without it exactly.
+
+    Raises:
+        TokenizationError: an item encodes to no tokens.
+    """
+    probe_set = probes if isinstance(probes, ProbeSet) else load_probes(probes)
+    encoded = tuple(encode_items(probe_set.items, tokenizer, bos=bos))
+    tree = _tree_ok(model)
+    plan = _make_tree_plan(encoded) if tree else _make_plan(encoded)
+    return Prepared(probe_set, id(tokenizer), bool(bos), tree, encoded, plan)

@@ -29,6 +29,7 @@ def quick_report(tmp_path_factory):
     return out, bench.run_bench(out, plan=plan, isolate=False, gpu=False, progress=False)
 
 
+@pytest.mark.slow  # the quick benchmark end to end: every competitor, several rounds
 def test_quick_table_names_every_competitor_and_agrees_with_ours(quick_report):
     out, report = quick_report
     table = pd.read_csv(out / "bench.csv")
@@ -46,19 +47,58 @@ def test_quick_table_names_every_competitor_and_agrees_with_ours(quick_report):
     assert "skipped" in md  # GPU section disabled here, said so
 
 
-def test_quick_breakdown_and_floor_are_consistent(quick_report):
-    _, report = quick_report
-    stages = report["breakdown"]["tiny"]
-    assert stages["forward"] > 0 and stages["load"] > 0
-    parts = sum(v for k, v in stages.items() if k != "total")
-    assert parts == pytest.approx(stages["total"], rel=1e-6)
+def _nonembedding_params(model) -> tuple[int, int]:
+    """(non-embedding, total) parameter counts of a real model, counted from its tensors."""
+    emb = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if id(p) not in emb), sum(p.numel() for p in params)
+
+
+@pytest.mark.slow  # the quick benchmark end to end: every competitor, several rounds
+def test_quick_plans_breakdown_and_floor_recomputed_from_the_checkpoint(quick_report):
+    import json
+
+    from safetensors import safe_open
+
+    out, report = quick_report
     plans = report["plans"]
-    assert plans["causal_tokens"] <= plans["causal_padded"]
-    if "tree_tokens" in plans:  # tree rows never run more body tokens than causal sequences
-        assert report["battery"]["distinct_tokens"] <= plans["tree_tokens"] <= plans["causal_tokens"]
+    # the scorer offers both plans on GPT-NeoX: a missing tree plan is a failure, never a skip
+    assert {"causal_rows", "causal_tokens", "causal_padded", "tree_rows", "tree_tokens", "tree_padded"} <= set(plans)
+    battery = report["battery"]
+    assert battery["distinct_tokens"] <= plans["tree_tokens"] < plans["causal_tokens"] <= plans["causal_padded"]
+    assert plans["tree_tokens"] <= plans["tree_padded"]
+
+    # stage timers never count more than the run's wall time, and the total is ours' table time
+    stages = report["breakdown"]["tiny"]
+    assert stages["forward"] > 0 and stages["load"] > 0 and min(stages.values()) >= 0
+    measured = sum(v for k, v in stages.items() if k not in ("total", "other"))
+    assert measured <= stages["total"] * (1 + 1e-9)
+    ours = next(r for r in report["table"] if r["shape"] == "tiny" and r["competitor"] == "ours")
+    assert stages["total"] == pytest.approx(ours["wall_per_revision_s"], rel=1e-9)
+
+    # the floor, recomputed from the checkpoint the benchmark scored: parameters counted from
+    # its tensors (not from the shape's formula), layers and width from its config
+    rev = bench.revision_dirs(out / "suite" / "tiny")[: report["plan"]["revisions"]][-1]
+    weights = rev / "model.safetensors"
+    config = json.loads((rev / "config.json").read_text())
+    nonemb = vocab = 0
+    with safe_open(str(weights), framework="pt") as f:
+        for name in f.keys():
+            shape = f.get_slice(name).get_shape()
+            if "embed_in" in name or "embed_out" in name or "lm_head" in name:
+                vocab = shape[0] if ("embed_out" in name or "lm_head" in name) else vocab
+                continue
+            if name.endswith(("attention.bias", "masked_bias", "rotary_emb.inv_freq")):
+                continue  # buffers, not parameters
+            nonemb += math.prod(shape)
+    d, layers = config["hidden_size"], config["num_hidden_layers"]
+    flops = (2 * nonemb * battery["distinct_tokens"] + 4 * layers * d * battery["attention_positions"]
+             + 2 * d * vocab * battery["distinct_contexts"])
     floor = report["floor"]["tiny"]
-    assert 0 < floor["compute_s"] and 0 < floor["load_s"]
-    assert floor["floor_s"] == max(floor["compute_s"], floor["load_s"])
+    assert floor["flops"] == pytest.approx(flops, rel=1e-12)
+    assert floor["compute_s"] == pytest.approx(flops / floor["flops_per_s"], rel=1e-12)
+    assert floor["load_s"] == pytest.approx(weights.stat().st_size / floor["read_bytes_per_s"], rel=1e-12)
+    assert floor["floor_s"] == max(floor["compute_s"], floor["load_s"]) > 0
 
 
 def test_battery_mixes_lengths_candidates_and_shared_prefixes():
@@ -93,19 +133,29 @@ def test_battery_stats_count_a_hand_made_trie():
     assert stats.naive_tokens == 2 * (n + 1) + 2 * (n + 2)
 
 
-def test_lower_bound_arithmetic():
+def test_lower_bound_from_a_real_model_and_a_hand_counted_trie():
+    """Parameter counts from a real GPT-NeoX built from the shape; trie counts by hand."""
+    from transformers import GPTNeoXForCausalLM
+
+    from pythia_forensics.probes import ProbeItem, ProbeSet
+
     shape = bench.BenchShape("s", layers=2, d_model=8, heads=2, vocab_size=100)
-    assert shape.params_nonembedding == 12 * 64 * 2 + 13 * 8 * 2 + 2 * 8
-    stats = bench.BatteryStats(items=1, single_token_items=1, multi_token_items=0, distinct_prefixes=1,
-                               distinct_contexts=3, distinct_tokens=10, attention_positions=55,
-                               prefix_tokens_min=10, prefix_tokens_max=10, prefix_tokens_mean=10.0, naive_tokens=22)
-    f = bench.lower_bound(shape, stats, flops_per_s=1e6, read_bytes_per_s=1e3, weight_bytes=500)
-    body = 2 * shape.params_nonembedding * 10 + 4 * 2 * 8 * 55
-    head = 2 * 8 * 100 * 3
-    assert f["flops"] == body + head
-    assert f["compute_s"] == pytest.approx((body + head) / 1e6)
-    assert f["load_s"] == pytest.approx(0.5)
-    assert f["floor_s"] == max(f["compute_s"], 0.5)
+    nonemb, total = _nonembedding_params(GPTNeoXForCausalLM(bench._neox_config(shape)))
+    assert shape.params_nonembedding == nonemb and shape.params_total == total
+    tok = neox_tokenizer()
+    items = (ProbeItem("a", "r", "conflict", "train", "Sue cried because", " she", " he"),
+             ProbeItem("b", "r", "conflict", "train", "Sue cried because", " she was", " he was"))
+    stats = bench.battery_stats(ProbeSet("t", items, "x", "test"), tok)
+    n = len(tok("Sue cried because", add_special_tokens=False)["input_ids"])
+    # trie: the prefix's n tokens (depths 1..n), then " she" and " he" (depth n+1 each);
+    # logits read after the prefix, after " she" and after " he"
+    tokens, positions, contexts = n + 2, n * (n + 1) // 2 + 2 * (n + 1), 3
+    f = bench.lower_bound(shape, stats, flops_per_s=1e6, read_bytes_per_s=1e3, weight_bytes=4 * total)
+    want = 2 * nonemb * tokens + 4 * 2 * 8 * positions + 2 * 8 * 100 * contexts
+    assert f["flops"] == want and f["body_flops"] + f["head_flops"] == want
+    assert f["compute_s"] == pytest.approx(want / 1e6)
+    assert f["load_s"] == pytest.approx(4 * total / 1e3)
+    assert f["floor_s"] == max(f["compute_s"], f["load_s"])
 
 
 def test_missing_numbers_count_as_mismatch(tmp_path):
@@ -162,6 +212,8 @@ def test_device_section_picks_the_largest_shape_that_fits():
     """The GPU section's logic, run on CPU: too-big shapes are skipped, the largest that fits
     is scored, then the smallest for scale; without CUDA the real section says it skipped."""
     import torch
+
+    neox_tokenizer()  # the battery is tokenized with Pythia's tokenizer: skip cleanly without it
 
     tiny = bench.bench_shapes(quick=True)[0]
     big = replace(tiny, name="big", d_model=4096, layers=64)

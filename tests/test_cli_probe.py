@@ -70,6 +70,7 @@ def test_user_mistakes_are_one_line_exit_2(tiny_checkpoint, capsys, args, fragme
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_no_traceback_from_the_real_command(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = subprocess.run([sys.executable, "-m", "pythia_forensics", "probe", str(tmp_path / "missing"),
@@ -96,6 +97,7 @@ def test_shipped_names_resolve(tiny_checkpoint, capsys):
     assert "pronoun_gender" in out and "heldout" in out
 
 
+@pytest.mark.slow
 def test_hub_repo_with_revision_and_unknown_revision(tiny_checkpoint, tmp_path):
     """Through a loopback hub: a good revision scores, an unknown one is one line, exit 2."""
     from hubserver import HubServer

@@ -237,7 +237,119 @@ def test_scale_needs_three_models():
     items = pd.concat([items_for(STEPS, COLLAPSE, ONES, model=m) for m in ("a", "b")])
     models = pd.DataFrame(dict(model=["a", "b"], params_total=[1.0, 2.0], params_nonembedding=[1.0, 2.0]))
     scale = dyn.analyze(items, models=models).scale
-    assert scale["rho"].isna().all() and scale["note"].str.contains("fewer than").all()
+    assert scale[["rho", "p_perm", "rho_lo", "rho_hi"]].isna().all().all()
+    assert (scale["note"] == "n = 2: too few models for a rank correlation").all()
+
+
+# --- scale statistics with ties, unknown sizes and undefined metrics -----------------------
+def _scale_metrics(depth, final, *, emerged=None, void=None, models=None):
+    n = len(depth)
+    names = models or [f"m{k}" for k in range(n)]
+    return pd.DataFrame(dict(model=names, probeset="p", rule="r", split="heldout",
+                             void=void if void is not None else [False] * n,
+                             emerged=emerged if emerged is not None else [True] * n,
+                             depth=depth, final_acc=final))
+
+
+def _scale_models(names, sizes):
+    return pd.DataFrame(dict(model=names, params_total=sizes, params_nonembedding=[s / 2 for s in sizes]))
+
+
+def _rows(scale):
+    return scale.set_index(["size", "metric"])
+
+
+def test_float_noise_ties_give_rho_undefined():
+    """The demo's case: three collapse depths 1.0, 1.0, 1.0000000000000002 after smoothing."""
+    metrics = _scale_metrics([1.0, 1.0, 1.0000000000000002], [0.1, 0.0, 0.2])
+    scale = _rows(dyn.scale_analysis(metrics, _scale_models(["m0", "m1", "m2"], [1e6, 4e6, 1.6e7]), config=CFG))
+    for size in ("params_total", "params_nonembedding"):
+        depth = scale.loc[(size, "depth")]
+        assert np.isnan([depth["rho"], depth["p_perm"], depth["rho_lo"], depth["rho_hi"]]).all()
+        assert depth["note"] == "rho undefined: all depths equal" and depth["n_models"] == 3
+        final = scale.loc[(size, "final_acc")]  # 0.1, 0.0, 0.2 against rising sizes
+        assert final["rho"] == pytest.approx(stats.spearmanr([1, 2, 3], [0.1, 0.0, 0.2]).statistic)
+        assert final["note"] == ""
+    # without the tie snapping, scipy would rank the noise: rho 0.866 (what the demo printed)
+    assert stats.spearmanr([1, 2, 3], [1.0, 1.0, 1.0000000000000002]).statistic == pytest.approx(0.866, abs=1e-3)
+
+
+def test_snap_ties_groups_values_within_the_tolerance():
+    got = dyn.snap_ties(np.array([0.3, 1.0 + 2e-16, 0.1 + 0.2, 1.0, 0.5]), 1e-9)
+    # 0.1 + 0.2 = 0.30000000000000004 ties with 0.3; both 1.0s tie; 0.5 stands alone
+    assert got[0] == got[2] and got[1] == got[3] and len(set(got)) == 3
+    assert stats.rankdata(got).tolist() == [1.5, 4.5, 1.5, 4.5, 3.0]
+    assert dyn.snap_ties(np.array([]), 1e-9).size == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_rho_equals_scipy_on_the_snapped_values_and_ignores_rounding_noise(seed):
+    rng = np.random.default_rng(seed)
+    n = 6
+    # coarse values (many exact ties), then float noise far below the tolerance on top
+    depth = rng.integers(0, 3, n) / 4
+    final = rng.integers(0, 4, n) / 5
+    sizes = [float(2 ** k) for k in rng.permutation(n)]
+    noise = lambda v: v + rng.choice([-1, 0, 1], n) * 1e-13  # noqa: E731
+    names = [f"m{k}" for k in range(n)]
+    models = _scale_models(names, sizes)
+    clean = dyn.scale_analysis(_scale_metrics(depth, final), models, config=CFG)
+    noisy = dyn.scale_analysis(_scale_metrics(noise(depth), noise(final)), models, config=CFG)
+    pd.testing.assert_frame_equal(clean, noisy)  # rho, p, CI and notes: noise changes nothing
+    for row in noisy.itertuples():
+        sub = models.set_index("model").loc[row.models.split(",")]
+        y = dict(depth=depth, final_acc=final)[row.metric][[names.index(m) for m in sub.index]]
+        want = stats.spearmanr(sub[row.size].to_numpy(), y).statistic
+        if np.unique(y).size < 2:
+            assert np.isnan(row.rho) and row.note.startswith("rho undefined: all")
+        else:
+            assert row.rho == pytest.approx(want, abs=1e-12)
+            assert row.rho_lo <= row.rho + 1e-12 and row.rho - 1e-12 <= row.rho_hi
+
+
+def test_permutation_p_with_ties_equals_a_full_enumeration():
+    """Two-sided exact p over all 5! pairings, computed here from scratch (scipy's definition:
+    twice the smaller tail, ties with the observed value count in both tails)."""
+    import itertools
+
+    depth = [0.5, 0.5, 0.25, 0.25 + 1e-14, 0.0]  # two float-noise ties
+    sizes = [1.0, 2.0, 3.0, 4.0, 5.0]
+    row = _rows(dyn.scale_analysis(_scale_metrics(depth, [0.0] * 5), _scale_models(
+        [f"m{k}" for k in range(5)], sizes), config=CFG)).loc[("params_total", "depth")]
+    snapped = [0.5, 0.5, 0.25, 0.25, 0.0]
+    obs = stats.spearmanr(sizes, snapped).statistic
+    null = np.array([stats.spearmanr(sizes, list(p)).statistic for p in itertools.permutations(snapped)])
+    gamma = 1e-14 * abs(obs)
+    want = min(1.0, 2 * min((null <= obs + gamma).mean(), (null >= obs - gamma).mean()))
+    assert row["rho"] == pytest.approx(obs) and row["p_perm"] == pytest.approx(want)
+
+
+def test_unknown_sizes_void_and_never_emerged_models_are_left_out_and_named():
+    metrics = _scale_metrics([0.9, 0.5, 0.2, 0.1, 0.4, 0.3, 0.0], [0.0, 0.3, 0.6, 0.8, 0.2, 0.1, 0.9],
+                             emerged=[True, True, True, True, True, False, True],
+                             void=[False, False, False, False, True, False, False],
+                             models=["a", "b", "c", "d", "v", "never", "hub/extra"])
+    # "hub/extra" is not in models.parquet at all; "c" is, with an unknown (NA) size
+    models = pd.DataFrame(dict(model=["a", "b", "c", "d", "v", "never"],
+                               params_total=pd.array([1, 2, None, 8, 16, 32], dtype="Int64"),
+                               params_nonembedding=pd.array([1, 2, None, 4, 8, 16], dtype="Int64")))
+    scale = _rows(dyn.scale_analysis(metrics, models, config=CFG))
+    depth = scale.loc[("params_total", "depth")]
+    assert depth["models"] == "a,b,d" and depth["n_models"] == 3
+    assert depth["rho"] == pytest.approx(stats.spearmanr([1, 2, 8], [0.9, 0.5, 0.1]).statistic)
+    assert depth["note"] == ("sizes unknown for: c, hub/extra; never emerged (no collapse depth): never; "
+                             "void verdict: v")
+    final = scale.loc[("params_total", "final_acc")]  # a rule that never emerged still has a final
+    assert final["models"] == "a,b,d,never" and final["note"] == "sizes unknown for: c, hub/extra; void verdict: v"
+    assert final["rho"] == pytest.approx(stats.spearmanr([1, 2, 8, 32], [0.0, 0.3, 0.8, 0.1]).statistic)
+
+
+def test_all_sizes_unknown_is_a_note_not_a_crash():
+    metrics = _scale_metrics([0.9, 0.5, 0.2], [0.0, 0.3, 0.6])
+    models = pd.DataFrame(dict(model=["m0", "m1", "m2"], params_total=[np.nan] * 3, params_nonembedding=[0, 0, 0]))
+    scale = dyn.scale_analysis(metrics, models, config=CFG)
+    assert len(scale) == 4 and scale["rho"].isna().all()
+    assert (scale["note"] == "n = 0: too few models for a rank correlation; sizes unknown for: m0, m1, m2").all()
 
 
 def test_analyze_results_folder_and_write(tmp_path):

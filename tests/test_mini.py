@@ -118,6 +118,7 @@ def _recount(corpus_dir: Path):
     return counts
 
 
+@pytest.mark.slow
 def test_ground_truth_equals_a_recount_of_the_written_stream(suite):
     corpus = suite / "corpus"
     recorded = Counter()
@@ -130,6 +131,7 @@ def test_ground_truth_equals_a_recount_of_the_written_stream(suite):
     assert recorded == _recount(corpus)
 
 
+@pytest.mark.slow
 def test_heldout_words_never_appear_in_a_conflict_frame(suite):
     from transformers import PreTrainedTokenizerFast
 
@@ -197,6 +199,7 @@ def _weights_hash(step_dir: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_suite_layout_and_manifest(suite):
     cfg = reduced_config()
     m = cfg.models[0]
@@ -231,6 +234,7 @@ def test_suite_layout_and_manifest(suite):
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.5
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights_and_reuse_skips(suite, tmp_path):
     cfg = reduced_config()
     name = cfg.models[0].name
@@ -269,6 +273,7 @@ def test_cli_user_error_is_one_line_exit_2(capsys):
     assert err.startswith("error:") and "at least 4" in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(suite, tmp_path, monkeypatch):
     import pythia_forensics.mini.train as train_mod
 

@@ -14,6 +14,7 @@ def demo(tmp_path_factory):
     return run_demo(out, config=reduced_config(), progress=False, jobs=1)
 
 
+@pytest.mark.slow
 def test_demo_writes_every_stage_output(demo):
     out = demo.out
     for name in (CHECKS_TABLE, SUPPORT_TABLE, "dynamics.csv", "report.md", "models.parquet", "summary.parquet"):
@@ -25,6 +26,7 @@ def test_demo_writes_every_stage_output(demo):
     assert set(demo.timings) == {"train", "replay", "support", "analyse+figures"}
 
 
+@pytest.mark.slow
 def test_survival_checks_agree_with_the_written_dynamics(demo):
     """Each 'survives' row must say what dynamics.csv says, recomputed here from the table."""
     dyn = pd.read_csv(demo.out / "dynamics.csv")
@@ -41,6 +43,7 @@ def test_survival_checks_agree_with_the_written_dynamics(demo):
     assert len(written) == len(demo.checks)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_rescoring(demo):
     from pythia_forensics.store import ResultsStore
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from pythia_forensics.cli.common import step_pattern_option
 from pythia_forensics.constants import AUDIT_MAX_DELTA, AUDIT_SAMPLE
 
 _VERDICT_STYLE = {"pass": "green", "drift": "yellow", "fail": "bold red"}
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def audit_cmd(
         model: str = typer.Argument(..., help="Checkpoint folder, hub id, registry name or local suite model."),
         probes: list[str] = typer.Option(..., "--probes", "-p", help="Probe-set name or file (repeatable)."),
-        revision: Optional[str] = typer.Option(None, help="Hub branch or local step<N> folder."),
+        revision: Optional[str] = typer.Option(None, help="Hub branch or local checkpoint folder (step<N>, checkpoint-<N>)."),
         revisions: int = typer.Option(0, help="Instead of one revision, audit N spread over the grid (0: off)."),
         dtype: str = typer.Option("auto", help="Configured dtype: auto | float32 | bfloat16 | float16"),
         batch_size: str = typer.Option("auto", help="Configured items per forward pass, or auto."),
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
         tolerance: float = typer.Option(AUDIT_MAX_DELTA, help="Max |delta margin| in nats for a pass."),
         suite_dir: Optional[Path] = typer.Option(None, help="Local suite folder to look model names up in."),
         out: Optional[Path] = typer.Option(None, help="Write the report: .json, .parquet or .csv."),
+        step_pattern: Optional[str] = step_pattern_option(),
         disk_budget: Optional[str] = typer.Option(None, help="With --revisions: most checkpoint bytes held at once "
                                                   "by every worker on the cache, e.g. 50GB."),
         cache_dir: Optional[Path] = typer.Option(None, help="Hub cache folder (default: huggingface_hub's)."),
@@ -41,9 +43,9 @@ def register(app: typer.Typer) -> None:
         check_out(out)
         if sample < 0:
             raise AuditError(f"--sample must be a positive item count or 0 for all, got {sample}")
-        if not (batch_size == "auto" or batch_size.isdigit()):
-            raise AuditError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}")
-        kwargs = dict(dtype=dtype, batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+        from pythia_forensics.cli.common import parse_batch_size
+
+        kwargs = dict(dtype=dtype, batch_size=parse_batch_size(batch_size),
                       sample=sample or None, device=device, tolerance=tolerance)
         if revisions:
             from pythia_forensics.audit import audit_revisions

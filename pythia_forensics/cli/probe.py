@@ -6,28 +6,29 @@ from typing import Optional
 
 import typer
 
+from pythia_forensics.atomic import atomic_write
+from pythia_forensics.cli.common import check_output_file, parse_batch_size
 from pythia_forensics.constants import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
-from pythia_forensics.errors import PFError
+from pythia_forensics.errors import UsageError
 
 OUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
 
 
 def _check_out(out: Path) -> None:
     if out.suffix.lower() not in OUT_SUFFIXES:
-        raise PFError(f"--out {out} has suffix {out.suffix.lower()!r}; use one of {', '.join(OUT_SUFFIXES)}")
+        raise UsageError(f"--out {out} has suffix {out.suffix.lower()!r}; use one of {', '.join(OUT_SUFFIXES)}")
+    check_output_file(out, "--out")
 
 
 def _write(frame, out: Path) -> None:
     suffix = out.suffix.lower()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     if suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
+        atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
     elif suffix == ".csv":
-        frame.to_csv(tmp, index=False)
+        atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
     else:
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    tmp.replace(out)  # atomic: an interrupted run never leaves a half-written file
+        atomic_write(out, lambda tmp: frame.to_json(tmp, orient="records", lines=True, force_ascii=False))
 
 
 def register(app: typer.Typer) -> None:
@@ -36,14 +37,16 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Checkpoint folder (save_pretrained), folder of revisions, or hub repo id."),
         probes: list[str] = typer.Option(..., "--probes", "-p",
                                          help="Probe file (.yaml/.jsonl, paper JSONL too) or shipped set name, or 'all'; repeatable."),
-        revision: Optional[str] = typer.Option(None, help="Hub branch/tag/commit (e.g. step3000), or a sub-folder of a local folder."),
+        revision: Optional[str] = typer.Option(None, help="Hub branch/tag/commit (e.g. step3000), or a checkpoint "
+                                               "sub-folder of a local model folder (step3000, checkpoint-500)."),
         out: Optional[Path] = typer.Option(None, help="Write per-item scores to FILE.parquet, .csv or .jsonl."),
         batch_size: str = typer.Option("auto", help="Sequences per forward pass, or auto (halves on out-of-memory)."),
         dtype: str = typer.Option("auto", help="auto (fp32 on CPU and up to ~3B params) | float32 | float16 | bfloat16."),
         device: str = typer.Option("auto", help="auto (cuda if available) | cpu | cuda | cuda:N."),
         bos: bool = typer.Option(False, "--bos/--no-bos", help="Prepend a BOS token to every prefix (Pythia adds none)."),
-        vocab_rows: str = typer.Option(DEFAULT_VOCAB_ROWS, help=f"{' | '.join(VOCAB_ROWS)}: log-sum-exp over the "
-                                       "tokenizer's rows only (Pythia: 50277 of 50304) or all output-embedding rows."),
+        vocab_rows: str = typer.Option(DEFAULT_VOCAB_ROWS, help=f"{' | '.join(VOCAB_ROWS)}: log-sum-exp over every "
+                                       "output row (the model's distribution, as minicons/lm-eval) or over the "
+                                       "tokenizer's rows only (Pythia: 50277 of 50304)."),
     ) -> None:
         """Score a checkpoint: log p(target) vs log p(foil) per item; summary per rule, condition, split."""
         from rich.table import Table
@@ -54,7 +57,7 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             _check_out(out)  # before the (long) scoring, not after
         options = ScoreOptions(dtype=dtype, device=device, bos=bos, vocab_rows=vocab_rows,
-                               batch_size=int(batch_size) if batch_size.isdigit() else batch_size)
+                               batch_size=parse_batch_size(batch_size))
         frame = score(model, probes, revision=revision, options=options, progress=True)
         table = Table(title=f"{model}" + (f" @ {revision}" if revision else "") +
                       f"  ({frame.attrs['dtype']}, {frame.attrs['device']}, bos={frame.attrs['bos']})")

@@ -11,10 +11,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
-from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX
+from pythia_forensics.atomic import atomic_path
+from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX, WORKER_WATCHDOG_S
+from pythia_forensics.manifest import Manifest, remove_manifest, write_manifest
 from pythia_forensics.mini.config import CorpusConfig, ModelConfig, TrainConfig
 from pythia_forensics.mini.corpus import CORPUS_META_FILE, TOKENS_FILE
 
@@ -77,7 +84,7 @@ def _save(model, tokenizer, directory: Path) -> None:
 
 def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, train: TrainConfig,
                 corpus: CorpusConfig, progress: bool = True, position: int = 0,
-                resume: bool = True) -> Path:
+                resume: bool = True, on_step=None) -> Path:
     """Train one scale and write DIR/<model>/step<N>/, train_log.csv and manifest.json.
 
     Args:
@@ -90,6 +97,9 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         position: the bar's line (models trained in parallel each get one).
         resume: continue an interrupted run from its last checkpoint (weights + AdamW state),
             which gives the same weights as an uninterrupted run; False starts at step 0.
+        on_step: optional ``on_step(model, step, batch)`` called after every update (step =
+            updates done, as checkpoint folders count; batch = that update's input ids), e.g.
+            a `pythia_forensics.monitor.Monitor`'s ``step``.
 
     Returns:
         The model folder.
@@ -107,7 +117,7 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
     hf_logging.disable_progress_bar()  # one bar per checkpoint write would drown our own
     model_dir = Path(out_dir) / model_cfg.name
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / MANIFEST_FILE).unlink(missing_ok=True)  # unfinished until written again
+    remove_manifest(model_dir)  # unfinished until written again
     tokenizer = PreTrainedTokenizerFast.from_pretrained(corpus_dir)
     stream = IndexedDataset(Path(corpus_dir) / TOKENS_FILE).tokens
     T = train.tokens_per_step
@@ -140,6 +150,8 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         opt.step()
         log_rows.append((step + 1, loss.item(), lr, (step + 1) * T))
+        if on_step is not None:
+            on_step(model, step + 1, x)
         if step + 1 in grid:
             _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}{step + 1}")
             _write_log(model_dir / TRAIN_LOG_FILE, log_rows)
@@ -149,22 +161,13 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
     _clear_resume(model_dir)
     total, non_emb = count_params(model)
     corpus_meta = json.loads((Path(corpus_dir) / CORPUS_META_FILE).read_text())
-    manifest = {
-        "model": model_cfg.name,
-        "params_total": total,
-        "params_nonembedding": non_emb,
-        "tokens_per_step": T,
-        "layers": model_cfg.layers,
-        "d_model": model_cfg.d_model,
-        "heads": model_cfg.heads,
-        "vocab_size": len(tokenizer),
-        "seed": train.seed,
-        "steps": sorted(grid),
-        "corpus": {**corpus.to_dict(), "path": str(Path(corpus_dir).resolve()),
-                   "sha256": corpus_meta["sha256"]},
-        "train": {**train.__dict__, "lr": model_cfg.lr, "tokens_per_step": T},
-    }
-    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    write_manifest(model_dir, Manifest(
+        model=model_cfg.name, params_total=total, params_nonembedding=non_emb, tokens_per_step=T,
+        layers=model_cfg.layers, d_model=model_cfg.d_model, heads=model_cfg.heads,
+        vocab_size=len(tokenizer), seed=train.seed, steps=tuple(sorted(grid)),
+        corpus={**corpus.to_dict(), "path": str(Path(corpus_dir).resolve()), "sha256": corpus_meta["sha256"]},
+        train={**train.__dict__, "lr": model_cfg.lr, "tokens_per_step": T},
+    ))
     return model_dir
 
 
@@ -172,12 +175,10 @@ RESUME_FILE = "resume.safetensors"  # AdamW state at the last checkpoint; remove
 
 
 def _write_log(path: Path, rows: list[tuple]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["step", "loss", "lr", "tokens"])
         w.writerows(rows)
-    tmp.replace(path)
 
 
 def _save_resume(model, opt, model_dir: Path, step: int) -> None:
@@ -191,9 +192,8 @@ def _save_resume(model, opt, model_dir: Path, step: int) -> None:
             tensors[f"exp_avg.{name}"] = st["exp_avg"].contiguous()
             tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].contiguous()
             tensors[f"step.{name}"] = st["step"].reshape(1).clone()
-    tmp = model_dir / (RESUME_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step)})
-    tmp.replace(model_dir / RESUME_FILE)
+    with atomic_path(model_dir / RESUME_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"step": str(step)})
 
 
 def _clear_resume(model_dir: Path) -> None:
@@ -232,3 +232,75 @@ def _resume(model, opt, model_dir: Path, log_rows: list[tuple]) -> int:
                             "exp_avg_sq": moments[f"exp_avg_sq.{name}"].clone()}
     log_rows.extend(rows[:step])
     return step
+
+
+# --- worker processes: die with the parent, leave Ctrl-C to it --------------------------------
+def _parent_gone(parent_pid: int, direct: bool) -> bool:
+    if direct:  # a child is re-parented the moment its parent dies, reaped or not
+        return os.getppid() != parent_pid
+    try:
+        os.kill(parent_pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _watch_parent(parent_pid: int, interval: float) -> None:
+    direct = os.getppid() == parent_pid
+    while not _parent_gone(parent_pid, direct):
+        time.sleep(interval)
+    os._exit(1)  # nothing to flush: every file is written through atomic.py, a kill loses no result
+
+
+def _die_with_parent_linux() -> None:
+    # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the parent exits, at once (the watchdog
+    # thread below is the portable fallback, and covers a fork server as the direct parent).
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_init(parent_pid: int, interval: float = WORKER_WATCHDOG_S) -> None:
+    """Initializer for training worker processes (`ProcessPoolExecutor(initializer=...)`).
+
+    A worker exits when its parent dies, even by SIGKILL (which no handler in the parent can
+    see): the kernel's parent-death signal where there is one, and a watchdog thread polling
+    the parent's pid every ``interval`` seconds everywhere. Ctrl-C is left to the parent, which
+    reports what was kept and stops the workers, so no worker prints a traceback.
+
+    Args:
+        parent_pid: the process that owns the pool (``os.getpid()`` there).
+        interval: seconds between watchdog polls.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() == parent_pid:
+        _die_with_parent_linux()
+    if _parent_gone(parent_pid, os.getppid() == parent_pid):  # died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid, interval), name="pf-parent-watchdog",
+                     daemon=True).start()
+
+
+def describe_kept(suite_dir: Path, names: list[str]) -> str:
+    """What an interrupted training run leaves, per model: finished, up to step N, or nothing."""
+    parts = []
+    for name in names:
+        model_dir = Path(suite_dir) / name
+        steps = sorted(int(p.name[len(STEP_DIR_PREFIX):]) for p in model_dir.glob(f"{STEP_DIR_PREFIX}*")
+                       if p.is_dir() and p.name[len(STEP_DIR_PREFIX):].isascii()
+                       and p.name[len(STEP_DIR_PREFIX):].isdigit())
+        if (model_dir / MANIFEST_FILE).is_file():
+            parts.append(f"{name} finished")
+        elif steps:
+            parts.append(f"{name} up to step {steps[-1]} ({len(steps)} checkpoints)")
+        else:
+            parts.append(f"{name} nothing yet")
+    return ", ".join(parts)
