@@ -30,7 +30,8 @@ STEPS = (0, 1, 2, 4)
 MODELS = ("mini-a", "mini-b", "mini-c")
 HUB_REPOS = {f"EleutherAI/pythia-tiny-{m[-1]}": m for m in MODELS}
 VOLATILE = ("written_at", "device")
-FAST_LEASES = {"PF_LEASE_TIMEOUT_S": "3", "PF_LEASE_HEARTBEAT_S": "0.3"}
+# short enough for a test, long enough that a loaded 2-core machine never starves a heartbeat past it
+FAST_LEASES = {"PF_LEASE_TIMEOUT_S": "15", "PF_LEASE_HEARTBEAT_S": "0.5"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
