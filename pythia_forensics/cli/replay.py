@@ -7,7 +7,13 @@ from typing import Optional
 import typer
 
 from pythia_forensics.cli.common import step_pattern_option
-from pythia_forensics.constants import DEFAULT_REPLAY_CHUNK, DEFAULT_RESULTS_DIR, DEFAULT_VOCAB_ROWS, VOCAB_ROWS
+from pythia_forensics.constants import (
+    DEFAULT_REPLAY_CHUNK,
+    DEFAULT_RESULTS_DIR,
+    DEFAULT_VOCAB_ROWS,
+    REPLAY_EXIT_SOME_FAILED,
+    VOCAB_ROWS,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +40,12 @@ def register(app: typer.Typer) -> None:
         slurm: list[str] = typer.Option([], "--slurm", help="submitit parameter KEY=VALUE, e.g. "
                                         "slurm_partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)."),
     ) -> None:
-        """Replay checkpoints: fetch within a disk budget, score, store; reruns resume."""
+        """Replay checkpoints: fetch within a disk budget, score, store; reruns resume.
+
+        Exit status 0: every planned revision is stored; 1: some revisions could not be used
+        (each named on a warning line and recorded in RESULTS/failures/), the rest is stored;
+        2: a usage error, nothing done.
+        """
         from pythia_forensics.cli.common import check_output_dir, console, parse_batch_size
         from pythia_forensics.replay import replay
 
@@ -49,3 +60,6 @@ def register(app: typer.Typer) -> None:
                          executor=executor, health=health, cache_dir=cache_dir, chunk=chunk,
                          slurm=parse_params(slurm))
         console.print(summary.render(), highlight=False)
+        if summary.revisions_failed:
+            # some revisions could not be used: recorded in RESULTS/failures/, the rest is stored
+            raise typer.Exit(REPLAY_EXIT_SOME_FAILED)
