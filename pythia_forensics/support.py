@@ -80,7 +80,11 @@ __all__ = [
 ]
 
 ROLES = ("cues", "targets", "competitors")
-_RULE_KEYS = {"name", "description", "direction", "cues", "targets", "competitors", "lexicon"}
+_RULE_KEYS = {"name", "description", "direction", "cues", "targets", "competitors", "lexicon", "frames"}
+# Frame pattern placeholders (rule YAML `frames:`): the cue, the chosen form, any tokens.
+FRAME_CUE, FRAME_CANDIDATE, FRAME_GAP = "<cue>", "<candidate>", "..."
+OVERALL_FRAME = ""  # the `frame` of corpus-wide rows
+NO_EVENTS = "no events"  # the note of a row with 0 events on both sides (ratio is NaN, not parity)
 # Mini-suite corpus folder layout (docs/ARCHITECTURE.md): names owned by the generator.
 _CORPUS_TOKENS, _CORPUS_META = _mini_corpus.TOKENS_FILE, _mini_corpus.CORPUS_META_FILE
 _CORPUS_TOKENIZER = "tokenizer.json"  # what save_pretrained writes
@@ -101,8 +105,25 @@ class WordClass:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """A context the cue and its chosen form must stand in (the frame where rule and prior
+    conflict), as a whole-word pattern in stream order.
+
+    ``elements`` holds ``"<cue>"``, ``"<candidate>"`` (the nearest target/competitor the
+    windowed counter chose), ``"..."`` (any tokens, only between the two) and `WordClass`
+    entries (one word of the class, whole-word, adjacent to its neighbours). Example:
+    ``<cue> cried because <candidate>`` is the mini corpus's pronoun conflict frame;
+    ``<cue> ... because <candidate>`` is the paper's "a girl's name, then because, then she/he".
+    """
+
+    name: str
+    elements: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class SupportRule:
-    """One rule: cue class, the rule's target forms and the prior's competitor forms."""
+    """One rule: cue class, the rule's target forms and the prior's competitor forms, and the
+    named frames whose in-frame support is counted beside the corpus-wide one."""
 
     name: str
     cues: tuple[WordClass, ...]
@@ -111,6 +132,7 @@ class SupportRule:
     direction: str = "after"
     description: str = ""
     source: str = ""
+    frames: tuple[Frame, ...] = ()
 
     def role(self, role: str) -> tuple[WordClass, ...]:
         return getattr(self, role)
@@ -213,13 +235,53 @@ def _rule_from_mapping(data: Any, *, source: str, problems: list[str]) -> Suppor
             roles[role] = ()
         else:
             roles[role] = _word_classes(data[role], rule=name, role=role, lexicon_fn=lexicon_fn, problems=problems)
+    frames = _frames(data.get("frames", {}), rule=name, direction=str(direction), source=source,
+                     lexicon_fn=lexicon_fn, problems=problems)
     return SupportRule(
         name=name,
         direction=str(direction),
         description=str(data.get("description", "")),
         source=source,
+        frames=frames,
         **roles,
     )
+
+
+def _frames(spec: Any, *, rule: str, direction: str, source: str, lexicon_fn, problems: list[str]) -> tuple[Frame, ...]:
+    """Parse ``frames: {NAME: [element, ...]}`` (see `Frame`); every problem is collected."""
+    if not isinstance(spec, dict):
+        problems.append(f"{source}: rule {rule!r} `frames` must map a frame name to a list of elements")
+        return ()
+    out = []
+    for fname, elems in spec.items():
+        where = f"{source}: rule {rule!r} frame {fname!r}"
+        if not isinstance(elems, list) or not elems:
+            problems.append(f"{where}: expected a non-empty list like [<cue>, because, <candidate>]")
+            continue
+        parsed: list[Any] = []
+        for e in elems:
+            if e in (FRAME_CUE, FRAME_CANDIDATE, FRAME_GAP):
+                parsed.append(e)
+            else:
+                classes = _word_classes(e, rule=f"{rule}.{fname}", role="frame", lexicon_fn=lexicon_fn,
+                                        problems=problems)
+                if classes:  # one pattern position: the union of the classes given for it
+                    parsed.append(WordClass("+".join(c.name for c in classes),
+                                            tuple(w for c in classes for w in c.words)))
+        if parsed.count(FRAME_CUE) != 1 or parsed.count(FRAME_CANDIDATE) != 1:
+            problems.append(f"{where}: needs exactly one {FRAME_CUE} and one {FRAME_CANDIDATE}")
+            continue
+        i_cue, i_cand = parsed.index(FRAME_CUE), parsed.index(FRAME_CANDIDATE)
+        if (i_cue < i_cand) != (direction == "after"):
+            problems.append(f"{where}: direction {direction!r} puts the "
+                            f"{'candidate after the cue' if direction == 'after' else 'candidate before the cue'}")
+            continue
+        lo, hi = sorted((i_cue, i_cand))
+        if any(e == FRAME_GAP for e in parsed[:lo] + parsed[hi + 1:]):
+            problems.append(f"{where}: {FRAME_GAP!r} may only stand between {FRAME_CUE} and {FRAME_CANDIDATE}")
+            continue
+        out.append(Frame(str(fname), tuple(parsed)))
+    return tuple(out)
 
 
 def _rule_files(spec: str | os.PathLike) -> list[Path]:
@@ -389,6 +451,7 @@ class CompiledRule:
     targets: tuple[TokenForm, ...]
     competitors: tuple[TokenForm, ...]
     unmatched: tuple[UnmatchedCue, ...] = ()
+    frames: tuple["CompiledFrame", ...] = ()
 
     def role(self, role: str) -> tuple[TokenForm, ...]:
         return getattr(self, role)
@@ -396,6 +459,21 @@ class CompiledRule:
     @property
     def max_len(self) -> int:
         return max((len(f.ids) for r in ROLES for f in self.role(r)), default=1)
+
+
+@dataclass(frozen=True)
+class CompiledFrame:
+    """A `Frame` with each word class compiled to its token forms (placeholders stay strings)."""
+
+    name: str
+    elements: tuple[Any, ...]  # "<cue>" | "<candidate>" | "..." | tuple[TokenForm, ...]
+
+    @property
+    def outside_tokens(self) -> int:
+        """Most tokens the pattern reaches beyond its two anchors (sizes the block halo)."""
+        lo, hi = sorted((self.elements.index(FRAME_CUE), self.elements.index(FRAME_CANDIDATE)))
+        outside = self.elements[:lo] + self.elements[hi + 1:]
+        return sum(max((len(f.ids) for f in e), default=0) for e in outside)
 
 
 @dataclass(frozen=True)
@@ -428,6 +506,32 @@ def compile_rules(
     vocab = Vocab(len(starts), starts, ends)
     unk_token = getattr(tok.model, "unk_token", None)
     unk_id = tok.token_to_id(unk_token) if unk_token else None
+
+    def class_forms(rule_name: str, role: str, wc: WordClass, unmatched: list[UnmatchedCue]) -> list[TokenForm]:
+        found: list[TokenForm] = []
+        for word in wc.words:
+            reasons = []
+            word_forms = []
+            for text in (" " + word, word):
+                ids = _encode_form(tok, text)
+                if not ids:
+                    reasons.append(f"{text!r} tokenizes to nothing")
+                elif unk_id is not None and unk_id in ids:
+                    reasons.append(f"{text!r} contains the unknown token")
+                elif tok.decode(list(ids), skip_special_tokens=False) != text:
+                    reasons.append(f"{text!r} does not round-trip through the tokenizer")
+                elif not multi_token and len(ids) > 1:
+                    reasons.append(f"{text!r} needs {len(ids)} tokens (multi_token=False)")
+                else:
+                    word_forms.append(TokenForm(word, text, ids))
+            if word_forms:
+                found.extend(word_forms)
+            else:
+                unmatched.append(UnmatchedCue(rule_name, role, wc.name, word, "; ".join(reasons)))
+        if not found:
+            unmatched.append(UnmatchedCue(rule_name, role, wc.name, None, "tokenizes to nothing the counter can match"))
+        return found
+
     compiled = []
     for rule in rules:
         forms: dict[str, list[TokenForm]] = {}
@@ -435,46 +539,50 @@ def compile_rules(
         for role in ROLES:
             forms[role] = []
             for wc in rule.role(role):
-                class_forms = 0
-                for word in wc.words:
-                    reasons = []
-                    word_forms = []
-                    for text in (" " + word, word):
-                        ids = _encode_form(tok, text)
-                        if not ids:
-                            reasons.append(f"{text!r} tokenizes to nothing")
-                        elif unk_id is not None and unk_id in ids:
-                            reasons.append(f"{text!r} contains the unknown token")
-                        elif tok.decode(list(ids), skip_special_tokens=False) != text:
-                            reasons.append(f"{text!r} does not round-trip through the tokenizer")
-                        elif not multi_token and len(ids) > 1:
-                            reasons.append(f"{text!r} needs {len(ids)} tokens (multi_token=False)")
-                        else:
-                            word_forms.append(TokenForm(word, text, ids))
-                    if word_forms:
-                        forms[role].extend(word_forms)
-                        class_forms += 1
-                    else:
-                        unmatched.append(UnmatchedCue(rule.name, role, wc.name, word, "; ".join(reasons)))
-                if class_forms == 0:
-                    unmatched.append(UnmatchedCue(rule.name, role, wc.name, None, "tokenizes to nothing the counter can match"))
+                forms[role].extend(class_forms(rule.name, role, wc, unmatched))
+        frames = tuple(
+            CompiledFrame(fr.name, tuple(
+                e if isinstance(e, str) else tuple(dict.fromkeys(class_forms(rule.name, "frames", e, unmatched)))
+                for e in fr.elements))
+            for fr in rule.frames)
         compiled.append(
-            CompiledRule(rule.name, rule.direction, *(tuple(dict.fromkeys(forms[r])) for r in ROLES), tuple(unmatched))
+            CompiledRule(rule.name, rule.direction, *(tuple(dict.fromkeys(forms[r])) for r in ROLES), tuple(unmatched),
+                         frames=frames)
         )
     return tuple(compiled), vocab
 
 
 # --- the vectorised counter -------------------------------------------------------------------
 class _Matcher:
-    """Finds every whole-word occurrence of each (rule, role)'s forms in a token block."""
+    """Finds every whole-word occurrence of each (rule, role)'s forms, and of every frame word
+    class, in a token block. Categories ``3 r + k`` are rule ``r``'s roles; frame classes follow
+    (``self.frame_cats[r][f][e]``: category of element ``e`` of frame ``f`` of rule ``r``)."""
 
     def __init__(self, rules: Sequence[CompiledRule], vocab: Vocab) -> None:
         self.rules = tuple(rules)
         self.vocab = vocab
-        n_cat = 3 * len(self.rules)
-        lut_dtype = np.uint64 if n_cat > 32 else np.uint32
+        categories: list[tuple[TokenForm, ...]] = [rule.role(role) for rule in self.rules for role in ROLES]
+        extra: dict[tuple[TokenForm, ...], int] = {}
+        self.frame_cats: list[list[list[int | None]]] = []
+        for rule in self.rules:
+            per_rule = []
+            for fr in rule.frames:
+                cats: list[int | None] = []
+                for e in fr.elements:
+                    if isinstance(e, str):
+                        cats.append(None)
+                        continue
+                    if e not in extra:
+                        extra[e] = len(categories)
+                        categories.append(e)
+                    cats.append(extra[e])
+                per_rule.append(cats)
+            self.frame_cats.append(per_rule)
+        n_cat = len(categories)
         if n_cat > 64:
-            raise ConfigError(f"at most 21 rules per pass, got {len(self.rules)}; split the rule list")
+            raise ConfigError(f"at most 64 word classes per pass (3 per rule plus frame words), got {n_cat}; "
+                              "split the rule list")
+        lut_dtype = np.uint64 if n_cat > 32 else np.uint32
         # Tables cover every uint16 id even past the tokenizer's vocabulary (padding rows, a
         # stream from a bigger tokenizer): such ids are no form and count as word boundaries.
         table = max(vocab.size, _UINT16_IDS)
@@ -485,21 +593,21 @@ class _Matcher:
         self.ends_nonword[: vocab.size] = vocab.ends_nonword
         # per category: {first id: [(ids array, leading_space)]}
         self.forms: list[dict[int, list[tuple[np.ndarray, bool]]]] = []
-        for r, rule in enumerate(self.rules):
-            for k, role in enumerate(ROLES):
-                cat = 3 * r + k
-                groups: dict[int, list[tuple[np.ndarray, bool]]] = {}
-                for f in rule.role(role):
-                    if max(f.ids) >= vocab.size:
-                        raise TokenizationError(
-                            f"{rule.name}: form {f.text!r} has token id {max(f.ids)} beyond the vocabulary "
-                            f"({vocab.size}); the tokenizer does not match the token stream"
-                        )
-                    groups.setdefault(f.ids[0], []).append((np.array(f.ids, dtype=np.int64), f.leading_space))
-                    self.lut[f.ids[0]] |= lut_dtype(1) << lut_dtype(cat)
-                self.forms.append(groups)
+        names = [f"{rule.name}.{role}" for rule in self.rules for role in ROLES] + ["frame"] * len(extra)
+        for cat, cat_forms in enumerate(categories):
+            groups: dict[int, list[tuple[np.ndarray, bool]]] = {}
+            for f in cat_forms:
+                if max(f.ids) >= vocab.size:
+                    raise TokenizationError(
+                        f"{names[cat]}: form {f.text!r} has token id {max(f.ids)} beyond the vocabulary "
+                        f"({vocab.size}); the tokenizer does not match the token stream"
+                    )
+                groups.setdefault(f.ids[0], []).append((np.array(f.ids, dtype=np.int64), f.leading_space))
+                self.lut[f.ids[0]] |= lut_dtype(1) << lut_dtype(cat)
+            self.forms.append(groups)
         self.any_form = self.lut != 0
-        self.max_len = max((rule.max_len for rule in self.rules), default=1)
+        self.max_len = max((len(f.ids) for c in categories for f in c), default=1)
+        self.frame_extent = max((fr.outside_tokens for rule in self.rules for fr in rule.frames), default=0)
 
     def match(self, ids: np.ndarray, seg_starts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per category: (start, end) int64 arrays of whole-word matches in ``ids``.
@@ -566,11 +674,17 @@ def _drop_contained(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _events(cues: tuple[np.ndarray, np.ndarray], targets, competitors, *, direction: str, window: int,
-            seg_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each cue (start, end): label 1 rule win, 0 prior win, -1 no event; returns (cue_starts, labels)."""
+            seg_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each cue (start, end): label 1 rule win, 0 prior win, -1 no event.
+
+    Returns:
+        ``(cue_starts, labels, choice_starts, choice_ends)``; the choice arrays hold the chosen
+        target/competitor's token span where ``labels >= 0`` (undefined elsewhere).
+    """
     c_start, c_end = cues
+    empty = np.zeros(c_start.size, np.int64)
     if c_start.size == 0:
-        return c_start, np.zeros(0, np.int8)
+        return c_start, np.zeros(0, np.int8), empty, empty
     t_s, t_e = targets
     p_s, p_e = competitors
     starts = np.concatenate((t_s, p_s))
@@ -579,25 +693,19 @@ def _events(cues: tuple[np.ndarray, np.ndarray], targets, competitors, *, direct
     lengths = ends - starts
     out = np.full(c_start.size, -1, np.int8)
     if starts.size == 0:
-        return c_start, out
+        return c_start, out, empty, empty
+    key = starts if direction == "after" else ends
+    # nearest first; at a tie the longer form wins (it contains the shorter one)
+    order = np.lexsort((-lengths, key))
+    key, lab, s_sorted, e_sorted = key[order], labels[order], starts[order], ends[order]
+    first = np.concatenate(([True], key[1:] != key[:-1]))
+    key, lab, s_sorted, e_sorted = key[first], lab[first], s_sorted[first], e_sorted[first]
     if direction == "after":
-        key = starts
-        # nearest start first; at a tie the longer form wins (it contains the shorter one)
-        order = np.lexsort((-lengths, key))
-        key, lab = key[order], labels[order]
-        first = np.concatenate(([True], key[1:] != key[:-1]))
-        key, lab = key[first], lab[first]
         j = np.searchsorted(key, c_end + 1, side="left")
         valid = j < key.size
         jj = np.minimum(j, key.size - 1)
         valid &= key[jj] <= c_end + window
     else:
-        key = ends
-        order = np.lexsort((-lengths, key))
-        key, lab = key[order], labels[order]
-        # several choices ending at one position: keep the longest (sorted first in its run)
-        first = np.concatenate(([True], key[1:] != key[:-1]))
-        key, lab = key[first], lab[first]
         j = np.searchsorted(key, c_start, side="left") - 1
         valid = j >= 0
         jj = np.maximum(j, 0)
@@ -605,7 +713,86 @@ def _events(cues: tuple[np.ndarray, np.ndarray], targets, competitors, *, direct
     same_doc = np.searchsorted(seg_starts, key[jj], side="right") == np.searchsorted(seg_starts, c_start, side="right")
     valid &= same_doc
     out[valid] = lab[jj[valid]]
-    return c_start, out
+    return c_start, out, s_sorted[jj], e_sorted[jj]
+
+
+def _chain(matches: Sequence[tuple[np.ndarray, np.ndarray]], cats: Sequence[int], pos: np.ndarray, ok: np.ndarray,
+           *, forward: bool) -> np.ndarray:
+    """Advance ``pos`` over an adjacent chain of word classes (forward: each class's match starts
+    at ``pos``; backward, classes in reverse: it ends at ``pos``); clears ``ok`` where it fails.
+
+    Whole-word matches of one class never nest (`_drop_contained`), so starts and ends are each
+    sorted and unique and one `searchsorted` finds the match."""
+    for cat in (cats if forward else reversed(cats)):
+        m_s, m_e = matches[cat]
+        if m_s.size == 0:
+            ok[:] = False
+            return pos
+        key, other = (m_s, m_e) if forward else (m_e, m_s)
+        j = np.minimum(np.searchsorted(key, pos), key.size - 1)
+        ok &= key[j] == pos
+        pos = np.where(ok, other[j] + 1 if forward else other[j] - 1, pos)
+    return pos
+
+
+def _in_frame(frame_cats: Sequence[int | None], elements: Sequence[Any], matches, *, cue: tuple[np.ndarray, np.ndarray],
+              choice: tuple[np.ndarray, np.ndarray], seg_starts: np.ndarray) -> np.ndarray:
+    """Which events (cue span, chosen form span) stand in the frame: the frame's words fill the
+    positions around and between the two anchors, whole-word and adjacent, ``...`` matching
+    any tokens (the earliest placement of each chunk, which is exact for gapped subsequences)."""
+    i_cue, i_cand = elements.index(FRAME_CUE), elements.index(FRAME_CANDIDATE)
+    (l_s, l_e), (r_s, r_e) = (cue, choice) if i_cue < i_cand else (choice, cue)
+    lo, hi = sorted((i_cue, i_cand))
+    ok = np.ones(l_s.size, bool)
+    seg = np.searchsorted(seg_starts, l_s, side="right")
+    before = [c for c in frame_cats[:lo]]
+    after = [c for c in frame_cats[hi + 1:]]
+    if before:
+        p = _chain(matches, before, l_s - 1, ok, forward=False)
+        ok &= (p + 1 >= 0) & (np.searchsorted(seg_starts, np.maximum(p + 1, 0), side="right") == seg)
+    if after:
+        p = _chain(matches, after, r_e + 1, ok, forward=True)
+        ok &= np.searchsorted(seg_starts, p - 1, side="right") == seg
+    middle = list(zip(elements[lo + 1:hi], frame_cats[lo + 1:hi]))
+    # chunks of adjacent classes, split at "..."
+    chunks: list[list[int]] = [[]]
+    for e, c in middle:
+        if e == FRAME_GAP:
+            chunks.append([])
+        else:
+            chunks[-1].append(c)
+    if len(chunks) == 1:  # no gap: the tokens between are exactly the chain
+        p = _chain(matches, chunks[0], l_e + 1, ok, forward=True)
+        return ok & (p == r_s)
+    head, *inner, tail = chunks
+    p = _chain(matches, head, l_e + 1, ok, forward=True)
+    q = _chain(matches, tail, r_s - 1, ok, forward=False)  # q: last free position before the tail
+    if not inner:
+        return ok & (p <= q + 1)
+    for idx in np.flatnonzero(ok):
+        at, limit = int(p[idx]), int(q[idx])
+        for chunk in inner:
+            at = _earliest(matches, chunk, at, limit)
+            if at < 0:
+                ok[idx] = False
+                break
+        else:
+            ok[idx] = at <= limit + 1
+    return ok
+
+
+def _earliest(matches, chunk: Sequence[int], at: int, limit: int) -> int:
+    """Position just after the earliest placement of an adjacent chunk inside [at, limit], or -1."""
+    m_s, _ = matches[chunk[0]]
+    j = int(np.searchsorted(m_s, at))
+    while j < m_s.size and m_s[j] <= limit:
+        pos = np.array([m_s[j]])
+        ok = np.ones(1, bool)
+        end = _chain(matches, chunk, pos, ok, forward=True)
+        if ok[0] and end[0] - 1 <= limit:
+            return int(end[0])
+        j += 1
+    return -1
 
 
 class _Tally:
@@ -635,20 +822,34 @@ class _Tally:
 
 def _count_block(matcher: _Matcher, ids: np.ndarray, seg_starts: np.ndarray, *, offset: int, core: tuple[int, int],
                  window: int, tallies: list[_Tally], window_tokens: int, limit: int | None = None) -> None:
+    """Count one block into ``tallies`` (per rule: the corpus-wide tally, then one per frame)."""
     matches = matcher.match(ids, seg_starts)
     lo, hi = core
     if limit is not None:  # cues at or past the limit are never trained on
         hi = min(hi, max(limit - offset, lo))
+    t = 0
     for r, rule in enumerate(matcher.rules):
         cue, tgt, comp = matches[3 * r : 3 * r + 3]
         keep = (cue[0] >= lo) & (cue[0] < hi)
         cue = (cue[0][keep], cue[1][keep])
-        c_start, lab = _events(cue, tgt, comp, direction=rule.direction, window=window, seg_starts=seg_starts)
-        g = c_start + offset
-        k = g // window_tokens
-        tallies[r].add(0, k)
-        tallies[r].add(1, k[lab == 1])
-        tallies[r].add(2, k[lab == 0])
+        c_start, lab, ch_s, ch_e = _events(cue, tgt, comp, direction=rule.direction, window=window,
+                                           seg_starts=seg_starts)
+        k = (c_start + offset) // window_tokens
+        tallies[t].add(0, k)
+        tallies[t].add(1, k[lab == 1])
+        tallies[t].add(2, k[lab == 0])
+        t += 1
+        ev = lab >= 0
+        for f, fr in enumerate(rule.frames):
+            inside = np.zeros(lab.size, bool)
+            if ev.any():
+                inside[ev] = _in_frame(matcher.frame_cats[r][f], fr.elements, matches,
+                                       cue=(cue[0][ev], cue[1][ev]), choice=(ch_s[ev], ch_e[ev]),
+                                       seg_starts=seg_starts)
+            tallies[t].add(0, k[inside])
+            tallies[t].add(1, k[inside & (lab == 1)])
+            tallies[t].add(2, k[inside & (lab == 0)])
+            t += 1
 
 
 # --- token-stream sources ----------------------------------------------------------------------
@@ -824,16 +1025,18 @@ def count_token_stream(
         progress: show a tqdm bar.
 
     Returns:
-        ``{rule: {"cues", "rule_wins", "prior_wins"}}`` -> int64 arrays per stream window.
+        ``{rule: {"cues", "rule_wins", "prior_wins", "n_tokens", "frames"}}``: int64 arrays per
+        stream window; ``"frames"`` maps each frame name to the same three arrays counted over
+        the events inside that frame.
     """
     from tqdm.auto import tqdm
 
     matcher = _Matcher(rules, vocab)
-    halo = window + 2 * matcher.max_len + 2
+    halo = window + 2 * matcher.max_len + matcher.frame_extent + 2
     n = int(tokens.shape[0])
     n_count = n if token_limit is None else min(n, token_limit)
     state = _State(state_file, _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens))
-    tallies, begin, _ = state.load(len(rules))
+    tallies, begin, _ = state.load(_n_tallies(rules))
     with tqdm(total=n_count, initial=begin, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
         for block in _indexed_blocks(tokens, doc_offsets, halo=halo, block_tokens=block_tokens, end=n_count,
                                      begin=begin, offset_unit=offset_unit):
@@ -890,12 +1093,22 @@ class _State:
             self.path.unlink(missing_ok=True)
 
 
-def _finish(rules, tallies, n_tokens: int, window_tokens: int) -> dict[str, dict[str, np.ndarray]]:
+def _n_tallies(rules: Sequence[CompiledRule]) -> int:
+    return sum(1 + len(r.frames) for r in rules)
+
+
+def _finish(rules, tallies, n_tokens: int, window_tokens: int) -> dict[str, dict[str, Any]]:
+    """Per rule: corpus-wide counts per stream window, and under ``"frames"`` the same per frame."""
     n_win = max(math.ceil(n_tokens / window_tokens), 1)
     out = {}
-    for rule, t in zip(rules, tallies):
-        cues, wins, losses = t.totals(n_win)
-        out[rule.name] = {"cues": cues, "rule_wins": wins, "prior_wins": losses, "n_tokens": np.int64(n_tokens)}
+    it = iter(tallies)
+    for rule in rules:
+        cues, wins, losses = next(it).totals(n_win)
+        out[rule.name] = {"cues": cues, "rule_wins": wins, "prior_wins": losses, "n_tokens": np.int64(n_tokens),
+                          "frames": {}}
+        for fr in rule.frames:
+            f_cues, f_wins, f_losses = next(it).totals(n_win)
+            out[rule.name]["frames"][fr.name] = {"cues": f_cues, "rule_wins": f_wins, "prior_wins": f_losses}
     return out
 
 
@@ -1048,7 +1261,7 @@ def count_support(
         matcher = _Matcher(compiled, vocab)
         state = _State(state_file, _state_key(compiled, _source_identity(path), text_field, w, wt, token_limit,
                                               block_tokens))
-        tallies, docs_done, n = state.load(len(compiled))
+        tallies, docs_done, n = state.load(_n_tallies(compiled))
         with tqdm(total=total, initial=docs_done, unit="doc", disable=not progress, desc="support") as bar:
             for block in _text_blocks(docs, tok, block_tokens=block_tokens, progress=bar, offset=n,
                                       docs_done=docs_done):
@@ -1064,36 +1277,48 @@ def count_support(
                   window_steps=window_steps, mode=mode, window=w, unmatched=unmatched)
 
 
+def support_ratio(wins: int, losses: int) -> tuple[float, str]:
+    """``((wins + 1) / (losses + 1), "")``, or ``(nan, "no events")`` when both are 0: an empty
+    row is no evidence of parity."""
+    if wins == 0 and losses == 0:
+        return float("nan"), NO_EVENTS
+    return (wins + 1) / (losses + 1), ""
+
+
+WINDOWED_COLUMNS = ["rule", "frame", "scope", "window", "token_start", "token_end", "window_start_step",
+                    "window_end_step", "cues", "rule_wins", "prior_wins", "no_event", "ratio", "note", "direction",
+                    "mode", "W", "unmatched"]
+
+
+def _step_bounds(k: int | None, n_tok: int, *, window_tokens, tokens_per_step, window_steps) -> dict[str, Any]:
+    last_step = int(math.ceil(n_tok / tokens_per_step)) if tokens_per_step else None
+    if k is None:
+        return dict(scope="overall", window=None, token_start=0, token_end=n_tok,
+                    window_start_step=0 if tokens_per_step else None, window_end_step=last_step)
+    return dict(scope="window", window=int(k), token_start=int(k * window_tokens),
+                token_end=int(min((k + 1) * window_tokens, n_tok)),
+                window_start_step=int(k * window_steps) if tokens_per_step else None,
+                window_end_step=min(int((k + 1) * window_steps), last_step) if tokens_per_step else None)
+
+
 def _frame(compiled, counts, *, window_tokens, tokens_per_step, window_steps, mode, window, unmatched) -> pd.DataFrame:
     rows = []
+    bounds = dict(window_tokens=window_tokens, tokens_per_step=tokens_per_step, window_steps=window_steps)
     for rule in compiled:
-        c = counts[rule.name]
-        n_tok = int(c["n_tokens"])
+        c_rule = counts[rule.name]
+        n_tok = int(c_rule["n_tokens"])
         miss = "; ".join(str(u) for u in rule.unmatched)
-        base = dict(rule=rule.name, direction=rule.direction, mode=mode, W=window, unmatched=miss)
-        k_all = np.arange(c["cues"].size)
-        last_step = int(math.ceil(n_tok / tokens_per_step)) if tokens_per_step else None
-        per = [
-            dict(scope="window", window=int(k), token_start=int(k * window_tokens),
-                 token_end=int(min((k + 1) * window_tokens, n_tok)),
-                 window_start_step=int(k * window_steps) if tokens_per_step else None,
-                 window_end_step=min(int((k + 1) * window_steps), last_step) if tokens_per_step else None,
-                 cues=int(c["cues"][k]), rule_wins=int(c["rule_wins"][k]), prior_wins=int(c["prior_wins"][k]))
-            for k in k_all
-        ]
-        overall = dict(scope="overall", window=None, token_start=0, token_end=n_tok,
-                       window_start_step=0 if tokens_per_step else None,
-                       window_end_step=last_step,
-                       cues=int(c["cues"].sum()), rule_wins=int(c["rule_wins"].sum()),
-                       prior_wins=int(c["prior_wins"].sum()))
-        for row in [overall, *per]:
-            row.update(base)
-            row["no_event"] = row["cues"] - row["rule_wins"] - row["prior_wins"]
-            row["ratio"] = (row["rule_wins"] + 1) / (row["prior_wins"] + 1)
-            rows.append(row)
-    cols = ["rule", "scope", "window", "token_start", "token_end", "window_start_step", "window_end_step",
-            "cues", "rule_wins", "prior_wins", "no_event", "ratio", "direction", "mode", "W", "unmatched"]
-    frame = pd.DataFrame(rows, columns=cols)
+        for fname, c in ((OVERALL_FRAME, c_rule), *c_rule["frames"].items()):
+            base = dict(rule=rule.name, frame=fname, direction=rule.direction, mode=mode, W=window, unmatched=miss)
+            for k in (None, *range(c["cues"].size)):
+                sl = slice(None) if k is None else k
+                row = dict(base, **_step_bounds(k, n_tok, **bounds),
+                           cues=int(np.sum(c["cues"][sl])), rule_wins=int(np.sum(c["rule_wins"][sl])),
+                           prior_wins=int(np.sum(c["prior_wins"][sl])))
+                row["no_event"] = row["cues"] - row["rule_wins"] - row["prior_wins"]
+                row["ratio"], row["note"] = support_ratio(row["rule_wins"], row["prior_wins"])
+                rows.append(row)
+    frame = pd.DataFrame(rows, columns=WINDOWED_COLUMNS)
     for col in ("window", "window_start_step", "window_end_step"):
         frame[col] = frame[col].astype("Int64")
     frame.attrs["unmatched"] = [str(u) for u in unmatched]

@@ -463,15 +463,29 @@ def test_mini_corpus_counts_equal_ground_truth(tmp_path):
                                   config=config, train=train)
     truth = pd.read_csv(out / corpus_mod.GROUND_TRUTH_FILE)
     frame = count_support(out, "all", progress=False)
-    got = frame[frame.scope == "window"]
+    assert_counts_equal_ground_truth(frame, truth)
+
+
+def assert_counts_equal_ground_truth(frame, truth):
+    """Window by window: corpus-wide counts equal the generator's events, and the `conflict`
+    frame's counts equal its conflict-frame sentences' events."""
     keys = ["rule", "window_start_step", "window_end_step"]
-    merged = truth.merge(got[keys + ["rule_wins", "prior_wins"]], on=keys, how="outer",
-                         suffixes=("_truth", "_counted"), indicator=True)
-    assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"]
+    for frame_name, cols in (("", ("rule_wins", "prior_wins")),
+                             ("conflict", ("conflict_rule_wins", "conflict_prior_wins"))):
+        got = frame[(frame.scope == "window") & (frame.frame.fillna("") == frame_name)]
+        got = got[keys + ["rule_wins", "prior_wins"]].rename(columns=dict(zip(("rule_wins", "prior_wins"), cols)))
+        merged = truth[keys + list(cols)].merge(got, on=keys, how="outer", suffixes=("_truth", "_counted"),
+                                                indicator=True)
+        assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"]
+        for col in cols:
+            assert (merged[f"{col}_truth"] == merged[f"{col}_counted"]).all(), (frame_name, merged)
     assert set(truth.rule) == {"pronoun_gender", "reflexive_gender", "indefinite_article", "subject_verb_agreement"}
-    assert (merged.rule_wins_truth == merged.rule_wins_counted).all(), merged
-    assert (merged.prior_wins_truth == merged.prior_wins_counted).all(), merged
     assert truth.prior_wins.sum() > 0 and truth.rule_wins.sum() > 0
+    # every rule's conflict frame holds events, both kinds occur, and the frame is not the corpus
+    per_rule = truth.groupby("rule").sum(numeric_only=True)
+    assert (per_rule.conflict_rule_wins + per_rule.conflict_prior_wins > 0).all(), per_rule
+    assert per_rule.conflict_rule_wins.sum() > 0 and per_rule.conflict_prior_wins.sum() > 0
+    assert (per_rule.conflict_rule_wins < per_rule.rule_wins).all()
 
 
 def test_benchmark_runs_small():
