@@ -83,7 +83,7 @@ ROLES = ("cues", "targets", "competitors")
 _RULE_KEYS = {"name", "description", "direction", "cues", "targets", "competitors", "lexicon", "frames"}
 # Frame pattern placeholders (rule YAML `frames:`): the cue, the chosen form, any tokens.
 FRAME_CUE, FRAME_CANDIDATE, FRAME_GAP = "<cue>", "<candidate>", "..."
-OVERALL_FRAME = ""  # the `frame` of corpus-wide rows
+CORPUS_FRAME = "corpus"  # the `frame` of corpus-wide rows (every event, in any context)
 NO_EVENTS = "no events"  # the note of a row with 0 events on both sides (ratio is NaN, not parity)
 # Mini-suite corpus folder layout (docs/ARCHITECTURE.md): names owned by the generator.
 _CORPUS_TOKENS, _CORPUS_META = _mini_corpus.TOKENS_FILE, _mini_corpus.CORPUS_META_FILE
@@ -255,6 +255,9 @@ def _frames(spec: Any, *, rule: str, direction: str, source: str, lexicon_fn, pr
     out = []
     for fname, elems in spec.items():
         where = f"{source}: rule {rule!r} frame {fname!r}"
+        if fname == CORPUS_FRAME:
+            problems.append(f"{where}: the name {CORPUS_FRAME!r} is reserved for the corpus-wide rows; rename it")
+            continue
         if not isinstance(elems, list) or not elems:
             problems.append(f"{where}: expected a non-empty list like [<cue>, because, <candidate>]")
             continue
@@ -1029,22 +1032,19 @@ def count_token_stream(
         stream window; ``"frames"`` maps each frame name to the same three arrays counted over
         the events inside that frame.
     """
-    from tqdm.auto import tqdm
-
     matcher = _Matcher(rules, vocab)
     halo = window + 2 * matcher.max_len + matcher.frame_extent + 2
     n = int(tokens.shape[0])
     n_count = n if token_limit is None else min(n, token_limit)
-    state = _State(state_file, _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens))
-    tallies, begin, _ = state.load(_n_tallies(rules))
-    with tqdm(total=n_count, initial=begin, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
-        for block in _indexed_blocks(tokens, doc_offsets, halo=halo, block_tokens=block_tokens, end=n_count,
-                                     begin=begin, offset_unit=offset_unit):
-            _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
-                         window=window, tallies=tallies, window_tokens=window_tokens, limit=n_count)
-            bar.update(block.core[1] - block.core[0])
-            state.save(tallies, position=block.resume, offset=block.resume)
-    state.done()
+    key = _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens)
+
+    def block_fn(block: _Block, tallies: list[_Tally], limit: int | None) -> None:
+        _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
+                     window=window, tallies=tallies, window_tokens=window_tokens, limit=limit)
+
+    tallies, n_count = _run_stream(tokens, doc_offsets, block_fn, _n_tallies(rules), halo=halo, key=key,
+                                   block_tokens=block_tokens, token_limit=token_limit, state_file=state_file,
+                                   offset_unit=offset_unit, progress=progress)
     return _finish(rules, tallies, n_count, window_tokens)
 
 
@@ -1188,17 +1188,63 @@ def count_support(
 
         count_support("web.jsonl", "pronoun_gender", tokenizer="tokenizer.json", mode="bigram")
     """
-    from tqdm.auto import tqdm
-
     if mode not in SUPPORT_MODES:
         raise ConfigError(f"mode must be one of {SUPPORT_MODES}, got {mode!r}")
     if window < 1:
         raise ConfigError(f"window must be >= 1 token, got {window}")
     w = 1 if mode == "bigram" else int(window)
-    path = Path(corpus)
     rule_defs = load_rules(rules)
 
-    # what kind of input
+    inp = _resolve_input(corpus, tokenizer=tokenizer, tokens_per_step=tokens_per_step, window_steps=window_steps,
+                         window_tokens=window_tokens, token_limit=token_limit)
+    compiled, vocab = compile_rules(rule_defs, inp.tokenizer, multi_token=multi_token)
+    unmatched = [u for r in compiled for u in r.unmatched]
+    if unmatched:
+        msg = "; ".join(str(u) for u in unmatched)
+        if strict:
+            raise TokenizationError(f"unmatched rule words: {msg}; fix the rule file or the tokenizer")
+        warnings.warn(f"unmatched rule words (they count zero): {msg}", SupportCueWarning, stacklevel=2)
+
+    if inp.indexed_prefix is not None:
+        ds = _open_stream(inp.indexed_prefix)
+        # documents = idx items; their byte pointers are read lazily near each block
+        counts = count_token_stream(ds.tokens, ds.pointers, compiled, vocab, offset_unit=ds.dtype.itemsize,
+                                    window=w, window_tokens=inp.window_tokens,
+                                    block_tokens=block_tokens, token_limit=inp.token_limit, progress=progress,
+                                    state_file=state_file, state_key=_source_identity(data_path(inp.indexed_prefix)))
+    else:
+        matcher = _Matcher(compiled, vocab)
+        key = _state_key(compiled, _source_identity(inp.path), text_field, w, inp.window_tokens, inp.token_limit,
+                         block_tokens)
+
+        def block_fn(block: _Block, tallies: list[_Tally], limit: int | None) -> None:
+            _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
+                         window=w, tallies=tallies, window_tokens=inp.window_tokens, limit=limit)
+
+        tallies, n = _run_text(inp, block_fn, _n_tallies(compiled), key=key, text_field=text_field,
+                               block_tokens=block_tokens, state_file=state_file, progress=progress)
+        counts = _finish(compiled, tallies, n, inp.window_tokens)
+    return _frame(compiled, counts, window_tokens=inp.window_tokens, tokens_per_step=inp.tokens_per_step,
+                  window_steps=inp.window_steps, mode=mode, window=w, unmatched=unmatched)
+
+
+@dataclass(frozen=True)
+class _Input:
+    """A resolved corpus: where its tokens come from and how the stream maps to steps."""
+
+    path: Path
+    indexed_prefix: Path | None  # a .bin/.idx stream (else text-like, tokenized here)
+    tokenizer: Any
+    tokens_per_step: int | None
+    window_steps: int | None
+    window_tokens: int
+    token_limit: int | None
+
+
+def _resolve_input(corpus, *, tokenizer, tokens_per_step, window_steps, window_tokens, token_limit) -> _Input:
+    """Which kind of input, which tokenizer, and the window arithmetic (a mini corpus supplies
+    tokenizer, tokens per step, window steps and the trained-token limit from corpus.json)."""
+    path = Path(corpus)
     indexed_prefix = None
     meta: dict[str, Any] = {}
     if path.is_dir() and path.joinpath(_CORPUS_TOKENS + ".idx").is_file():
@@ -1236,45 +1282,57 @@ def count_support(
         wt = window_tokens or DEFAULT_SUPPORT_WINDOW_TOKENS
     if wt <= 0:
         raise ConfigError(f"window_tokens must be positive, got {wt}")
+    return _Input(path, indexed_prefix, tokenizer, tokens_per_step, window_steps, int(wt), token_limit)
 
-    compiled, vocab = compile_rules(rule_defs, tokenizer, multi_token=multi_token)
-    unmatched = [u for r in compiled for u in r.unmatched]
-    if unmatched:
-        msg = "; ".join(str(u) for u in unmatched)
-        if strict:
-            raise TokenizationError(f"unmatched rule words: {msg}; fix the rule file or the tokenizer")
-        warnings.warn(f"unmatched rule words (they count zero): {msg}", SupportCueWarning, stacklevel=2)
 
-    if indexed_prefix is not None:
-        ds = IndexedDataset(indexed_prefix)
-        if not ds.is_contiguous:
-            raise CorpusError(f"{indexed_prefix}.idx: items are not stored back to back in .bin; rewrite the "
-                              "dataset with IndexedDatasetWriter to get a flat stream")
-        # documents = idx items; their byte pointers are read lazily near each block
-        counts = count_token_stream(ds.tokens, ds.pointers, compiled, vocab, offset_unit=ds.dtype.itemsize,
-                                    window=w, window_tokens=wt,
-                                    block_tokens=block_tokens, token_limit=token_limit, progress=progress,
-                                    state_file=state_file, state_key=_source_identity(data_path(indexed_prefix)))
-    else:
-        tok = load_tokenizer(tokenizer)
-        docs, total = _text_documents(path, text_field=text_field)
-        matcher = _Matcher(compiled, vocab)
-        state = _State(state_file, _state_key(compiled, _source_identity(path), text_field, w, wt, token_limit,
-                                              block_tokens))
-        tallies, docs_done, n = state.load(_n_tallies(compiled))
-        with tqdm(total=total, initial=docs_done, unit="doc", disable=not progress, desc="support") as bar:
-            for block in _text_blocks(docs, tok, block_tokens=block_tokens, progress=bar, offset=n,
-                                      docs_done=docs_done):
-                _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
-                             window=w, tallies=tallies, window_tokens=wt, limit=token_limit)
-                n = block.offset + block.ids.size
-                state.save(tallies, position=block.resume, offset=n)
-                if token_limit is not None and n >= token_limit:
-                    break
-        state.done()
-        counts = _finish(compiled, tallies, n if token_limit is None else min(n, token_limit), wt)
-    return _frame(compiled, counts, window_tokens=wt, tokens_per_step=tokens_per_step,
-                  window_steps=window_steps, mode=mode, window=w, unmatched=unmatched)
+def _open_stream(prefix: Path) -> IndexedDataset:
+    ds = IndexedDataset(prefix)
+    if not ds.is_contiguous:
+        raise CorpusError(f"{prefix}.idx: items are not stored back to back in .bin; rewrite the "
+                          "dataset with IndexedDatasetWriter to get a flat stream")
+    return ds
+
+
+def _run_text(inp: _Input, block_fn, n_tallies: int, *, key: str, text_field: str, block_tokens: int,
+              state_file, progress: bool) -> tuple[list[_Tally], int]:
+    """Tokenize a text-like input in document blocks and count each; resumable. Returns the
+    tallies and the number of stream tokens counted (capped at the token limit)."""
+    from tqdm.auto import tqdm
+
+    tok = load_tokenizer(inp.tokenizer)
+    docs, total = _text_documents(inp.path, text_field=text_field)
+    state = _State(state_file, key)
+    tallies, docs_done, n = state.load(n_tallies)
+    limit = inp.token_limit
+    with tqdm(total=total, initial=docs_done, unit="doc", disable=not progress, desc="support") as bar:
+        for block in _text_blocks(docs, tok, block_tokens=block_tokens, progress=bar, offset=n, docs_done=docs_done):
+            block_fn(block, tallies, limit)
+            n = block.offset + block.ids.size
+            state.save(tallies, position=block.resume, offset=n)
+            if limit is not None and n >= limit:
+                break
+    state.done()
+    return tallies, (n if limit is None else min(n, limit))
+
+
+def _run_stream(tokens: np.ndarray, doc_offsets: np.ndarray, block_fn, n_tallies: int, *, halo: int, key: str,
+                block_tokens: int, token_limit: int | None, state_file, offset_unit: int,
+                progress: bool) -> tuple[list[_Tally], int]:
+    """Count a flat token stream block by block (memmap: bounded memory); resumable."""
+    from tqdm.auto import tqdm
+
+    n = int(tokens.shape[0])
+    n_count = n if token_limit is None else min(n, token_limit)
+    state = _State(state_file, key)
+    tallies, begin, _ = state.load(n_tallies)
+    with tqdm(total=n_count, initial=begin, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
+        for block in _indexed_blocks(tokens, doc_offsets, halo=halo, block_tokens=block_tokens, end=n_count,
+                                     begin=begin, offset_unit=offset_unit):
+            block_fn(block, tallies, n_count)
+            bar.update(block.core[1] - block.core[0])
+            state.save(tallies, position=block.resume, offset=block.resume)
+    state.done()
+    return tallies, n_count
 
 
 def support_ratio(wins: int, losses: int) -> tuple[float, str]:
@@ -1308,7 +1366,7 @@ def _frame(compiled, counts, *, window_tokens, tokens_per_step, window_steps, mo
         c_rule = counts[rule.name]
         n_tok = int(c_rule["n_tokens"])
         miss = "; ".join(str(u) for u in rule.unmatched)
-        for fname, c in ((OVERALL_FRAME, c_rule), *c_rule["frames"].items()):
+        for fname, c in ((CORPUS_FRAME, c_rule), *c_rule["frames"].items()):
             base = dict(rule=rule.name, frame=fname, direction=rule.direction, mode=mode, W=window, unmatched=miss)
             for k in (None, *range(c["cues"].size)):
                 sl = slice(None) if k is None else k

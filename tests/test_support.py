@@ -274,8 +274,8 @@ def write_text_inputs(tmp_path, lines, tokenizer):
     return paths
 
 
-def overall(frame):
-    o = frame[frame.scope == "overall"].set_index("rule")
+def overall(frame, frame_name="corpus"):
+    o = frame[(frame.scope == "overall") & (frame.frame == frame_name)].set_index("rule")
     return {r: (int(o.loc[r, "cues"]), int(o.loc[r, "rule_wins"]), int(o.loc[r, "prior_wins"])) for r in o.index}
 
 
@@ -322,6 +322,7 @@ def test_step_windows_and_token_limit(tmp_path, tiny_tokenizer):
     paths = write_text_inputs(tmp_path, CORPUS_LINES * 4, tiny_tokenizer)
     f = count_support(paths["bin"], "pronoun_gender", tokenizer=tiny_tokenizer, tokens_per_step=16,
                       window_steps=5, progress=False)
+    f = f[f.frame == "corpus"]
     win = f[f.scope == "window"]
     assert (win.window_start_step == np.arange(len(win)) * 5).all()
     assert win.rule_wins.sum() == f[f.scope == "overall"].rule_wins.iloc[0]
@@ -334,7 +335,7 @@ def test_step_windows_and_token_limit(tmp_path, tiny_tokenizer):
     limit = 16 * 10
     g = count_support(paths["bin"], "pronoun_gender", tokenizer=tiny_tokenizer, tokens_per_step=16,
                       window_steps=5, token_limit=limit, progress=False)
-    gw = g[g.scope == "window"]
+    gw = g[(g.scope == "window") & (g.frame == "corpus")]
     assert len(gw) == 2
     assert list(gw.rule_wins) == list(win.rule_wins[:2]) and list(gw.prior_wins) == list(win.prior_wins[:2])
     with pytest.raises(ConfigError, match="needs tokens_per_step"):
@@ -413,9 +414,15 @@ def test_single_token_counter_reports_multi_token_words(tiny_tokenizer):
     multi = {w for w in lexicon()["female_names"]
              if all(len(tok.encode(t, add_special_tokens=False).ids) > 1 for t in (" " + w, w))}
     assert multi  # the tiny BPE splits most names
-    reported = {u.word for u in compiled.unmatched if u.word}
+    reported = {u.word for u in compiled.unmatched if u.word and u.role == "cues"}
     assert reported == multi
     assert all("needs" in u.reason for u in compiled.unmatched if u.word)
+    # frame words are reported the same way, under their own role
+    frame_words = {w for e in load_rules("pronoun_gender")[0].frames[0].elements if not isinstance(e, str)
+                   for w in e.words}
+    multi_frame = {w for w in frame_words if all(len(tok.encode(t, add_special_tokens=False).ids) > 1
+                                                 for t in (" " + w, w))}
+    assert {u.word for u in compiled.unmatched if u.role == "frames" and u.word} == multi_frame
 
 
 def test_cli(tmp_path, tiny_tokenizer, capsys):
@@ -470,9 +477,9 @@ def assert_counts_equal_ground_truth(frame, truth):
     """Window by window: corpus-wide counts equal the generator's events, and the `conflict`
     frame's counts equal its conflict-frame sentences' events."""
     keys = ["rule", "window_start_step", "window_end_step"]
-    for frame_name, cols in (("", ("rule_wins", "prior_wins")),
+    for frame_name, cols in (("corpus", ("rule_wins", "prior_wins")),
                              ("conflict", ("conflict_rule_wins", "conflict_prior_wins"))):
-        got = frame[(frame.scope == "window") & (frame.frame.fillna("") == frame_name)]
+        got = frame[(frame.scope == "window") & (frame.frame == frame_name)]
         got = got[keys + ["rule_wins", "prior_wins"]].rename(columns=dict(zip(("rule_wins", "prior_wins"), cols)))
         merged = truth[keys + list(cols)].merge(got, on=keys, how="outer", suffixes=("_truth", "_counted"),
                                                 indicator=True)
