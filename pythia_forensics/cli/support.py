@@ -20,7 +20,10 @@ def register(app: typer.Typer) -> None:
             None, "--tokens-per-step",
             help=f"Stored tokens per training step (Pythia's pre-shuffled document.bin: {PYTHIA_STORED_TOKENS_PER_STEP})."),
         window_steps: Optional[int] = typer.Option(None, "--window-steps", help="Training steps per window."),
-        mode: str = typer.Option("windowed", "--mode", help="windowed | bigram"),
+        mode: str = typer.Option("windowed", "--mode",
+                                 help="windowed | bigram | battery (the paper's battery bigram counter; needs --probes)"),
+        probes: Optional[str] = typer.Option(None, "--probes",
+                                             help="Probe set name, file or 'all' (battery mode: its items give the patterns)."),
         text_field: str = typer.Option("text", "--text-field", help="Text field/column of JSONL, Parquet, datasets."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write the table (.csv or .parquet)."),
         strict: bool = typer.Option(False, "--strict", help="Fail on any rule word the tokenizer cannot match."),
@@ -28,27 +31,40 @@ def register(app: typer.Typer) -> None:
         """Count rule-winning and prior-winning events per rule, overall and per window."""
         import warnings
 
-        from pythia_forensics.cli.common import console, err_console
-        from pythia_forensics.support import SupportCueWarning, count_support
+        from pythia_forensics.atomic import atomic_write
 
+        from pythia_forensics.cli.common import console, err_console
+        from pythia_forensics.errors import ConfigError
+        from pythia_forensics.support import BATTERY_MODE, SupportCueWarning, count_battery, count_support
+
+        if mode == BATTERY_MODE and probes is None:
+            raise ConfigError("--mode battery needs --probes (a probe set name, a file, or 'all')")
+        if mode != BATTERY_MODE and probes is not None:
+            raise ConfigError(f"--probes is only used by --mode battery (got --mode {mode})")
         with warnings.catch_warnings():
             # printed below from frame.attrs, once per word, instead of as a Python warning
             warnings.simplefilter("ignore", SupportCueWarning)
             # with --out, progress is saved next to it: rerunning after an interrupt resumes
             state = out.with_name(out.name + ".partial.json") if out is not None else None
-            frame = count_support(corpus, rules, window=window, tokenizer=tokenizer, tokens_per_step=tokens_per_step,
-                                  window_steps=window_steps, mode=mode, text_field=text_field, strict=strict,
-                                  state_file=state)
+            if mode == BATTERY_MODE:
+                frame = count_battery(corpus, probes, tokenizer=tokenizer, tokens_per_step=tokens_per_step,
+                                      window_steps=window_steps, text_field=text_field, state_file=state)
+            else:
+                frame = count_support(corpus, rules, window=window, tokenizer=tokenizer,
+                                      tokens_per_step=tokens_per_step, window_steps=window_steps, mode=mode,
+                                      text_field=text_field, strict=strict, state_file=state)
         for line in frame.attrs["unmatched"]:
             err_console.print(f"[yellow]unmatched:[/] {line}", highlight=False)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             if out.suffix == ".parquet":
-                frame.to_parquet(out, index=False)
+                atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
             else:
-                frame.to_csv(out, index=False)
+                atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
         overall = frame[frame.scope == "overall"]
-        cols = ["rule", "direction", "cues", "rule_wins", "prior_wins", "ratio"]
-        console.print(overall[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"), highlight=False)
+        cols = (["rule", "condition", "target_count", "foil_count", "ratio", "note"] if mode == BATTERY_MODE
+                else ["rule", "frame", "direction", "cues", "rule_wins", "prior_wins", "ratio", "note"])
+        console.print(overall[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-"),
+                      highlight=False)
         if out is not None:
             console.print(f"wrote {len(frame)} rows to {out}", highlight=False)
