@@ -224,4 +224,3 @@ BENCH_FILES = ("bench.md", "bench.csv")
 # the registered thresholds in analysis.yaml; these are the demo's own stricter bars.
 DEMO_COLLAPSE_FINAL_MAX = 0.2   # low-support rule ends at or below this held-out conflict acc
 DEMO_AGREE_MIN = 0.9            # its agree control ends at or above this
-DEMO_LOSS_JUMP_MAX = 0.05       # |mean loss after - before| around collapse onset, nats
