@@ -13,6 +13,7 @@ from pythia_forensics.constants import probes_dir
 from pythia_forensics.errors import ConfigError, CorpusError, TokenizationError
 from pythia_forensics.indexed import IndexedDatasetWriter
 from pythia_forensics.support import (
+    CompiledFrame,
     CompiledRule,
     SupportCueWarning,
     TokenForm,
@@ -23,6 +24,7 @@ from pythia_forensics.support import (
     count_token_stream,
     load_rules,
     load_tokenizer,
+    synthetic_stream,
 )
 
 # --- synthetic vocabulary: ids are "words"; 9 is a word-internal piece -----------------------
@@ -113,10 +115,13 @@ def test_no_space_form_needs_a_word_boundary_and_counts_once():
 
 # --- brute-force reference ----------------------------------------------------------------------
 def brute_force(docs, rules, vocab, window):
-    """A plain per-position loop over each document, written from the event definition."""
+    """A plain per-position loop over each document, written from the event definition; frames
+    by a depth-first search over placements of their words (adjacent unless "..." stands
+    between). Returns {rule: (cues, wins, losses)} and, per frame, {(rule, frame): (events, wins, losses)}."""
     out = {}
     for r in rules:
         cues = wins = losses = 0
+        framed = {fr.name: [0, 0, 0] for fr in r.frames}
         for doc in docs:
             n = len(doc)
 
@@ -135,23 +140,42 @@ def brute_force(docs, rules, vocab, window):
                         found.add((s, e))
                 return [x for x in found if not any(y != x and y[0] <= x[0] and x[1] <= y[1] for y in found)]
 
+            def in_frame(elements, cue, choice):
+                def place(i, prev_end, gap):
+                    if i == len(elements):
+                        return True
+                    e = elements[i]
+                    if e == "...":
+                        return place(i + 1, prev_end, True)
+                    spans = [cue] if e == "<cue>" else [choice] if e == "<candidate>" else occurrences(e)
+                    for s, t in spans:
+                        if (prev_end is None or s == prev_end + 1 or (gap and s > prev_end)) and place(i + 1, t, False):
+                            return True
+                    return False
+
+                return place(0, None, False)
+
             choices = [(s, e, 1) for s, e in occurrences(r.targets)] + [(s, e, 0) for s, e in occurrences(r.competitors)]
             for cs, ce in occurrences(r.cues):
                 cues += 1
                 if r.direction == "after":
-                    near = [(s, -(e - s), lab) for s, e, lab in choices if ce + 1 <= s <= ce + window]
-                    pick = min(near) if near else None
+                    near = [(s, -(e - s), lab, (s, e)) for s, e, lab in choices if ce + 1 <= s <= ce + window]
                 else:
-                    near = [(-e, -(e - s), lab) for s, e, lab in choices if cs - window <= e <= cs - 1]
-                    pick = min(near) if near else None
+                    near = [(-e, -(e - s), lab, (s, e)) for s, e, lab in choices if cs - window <= e <= cs - 1]
+                pick = min(near) if near else None
                 if pick is not None:
                     wins += pick[2] == 1
                     losses += pick[2] == 0
+                    for fr in r.frames:
+                        if in_frame(fr.elements, (cs, ce), pick[3]):
+                            framed[fr.name][0] += 1
+                            framed[fr.name][1 + (pick[2] == 0)] += 1
         out[r.name] = (cues, wins, losses)
+        out.update({(r.name, k): tuple(v) for k, v in framed.items()})
     return out
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_vectorised_counter_equals_brute_force(seed):
     rng = np.random.default_rng(seed)
     vocab = Vocab(12, rng.random(12) < 0.7, rng.random(12) < 0.7)
@@ -163,21 +187,37 @@ def test_vectorised_counter_equals_brute_force(seed):
             out.append(TokenForm("w", " w" if rng.random() < 0.5 else "w", ids))
         return tuple(out)
 
+    def frame(direction, k):
+        """A random frame: words before, between (with or without gaps) and after the anchors."""
+        between = [forms(1) if rng.random() < 0.7 else "..." for _ in range(rng.integers(0, 4))]
+        outside = [forms(1) for _ in range(rng.integers(0, 2))]
+        first, second = ("<cue>", "<candidate>") if direction == "after" else ("<candidate>", "<cue>")
+        elements = outside + [first] + between + [second] if k % 2 else [first] + between + [second] + outside
+        return CompiledFrame(f"f{k}", tuple(elements))
+
     def rule_forms(i):
+        direction = ("after", "before")[i % 2]
         cues, tgts = forms(3), forms(2)
         comps = tuple(f for f in forms(3) if f.ids not in {t.ids for t in tgts})  # a form is one side only
-        return CompiledRule(f"r{i}", ("after", "before")[i % 2], cues, tgts, comps)
+        return CompiledRule(f"r{i}", direction, cues, tgts, comps, frames=tuple(frame(direction, k) for k in range(3)))
 
     rules = [rule_forms(i) for i in range(3)]
-    docs = [list(rng.integers(0, 12, size=rng.integers(0, 40))) for _ in range(60)]
+    docs = [list(rng.integers(0, 12, size=rng.integers(0, 40))) for _ in range(150)]
     window = int(rng.integers(1, 8))
     tokens = np.array([t for d in docs for t in d], dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum([len(d) for d in docs])))
     # tiny blocks: every block edge and halo is exercised
     got = count_token_stream(tokens, offsets, rules, vocab, window=window, window_tokens=10**9, block_tokens=7)
     want = brute_force(docs, rules, vocab, window)
+    n_framed = 0
     for r in rules:
         assert totals(got, r.name) == want[r.name], r
+        for fr in r.frames:
+            c = got[r.name]["frames"][fr.name]
+            counted = (int(c["cues"].sum()), int(c["rule_wins"].sum()), int(c["prior_wins"].sum()))
+            assert counted == want[(r.name, fr.name)], (r.name, fr)
+            n_framed += counted[0]
+    assert n_framed > 0  # some events stood in some frame: the frame comparison meant something
 
 
 # --- real tokenizers, text formats and the .bin/.idx stream ------------------------------------------
@@ -495,9 +535,21 @@ def assert_counts_equal_ground_truth(frame, truth):
     assert (per_rule.conflict_rule_wins < per_rule.rule_wins).all()
 
 
-def test_benchmark_runs_small():
-    res = benchmark(200_000)
-    assert res["n_tokens"] == 200_000 and res["tokens_per_second"] > 0 and res["events"] > 0
+def test_benchmark_counts_what_an_independent_count_finds():
+    """The benchmark times the real counters: the events it reports for each mode equal a
+    brute-force count of the same synthetic stream (a stub or a skipped mode would not)."""
+    n = 20_000
+    tokens, offsets, rules, vocab, battery = synthetic_stream(n, seed=3)
+    res = benchmark(n, seed=3, window=16)
+    docs = [tokens[a:b].tolist() for a, b in zip(offsets[:-1], list(offsets[1:-1]) + [n])]
+    want = brute_force(docs, rules, vocab, 16)
+    assert res["modes"]["windowed"]["events"] == sum(want[r.name][1] + want[r.name][2] for r in rules) > 0
+    assert res["modes"]["in-frame"]["events"] == sum(want[(r.name, "frame")][0] for r in rules)
+    bigram = brute_force(docs, rules, vocab, 1)
+    assert res["modes"]["bigram"]["events"] == sum(bigram[r.name][1] + bigram[r.name][2] for r in rules)
+    seqs = sum(1 for d in docs for p in battery for i in range(len(d) - len(p) + 1) if tuple(d[i:i + len(p)]) == p)
+    assert res["modes"]["battery"]["events"] == seqs > 0
+    assert set(res["modes"]) == {"windowed", "bigram", "in-frame", "battery"}
 
 
 # --- the mini corpus, small and demo-sized: battery counts and in-frame ground truth ------------
