@@ -224,3 +224,6 @@ BENCH_FILES = ("bench.md", "bench.csv")
 # the registered thresholds in analysis.yaml; these are the demo's own stricter bars.
 DEMO_COLLAPSE_FINAL_MAX = 0.2   # low-support rule ends at or below this held-out conflict acc
 DEMO_AGREE_MIN = 0.9            # its agree control ends at or above this
+# In-frame support is "below/above parity" only when the Clopper-Pearson interval of the rule's
+# share of in-frame events excludes 1/2 at this confidence (else: indistinguishable from parity)
+SUPPORT_PARITY_CONFIDENCE = 0.99

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from pythia_forensics.atomic import atomic_write
-from pythia_forensics.constants import DEMO_AGREE_MIN, DEMO_COLLAPSE_FINAL_MAX, MANIFEST_FILE
+from pythia_forensics.constants import (DEMO_AGREE_MIN, DEMO_COLLAPSE_FINAL_MAX, MANIFEST_FILE,
+                                        SUPPORT_PARITY_CONFIDENCE)
 
 SUPPORT_TABLE = "support.csv"
 IN_FRAME_TABLE = "support_in_frame.csv"
@@ -155,6 +156,19 @@ def demo_checks(analysis, suite: Path, in_frame: pd.DataFrame | None = None) -> 
     return measure_claims(metrics, cfg, {r: k["support"] for r, k in knobs.items()}, in_frame)
 
 
+def parity_side(wins: int, losses: int) -> tuple[str, tuple[float, float]]:
+    """"below", "above" or "at" parity: where the Clopper-Pearson interval (confidence
+    `SUPPORT_PARITY_CONFIDENCE`) of the rule's share of in-frame events lies against 1/2;
+    "at" also when there are no events. Returns the side and the interval."""
+    from scipy.stats import binomtest
+
+    if wins + losses == 0:
+        return "at", (float("nan"), float("nan"))
+    ci = binomtest(wins, wins + losses).proportion_ci(confidence_level=SUPPORT_PARITY_CONFIDENCE)
+    side = "below" if ci.high < 0.5 else "above" if ci.low > 0.5 else "at"
+    return side, (float(ci.low), float(ci.high))
+
+
 def _fate(row, cfg) -> str:
     """What happened to a rule in one model, from its metrics row (analysis thresholds)."""
     if pd.isna(row.emergence_step):
@@ -171,10 +185,12 @@ def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
 
     Claims: the rule with the lowest support emerges then collapses (agree control intact);
     its contrast margin crosses zero within `cfg.cm_lag_max_checkpoints` of the collapse; the
-    rule with the highest support survives; and, with `in_frame`, per rule: its measured
-    in-frame support is on the side of parity its fate says (below: collapses, above:
-    survives), and a rule that never emerges is one the corpus never shows at its conflict
-    frame's cue-to-form distance outside that frame.
+    rule with the highest support survives; and, with `in_frame`: per rule whose in-frame
+    support is decisively off parity (`parity_side`), below parity it collapses and above it
+    does not; per model, the rules the corpus shows at their conflict frame's cue-to-form
+    distance outside the frame emerge before the rules it shows there only inside the frame
+    (which is why subject_verb_agreement, whose rule frames put the verb next to the subject,
+    emerges late or never).
     """
     checks: list[Check] = []
     frame_rows = {} if in_frame is None else {r.rule: r for r in in_frame.itertuples()}
@@ -206,24 +222,40 @@ def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
             f"final {row.final_acc:.2f}, verdict {row.verdict_label}"))
     for rule, fr in sorted(frame_rows.items()):
         rows = metrics[metrics["rule"] == rule].sort_values("model")
-        if rows.empty:
+        side, (lo, hi) = parity_side(int(fr.rule_wins), int(fr.prior_wins))
+        if rows.empty or side == "at":
             continue
         fates = {r.model: _fate(r, cfg) for r in rows.itertuples()}
         said = ", ".join(f"{m} {f} ({v})" for m, f, v in zip(fates, fates.values(), rows["verdict_label"]))
-        support = (f"in-frame support {fr.ratio:.2f} ({fr.rule_wins}:{fr.prior_wins} rule:prior wins, knob "
-                   f"{knobs.get(rule, float('nan'))})" if pd.notna(fr.ratio) else f"in-frame support: {fr.note}")
+        want = "collapses" if side == "below" else "does not collapse"
         emerged = [f for f in fates.values() if f != "never emerged"]
-        if emerged:
-            want = "collapsed" if fr.ratio < 1 else "survived"
-            checks.append(Check(
-                f"{rule}: fate follows in-frame support ({'below' if fr.ratio < 1 else 'above'} parity -> {want})",
-                bool(pd.notna(fr.ratio) and all(f == want for f in emerged)), f"{support}; {said}"))
-        outside = int(fr.rule_wins_at_distance_outside_frame)
+        if not emerged:  # nothing to follow; the emergence claim below speaks for it
+            continue
+        ok = all((f == "collapsed") == (side == "below") for f in emerged)
         checks.append(Check(
-            f"{rule}: emerges where, and only where, the corpus shows the rule at its conflict frame's "
-            f"cue-to-form distance ({fr.distance} tokens) outside the frame",
-            all((f != "never emerged") == (outside > 0) for f in fates.values()),
-            f"{outside} rule wins at >= {fr.distance} tokens outside the frame; {said}"))
+            f"{rule}: fate follows in-frame support ({side} parity -> {want})",
+            ok, f"in-frame {fr.rule_wins}:{fr.prior_wins} rule:prior wins, ratio {fr.ratio:.2f}, rule share "
+                f"{SUPPORT_PARITY_CONFIDENCE:.0%} CI [{lo:.2f}, {hi:.2f}]; {said}"))
+    for model, rows in metrics.groupby("model"):
+        shown, hidden = [], []
+        for r in rows.itertuples():
+            fr = frame_rows.get(r.rule)
+            if fr is None:
+                continue
+            step = float(r.emergence_step) if pd.notna(r.emergence_step) else float("inf")
+            (shown if fr.rule_wins_at_distance_outside_frame > 0 else hidden).append((step, r.rule, fr))
+        if not shown or not hidden:
+            continue
+
+        def say(items):
+            return ", ".join(f"{rule} @ {'never' if step == float('inf') else int(step)} "
+                             f"({fr.rule_wins_at_distance_outside_frame:,} outside, in-frame {fr.ratio:.2f})"
+                             for step, rule, fr in sorted(items))
+        checks.append(Check(
+            f"{model}: rules the corpus shows at their conflict frame's cue-to-form distance outside the frame "
+            "emerge before rules it shows there only inside the frame",
+            max(s for s, _, _ in shown) < min(s for s, _, _ in hidden),
+            f"emergence: {say(shown)} | {say(hidden)}"))
     return checks
 
 
@@ -263,9 +295,10 @@ def sweep_checks(analysis, suite: Path, rule: str,
 
 def sweep_claims(table: pd.DataFrame, *, rule: str, survive_min: float) -> tuple[list[Check], pd.DataFrame]:
     """The sweep's claims from its per-arm table (pure, so tests can make each one fail):
-    survival is monotone in measured in-frame support and flips once, the final margin rises
-    with it (Spearman rho > 0), and the flip lies at parity (every arm below parity collapses,
-    every arm above survives)."""
+    survival is monotone in measured in-frame support, the final margin rises with it
+    (Spearman rho > 0), and every arm below parity in the frame collapses, with one flip point
+    (reported: between the largest in-frame support that collapsed and the smallest that
+    survived)."""
     from scipy import stats
 
     key = "in_frame_ratio" if table["in_frame_ratio"].notna().all() else "support"
@@ -283,11 +316,12 @@ def sweep_claims(table: pd.DataFrame, *, rule: str, survive_min: float) -> tuple
               bool(rho > 0), f"rho = {rho:.3f}"),
     ]
     if key == "in_frame_ratio":
-        below, above = table[key] < 1, table[key] > 1
+        below = (table[key] < 1).to_numpy()
         checks.append(Check(
-            f"support sweep of {rule}: arms below parity in the frame collapse, arms above it survive",
-            bool((~survived[below.to_numpy()]).all() and survived[above.to_numpy()].all()),
-            f"fate flips between in-frame support {flip[0]:.2f} and {flip[1]:.2f}" if flip else "no single flip"))
+            f"support sweep of {rule}: every arm below parity in the frame collapses, and the fate flips once",
+            bool(below.any() and not survived[below].any() and flip is not None),
+            f"fate flips between in-frame support {flip[0]:.2f} and {flip[1]:.2f}" if flip
+            else "no single flip point"))
     return checks, table
 
 
