@@ -872,10 +872,12 @@ class _Block:
 
 
 def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, block_tokens: int,
-                    end: int | None = None, begin: int = 0, offset_unit: int = 1) -> Iterator[_Block]:
+                    end: int | None = None, begin: int = 0, offset_unit: int = 1,
+                    eod_id: int | None = None) -> Iterator[_Block]:
     """Blocks of a flat token stream with ``halo`` tokens of context on both sides; cores tile
     ``[begin, end)``. ``doc_offsets`` may be a memmap in units of ``offset_unit`` (an index's
-    byte pointers): only the slice near each block is read."""
+    byte pointers): only the slice near each block is read. With ``eod_id``, a document also
+    starts after every such token (Pythia's 2049-token items pack several documents)."""
     n = int(tokens.shape[0])
     end = n if end is None else min(end, n)
     for a in range(begin, end, block_tokens):
@@ -887,8 +889,10 @@ def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, b
         starts = np.maximum(starts, 0)
         # the block's first token lies inside some document: mark position 0 as its start so
         # searchsorted never returns segment 0 for in-document tokens
-        starts = np.unique(np.concatenate(([0], starts)))
-        yield _Block(np.asarray(tokens[lo:hi]), starts, lo, (a - lo, b - lo), resume=b)
+        ids = np.asarray(tokens[lo:hi])
+        extra = np.flatnonzero(ids[:-1] == eod_id) + 1 if eod_id is not None and ids.size else np.zeros(0, np.int64)
+        starts = np.unique(np.concatenate(([0], starts, extra)))
+        yield _Block(ids, starts, lo, (a - lo, b - lo), resume=b)
 
 
 def _text_documents(path: Path, *, text_field: str) -> tuple[Iterator[str], int | None]:
@@ -1015,6 +1019,7 @@ def count_token_stream(
     state_key: str = "",
     offset_unit: int = 1,
     progress: bool = False,
+    eod_id: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Count support events in a flat token array (memmap welcome) with document offsets.
 
@@ -1032,6 +1037,7 @@ def count_token_stream(
         offset_unit: a document starts at token ``doc_offsets[i] // offset_unit`` (pass an
             index's byte ``pointers`` and its token size to avoid materialising token offsets).
         progress: show a tqdm bar.
+        eod_id: a token that ends a document inside an item (events never cross it).
 
     Returns:
         ``{rule: {"cues", "rule_wins", "prior_wins", "n_tokens", "frames"}}``: int64 arrays per
@@ -1042,7 +1048,7 @@ def count_token_stream(
     halo = window + 2 * matcher.max_len + matcher.frame_extent + 2
     n = int(tokens.shape[0])
     n_count = n if token_limit is None else min(n, token_limit)
-    key = _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens)
+    key = _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens, eod_id)
 
     def block_fn(block: _Block, tallies: list[_Tally], limit: int | None) -> None:
         _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
@@ -1050,7 +1056,7 @@ def count_token_stream(
 
     tallies, n_count = _run_stream(tokens, doc_offsets, block_fn, _n_tallies(rules), halo=halo, key=key,
                                    block_tokens=block_tokens, token_limit=token_limit, state_file=state_file,
-                                   offset_unit=offset_unit, progress=progress)
+                                   offset_unit=offset_unit, progress=progress, eod_id=eod_id)
     return _finish(rules, tallies, n_count, window_tokens)
 
 
@@ -1154,8 +1160,10 @@ def count_support(
     state_file: str | os.PathLike | None = None,
     block_tokens: int = SUPPORT_BLOCK_TOKENS,
     progress: bool = True,
+    eod_id: int | None = None,
 ) -> pd.DataFrame:
-    """Count rule-winning and prior-winning events in a corpus, overall and per window.
+    """Count rule-winning and prior-winning events in a corpus, overall and per window,
+    corpus-wide and inside each frame the rules define (context-conditioned support).
 
     Args:
         corpus: a mini-suite corpus folder, a ``.bin``/``.idx`` prefix, a text/JSONL/Parquet
@@ -1180,12 +1188,18 @@ def count_support(
             same inputs and options (the CLI puts it next to ``--out``); removed on completion.
         block_tokens: tokens per processing block (bounds memory).
         progress: tqdm progress bar.
+        eod_id: in a ``.bin``/``.idx`` stream, a token id that ends a document inside an item
+            (Pythia's pre-shuffled items are 2049-token windows over EOD-joined documents: 0).
 
     Returns:
-        One row per (rule, scope): scope ``"overall"`` and one ``"window"`` row per stream
-        window, columns ``rule, scope, window, token_start, token_end, window_start_step,
-        window_end_step, cues, rule_wins, prior_wins, no_event, ratio, direction, mode, W,
-        unmatched``. ``frame.attrs["unmatched"]`` lists every unmatched word (strings).
+        One row per (rule, frame, scope): frame ``"corpus"`` counts every event, each frame
+        of the rule (rule YAML ``frames:``) counts the events standing in it; scope
+        ``"overall"`` and one ``"window"`` row per stream window. Columns ``rule, frame, scope,
+        window, token_start, token_end, window_start_step, window_end_step, cues, rule_wins,
+        prior_wins, no_event, ratio, note, direction, mode, W, unmatched``. In frame rows
+        ``cues`` counts the in-frame events. ``ratio`` is NaN and ``note`` "no events" when a
+        row has no events on either side. ``frame.attrs["unmatched"]`` lists every unmatched
+        word (strings).
 
     Raises:
         CorpusError: unreadable input or a missing text field.
@@ -1219,7 +1233,8 @@ def count_support(
         counts = count_token_stream(ds.tokens, ds.pointers, compiled, vocab, offset_unit=ds.dtype.itemsize,
                                     window=w, window_tokens=inp.window_tokens,
                                     block_tokens=block_tokens, token_limit=inp.token_limit, progress=progress,
-                                    state_file=state_file, state_key=_source_identity(data_path(inp.indexed_prefix)))
+                                    state_file=state_file, state_key=_source_identity(data_path(inp.indexed_prefix)),
+                                    eod_id=eod_id)
     else:
         matcher = _Matcher(compiled, vocab)
         key = _state_key(compiled, _source_identity(inp.path), text_field, w, inp.window_tokens, inp.token_limit,
@@ -1325,7 +1340,7 @@ def _run_text(inp: _Input, block_fn, n_tallies: int, *, key: str, text_field: st
 
 def _run_stream(tokens: np.ndarray, doc_offsets: np.ndarray, block_fn, n_tallies: int, *, halo: int, key: str,
                 block_tokens: int, token_limit: int | None, state_file, offset_unit: int,
-                progress: bool) -> tuple[list[_Tally], int]:
+                progress: bool, eod_id: int | None = None) -> tuple[list[_Tally], int]:
     """Count a flat token stream block by block (memmap: bounded memory); resumable."""
     from tqdm.auto import tqdm
 
@@ -1335,7 +1350,7 @@ def _run_stream(tokens: np.ndarray, doc_offsets: np.ndarray, block_fn, n_tallies
     tallies, begin, _ = state.load(n_tallies)
     with tqdm(total=n_count, initial=begin, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
         for block in _indexed_blocks(tokens, doc_offsets, halo=halo, block_tokens=block_tokens, end=n_count,
-                                     begin=begin, offset_unit=offset_unit):
+                                     begin=begin, offset_unit=offset_unit, eod_id=eod_id):
             block_fn(block, tallies, n_count)
             bar.update(block.core[1] - block.core[0])
             state.save(tallies, position=block.resume, offset=block.resume)
@@ -1509,6 +1524,7 @@ def count_battery(
     state_file: str | os.PathLike | None = None,
     block_tokens: int = SUPPORT_BLOCK_TOKENS,
     progress: bool = True,
+    eod_id: int | None = None,
 ) -> pd.DataFrame:
     """The paper's battery-derived bigram support: for every probe item the patterns
     ``" <last word of prefix>" + target`` and ``+ foil``, counted as exact token sequences
@@ -1516,7 +1532,7 @@ def count_battery(
 
     Args:
         corpus, tokenizer, tokens_per_step, window_steps, window_tokens, text_field, token_limit,
-            state_file, block_tokens, progress: as `count_support` (a pattern belongs to the
+            state_file, block_tokens, progress, eod_id: as `count_support` (a pattern belongs to the
             window, and the trained range, of its first token).
         probes: probe set name / file / ``"all"`` / `ProbeSet`.
 
@@ -1545,10 +1561,10 @@ def count_battery(
         ds = _open_stream(inp.indexed_prefix)
         n = ds.n_tokens
         key = _state_key((), key, _source_identity(data_path(inp.indexed_prefix)), n, wt, inp.token_limit,
-                         block_tokens)
+                         block_tokens, eod_id)
         tallies, n_tok = _run_stream(ds.tokens, ds.pointers, block_fn, len(seqs), halo=counter.max_len + 1, key=key,
                                      block_tokens=block_tokens, token_limit=inp.token_limit, state_file=state_file,
-                                     offset_unit=ds.dtype.itemsize, progress=progress)
+                                     offset_unit=ds.dtype.itemsize, progress=progress, eod_id=eod_id)
     else:
         key = _state_key((), key, _source_identity(inp.path), text_field, wt, inp.token_limit, block_tokens)
         tallies, n_tok = _run_text(inp, block_fn, len(seqs), key=key, text_field=text_field,

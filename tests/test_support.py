@@ -220,6 +220,38 @@ def test_vectorised_counter_equals_brute_force(seed):
     assert n_framed > 0  # some events stood in some frame: the frame comparison meant something
 
 
+def test_pythia_style_packed_stream_splits_documents_at_eod_and_items(tmp_path):
+    """Pythia's stored items are fixed-length windows over EOD-joined documents: with
+    `eod_id`, events never cross an EOD nor an item edge (the model never saw across either)."""
+    rng = np.random.default_rng(0)
+    eod, length = 0, 37
+    docs = [list(rng.choice([CUE, TGT, COMP, FILL, CUE2A, CUE2B], size=rng.integers(1, 30))) for _ in range(300)]
+    flat = [int(t) for d in docs for t in d + [eod]]
+    items = [flat[i:i + length] for i in range(0, len(flat), length)]
+    with IndexedDatasetWriter(tmp_path / "document", dtype=np.uint16) as w:
+        for item in items:
+            w.add_document(item)
+    from pythia_forensics.indexed import IndexedDataset
+
+    ds = IndexedDataset(tmp_path / "document")
+    segments = []
+    for item in items:  # split each item at its EOD tokens, by hand
+        cur = []
+        for t in item:
+            cur.append(t)
+            if t == eod:
+                segments.append(cur)
+                cur = []
+        segments.append(cur)
+    want = brute_force(segments, [rule()], VOCAB, 16)["r"]
+    got = count_token_stream(ds.tokens, ds.pointers, [rule()], VOCAB, offset_unit=2, eod_id=eod, block_tokens=50,
+                             window_tokens=10**9)
+    assert totals(got) == want and want[1] > 0 and want[2] > 0
+    joined = count_token_stream(ds.tokens, ds.pointers, [rule()], VOCAB, offset_unit=2, block_tokens=50,
+                                window_tokens=10**9)
+    assert totals(joined) != want  # without eod_id events do cross the EOD: the option matters here
+
+
 # --- real tokenizers, text formats and the .bin/.idx stream ------------------------------------------
 def lexicon():
     return yaml.safe_load((probes_dir() / "lexicon.yaml").read_text())

@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
             None, "--tokens-per-step",
             help=f"Stored tokens per training step (Pythia's pre-shuffled document.bin: {PYTHIA_STORED_TOKENS_PER_STEP})."),
         window_steps: Optional[int] = typer.Option(None, "--window-steps", help="Training steps per window."),
+        eod_id: Optional[int] = typer.Option(
+            None, "--eod-id",
+            help="Token id that ends a document inside a .bin/.idx item (Pythia's pre-shuffled files: 0)."),
         mode: str = typer.Option("windowed", "--mode",
                                  help="windowed | bigram | battery (the paper's battery bigram counter; needs --probes)"),
         probes: Optional[str] = typer.Option(None, "--probes",
@@ -48,11 +51,12 @@ def register(app: typer.Typer) -> None:
             state = out.with_name(out.name + ".partial.json") if out is not None else None
             if mode == BATTERY_MODE:
                 frame = count_battery(corpus, probes, tokenizer=tokenizer, tokens_per_step=tokens_per_step,
-                                      window_steps=window_steps, text_field=text_field, state_file=state)
+                                      window_steps=window_steps, text_field=text_field, state_file=state,
+                                      eod_id=eod_id)
             else:
                 frame = count_support(corpus, rules, window=window, tokenizer=tokenizer,
                                       tokens_per_step=tokens_per_step, window_steps=window_steps, mode=mode,
-                                      text_field=text_field, strict=strict, state_file=state)
+                                      text_field=text_field, strict=strict, state_file=state, eod_id=eod_id)
         for line in frame.attrs["unmatched"]:
             err_console.print(f"[yellow]unmatched:[/] {line}", highlight=False)
         if out is not None:
