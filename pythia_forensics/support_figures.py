@@ -30,7 +30,8 @@ FRAME_STYLES = {CORPUS_FRAME: dict(color=fg.PALETTE[5], linewidth=1.5, linestyle
                 CONFLICT_FRAME: dict(color=fg.PALETTE[1], linewidth=2.2, linestyle="-")}
 _OTHER_FRAME_COLORS = (fg.PALETTE[4], fg.PALETTE[3], fg.PALETTE[2])
 PARITY_LABEL = "parity: rule wins = prior wins"
-RATIO_LABEL = "support ratio (rule wins + 1) / (prior wins + 1), log scale"
+RATIO_LABEL = "support ratio (log scale)"
+RATIO_TITLE = "support per window: (rule wins + 1) / (prior wins + 1)"
 
 
 def _frame_order(frames: Sequence[str]) -> list[str]:
@@ -91,22 +92,23 @@ def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probese
         left.axhline(1.0, color="black", linewidth=0.9, linestyle=":", label=PARITY_LABEL)
         left.set_yscale("log")
         left.set_ylabel(RATIO_LABEL)
-        left.set_title("support per step window: above the line the rule wins")
+        left.set_title(RATIO_TITLE)
         lo, hi = left.get_ylim()
         left.set_ylim(min(lo, 0.5), max(hi, 2.0))  # parity always inside the axis
         for model in models:
             t = traj[(traj["model"] == model) & traj["used"]].sort_values("step")
             right.plot(t["step"], t["conflict_smooth"], color=colors[model], linewidth=1.5, label=model)
         right.set_ylim(-0.03, 1.03)
-        right.set_ylabel(fg.ACC_LABEL.replace("accuracy", "smoothed conflict accuracy"))
+        right.set_ylabel("smoothed conflict accuracy (fraction)")
         right.set_title("held-out conflict accuracy per model")
         steps = traj.loc[traj["used"], "step"] if traj["used"].any() else (
             np.concatenate(all_edges) if all_edges else [1])
         for ax in (left, right):
             fg._symlog(ax, steps)
             ax.set_xlabel(fg.STEP_LABEL)
-        left.legend(loc="best", fontsize=6.5, frameon=True, framealpha=0.85)
-        right.legend(loc="best", fontsize=6.5, frameon=True, framealpha=0.85)
+        # legends under the panels: inside they would hide the parity line or a trajectory
+        for ax in (left, right):
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, fontsize=6.5, frameon=False)
         fig.suptitle(f"{rule}: support frequency (corpus-wide and in the conflict frame) and behaviour")
     return fig
 
@@ -145,11 +147,12 @@ def sweep_figure(table: pd.DataFrame, *, rule: str) -> Figure:
             if flip is not None:
                 ax.axvspan(*flip, color=fg.PALETTE[2], alpha=0.15,
                            label=f"fate flips between {flip[0]:.2g} and {flip[1]:.2g}")
-            ax.set_xlabel("measured in-frame support ratio (rule wins + 1)/(prior wins + 1), log scale" if measured
+            ax.set_xlabel("measured in-frame support ratio (log scale)" if measured
                           else "support knob: P(rule wins in the conflict frame)")
         left.set_ylim(-0.05, 1.15)
         left.set_ylabel("final held-out conflict accuracy")
         right.set_ylabel(fg.CM_LABEL.replace("contrast margin", "final contrast margin"))
         fg._figure_legend(fig, (left, right))
-        fig.suptitle(f"{rule}: measured in-frame support decides the rule's fate (letters: verdict)")
+        fig.suptitle(f"{rule}: fate against measured in-frame support (rule wins + 1)/(prior wins + 1) "
+                     "(letters: verdict)")
     return fig
