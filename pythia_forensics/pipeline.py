@@ -243,18 +243,19 @@ def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
             if fr is None:
                 continue
             step = float(r.emergence_step) if pd.notna(r.emergence_step) else float("inf")
-            (shown if fr.rule_wins_at_distance_outside_frame > 0 else hidden).append((step, r.rule, fr))
+            (shown if fr.rule_wins_at_distance_outside_frame > 0 else hidden).append((step, r.rule, fr,
+                                                                                     r.verdict_label))
         if not shown or not hidden:
             continue
 
         def say(items):
-            return ", ".join(f"{rule} @ {'never' if step == float('inf') else int(step)} "
-                             f"({fr.rule_wins_at_distance_outside_frame:,} outside, in-frame {fr.ratio:.2f})"
-                             for step, rule, fr in sorted(items))
+            return ", ".join(f"{rule} @ {'never' if step == float('inf') else int(step)} ({verdict}; "
+                             f"{fr.rule_wins_at_distance_outside_frame:,} outside, in-frame {fr.ratio:.2f})"
+                             for step, rule, fr, verdict in sorted(items, key=lambda x: (x[0], x[1])))
         checks.append(Check(
             f"{model}: rules the corpus shows at their conflict frame's cue-to-form distance outside the frame "
             "emerge before rules it shows there only inside the frame",
-            max(s for s, _, _ in shown) < min(s for s, _, _ in hidden),
+            max(x[0] for x in shown) < min(x[0] for x in hidden),
             f"emergence: {say(shown)} | {say(hidden)}"))
     return checks
 

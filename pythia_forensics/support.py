@@ -17,6 +17,19 @@ tokens) is REPORTED by name (warning, ``unmatched`` column, ``frame.attrs["unmat
 paper's windowed counter silently counted zero because its girl-name cue class tokenized to
 nothing.
 
+Context-conditioned (in-frame) support: a rule may name ``frames`` -- whole-word patterns
+such as ``[<cue>, cried, because, <candidate>]`` or ``[<cue>, "...", because, <candidate>]`` --
+and every windowed event whose cue and chosen form stand in the frame is counted again under
+that frame's name (``frame`` column; ``"corpus"`` rows count every event). This isolates the
+frame where rule and prior conflict on any corpus; on the mini corpus the ``conflict`` frame
+recovers the generator's conflict-frame ground truth exactly.
+
+The paper's battery bigram counter (`count_battery`, ``support --mode battery --probes P``):
+for each probe item the patterns ``" <last word of prefix>" + target`` and ``+ foil`` are
+counted as exact token sequences, summed per (rule, condition) over the distinct patterns.
+
+A row with no events on either side has ratio NaN and note "no events" (never 1.0).
+
 Counting is vectorised numpy over token arrays: one table look-up marks every token that can
 start a cue/target/competitor form, the sparse candidates are verified per form, and
 ``np.searchsorted`` finds each cue's nearest choice. Inputs stream in blocks (bounded memory):
