@@ -904,7 +904,8 @@ def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, b
         # searchsorted never returns segment 0 for in-document tokens
         ids = np.asarray(tokens[lo:hi])
         extra = np.flatnonzero(ids[:-1] == eod_id) + 1 if eod_id is not None and ids.size else np.zeros(0, np.int64)
-        starts = np.unique(np.concatenate(([0], starts, extra)))
+        starts = np.sort(np.concatenate(([0], starts, extra)))  # np.unique's hashing is ~10x slower here
+        starts = starts[np.concatenate(([True], starts[1:] != starts[:-1]))]
         yield _Block(ids, starts, lo, (a - lo, b - lo), resume=b)
 
 
