@@ -376,6 +376,22 @@ def test_every_format_gives_the_same_counts_as_bin_idx(tmp_path, tiny_tokenizer,
     assert got["subject_verb_agreement"] == (3, 2, 1)  # dogs->were, cats->was, birds->were
 
 
+@pytest.mark.parametrize("mode", ["windowed", "bigram"])
+def test_no_events_is_an_empty_ratio_not_parity(tmp_path, tiny_tokenizer, run_cli, mode):
+    p = tmp_path / "c.txt"
+    p.write_text("Mia cried.\nThe dogs were happy.\n")  # a pronoun cue, no she/he at all
+    f = count_support(p, "all", tokenizer=tiny_tokenizer, mode=mode, progress=False)
+    pg = f[(f.rule == "pronoun_gender") & (f.frame == "corpus") & (f.scope == "overall")].iloc[0]
+    assert pg.cues == 1 and pg.rule_wins == pg.prior_wins == 0
+    assert np.isnan(pg.ratio) and pg.note == "no events"
+    sva = f[(f.rule == "subject_verb_agreement") & (f.frame == "corpus") & (f.scope == "overall")].iloc[0]
+    assert sva.ratio == 2.0 and sva.note == ""  # (1 + 1) / (0 + 1): events give a number
+    tok_dir = tmp_path / "tok"
+    tiny_tokenizer.save_pretrained(tok_dir)
+    code, out, _ = run_cli(["support", str(p), "--tokenizer", str(tok_dir), "--mode", mode, "--rules", "pronoun_gender"])
+    assert code == 0 and "no events" in out and "1.000" not in out
+
+
 def test_window_reaches_exactly_w_tokens(tmp_path, tiny_tokenizer):
     tok = load_tokenizer(tiny_tokenizer)
     line = "Mia" + " the" * 20 + " she"
