@@ -31,6 +31,8 @@ _API = {
     "count_support": "support",
     "check_health": "health",
     "audit": "audit",
+    "Monitor": "monitor",
+    "MonitorCallback": "monitor_hf",
 }
 
 __all__ = ["__version__", *_API]

@@ -11,20 +11,35 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write", "write_bytes", "write_json", "write_text"]
+__all__ = ["atomic_path", "atomic_write", "temp_owner", "write_bytes", "write_json", "write_text"]
 
 # Temporary names start with this prefix so that globbing readers ("*.parquet") skip them.
 TMP_PREFIX = ".tmp-"
 
 
 def _tmp_name(target: Path) -> Path:
-    # pid + thread id: two writers of one target (threads or processes) never share a temp file.
-    return target.with_name(f"{TMP_PREFIX}{target.name}.{os.getpid()}.{threading.get_ident()}")
+    # pid + thread id: two writers of one target (threads or processes) never share a temp file;
+    # the host lets a cleaner on a shared file system tell a dead local writer from a remote one.
+    # The name never ends in the target's suffix, so "*.parquet" globs (polars, DuckDB) skip it.
+    return target.with_name(f"{TMP_PREFIX}{target.name}.{os.getpid()}.{threading.get_ident()}@{socket.gethostname()}")
+
+
+def temp_owner(path: str | Path) -> tuple[str, int] | None:
+    """(host, pid) of the writer of a temporary file this module named, or None for other names."""
+    name = Path(path).name
+    if not name.startswith(TMP_PREFIX) or "@" not in name:
+        return None
+    stem, host = name[len(TMP_PREFIX):].rsplit("@", 1)
+    parts = stem.rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdecimal():
+        return None
+    return host, int(parts[1])
 
 
 def _fsync_dir(directory: Path) -> None:

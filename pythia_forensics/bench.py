@@ -57,11 +57,11 @@ from pythia_forensics.constants import (
     BENCH_SUPPORT_TOKENS,
     BENCH_TARGET_RATIOS,
     BENCH_WEIGHT_STD,
-    MANIFEST_FILE,
     STEP_DIR_PREFIX,
     neox_tokenizer_file,
 )
 from pythia_forensics.errors import PFError
+from pythia_forensics.manifest import Manifest, read_manifest, write_manifest
 
 __all__ = [
     "BenchShape", "BatteryStats", "RunResult", "bench_shapes", "build_suite", "build_battery",
@@ -128,9 +128,10 @@ def bench_shapes(names: Sequence[str] = BENCH_SHAPES, *, quick: bool = False) ->
 
 def _require_tokenizer() -> Path:
     path = neox_tokenizer_file()
-    if not path.exists():
+    if path is None or not path.is_file():
+        where = "PF_NEOX_TOKENIZER is not set" if path is None else f"GPT-NeoX-20B tokenizer not found at {path}"
         raise BenchmarkError(
-            f"GPT-NeoX-20B tokenizer not found at {path}: the benchmark needs Pythia's real tokenizer; "
+            f"{where}: the benchmark needs Pythia's real tokenizer; "
             "set PF_NEOX_TOKENIZER to its tokenizer.json"
         )
     return path
@@ -198,13 +199,12 @@ def build_suite(directory: str | Path, shape: BenchShape, *, revisions: int = BE
     model_dir = Path(directory) / shape.name
     steps = [1000 * (k + 1) for k in range(revisions)]
     recipe = {"shape": asdict(shape), "revisions": revisions, "seed": seed, "std": std}
-    manifest_path = model_dir / MANIFEST_FILE
-    if manifest_path.exists():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("bench") == recipe and all((model_dir / f"{STEP_DIR_PREFIX}{s}" / "model.safetensors").exists()
+    try:
+        old = read_manifest(model_dir)
+    except PFError:
+        old = None
+    if old is not None:
+        if old.bench == recipe and all((model_dir / f"{STEP_DIR_PREFIX}{s}" / "model.safetensors").exists()
                                               for s in steps):
             return model_dir
         shutil.rmtree(model_dir)
@@ -215,22 +215,19 @@ def build_suite(directory: str | Path, shape: BenchShape, *, revisions: int = BE
         out = model_dir / f"{STEP_DIR_PREFIX}{step}"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-    manifest = {
-        "model": shape.name, "params_total": shape.params_total, "params_nonembedding": shape.params_nonembedding,
-        "tokens_per_step": None, "layers": shape.layers, "d_model": shape.d_model, "heads": shape.heads,
-        "vocab_size": shape.vocab_size, "seed": seed, "steps": steps, "corpus": {}, "train": {},
-        "precision": "float32", "bench": recipe,
-    }
-    manifest_path.write_text(json.dumps(manifest, indent=2))  # last: marks the suite complete
+    write_manifest(model_dir, Manifest(  # last: marks the suite complete
+        model=shape.name, params_total=shape.params_total, params_nonembedding=shape.params_nonembedding,
+        layers=shape.layers, d_model=shape.d_model, heads=shape.heads, vocab_size=shape.vocab_size,
+        seed=seed, steps=tuple(steps), precision="float32", bench=recipe,
+    ))
     return model_dir
 
 
 def revision_dirs(model_dir: Path) -> list[Path]:
     """The `step<N>` folders of a model, in step order."""
-    from pythia_forensics.registry import step_of_revision
+    from pythia_forensics.registry import checkpoint_folders
 
-    dirs = [(step_of_revision(p.name), p) for p in Path(model_dir).iterdir() if p.is_dir()]
-    return [p for s, p in sorted((s, p) for s, p in dirs if s is not None)]
+    return [Path(model_dir) / name for name in checkpoint_folders(model_dir)]
 
 
 # --- the battery ------------------------------------------------------------------------------

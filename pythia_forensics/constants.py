@@ -7,36 +7,57 @@ monkeypatch them.
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
 # --- locations ---------------------------------------------------------------------------
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
-# Shipped probe sets and rule definitions (data, not code). Overridable for installed use.
-ENV_PROBES_DIR = "PF_PROBES_DIR"
-DEFAULT_PROBES_DIR = REPO_DIR / "probes"
-# Pythia's real GPT-NeoX-20B tokenizer, used by tests and Pythia-shaped benchmarks.
+# Everything read at run time ships inside the package (see `package_file`); the only other
+# default location is `./results` under the working directory. Nothing defaults to a path
+# beside the checkout: an installed wheel has no checkout.
+PACKAGE_NAME = "pythia_forensics"
+# Shipped probe sets, rule definitions and lexicon (data, not code): `data/probes/` in the package.
+PROBES_DATA_DIR = ("data", "probes")
+ENV_PROBES_DIR = "PF_PROBES_DIR"  # a folder laid out like data/probes/, used instead
+# Pythia's real GPT-NeoX-20B tokenizer (tests and Pythia-shaped benchmarks); no default: it is
+# not shipped, so a caller names it through this variable.
 ENV_TOKENIZER_FILE = "PF_NEOX_TOKENIZER"
-DEFAULT_TOKENIZER_FILE = REPO_DIR.parent / "shared" / "tokenizers" / "gpt-neox-20b.json"
 # Where the mini suite is trained to / reused from.
 ENV_MINI_DIR = "PF_MINI_DIR"
-DEFAULT_RESULTS_DIR = REPO_DIR / "results"
+# Relative on purpose: resolved against the working directory when a command runs.
+DEFAULT_RESULTS_DIR = Path("results")
+
+
+def package_file(*parts: str) -> Path:
+    """A file or folder shipped inside the package, found through `importlib.resources`.
+
+    pip unpacks wheels, so the resource is a real file and its path is returned as a `Path`.
+
+    Args:
+        parts: path components below the package folder, e.g. ``("suites", "pythia.yaml")``.
+
+    Returns:
+        The path (it may not exist: callers report what is missing).
+    """
+    return Path(os.fspath(importlib.resources.files(PACKAGE_NAME).joinpath(*parts)))
 
 
 def probes_dir() -> Path:
-    return Path(os.environ.get(ENV_PROBES_DIR, DEFAULT_PROBES_DIR))
+    """The probe data folder: `$PF_PROBES_DIR` if set, else the shipped `data/probes/`."""
+    override = os.environ.get(ENV_PROBES_DIR)
+    return Path(override).expanduser() if override else package_file(*PROBES_DATA_DIR)
 
 
-def neox_tokenizer_file() -> Path:
-    """Path of the GPT-NeoX-20B tokenizer.json (may not exist on a bare clone)."""
-    return Path(os.environ.get(ENV_TOKENIZER_FILE, DEFAULT_TOKENIZER_FILE))
+def neox_tokenizer_file() -> Path | None:
+    """Path of the GPT-NeoX-20B tokenizer.json named by `$PF_NEOX_TOKENIZER`, None if unset."""
+    value = os.environ.get(ENV_TOKENIZER_FILE)
+    return Path(value).expanduser() if value else None
 
 
 # --- probe schema ------------------------------------------------------------------------
 CONDITIONS = ("conflict", "agree")
 SPLITS = ("train", "heldout")
-# Probe files: `probes/<NAME>.yaml|.yml|.jsonl`; `all` loads every shipped set. Files in the
+# Probe files: `data/probes/<NAME>.yaml|.yml|.jsonl`; `all` loads every shipped set. Files in the
 # probes folder that are data but not batteries are skipped by `all`.
 PROBE_SUFFIXES = (".yaml", ".yml", ".jsonl")
 PROBE_SET_ALL = "all"
@@ -64,12 +85,12 @@ SCORING_TREE_MODEL_TYPES = ("gpt_neox", "llama", "olmo", "olmo2")
 SCORING_BATCH_ROW_TOKENS = 32
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
-# Log-sum-exp over the tokenizer's rows only ("tokenizer"), or over every row of the output
-# embedding ("all", what minicons and lm-eval do). Pythia pads its 50277-token vocabulary to
-# 50304 rows; the padding rows never occur as labels, so a probability over them is not a
-# probability of text. Default "tokenizer" (see scoring.py for the measured difference).
-VOCAB_ROWS = ("tokenizer", "all")
-DEFAULT_VOCAB_ROWS = "tokenizer"
+# Log-sum-exp over every row the model emits ("all": the model's own output distribution, as
+# minicons, lm-eval and the Pythia paper's scorer compute it) or over the tokenizer's rows only
+# ("tokenizer"). Pythia pads its 50277-token vocabulary to 50304 rows; on early checkpoints the
+# untrained padding rows move per-item log-probs by ~2e-3 nats, so the default matches peers.
+VOCAB_ROWS = ("all", "tokenizer")
+DEFAULT_VOCAB_ROWS = "all"
 
 # --- Pythia ------------------------------------------------------------------------------
 PYTHIA_TOKENS_PER_STEP = 1024 * 2048  # 1024 sequences x 2048 tokens
@@ -80,13 +101,21 @@ PYTHIA_SEQ_ITEM_TOKENS = 2049
 PYTHIA_STORED_TOKENS_PER_STEP = 1024 * PYTHIA_SEQ_ITEM_TOKENS
 
 # --- local suite layout ------------------------------------------------------------------
-# DIR/<model>/step<N>/ (save_pretrained: config.json, model.safetensors, tokenizer files)
-# DIR/<model>/manifest.json (see docs/ARCHITECTURE.md)
+# A model folder is any folder of checkpoint subfolders: DIR/<model>/step<N>/ (save_pretrained),
+# DIR/<model>/checkpoint-<N>/ (Hugging Face Trainer), or names matched by --step-pattern.
+# DIR/<model>/manifest.json is optional (manifest.py; see docs/ARCHITECTURE.md).
 MANIFEST_FILE = "manifest.json"
 STEP_DIR_PREFIX = "step"
+# Checkpoint folder names recognised without --step-pattern; group 1 is the step.
+CHECKPOINT_DIR_PATTERNS = (r"step(\d+)", r"checkpoint-(\d+)")
+# A Trainer checkpoint's own step count (wins over the number in the folder name).
+TRAINER_STATE_FILE = "trainer_state.json"
+# --step-pattern REGEX (group 1 or group `step` = the step), also read from this variable so
+# array workers and subprocesses see the pattern their command was given.
+ENV_STEP_PATTERN = "PF_STEP_PATTERN"
 
 # --- registry / sources (issue #4) -------------------------------------------------------
-SUITES_DIR = PACKAGE_DIR / "suites"  # suites/<name>.yaml: suite facts (data)
+SUITES_SUBDIR = "suites"  # <package>/suites/<name>.yaml: suite facts (data)
 MAIN_REVISION = "main"
 # What a revision fetch downloads: config, tokenizer and weights, nothing else.
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -127,6 +156,8 @@ HEALTH_SPIKE_FACTOR = 3.0
 HEALTH_SPIKE_REL_FLOOR = 0.05
 # Input-embedding tensor names (GPT-NeoX, GPT-2, Llama/OLMo) for the embedding-norm series.
 EMBEDDING_TENSOR_KEYS = ("embed_in.weight", "wte.weight", "embed_tokens.weight")
+# Output-embedding (unembedding) tensor names, when stored separately from the input one.
+OUTPUT_EMBEDDING_TENSOR_KEYS = ("embed_out.weight", "lm_head.weight")
 # Non-parameter buffers old .bin files pickle (causal masks); ignored when comparing formats.
 IGNORED_TENSOR_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
 # Audit: re-score a seeded sample of items in fp32 at batch size 1 and compare with the
@@ -165,6 +196,10 @@ PALETTE = (
 )
 CONDITION_COLORS = {"conflict": PALETTE[1], "agree": PALETTE[0]}
 FIGURE_DPI = 200
+# Trajectory x axes (figures --x / --xscale): what x is, and how it is scaled ("auto" follows
+# the checkpoint grid: log for log-spaced grids, linear otherwise; step_axis.grid_scale).
+FIGURE_X_UNITS = ("steps", "tokens")
+FIGURE_X_SCALES = ("auto", "linear", "log", "symlog")
 
 # --- results store and replay (store.py, replay.py) ----------------------------------------
 ITEMS_DIR = "items"
@@ -176,6 +211,19 @@ HEALTH_FILE = "health.parquet"
 SUMMARY_KEYS = ("model", "step", "revision", "probeset", "rule", "condition", "split")
 # A temp file this old is a dead writer's leftover even when its host cannot be checked.
 STORE_TEMP_MAX_AGE_S = 24 * 3600
+# Damaged store files are moved here (outside items/, so no Parquet reader picks them up),
+# each next to a `<name>.reason.txt` saying what was wrong.
+QUARANTINE_DIR = "quarantine"
+# Key of the store's own record in every Parquet file's key-value metadata (row count,
+# content sha256, work key); STORE_FORMAT 2 = per-model folders without `model=`, checksums.
+STORE_METADATA_KEY = "pythia_forensics"
+STORE_FORMAT = 2
+# Deterministic fault injection for interruption tests (store.py): PF_FAULT="store-write:N"
+# exits the process hard (os._exit) right after the N-th durable store write of the process
+# completes; "store-write-mid:N" exits in the middle of the N-th write, leaving a partial temp
+# file. Unset in normal use. FAULT_EXIT_STATUS is the status such an exit returns.
+FAULT_ENV = "PF_FAULT"
+FAULT_EXIT_STATUS = 86
 # Revisions per work unit for array executors (one Slurm task scores one chunk).
 DEFAULT_REPLAY_CHUNK = 8
 # Wall-clock limit of one array task unless --slurm timeout_min=N says otherwise.
@@ -185,7 +233,7 @@ HEALTH_SKIP_STATUSES = ("bad",)
 
 # --- analysis outputs (dynamics.py, prereg.py, figures.py, report.py; #5) -------------------
 # Thresholds are NOT here: they live in analysis.yaml (hash recorded in every output).
-ANALYSIS_CONFIG_FILE = PACKAGE_DIR / "analysis.yaml"
+ANALYSIS_CONFIG_NAME = "analysis.yaml"  # in the package: constants.package_file(ANALYSIS_CONFIG_NAME)
 DYNAMICS_FILE = "dynamics.parquet"  # + dynamics.csv: one row per (model, probeset, rule, split)
 DYNAMICS_CSV = "dynamics.csv"
 TRAJECTORIES_FILE = "trajectories.parquet"  # per step: accuracies, CM, smoothed, CIs, used/dropped

@@ -53,12 +53,13 @@ import yaml
 from scipy import stats
 
 from pythia_forensics.constants import (
-    ANALYSIS_CONFIG_FILE,
+    ANALYSIS_CONFIG_NAME,
     DYNAMICS_CSV,
     DYNAMICS_FILE,
     SCALE_FILE,
     STEP_DIR_PREFIX,
     TRAJECTORIES_FILE,
+    package_file,
 )
 from pythia_forensics.errors import ConfigError, StoreError
 
@@ -176,8 +177,9 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
     Raises:
         ConfigError: the file is missing, not YAML, names an unknown key, or a value is invalid.
     """
-    values = _read_yaml(ANALYSIS_CONFIG_FILE)
-    source = str(ANALYSIS_CONFIG_FILE)
+    shipped = package_file(ANALYSIS_CONFIG_NAME)
+    values = _read_yaml(shipped)
+    source = str(shipped)
     if path is not None:
         user = _read_yaml(Path(path))
         problems = []
@@ -193,7 +195,7 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
         if problems:
             known = sorted(f"{s}.{k}" for s, k in _CONFIG_FIELDS)
             raise ConfigError(f"analysis config {path}: unknown {', '.join(problems)}; known keys: {', '.join(known)}")
-        source = f"{ANALYSIS_CONFIG_FILE} + {path}"
+        source = f"{shipped} + {path}"
     kwargs: dict[str, Any] = {}
     for (section, key), name in _CONFIG_FIELDS.items():
         try:

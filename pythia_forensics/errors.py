@@ -81,3 +81,7 @@ class OutputFormatError(PFError, ValueError):
 
 class AuditError(PFError, ValueError):
     """A numerical audit cannot run as asked (empty sample, unknown dtype, no items)."""
+
+
+class MonitorError(PFError, ValueError):
+    """A training monitor was set up or called wrongly (no tokenizer, bad schedule, ...)."""

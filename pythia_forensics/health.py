@@ -48,7 +48,6 @@ from pythia_forensics.constants import (
     IGNORED_TENSOR_SUFFIXES,
     KNOWN_IDENTICAL,
     MAIN_REVISION,
-    MANIFEST_FILE,
     WEIGHT_SUFFIXES,
 )
 
@@ -757,12 +756,18 @@ def _expected_revisions(spec: Any) -> tuple[str, ...]:
     """The grid a model promises: the registry's for hub models; for a local model, the
     manifest's `steps` (what training meant to save; the registry reads only what is there)."""
     if getattr(spec, "source", None) == "local" and getattr(spec, "path", None) is not None:
-        manifest = Path(spec.path) / MANIFEST_FILE
+        from pythia_forensics.manifest import read_manifest
+        from pythia_forensics.errors import UnknownModelError
+
         try:
-            steps = json.loads(manifest.read_text(encoding="utf-8")).get("steps") or []
-        except (OSError, ValueError):
-            steps = []
-        return tuple(f"step{int(s)}" for s in steps)
+            manifest = read_manifest(spec.path)
+        except UnknownModelError:  # the registry reports a bad manifest; here it promises nothing
+            manifest = None
+        if manifest is None:
+            return ()
+        # a folder named otherwise (checkpoint-<N>) keeps its name: only its step was promised
+        named = {step: name for name, step in getattr(spec, "folders", {}).items()}
+        return tuple(named.get(int(s), f"step{int(s)}") for s in manifest.steps)
     return tuple(getattr(spec, "revisions", ()) or ())
 
 

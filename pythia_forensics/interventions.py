@@ -40,10 +40,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX
+from pythia_forensics.constants import STEP_DIR_PREFIX, package_file
 from pythia_forensics.errors import CorpusError
+from pythia_forensics.manifest import read_manifest, write_manifest
 
-CONFIG_FILE = Path(__file__).with_name("interventions.yaml")
+CONFIG_NAME = "interventions.yaml"  # shipped in the package
 EDITS_FILE = "interventions.json"
 SCORES_FILE = "scores.csv"
 SUMMARY_FILE = "summary.csv"
@@ -98,7 +99,7 @@ def inject(rule: str, dose: float, start_step: int) -> Inject:
 
 def load_config(path: str | Path | None = None) -> dict[str, Any]:
     """The experiment knobs (interventions.yaml, or `path`)."""
-    return yaml.safe_load(Path(path or CONFIG_FILE).read_text())
+    return yaml.safe_load((Path(path) if path else package_file(CONFIG_NAME)).read_text())
 
 
 def _edit_rng(edit: Flip | Inject, seed: int) -> random.Random:
@@ -301,13 +302,12 @@ def _suite(cfg: dict[str, Any]):
 
 
 def _arm_done(model_dir: Path, spec: ArmSpec) -> bool:
-    path = model_dir / MANIFEST_FILE
-    if not path.is_file():
+    man = read_manifest(model_dir)
+    if man is None:
         return False
-    man = json.loads(path.read_text())
     return [asdict(e) for e in spec.edits] == [
         {k: v for k, v in e.items() if k in ("rule", "p", "dose", "start_step", "kind")}
-        for e in man.get("intervention", {}).get("edits", [])]
+        for e in (man.intervention or {}).get("edits", [])]
 
 
 def _run_arm(spec: ArmSpec, suite_dir: str, cfg: dict[str, Any], progress: bool, position: int) -> pd.DataFrame:
@@ -339,11 +339,9 @@ def _run_arm(spec: ArmSpec, suite_dir: str, cfg: dict[str, Any], progress: bool,
         corpus = replace(base.corpus, seed=spec.seed)
         train_model(replace(scale, name=spec.name), corpus_dir=cdir, out_dir=out, train=train, corpus=corpus,
                     progress=progress, position=position, resume=True)
-        man = json.loads((model_dir / MANIFEST_FILE).read_text())
-        man["intervention"] = record
-        tmp = model_dir / (MANIFEST_FILE + ".tmp")
-        tmp.write_text(json.dumps(man, indent=2))
-        os.replace(tmp, model_dir / MANIFEST_FILE)
+        written = read_manifest(model_dir)
+        assert written is not None, model_dir  # train_model writes it last
+        write_manifest(model_dir, replace(written, intervention=record))
         scores.unlink(missing_ok=True)
     if scores.is_file():
         return pd.read_csv(scores)

@@ -12,7 +12,6 @@ the support counts.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from pythia_forensics.atomic import atomic_write
-from pythia_forensics.constants import (DEMO_AGREE_MIN, DEMO_COLLAPSE_FINAL_MAX, MANIFEST_FILE,
-                                        SUPPORT_PARITY_CONFIDENCE)
+from pythia_forensics.constants import DEMO_AGREE_MIN, DEMO_COLLAPSE_FINAL_MAX, SUPPORT_PARITY_CONFIDENCE
+from pythia_forensics.manifest import Manifest, has_manifest, read_manifest
 
 SUPPORT_TABLE = "support.csv"
 IN_FRAME_TABLE = "support_in_frame.csv"
@@ -54,11 +53,13 @@ class JobResult:
 
 
 def _model_dirs(suite: Path) -> list[Path]:
-    return sorted(p for p in suite.iterdir() if (p / MANIFEST_FILE).is_file())
+    return sorted(p for p in suite.iterdir() if has_manifest(p))
 
 
-def _manifest(model_dir: Path) -> dict:
-    return json.loads((model_dir / MANIFEST_FILE).read_text())
+def _manifest(model_dir: Path) -> Manifest:
+    manifest = read_manifest(model_dir)
+    assert manifest is not None, model_dir  # _model_dirs keeps only folders with one
+    return manifest
 
 
 def _count_support(suite: Path, results: Path, *, progress: bool) -> Path:
@@ -67,7 +68,7 @@ def _count_support(suite: Path, results: Path, *, progress: bool) -> Path:
     from pythia_forensics.support import count_support
 
     out = results / SUPPORT_TABLE
-    corpora = sorted({Path(_manifest(m)["corpus"]["path"]) for m in _model_dirs(suite)})
+    corpora = sorted({Path(_manifest(m).corpus["path"]) for m in _model_dirs(suite)})
     frames, summaries = [], []
     for corpus in corpora:
         frame = count_support(corpus, "all", progress=progress)
@@ -152,7 +153,7 @@ def demo_checks(analysis, suite: Path, in_frame: pd.DataFrame | None = None) -> 
     cfg = analysis.config
     metrics = analysis.metrics
     metrics = metrics[metrics["split"] == cfg.primary_split]
-    knobs = next(iter(_manifest(d)["corpus"]["rules"] for d in _model_dirs(suite)))
+    knobs = next(iter(_manifest(d).corpus["rules"] for d in _model_dirs(suite)))
     return measure_claims(metrics, cfg, {r: k["support"] for r, k in knobs.items()}, in_frame)
 
 
@@ -277,8 +278,8 @@ def sweep_checks(analysis, suite: Path, rule: str,
     metrics = analysis.metrics
     metrics = metrics[(metrics["split"] == cfg.primary_split) & (metrics["rule"] == rule)]
     manifests = {d.name: _manifest(d) for d in _model_dirs(suite)}
-    support = {m: man["corpus"]["rules"][rule]["support"] for m, man in manifests.items()}
-    corpus = {m: Path(man["corpus"]["path"]).name for m, man in manifests.items()}
+    support = {m: man.corpus["rules"][rule]["support"] for m, man in manifests.items()}
+    corpus = {m: Path(man.corpus["path"]).name for m, man in manifests.items()}
     measured = {}
     if in_frame is not None:
         rows = in_frame[in_frame["rule"] == rule].set_index("corpus")

@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pythia_forensics.constants import ITEMS_DIR, PREREG_LOCK_FILE
@@ -132,7 +133,7 @@ def _write_times(results_dir: Path) -> pd.DataFrame:
     store that predates ``written_at`` fall back to the file's mtime.
     """
     frames = []
-    for path in sorted((results_dir / ITEMS_DIR).glob("model=*/*.parquet")):
+    for path in sorted((results_dir / ITEMS_DIR).glob("*/*.parquet")):
         if path.name.startswith("."):
             continue
         try:
@@ -140,6 +141,8 @@ def _write_times(results_dir: Path) -> pd.DataFrame:
             cols = [c for c in ("model", "rule", "written_at") if c in names]
             frame = pq.read_table(path, columns=cols).to_pandas()
         except FileNotFoundError:  # superseded by a concurrent writer since listing
+            continue
+        except (pa.ArrowException, OSError, ValueError):  # damaged: the store quarantines it on read
             continue
         if "written_at" not in frame:
             frame["written_at"] = path.stat().st_mtime_ns

@@ -2,8 +2,10 @@
 
 The Pythia facts live in `suites/pythia.yaml` (data); this module reads them into frozen
 dataclasses, parses `--steps` specifications against a model's checkpoint grid, reads local
-suites (`DIR/<model>/step<N>/` + `manifest.json`, see docs/ARCHITECTURE.md) into the same
-`ModelSpec` shape, and resolves what a user typed (`pythia-160m`, `org/name`, a folder).
+model folders (any folder of checkpoint subfolders: `step<N>/`, a Trainer's `checkpoint-<N>/`,
+or names matched by `--step-pattern`; `manifest.json` optional, see docs/ARCHITECTURE.md) and
+suite folders (folders of model folders) into the same `ModelSpec` shape, and resolves what a
+user typed (`pythia-160m`, `org/name`, a folder).
 
 No network and no torch here: `sources.py` turns a `ModelSpec` into checkpoints.
 
@@ -22,6 +24,7 @@ import difflib
 import functools
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,16 +34,22 @@ from typing import Any
 import yaml
 
 from pythia_forensics.constants import (
-    MANIFEST_FILE,
+    CHECKPOINT_DIR_PATTERNS,
+    ENV_STEP_PATTERN,
     PYTHIA_TOKENS_PER_STEP,
     STEP_DIR_PREFIX,
-    SUITES_DIR,
+    TRAINER_STATE_FILE,
+    SUITES_SUBDIR,
+    package_file,
 )
 from pythia_forensics.errors import StepSpecError, UnknownModelError
+from pythia_forensics.manifest import infer_manifest, read_manifest
 
 __all__ = [
     "ModelSpec",
     "Suite",
+    "checkpoint_folders",
+    "looks_like_path",
     "describe_grid",
     "get_suite",
     "known_suites",
@@ -65,7 +74,8 @@ class ModelSpec:
     `DIR/<model>` folder) and `repo` None. Architecture fields are None when unknown (a
     hub id that is not in any registry).
 
-    `steps` is the expected checkpoint grid (named steps, as in `step<N>` branch names).
+    `steps` is the expected checkpoint grid (named steps, as in `step<N>` branch names);
+    `folders` maps a local model's checkpoint folder names (`checkpoint-500`) to their steps.
     `optimizer_steps_per_named_step` converts a named step into optimizer steps (0.5 for
     Pythia v0, whose branches were renamed); `tokens_per_step` counts tokens per optimizer
     step, so `tokens_seen(step)` is right for both.
@@ -92,10 +102,13 @@ class ModelSpec:
     release: str = "v1"
     precision: str | None = None
     optimizer_steps_per_named_step: float = 1.0
+    folders: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     @property
     def revisions(self) -> tuple[str, ...]:
         """Branch / folder names of the expected grid, in step order."""
+        if self.folders:
+            return tuple(sorted(self.folders, key=lambda name: (self.folders[name], name)))
         return tuple(revision_name(s) for s in self.steps)
 
     @property
@@ -111,6 +124,8 @@ class ModelSpec:
         """Named step of a revision (`step1000` -> 1000, an alias such as `main` -> its step)."""
         if revision in self.aliases:
             return self.aliases[revision]
+        if revision in self.folders:
+            return self.folders[revision]
         return step_of_revision(revision)
 
     def optimizer_step(self, step: int) -> float:
@@ -273,10 +288,10 @@ def describe_grid(steps: Sequence[int]) -> str:
 # --- the shipped suites ------------------------------------------------------------------
 def known_suites() -> tuple[str, ...]:
     """Names of the suites shipped in `suites/*.yaml`."""
-    return tuple(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
+    return tuple(sorted(p.stem for p in package_file(SUITES_SUBDIR).glob("*.yaml")))
 
 
-def get_suite(name: str = "pythia") -> Suite:
+def get_suite(name: str = "pythia", *, step_pattern: str | None = None) -> Suite:
     """A shipped suite by name (`pythia`), or a local suite folder.
 
     Args:
@@ -290,13 +305,15 @@ def get_suite(name: str = "pythia") -> Suite:
     """
     path = Path(name).expanduser()
     if path.is_dir():
-        return load_local_suite(path)
+        return load_local_suite(path, step_pattern=step_pattern)
+    if looks_like_path(name):
+        raise UnknownModelError(f"no such folder: {name}")
     return _shipped_suite(name)
 
 
 @functools.lru_cache(maxsize=None)
 def _shipped_suite(name: str) -> Suite:
-    yaml_path = SUITES_DIR / f"{name}.yaml"
+    yaml_path = package_file(SUITES_SUBDIR, f"{name}.yaml")
     if not yaml_path.is_file():
         raise UnknownModelError(_unknown_message(name, known_suites(), where="suites", what="suite"))
     with open(yaml_path, encoding="utf-8") as fh:
@@ -366,95 +383,167 @@ def _suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
 
 
 # --- local suites ------------------------------------------------------------------------
-def load_local_model(model_dir: str | Path, *, suite: str | None = None) -> ModelSpec:
-    """Read one local model folder (`DIR/<model>/` with `manifest.json` and `step<N>/`).
+def _step_regexes(step_pattern: str | None) -> tuple[re.Pattern[str], ...]:
+    text = step_pattern if step_pattern is not None else os.environ.get(ENV_STEP_PATTERN) or None
+    if text is None:
+        return tuple(re.compile(p) for p in CHECKPOINT_DIR_PATTERNS)
+    try:
+        regex = re.compile(text)
+    except re.error as exc:
+        raise UnknownModelError(f"step pattern {text!r} is not a regular expression ({exc})") from exc
+    if regex.groups < 1:
+        raise UnknownModelError(f"step pattern {text!r} has no group: put the step number in one, "
+                                r"e.g. 'ckpt_(\d+)' or '(?P<step>\d+)k'")
+    return (regex,)
 
-    The grid is the set of `step<N>` folders actually present; the manifest's `steps` list
-    is only a record of what training intended (forensics compares the two).
+
+def _trainer_step(folder: Path) -> int | None:
+    try:
+        state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    step = state.get("global_step") if isinstance(state, Mapping) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def checkpoint_folders(model_dir: str | Path, *, step_pattern: str | None = None) -> dict[str, int]:
+    """The checkpoint subfolders of a model folder and the step each one holds.
+
+    A subfolder counts when its whole name matches a pattern: `step<N>` (save_pretrained) and
+    `checkpoint-<N>` (Hugging Face Trainer) by default, or `step_pattern` (default
+    `$PF_STEP_PATTERN`), whose group `step` or first group is the step. A folder holding a
+    Trainer's `trainer_state.json` takes its step from `global_step` instead.
+
+    Args:
+        model_dir: the model folder.
+        step_pattern: a regular expression for the folder names.
+
+    Returns:
+        Folder name -> step, in step order (empty when no subfolder matches).
+
+    Raises:
+        UnknownModelError: the pattern is invalid, or two folders hold the same step.
+    """
+    regexes = _step_regexes(step_pattern)
+    directory = Path(model_dir)
+    found: dict[str, int] = {}
+    by_step: dict[int, str] = {}
+    for path in sorted(p for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else ():
+        for regex in regexes:
+            match = regex.fullmatch(path.name)
+            if match is None:
+                continue
+            group = match.group("step") if "step" in regex.groupindex else match.group(1)
+            step = _trainer_step(path)
+            if step is None:
+                if group is None or not group.isdigit():
+                    continue
+                step = int(group)
+            if step in by_step:
+                raise UnknownModelError(f"{directory}: folders {by_step[step]} and {path.name} both hold step {step}; "
+                                        "move one away or pass a --step-pattern that matches only one naming")
+            by_step[step] = path.name
+            found[path.name] = step
+            break
+    return {name: found[name] for name in sorted(found, key=found.__getitem__)}
+
+
+def load_local_model(model_dir: str | Path, *, suite: str | None = None,
+                     step_pattern: str | None = None) -> ModelSpec:
+    """Read one local model folder: checkpoint subfolders, `manifest.json` optional.
+
+    The grid is the set of checkpoint folders actually present (`checkpoint_folders`); a
+    manifest's `steps` list is only a record of what training intended (health compares the
+    two). Sizes come from the manifest; those it lacks (all, without one) from the newest
+    checkpoint's `config.json` and weight headers (`manifest.infer_manifest`).
 
     Args:
         model_dir: the `DIR/<model>` folder.
         suite: suite name to record (default: the parent folder's name).
+        step_pattern: checkpoint folder names (see `checkpoint_folders`).
 
     Returns:
         A `ModelSpec` with `source="local"` and `path=model_dir`.
 
     Raises:
-        UnknownModelError: the folder has no manifest or no `step<N>` checkpoints, or the
-            manifest is not valid JSON.
+        UnknownModelError: the folder has no checkpoint subfolders, or its manifest or the
+            step pattern is invalid.
     """
     model_dir = Path(model_dir).expanduser().resolve()
-    manifest_path = model_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
+    folders = checkpoint_folders(model_dir, step_pattern=step_pattern)
+    if not folders:
         raise UnknownModelError(
-            f"{model_dir} is not a local suite model: it has no {MANIFEST_FILE}; "
-            f"a local model is DIR/<model>/{MANIFEST_FILE} plus DIR/<model>/{STEP_DIR_PREFIX}<N>/ folders "
-            "(see docs/ARCHITECTURE.md)"
+            f"{model_dir} holds no checkpoint folders: expected {STEP_DIR_PREFIX}<N>/ (save_pretrained) or "
+            "checkpoint-<N>/ (Trainer) subfolders; for other names pass --step-pattern REGEX"
         )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UnknownModelError(f"{manifest_path} is not valid JSON ({exc}); rewrite it or retrain the suite") from exc
-    steps = tuple(sorted(
-        s for p in model_dir.iterdir() if p.is_dir() and (s := step_of_revision(p.name)) is not None
-    ))
-    if not steps:
-        raise UnknownModelError(
-            f"{model_dir} has a manifest but no {STEP_DIR_PREFIX}<N>/ checkpoint folders; train or copy them first"
-        )
-
-    def opt_int(key: str) -> int | None:
-        value = manifest.get(key)
-        return None if value is None else int(value)
-
-    seed = opt_int("seed")
+    recorded = read_manifest(model_dir)
+    facts = infer_manifest(model_dir / next(reversed(folders)), model=model_dir.name)
+    manifest = facts if recorded is None else recorded.fill(facts)
     return ModelSpec(
-        name=str(manifest.get("model") or model_dir.name),
+        name=manifest.model or model_dir.name,
         suite=suite or model_dir.parent.name,
         source="local",
         path=model_dir,
-        layers=opt_int("layers"),
-        d_model=opt_int("d_model"),
-        heads=opt_int("heads"),
-        vocab_size=opt_int("vocab_size"),
-        params_total=opt_int("params_total"),
-        params_nonembedding=opt_int("params_nonembedding"),
-        tokens_per_step=opt_int("tokens_per_step"),
-        steps=steps,
-        data_seed=seed,
-        weight_seed=seed,
-        precision=manifest.get("precision"),
+        layers=manifest.layers,
+        d_model=manifest.d_model,
+        heads=manifest.heads,
+        vocab_size=manifest.vocab_size,
+        params_total=manifest.params_total,
+        params_nonembedding=manifest.params_nonembedding,
+        tokens_per_step=manifest.tokens_per_step,
+        steps=tuple(sorted(set(folders.values()))),
+        data_seed=manifest.seed,
+        weight_seed=manifest.seed,
+        precision=manifest.precision,
+        folders=folders,
     )
 
 
-def load_local_suite(directory: str | Path) -> Suite:
-    """Read every model folder of a local suite (`DIR/<model>/manifest.json`).
+def load_local_suite(directory: str | Path, *, step_pattern: str | None = None) -> Suite:
+    """Read every model folder (a subfolder holding checkpoint folders) of a suite folder.
 
     Raises:
-        UnknownModelError: the folder holds no model with a manifest.
+        UnknownModelError: the folder holds no model folder.
     """
     directory = Path(directory).expanduser().resolve()
-    model_dirs = sorted(p for p in directory.iterdir() if (p / MANIFEST_FILE).is_file()) if directory.is_dir() else []
+    model_dirs = sorted(p for p in directory.iterdir() if p.is_dir()
+                        and checkpoint_folders(p, step_pattern=step_pattern)) if directory.is_dir() else []
     if not model_dirs:
         raise UnknownModelError(
-            f"{directory} holds no local suite: expected DIR/<model>/{MANIFEST_FILE} folders "
-            "(train one with `pythia-forensics mini`, see docs/ARCHITECTURE.md)"
+            f"{directory} holds no local suite: expected DIR/<model>/{STEP_DIR_PREFIX}<N>/ or "
+            "DIR/<model>/checkpoint-<N>/ folders (train one with `pythia-forensics mini`, see docs/ARCHITECTURE.md)"
         )
-    models = tuple(load_local_model(p, suite=directory.name) for p in model_dirs)
+    models = tuple(load_local_model(p, suite=directory.name, step_pattern=step_pattern) for p in model_dirs)
     return Suite(name=directory.name, description=f"local suite in {directory}", models=models, path=directory)
 
 
+def looks_like_path(text: str | Path) -> bool:
+    """True when what a user typed can only be a path, never a hub id (`org/name`).
+
+    A path starts with `.`, `~` or `/`, or holds a backslash (or the platform's separator),
+    an empty part (`a//b`, `a/`) or more than one `/`.
+    """
+    text = str(text)
+    parts = text.split("/")
+    return (text.startswith((".", "~", "/")) or "\\" in text or (os.sep != "/" and os.sep in text)
+            or len(parts) > 2 or any(not part for part in parts[1:]))
+
+
 # --- resolving what a user typed ---------------------------------------------------------
-def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | None = None) -> ModelSpec:
+def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | None = None,
+                  step_pattern: str | None = None) -> ModelSpec:
     """Turn a registry name, a hub id or a local model folder into a `ModelSpec`.
 
     Order: an existing folder (a local model, `DIR/<model>`); a model of `suite_dir`; a
     registry name (`pythia-160m`) or its hub id (`EleutherAI/pythia-160m`); any other
-    `org/name` hub id (architecture and grid unknown until the hub is listed).
+    `org/name` hub id (architecture and grid unknown until the hub is listed). Something that
+    can only be a path (`looks_like_path`) and is not a folder is refused here, before any
+    hub call.
 
     Args:
         name_or_id_or_path: what the user typed.
         suite_dir: a local suite folder to look names up in first.
+        step_pattern: checkpoint folder names of local models (see `checkpoint_folders`).
 
     Returns:
         The `ModelSpec`.
@@ -466,10 +555,14 @@ def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | Non
     text = str(name_or_id_or_path).strip()
     path = Path(text).expanduser()
     if path.is_dir():
-        return load_local_model(path)
+        return load_local_model(path, step_pattern=step_pattern)
+    if looks_like_path(text):
+        what = "a file, not a model folder" if path.exists() else "it does not exist"
+        raise UnknownModelError(f"no such folder: {text} ({what}); pass a folder of checkpoint subfolders, "
+                                "a registry name (pythia-160m) or a hub id (org/name)")
     local_names: tuple[str, ...] = ()
     if suite_dir is not None:
-        local = load_local_suite(suite_dir)
+        local = load_local_suite(suite_dir, step_pattern=step_pattern)
         local_names = local.names
         if text in local_names:
             return local.model(text)

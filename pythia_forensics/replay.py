@@ -37,6 +37,7 @@ from pythia_forensics.constants import (
     DEFAULT_ARRAY_TIMEOUT_MIN,
     DEFAULT_REPLAY_CHUNK,
     DEFAULT_RESULTS_DIR,
+    DEFAULT_VOCAB_ROWS,
     HEALTH_SKIP_STATUSES,
     STEP_DIR_PREFIX,
 )
@@ -221,7 +222,7 @@ class _Options:
     device: str = "auto"
     batch_size: int | str = "auto"
     bos: bool = False
-    vocab_rows: str = "tokenizer"
+    vocab_rows: str = DEFAULT_VOCAB_ROWS
     health: str = "off"
     disk_budget: int | None = None
     cache_dir: str | None = None
@@ -487,7 +488,8 @@ def run_unit(unit: dict[str, Any]) -> ReplaySummary:
     """Run one idempotent work unit (a model and a chunk of its revisions); array tasks call this.
 
     Args:
-        unit: ``{"model", "suite_dir", "revisions", "probes", "results", "options"}`` (picklable).
+        unit: ``{"model", "suite_dir", "step_pattern", "revisions", "probes", "results", "options"}``
+            (picklable).
 
     Returns:
         The unit's partial summary.
@@ -496,14 +498,14 @@ def run_unit(unit: dict[str, Any]) -> ReplaySummary:
 
     opts = _Options(**unit["options"])
     store = ResultsStore(unit["results"])
-    spec = resolve_model(unit["model"], suite_dir=unit["suite_dir"])
+    spec = resolve_model(unit["model"], suite_dir=unit["suite_dir"], step_pattern=unit.get("step_pattern"))
     todo, summary = _plan([spec], None, unit["probes"], store, opts, revisions={spec.name: unit["revisions"]})
     return _run_todo(todo, store, opts, summary)
 
 
 def _run_array(todo: list[_Todo], *, specs_by_name: dict[str, str], suite_dir: Any, probe_sets: Sequence[Any],
                results: Path, opts: _Options, executor: str, chunk: int, slurm: dict[str, Any] | None,
-               summary: ReplaySummary) -> ReplaySummary:
+               summary: ReplaySummary, step_pattern: str | None = None) -> ReplaySummary:
     """Submit one submitit job array, one task per (model, revision chunk); wait; merge."""
     import submitit
 
@@ -515,6 +517,7 @@ def _run_array(todo: list[_Todo], *, specs_by_name: dict[str, str], suite_dir: A
     for name, revs in by_model.items():
         for i in range(0, len(revs), chunk):
             units.append({"model": specs_by_name[name], "suite_dir": None if suite_dir is None else str(suite_dir),
+                          "step_pattern": step_pattern,
                           "revisions": revs[i:i + chunk], "probes": tuple(probe_sets), "results": str(results),
                           "options": unit_opts})
     if not units:
@@ -562,7 +565,8 @@ def replay(
     device: str = "auto",
     batch_size: int | str = "auto",
     bos: bool = False,
-    vocab_rows: str = "tokenizer",
+    vocab_rows: str = DEFAULT_VOCAB_ROWS,
+    step_pattern: str | None = None,
     executor: str = "local",
     health: str | None = None,
     cache_dir: str | Path | None = None,
@@ -581,6 +585,8 @@ def replay(
         results: the results folder.
         disk_budget: most bytes of checkpoints held at once (`50GB`); None = unlimited.
         dtype, device, batch_size, bos, vocab_rows: scoring options (see ScoreOptions).
+        step_pattern: checkpoint folder names of local models (`registry.checkpoint_folders`;
+            default `$PF_STEP_PATTERN`, else step<N> and checkpoint-<N>).
         executor: `local`, `slurm` or `submitit-local` (a job array on this machine).
         health: `off` (default), `skip` (leave out revisions health.parquet marks bad) or
             `flag` (score them, list them in the summary).
@@ -612,7 +618,7 @@ def replay(
     names = list(dict.fromkeys([str(models)] if isinstance(models, (str, Path)) else [str(m) for m in models]))
     if not names:
         raise PFError("no model given; pass a registry name (pythia-160m), a hub id or a local model folder")
-    specs = [resolve_model(m, suite_dir=suite_dir) for m in names]
+    specs = [resolve_model(m, suite_dir=suite_dir, step_pattern=step_pattern) for m in names]
     probe_sets = _load_probe_sets(probes)
     store = ResultsStore(results)
     store.clean_temporaries()
@@ -628,7 +634,7 @@ def replay(
     else:
         summary = _run_array(todo, specs_by_name={s.name: str(n) for s, n in zip(specs, names)},
                              suite_dir=suite_dir, probe_sets=probe_sets, results=Path(results), opts=opts,
-                             executor=executor, chunk=chunk, slurm=slurm, summary=summary)
+                             executor=executor, chunk=chunk, slurm=slurm, summary=summary, step_pattern=step_pattern)
     store.refresh_summary()
     return replace(summary, wall_s=time.perf_counter() - started)
 

@@ -12,26 +12,59 @@ from pathlib import Path
 
 import pandas as pd
 
+from pythia_forensics.atomic import write_text
 from pythia_forensics.constants import FIGURES_SUBDIR, REPORT_FILE
 from pythia_forensics.dynamics import VERDICT_LETTERS, Analysis, AnalysisConfig, analyze, primary
 from pythia_forensics.errors import PreregError
-from pythia_forensics.figures import model_order
+from pythia_forensics.figures import model_order, unknown_size_models
 from pythia_forensics.prereg import ledger as score_ledger
 
 __all__ = ["write_report", "render_report", "markdown_table"]
 
 FIGURE_CAPTIONS = {
-    "a_accuracy": "Conflict and agree accuracy against training step, per model (points: raw; line: smoothed; "
-                  "band: bootstrap CI over items; triangle: emergence; star: peak; dotted: collapse onset; "
-                  "hollow: before the minimum step; cross: health-flagged checkpoint, excluded).",
-    "b_cm": "Contrast margin (mean logp(target) - logp(foil) over conflict items) against step; diamond: "
-            "zero crossing; dotted: behavioural collapse onset; title: lag in checkpoints.",
-    "c_scale": "Collapse depth (peak - final) against parameter count, total and non-embedding, with "
-               "bootstrap CIs and Spearman rho (permutation p); grey: void verdicts, left out of rho.",
-    "d_verdicts": "Verdicts, rule x model: R recovered, U unstable, D displaced, P partial, N never; grey: void.",
-    "e_overview": "Every rule's smoothed conflict accuracy (solid) and agree accuracy (dashed), per model.",
+    "a_accuracy": "Conflict (vermillion) and agree (blue) accuracy against training step, one panel per model "
+                  "(dots: raw; line: smoothed, k = 3; band: bootstrap 95% CI over items; open triangle: "
+                  "emergence; star: peak; dotted line: collapse onset; hollow: below the minimum step, not "
+                  "analysed; cross: health-flagged checkpoint, excluded).",
+    "b_cm": "Contrast margin of the conflict items (CM, nats) against step; diamond: where the smoothed CM "
+            "crosses zero downward after emergence (on the zero line); dotted: collapse onset; title: lag "
+            "in checkpoints.",
+    "c_scale": "Collapse depth (peak - final) against parameter count, total and non-embedding, one tick per "
+               "model, with bootstrap 95% CIs; panel title: Spearman rho with permutation p and bootstrap CI, "
+               "or why rho is undefined; grey hollow: void verdict, not in rho; grey dashed line: the rule "
+               "never emerged in that model (no depth); models of unknown size are named in the title.",
+    "d_verdicts": "Verdicts, rule x model: R recovered, U unstable, D displaced, P partial, N never; "
+                  "hatched grey: void.",
+    "e_overview": "Every rule's smoothed conflict accuracy (solid, vermillion shades) and agree accuracy "
+                  "(dashed, blue shades), one line per model, darker = larger.",
     "f_support": "Support ratio (rule wins + 1)/(prior wins + 1) per step window beside the rule's accuracy.",
 }
+
+SYMBOLS = (
+    ("R, U, D, P, N", "verdicts: recovered, unstable, displaced, partial, never emerged (checked in the order "
+                      "U, R, D, P, N; thresholds below)"),
+    ("(X)", "a void verdict X: the agree control is invalid or there are too few checkpoints; shown, never used"),
+    ("VOID", "the same, in the metrics table's verdict column"),
+    ("-", "not defined (the event did not happen, or the value is unknown)"),
+    ("conflict / agree", "items where the rule and the corpus prior disagree / agree (agree = the control)"),
+    ("CM", "contrast margin: mean logp(target) - logp(foil) over conflict items, in nats"),
+    ("emergence", "first step with smoothed conflict accuracy >= emergence.conflict_min while the agree "
+                  "control holds"),
+    ("peak (step)", "highest smoothed conflict accuracy while the agree control holds, and its step"),
+    ("collapse onset", "last step with smoothed conflict accuracy >= collapse.onset_max_acc, for emerged "
+                       "rules that fall below it"),
+    ("final [CI]", "mean raw accuracy over the final window, bootstrap 95% CI over items"),
+    ("depth [CI]", "collapse depth = peak - final, bootstrap 95% CI"),
+    ("CM zero", "last step with smoothed CM >= contrast_margin.zero before it falls below"),
+    ("lag steps (ckpt)", "CM zero - collapse onset, in steps and (in parentheses) in checkpoints"),
+    ("agree final", "final accuracy of the agree control"),
+    ("rho", "Spearman rank correlation of a metric with parameter count (void verdicts left out)"),
+    ("p_perm", "two-sided permutation p-value of rho"),
+    ("rho_lo, rho_hi", "bootstrap 95% interval of rho over models"),
+    ("n_models", "models in the statistic; note: why rho is undefined, or which models are left out"),
+    ("params_total, params_nonembedding", "total and non-embedding parameter counts"),
+    ("k", "smoothing window: centred moving average over k checkpoints"),
+)
 
 
 def _cell(value) -> str:
@@ -84,9 +117,17 @@ def _verdict_matrix(metrics: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame
     return grid[[m for m in order if m in grid.columns]].reset_index()
 
 
+def _config_source(source: str) -> str:
+    """The config's origin without machine paths: file names only (the hash pins the content)."""
+    names = [Path(part.strip()).name for part in str(source).split(" + ") if part.strip()]
+    if not names:
+        return "shipped analysis.yaml"
+    return "shipped " + names[0] + "".join(f" + override {n}" for n in names[1:])
+
+
 def render_report(analysis: Analysis, *, results_dir: Path, figures: Sequence[Path] = (),
                   ledger: pd.DataFrame | None = None, ledger_error: str | None = None,
-                  order: Sequence[str] | None = None) -> str:
+                  order: Sequence[str] | None = None, unknown_sizes: Sequence[str] = ()) -> str:
     """The report's markdown text.
 
     Args:
@@ -96,6 +137,7 @@ def render_report(analysis: Analysis, *, results_dir: Path, figures: Sequence[Pa
         ledger: the scored pre-registration ledger, if any.
         ledger_error: why the ledger was refused, if it was.
         order: model order for tables (default: by name).
+        unknown_sizes: models whose parameter count is unknown (named in the scale section).
     """
     cfg: AnalysisConfig = analysis.config
     order = list(order) if order is not None else model_order(analysis.metrics["model"])
@@ -106,8 +148,8 @@ def render_report(analysis: Analysis, *, results_dir: Path, figures: Sequence[Pa
     parts = [
         "# pythia-forensics report",
         "",
-        f"Results: `{results_dir}`  ",
-        f"Analysis config sha256: `{cfg.sha256}` ({cfg.source})  ",
+        "Results: the folder this report is in; every path below is relative to it.  ",
+        f"Analysis config sha256: `{cfg.sha256}` ({_config_source(cfg.source)})  ",
         f"Primary split: `{main['split'].iloc[0] if not main.empty else cfg.primary_split}`; "
         f"{len(metrics)} trajectories over {metrics['model'].nunique() if not metrics.empty else 0} models.",
         "",
@@ -129,13 +171,18 @@ def render_report(analysis: Analysis, *, results_dir: Path, figures: Sequence[Pa
             parts += [f"Locked at {ledger['locked_at'].iloc[0]} under config `{ledger['config_sha256'].iloc[0][:12]}`: "
                       f"{summary}.", "",
                       markdown_table(ledger, ["id", "claim", "status", "observed", "detail"]), ""]
-    parts += ["## Trajectory metrics", "", markdown_table(_metrics_table(metrics)), ""]
+    parts += ["## Symbols", "", "| symbol | meaning |", "|---|---|"]
+    parts += [f"| {sym} | {meaning} |" for sym, meaning in SYMBOLS]
+    parts += ["", "## Trajectory metrics", "", markdown_table(_metrics_table(metrics)), ""]
     excluded = metrics[metrics["n_excluded_health"] > 0]
     if not excluded.empty:
         parts += ["Checkpoints left out for health flags (never used in any metric):", ""]
         parts += [f"- {r.model} {r.rule} ({r.split}): steps {r.excluded_steps}" for r in excluded.itertuples()]
         parts.append("")
     parts += ["## Scale", ""]
+    if unknown_sizes:
+        parts += [f"Parameter count unknown for {', '.join(unknown_sizes)}: left out of the scale statistics "
+                  "and the scale figures.", ""]
     if analysis.scale.empty:
         parts += ["_No model sizes in models.parquet: no scale statistics._", ""]
     else:
@@ -183,10 +230,11 @@ def write_report(results_dir: str | Path, *, analysis: Analysis | None = None, f
         error = str(exc)
     from pythia_forensics.store import ResultsStore
 
-    order = model_order(analysis.metrics["model"], ResultsStore(root).models())
-    text = render_report(analysis, results_dir=root, figures=figures, ledger=ledger, ledger_error=error, order=order)
+    sizes = ResultsStore(root).models()
+    order = model_order(analysis.metrics["model"], sizes)
+    unknown = unknown_size_models(analysis.metrics["model"], sizes) if not sizes.empty else []
+    text = render_report(analysis, results_dir=root, figures=figures, ledger=ledger, ledger_error=error, order=order,
+                         unknown_sizes=unknown)
     path = root / REPORT_FILE
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)
     return path

@@ -32,17 +32,18 @@ Computation (`score`), designed so shared work is done once:
     log-sum-exp over the chosen vocabulary rows (`ScoreOptions.vocab_rows`).
 
 Vocabulary rows: Pythia's output embedding has 50304 rows for a 50277-token tokenizer; the 27
-padding rows are never a label. ``vocab_rows="tokenizer"`` (default) normalises over the
-tokenizer's rows only, i.e. the distribution over text; ``"all"`` over every row, as minicons
-and lm-eval do. For trained Pythias the padding rows carry negligible mass; for random or very
-early checkpoints they can carry a lot, so the choice is recorded with every result.
+padding rows are never a label. ``vocab_rows="all"`` (default) normalises over every row, the
+model's own output distribution, as minicons, lm-eval and the Pythia paper's scorer do;
+``"tokenizer"`` over the tokenizer's rows only, i.e. the distribution over text. For trained
+Pythias the padding rows carry negligible mass; for random or very early checkpoints they can
+carry a lot (2.2e-3 nats per item measured on a Pythia-layout checkpoint), so the choice is
+recorded with every result.
 
 Options used are returned in ``frame.attrs`` (see `score`).
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -67,14 +68,18 @@ from pythia_forensics.constants import (
 )
 from pythia_forensics.errors import ModelLoadError, ScoringError, TokenizationError
 from pythia_forensics.probes import ProbeItem, ProbeSet, load_probes
+from pythia_forensics.registry import looks_like_path
 
 __all__ = [
     "SCORING_VERSION", "FRAME_COLUMNS", "ScoreOptions", "EncodedItem", "encode_items", "load_model",
     "load_weights_into", "resolve_device", "resolve_dtype", "score", "score_encoded", "summarize",
+    "Prepared", "prepare",
 ]
 
 # Bump when a change could alter any number the scorer returns (part of the results' work key).
-SCORING_VERSION = "2"  # 2: tree rows (numbers move by float rounding only, ~1e-6)
+# 2: tree rows (numbers move by float rounding only, ~1e-6); 3: default vocab_rows "all", so
+# results stored under the old default are never reused as if scored the new way.
+SCORING_VERSION = "3"
 
 FRAME_COLUMNS = (
     "model", "revision", "item_id", "rule", "condition", "split", "prefix", "target", "foil",
@@ -227,12 +232,12 @@ def _local_dir(path_or_id: str | Path, revision: str | None) -> Path | None:
     """The local checkpoint folder meant, None for a hub id; ModelLoadError for a bad path."""
     text = str(path_or_id)
     path = Path(text).expanduser()
-    looks_local = path.exists() or text.startswith(("/", ".", "~")) or os.sep + os.sep in text or text.count("/") > 1
-    if not looks_local:
+    if not (path.exists() or looks_like_path(text)):
         return None
     if not path.is_dir():
-        raise ModelLoadError(f"model path {text} does not exist (or is not a folder); pass a save_pretrained "
-                             "checkpoint folder or a hub repo id such as EleutherAI/pythia-70m")
+        what = "a file, not a checkpoint folder" if path.exists() else "it does not exist"
+        raise ModelLoadError(f"no such folder: {text} ({what}); pass a save_pretrained checkpoint folder, "
+                             "a folder of them with --revision NAME, or a hub repo id such as EleutherAI/pythia-70m")
     if revision not in (None, "main") or not (path / _CONFIG_FILE).exists():
         if revision is not None and (path / revision / _CONFIG_FILE).exists():
             return path / revision
@@ -678,7 +683,7 @@ def _model_dtype_name(model: Any) -> str:
 
 
 def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pad_id: int,
-                  batch_size: int | str = "auto", progress: bool = False) -> dict[str, Any]:
+                  batch_size: int | str = "auto", progress: bool = False, plan: Any = None) -> dict[str, Any]:
     """Summed and mean log-probs of already tokenized items (the scorer's numeric core).
 
     Args:
@@ -688,12 +693,14 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
         pad_id: token id used for padding (never seen by a real position).
         batch_size: sequences per forward or ``auto``.
         progress: show a progress bar.
+        plan: a plan built for exactly these items (`prepare`); None builds it here.
 
     Returns:
         Dict of numpy arrays ``logp_target, logp_foil, n_target, n_foil`` and stats
         ``batch_size, sequences, tokens, rows``.
     """
-    plan = _make_tree_plan(encoded) if _tree_ok(model) else _make_plan(encoded)
+    if plan is None:
+        plan = _make_tree_plan(encoded) if _tree_ok(model) else _make_plan(encoded)
     for e in encoded:
         if max(e.target_ids + e.foil_ids) >= n_rows:
             raise ScoringError(f"a candidate token id ({max(e.target_ids + e.foil_ids)}) is outside the "
@@ -714,7 +721,8 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
 
 
 def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: str | None = None,
-          options: ScoreOptions | None = None, progress: bool = False, **overrides: Any) -> pd.DataFrame:
+          options: ScoreOptions | None = None, progress: bool = False, prepared: Prepared | None = None,
+          **overrides: Any) -> pd.DataFrame:
     """Score probe items on one checkpoint: one row per item.
 
     Args:
@@ -727,6 +735,8 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         options: `ScoreOptions`; keyword ``overrides`` (``dtype=``, ``batch_size=``, ...)
             replace its fields.
         progress: show a progress bar.
+        prepared: tokenization and plan from `prepare` for this probe set, tokenizer and model
+            (a training monitor scores the same items many times).
 
     Returns:
         A DataFrame with the columns `FRAME_COLUMNS` (ARCHITECTURE.md "Per-item score frame"),
@@ -766,9 +776,11 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
     n_rows = min(len(tokenizer), emb_rows) if opts.vocab_rows == "tokenizer" else emb_rows
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     items = probe_set.items
-    encoded = encode_items(items, tokenizer, bos=opts.bos)
+    if prepared is not None:
+        prepared.check(probe_set, tokenizer, model, bos=opts.bos)
+    encoded = prepared.encoded if prepared is not None else encode_items(items, tokenizer, bos=opts.bos)
     res = score_encoded(model, encoded, n_rows=n_rows, pad_id=int(pad_id), batch_size=opts.batch_size,
-                        progress=progress)
+                        progress=progress, plan=None if prepared is None else prepared.plan)
     lt, lf = res["logp_target"], res["logp_foil"]
     margin = lt - lf
     frame = pd.DataFrame({
@@ -822,3 +834,54 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     out["_c"] = out["condition"].map({c: k for k, c in enumerate(CONDITIONS)})
     out["_s"] = out["split"].map({s: k for k, s in enumerate(SPLITS)})
     return out.sort_values(["rule", "_c", "_s"]).drop(columns=["_c", "_s"]).reset_index(drop=True)
+
+
+# --- prepare once, score many (a training monitor scores the same items every N steps) -------
+@dataclass(frozen=True)
+class Prepared:
+    """Tokenized items and their forward plan, reusable across weights of one architecture.
+
+    Attributes:
+        probe_set: the items prepared.
+        tokenizer_id: ``id`` of the tokenizer used (tokenization depends on it).
+        bos: whether a BOS token was prepended.
+        tree: whether the plan packs tree rows (depends on the model type, not its weights).
+        encoded: the items' token ids.
+        plan: the de-duplicated forward plan.
+    """
+
+    probe_set: ProbeSet
+    tokenizer_id: int
+    bos: bool
+    tree: bool
+    encoded: tuple[EncodedItem, ...]
+    plan: Any
+
+    def check(self, probe_set: ProbeSet, tokenizer: Any, model: Any, *, bos: bool) -> None:
+        """Raise ScoringError unless this preparation fits these items, tokenizer and model."""
+        if (probe_set.sha256 != self.probe_set.sha256 or id(tokenizer) != self.tokenizer_id
+                or bool(bos) != self.bos or _tree_ok(model) != self.tree):
+            raise ScoringError(f"prepared scoring of {self.probe_set.name!r} does not fit this call (other probe "
+                               "set, tokenizer, bos or model type); call prepare() again")
+
+
+def prepare(model: Any, probes: Any, *, tokenizer: Any, bos: bool = False) -> Prepared:
+    """Tokenize a probe set and build its forward plan once, for `score(..., prepared=)`.
+
+    Args:
+        model: the model the plan is for (only its architecture matters, not its weights).
+        probes: a `ProbeSet` or anything `load_probes` accepts.
+        tokenizer: the tokenizer `score` will be given.
+        bos: prepend the BOS token (must match the ``bos`` option of the scoring calls).
+
+    Returns:
+        A `Prepared`; scores with it equal scores without it exactly.
+
+    Raises:
+        TokenizationError: an item encodes to no tokens.
+    """
+    probe_set = probes if isinstance(probes, ProbeSet) else load_probes(probes)
+    encoded = tuple(encode_items(probe_set.items, tokenizer, bos=bos))
+    tree = _tree_ok(model)
+    plan = _make_tree_plan(encoded) if tree else _make_plan(encoded)
+    return Prepared(probe_set, id(tokenizer), bool(bos), tree, encoded, plan)

@@ -52,7 +52,7 @@ from pythia_forensics.constants import (
     TOKENIZER_FILES,
 )
 from pythia_forensics.errors import RevisionNotFoundError, SourceError, UnknownModelError
-from pythia_forensics.registry import ModelSpec, resolve_model, step_of_revision
+from pythia_forensics.registry import ModelSpec, checkpoint_folders, resolve_model, step_of_revision
 
 __all__ = [
     "CheckpointRecord",
@@ -745,7 +745,10 @@ class HubSource:
 
 # --- local folders -----------------------------------------------------------------------
 class LocalSource:
-    """A local suite model (`DIR/<model>/step<N>/`) behind the same interface as `HubSource`.
+    """A local model folder behind the same interface as `HubSource`.
+
+    Revisions are the model's checkpoint folders as the registry found them (`step<N>/`,
+    `checkpoint-<N>/`, or `--step-pattern` names; `ModelSpec.folders`).
 
     Every file is hashed with sha256 once; hashes are cached by (path, size, mtime) in
     `DIR/<model>/.pf-sha256.json` (or `$PF_HASH_CACHE`), so a rescan reads nothing new.
@@ -764,24 +767,25 @@ class LocalSource:
         self.model = self.spec.name
         self.path = Path(self.spec.path)
         self.repo = str(self.path)
+        # a hand-built spec may name only the folder: then scan it with the default patterns
+        self._folders = dict(self.spec.folders) or checkpoint_folders(self.path)
         self._hashes = _HashCache(Path(hash_cache) if hash_cache else _hash_cache_path(self.path))
 
     def branches(self, *, refresh: bool = False) -> dict[str, None]:
         return {r: None for r in self.revisions()}
 
     def revisions(self) -> tuple[str, ...]:
-        names = [p.name for p in self.path.iterdir() if p.is_dir() and step_of_revision(p.name) is not None]
-        return tuple(sorted(names, key=_revision_sort_key))
+        return tuple(r for r in self._folders if (self.path / r).is_dir())
 
     def resolve(self, revision: str) -> None:
-        if not (self.path / revision).is_dir():
+        if revision not in self._folders or not (self.path / revision).is_dir():
             raise self._missing_revision(revision)
         return None
 
     def _missing_revision(self, revision: str) -> RevisionNotFoundError:
         have = self.revisions()
         return RevisionNotFoundError(
-            f"{self.model} has no revision {revision!r} in {self.path} ({len(have)} step folders exist"
+            f"{self.model} has no revision {revision!r} in {self.path} ({len(have)} checkpoint folders exist"
             + (f": {have[0]} .. {have[-1]}" if have else "") + "); pick another with --steps"
         )
 
@@ -798,7 +802,7 @@ class LocalSource:
                                     blob_id=None, lfs=_is_weight(name)))
         self._hashes.save()
         return RevisionListing(model=self.model, repo=self.repo, revision=revision,
-                               step=self.spec.step_of(revision), commit=None, files=tuple(files),
+                               step=self._folders[revision], commit=None, files=tuple(files),
                                source=self.source)
 
     def record(self, revision: str) -> CheckpointRecord:
@@ -814,7 +818,7 @@ class LocalSource:
         """The revision folder itself (nothing to download).
 
         Raises:
-            RevisionNotFoundError: no such `step<N>` folder.
+            RevisionNotFoundError: no such checkpoint folder.
             SourceError: the folder has no weight files.
         """
         listing = self.listing(revision)
@@ -826,7 +830,7 @@ class LocalSource:
         """The revision folder, after checking it holds `names` (nothing to download).
 
         Raises:
-            RevisionNotFoundError: no such `step<N>` folder.
+            RevisionNotFoundError: no such checkpoint folder.
             SourceError: a named file is missing.
         """
         self.resolve(revision)

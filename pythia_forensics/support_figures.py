@@ -24,10 +24,10 @@ __all__ = ["support_figure", "sweep_figure", "FRAME_STYLES"]
 
 CORPUS_FRAME = "corpus"  # support.CORPUS_FRAME, the frame of corpus-wide rows
 CONFLICT_FRAME = "conflict"
-# Okabe-Ito palette: corpus-wide sky blue, the conflict frame thick vermillion, further
-# frames dashed orange / purple / green; parity black dotted
-FRAME_STYLES = {CORPUS_FRAME: dict(color=fg.PALETTE[5], linewidth=1.5, linestyle="-"),
-                CONFLICT_FRAME: dict(color=fg.PALETTE[1], linewidth=2.2, linestyle="-")}
+# figures.py's visual language: conflict is vermillion (the conflict frame, thick), neutral
+# grey for the corpus-wide line, further frames dashed in other Okabe-Ito hues; parity black
+FRAME_STYLES = {CORPUS_FRAME: dict(color=fg.NEUTRAL, linewidth=1.5, linestyle="-"),
+                CONFLICT_FRAME: dict(color=fg.CONDITION_COLORS["conflict"], linewidth=2.2, linestyle="-")}
 _OTHER_FRAME_COLORS = (fg.PALETTE[4], fg.PALETTE[3], fg.PALETTE[2])
 PARITY_LABEL = "parity: rule wins = prior wins"
 RATIO_LABEL = "support ratio (log scale)"
@@ -70,7 +70,7 @@ def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probese
     corpora = sorted(sup["corpus"].unique()) if "corpus" in sup else [None]
     traj = fg._group(trajectories, probeset, rule)
     models = [m for m in order if m in set(traj["model"])]
-    colors = {m: fg.MODEL_COLORS[i % len(fg.MODEL_COLORS)] for i, m in enumerate(models)}
+    colors = fg.model_colors(order)  # shades of the conflict hue, darker = larger (as figures.py)
     with fg._style():
         fig = Figure(figsize=(9.0, 3.6), layout="constrained")
         left, right = fig.subplots(1, 2, sharex=True)

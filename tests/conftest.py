@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,12 @@ import pytest
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Pythia's real tokenizer is not shipped; tests look for it beside the checkout (../shared)
+# unless the environment names another copy. The package itself has no such default.
+os.environ.setdefault(
+    "PF_NEOX_TOKENIZER",
+    str(Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt-neox-20b.json"),
+)
 
 from tinymodels import save_checkpoint, tiny_neox, train_bpe_tokenizer  # noqa: E402
 

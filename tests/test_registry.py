@@ -177,9 +177,9 @@ def test_local_suite_reads_manifest(tmp_path):
 
 
 def test_local_folder_errors(tmp_path):
-    (tmp_path / "nomanifest" / "step0").mkdir(parents=True)
-    with pytest.raises(UnknownModelError, match="manifest.json"):
-        resolve_model(tmp_path / "nomanifest")
+    (tmp_path / "nocheckpoints" / "logs").mkdir(parents=True)
+    with pytest.raises(UnknownModelError, match="holds no checkpoint folders.*--step-pattern"):
+        resolve_model(tmp_path / "nocheckpoints")
     with pytest.raises(UnknownModelError, match="did you mean 'mini-s'"):
         _fake_local(tmp_path)
         resolve_model("mini-z", suite_dir=tmp_path / "suite")
@@ -209,3 +209,93 @@ def test_cli_suite_show_and_list(tmp_path):
     bad = _cli("suite", "show", "pythya")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "did you mean 'pythia'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- checkpoint folders people have (issue #13) -------------------------------------------------
+def test_checkpoint_folders_names_trainer_state_and_pattern(tmp_path, monkeypatch):
+    from pythia_forensics.registry import checkpoint_folders
+
+    monkeypatch.setenv("PF_STEP_PATTERN", "")
+    run = tmp_path / "run"
+    for name in ("step0", "checkpoint-7", "checkpoint-20", "ckpt_3", "runs", "step12.tmp"):
+        (run / name).mkdir(parents=True)
+    # the Trainer's own count wins over the folder name (e.g. gradient accumulation renames)
+    (run / "checkpoint-7" / "trainer_state.json").write_text(json.dumps({"global_step": 700}))
+    (run / "checkpoint-20" / "trainer_state.json").write_text("{not json")
+    assert checkpoint_folders(run) == {"step0": 0, "checkpoint-20": 20, "checkpoint-7": 700}
+    assert checkpoint_folders(run, step_pattern=r"ckpt_(\d+)") == {"ckpt_3": 3}
+    assert checkpoint_folders(run, step_pattern=r"ckpt_(?P<step>\d+)") == {"ckpt_3": 3}
+    monkeypatch.setenv("PF_STEP_PATTERN", r"ckpt_(\d+)")
+    assert checkpoint_folders(run) == {"ckpt_3": 3}
+    with pytest.raises(UnknownModelError, match="no group"):
+        checkpoint_folders(run, step_pattern="ckpt_3")
+    with pytest.raises(UnknownModelError, match="not a regular expression"):
+        checkpoint_folders(run, step_pattern="ckpt_(")
+    monkeypatch.setenv("PF_STEP_PATTERN", "")
+    (run / "step700").mkdir()
+    with pytest.raises(UnknownModelError, match="checkpoint-7 and step700 both hold step 700"):
+        checkpoint_folders(run)
+
+
+def test_model_folder_without_manifest_reads_sizes_from_weights(tmp_path, tiny_tokenizer, monkeypatch):
+    from tinymodels import save_checkpoint, tiny_neox
+
+    monkeypatch.setenv("PF_STEP_PATTERN", "")
+    net = tiny_neox(len(tiny_tokenizer), hidden=48, layers=3, heads=4, seed=1)
+    save_checkpoint(tmp_path / "run" / "checkpoint-5", net, tiny_tokenizer)
+    spec = resolve_model(tmp_path / "run")
+    total = sum(p.numel() for p in net.parameters())
+    emb_in, emb_out = net.get_input_embeddings().weight, net.get_output_embeddings().weight
+    assert (spec.layers, spec.d_model, spec.heads) == (3, 48, 4)
+    assert spec.vocab_size == emb_out.shape[0]
+    assert spec.params_total == total and spec.params_nonembedding == total - emb_in.numel() - emb_out.numel()
+    assert spec.steps == (5,) and spec.revisions == ("checkpoint-5",) and spec.step_of("checkpoint-5") == 5
+    # a manifest, where present, wins field by field; what it lacks still comes from the weights
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"model": "named", "params_total": 99}))
+    spec = resolve_model(tmp_path / "run")
+    assert (spec.name, spec.params_total, spec.layers) == ("named", 99, 3)
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"layers": "three"}))
+    with pytest.raises(UnknownModelError, match="not a valid manifest"):
+        resolve_model(tmp_path / "run")
+
+
+def test_manifest_round_trip_keeps_unknown_keys(tmp_path):
+    from pythia_forensics.manifest import Manifest, read_manifest, write_manifest
+
+    data = {"model": "m", "layers": 2, "steps": [0, 10], "corpus": {"rules": {}}, "my_note": {"lr": 3}}
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    manifest = read_manifest(tmp_path)
+    assert manifest.steps == (0, 10) and manifest.extra == {"my_note": {"lr": 3}}
+    write_manifest(tmp_path, manifest)
+    again = json.loads((tmp_path / "manifest.json").read_text())
+    assert {k: again[k] for k in data} == data
+    assert read_manifest(tmp_path / "absent") is None and Manifest().to_dict()["steps"] == []
+
+
+@pytest.mark.parametrize("typed", ["./no-such-run", "../nope/run", "~/no-such-run-xyz", "/no/such/run",
+                                   "runs/a/b", "runs\\a"])
+def test_path_like_model_that_does_not_exist_never_calls_the_hub(typed, tmp_path, monkeypatch, run_cli):
+    import huggingface_hub
+
+    from pythia_forensics import registry
+
+    assert registry.looks_like_path(typed)
+
+    def no_hub(*a, **k):
+        raise AssertionError("the hub was called")
+
+    for name in ("list_repo_refs", "model_info", "hf_hub_download", "snapshot_download"):
+        monkeypatch.setattr(huggingface_hub, name, no_hub)
+        monkeypatch.setattr(huggingface_hub.HfApi, name, no_hub, raising=False)
+    monkeypatch.chdir(tmp_path)
+    for command in (["replay", typed, "-p", "pronoun_gender"], ["health", typed],
+                    ["probe", typed, "-p", "pronoun_gender"]):
+        code, out, err = run_cli(command)
+        assert code == 2 and err.startswith(f"error: no such folder: {typed}") and err.count("\n") == 1, err
+    assert not (tmp_path / "results").exists()
+
+
+def test_hub_ids_are_not_paths():
+    from pythia_forensics.registry import looks_like_path
+
+    assert not any(looks_like_path(t) for t in ("EleutherAI/pythia-70m", "pythia-70m", "org/name.v2"))

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import threading
@@ -229,59 +227,176 @@ def _run_cli(args: list[str], **kw) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_sigkill_at_ten_random_moments_then_resume_equals_uninterrupted(suite, probe_files, reference_run, tmp_path):
-    """Ten replays SIGKILLed at random moments, then a CLI rerun: the store equals one clean run.
+def _fp32_close(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """Equal, numbers within a few fp32 steps at the log-probs' magnitude (never a fixed atol)."""
+    assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
+    scale = np.maximum(expected["logp_target"].abs(), expected["logp_foil"].abs()).to_numpy()
+    step = np.spacing(scale.astype(np.float32)).astype(float)
+    for col in got.columns:
+        if col in NUMERIC or col in ("mean_logp_target", "mean_logp_foil"):
+            bound = 4 * step if col in NUMERIC else 4 * step / expected["n_target_tokens"].clip(lower=1).to_numpy()
+            diff = np.abs(got[col].to_numpy(float) - expected[col].to_numpy(float))
+            assert (diff <= np.maximum(bound, 4 * np.spacing(np.abs(expected[col].to_numpy(np.float32))))).all(), col
+        else:
+            pd.testing.assert_series_equal(got[col], expected[col], check_dtype=False, obj=col)
 
-    The killed replays are processes forked from a forkserver that imported torch and the
-    package once, so each kill costs milliseconds of start-up instead of seconds.
+
+def _summary_close(got: pd.DataFrame, expected: pd.DataFrame, items: pd.DataFrame) -> None:
+    """Summary tables equal; mean margins within a few fp32 steps of the largest log-prob."""
+    scale = float(np.maximum(items["logp_target"].abs(), items["logp_foil"].abs()).max())
+    tol = 4 * float(np.spacing(np.float32(scale)))
+    assert len(got) == len(expected)
+    for col in got.columns:
+        if col == "mean_margin":
+            np.testing.assert_allclose(got[col], expected[col], rtol=0, atol=tol)
+        else:
+            pd.testing.assert_series_equal(got[col].reset_index(drop=True), expected[col].reset_index(drop=True),
+                                           check_dtype=False, obj=col)
+
+
+def _replay_with_fault(fault: str, models: list[str], probes: list[str], results: str) -> None:
+    """Forkserver target: a replay whose store exits hard at the PF_FAULT point."""
+    from pythia_forensics.constants import FAULT_ENV
+    from pythia_forensics.replay import replay
+
+    os.environ[FAULT_ENV] = fault
+    replay(models, probes, results=results, progress=False)
+
+
+@pytest.mark.slow
+def test_kill_at_every_store_write_and_mid_write_then_resume_equals_uninterrupted(suite, probe_files, reference_run,
+                                                                                  tmp_path):
+    """A replay of 10 revisions x 2 probe sets killed (os._exit via PF_FAULT) in the middle of and
+    right after every one of its store writes (models table, 20 item files, summary), each time
+    resumed by a fresh process: the store ends equal to the uninterrupted run's.
+
+    Each process writes models.parquet first, so "store-write:2" lets it finish exactly one more
+    unit. The processes fork from a forkserver that imported torch and the package once.
     """
     import multiprocessing
 
+    from pythia_forensics.constants import FAULT_EXIT_STATUS
     from pythia_forensics.replay import replay
 
     results = tmp_path / "killed"
-    models = [str(suite / m) for m in MODELS]
+    models = [str(suite / "mini-a")]
     probes = [str(p) for p in probe_files]
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.gpt_neox.modeling_gpt_neox",
                                 "pandas", "pyarrow.parquet", "pythia_forensics.replay", "pythia_forensics.scoring",
                                 "pythia_forensics.sources", "pythia_forensics.probes"])
     store = ResultsStore(results)
-    rng = random.Random(4)
-    kills = 0
-    for _ in range(40):
-        if kills == 10 or len(store.keys()) == 60:
-            break
-        done_before = len(store.keys())
-        proc = ctx.Process(target=replay, args=(models, probes),
-                           kwargs={"results": str(results), "progress": False})
+    units = len(STEPS) * len(probes)
+    plan = [("store-write-mid:1", 0), ("store-write:1", 0)]  # the models table
+    plan += [(f"store-write{mid}:2", k + (not mid)) for k in range(units) for mid in ("-mid", "")]
+    plan += [("store-write-mid:2", units), ("store-write:2", units)]  # the summary table
+    for fault, files_after in plan:
+        proc = ctx.Process(target=_replay_with_fault, args=(fault, models, probes, str(results)))
         proc.start()
-        # Every third kill at a random moment of start-up/planning; the others at a random
-        # moment after this run has written something (mid-fetch, mid-score or mid-write).
-        # The delays are short so that ten kills land before the 60 units are done even on a
-        # quiet machine, where one unit takes a few tens of milliseconds.
-        if kills % 3 == 0:
-            proc.join(timeout=rng.uniform(0.05, 0.6))
-        else:
-            deadline = time.monotonic() + 60
-            while len(store.keys()) <= done_before and proc.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.005)
-            proc.join(timeout=rng.uniform(0.0, 0.08))
-        if proc.is_alive():
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.join()
-    assert kills == 10, f"only {kills} kills landed before the sweep finished"
-    assert len(store.keys()) < 60  # the kills left work to resume
-    final = _run_cli(["replay", *models, *[a for p in probes for a in ("--probes", p)], "--results", str(results)])
-    assert final.wait(timeout=300) == 0, final.stderr.read()
-    expected = _stable(ResultsStore(reference_run[0]).items())
+        proc.join(timeout=300)
+        assert proc.exitcode == FAULT_EXIT_STATUS, (fault, proc.exitcode)
+        assert len(store.keys()) == files_after, fault  # deterministic progress, one unit per kill pair
+        temps = list(results.rglob(".tmp-*"))
+        assert len(temps) == (1 if "mid" in fault else 0), fault  # mid-write leaves half a temp file
+    assert (results / "summary.parquet").exists()
+    final = replay(models, probes, results=results, progress=False)
+    assert final.units_scored == 0
+    assert not list(results.rglob(".tmp-*"))
+    assert store.verify().ok
+    reference = ResultsStore(reference_run[0]).items()
+    expected = _stable(reference[reference.model == "mini-a"])
     got = _stable(store.items())
-    assert len(got) == len(expected) and not got.duplicated(["model", "revision", "probeset", "item_id"]).any()
     assert (got["work_key"] == expected["work_key"]).all()  # same keys: same inputs, same code
-    pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-6, rtol=0)
-    assert len(store.keys()) == 60
-    assert not list(results.rglob(".tmp-*"))  # the rerun cleaned up what the kills left
+    _fp32_close(got, expected)
+    ref_summary = ResultsStore(reference_run[0]).summary()
+    ref_summary = ref_summary[ref_summary.model == "mini-a"].reset_index(drop=True)
+    _summary_close(store.summary(), ref_summary, reference)
+
+
+def _damage_store(results: Path) -> dict[str, list[tuple[str, str, str]]]:
+    """Apply every kind of damage to a copy of a finished store; returns the slots hit per kind."""
+    store = ResultsStore(results)
+    rows = store.items()
+
+    def path_of(model, step, probeset):
+        key = rows[(rows.model == model) & (rows.step == step) & (rows.probeset == probeset)]["work_key"].iloc[0]
+        return results / "items" / model / f"{key}.parquet"
+
+    def edit(p, keep_metadata):
+        table = pq.read_table(p)
+        if keep_metadata:
+            j = table.schema.get_field_index("logp_foil")
+            lf = table["logp_foil"].to_numpy().copy()
+            lf[0] -= 1.0
+            pq.write_table(table.set_column(j, "logp_foil", pa.array(lf)), p)
+        else:
+            frame = table.to_pandas()
+            frame.loc[0, "margin"] += 1.0
+            frame.to_parquet(p)
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    damages = {
+        "truncate": (("mini-a", 0, "pron"), lambda p: p.write_bytes(p.read_bytes()[:500])),
+        "zero-byte": (("mini-a", 1, "art"), lambda p: p.write_bytes(b"")),
+        "garbage": (("mini-b", 2, "pron"), lambda p: p.write_bytes(os.urandom(2000))),
+        "rows-dropped": (("mini-b", 4, "art"), lambda p: pq.write_table(pq.read_table(p).slice(0, 2), p)),
+        "edited": (("mini-c", 8, "pron"), lambda p: edit(p, True)),
+        "edited-pandas": (("mini-c", 16, "art"), lambda p: edit(p, False)),
+        "deleted": (("mini-b", 64, "pron"), lambda p: p.unlink()),
+        "duplicate": (("mini-a", 32, "pron"), lambda p: (p.parent / "copy.parquet").write_bytes(p.read_bytes())),
+    }
+    for slot, hurt in damages.values():
+        hurt(path_of(*slot))
+    for table in ("models.parquet", "summary.parquet"):
+        path = results / table
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    return {kind: slot for kind, (slot, _) in damages.items()}
+
+
+@pytest.mark.parametrize("mode", ["replay", "repair-then-replay"])
+def test_corrupted_store_is_detected_and_a_replay_restores_it(mode, suite, probe_files, reference_run, tmp_path,
+                                                              run_cli):
+    """Truncated, zero-byte, garbage, short, edited (twice), duplicated and deleted item files and
+    truncated models/summary tables: analyze uses none of the damaged rows and names the gaps;
+    a replay (or verify --repair, then a replay) ends with the uninterrupted run's store."""
+    import shutil
+
+    from pythia_forensics.replay import replay
+
+    results = tmp_path / "hurt"
+    shutil.copytree(reference_run[0], results)
+    slots = _damage_store(results)
+    lost = {(m, f"step{s}", p) for kind, (m, s, p) in slots.items() if kind != "duplicate"}
+    store = ResultsStore(results)
+    if mode == "repair-then-replay":
+        code, out, _ = run_cli(["verify", str(results), "--repair"])
+        assert code == 1  # the lost slots stay missing until a replay
+        assert {ln for ln in out.splitlines() if ln.startswith("missing:")} == {
+            f"missing: {m} {r} (step {r[4:]}) for probe set {p}: a replay recomputes it" for m, r, p in lost}
+        pd.testing.assert_frame_equal(store.models(), ResultsStore(reference_run[0]).models())
+    else:
+        code, out, _ = run_cli(["verify", str(results)])
+        assert code == 1 and sum(ln.startswith("duplicate:") for ln in out.splitlines()) == 1
+    code, out, err = run_cli(["analyze", "--results", str(results)])
+    assert code in (0, None), err
+    assert {ln for ln in out.splitlines() if ln.startswith("missing:")} == {
+        f"missing: {m} {r} (step {r[4:]}) for probe set {p}; `replay` recomputes it" for m, r, p in lost}
+    used = store.items()
+    assert len(used) == len(ResultsStore(reference_run[0]).items()) - sum(
+        len(PRONOUN) if p == "pron" else len(ARTICLE) for _, _, p in lost)
+    assert not {(r.model, r.revision, r.probeset) for r in used.itertuples()} & lost
+    assert not used.duplicated(["model", "revision", "probeset", "item_id"]).any()
+
+    summary = replay([str(suite / m) for m in MODELS], [str(p) for p in probe_files], results=results,
+                     progress=False)
+    assert summary.units_scored == len(lost)
+    assert ResultsStore(results).verify(repair=True).ok
+    expected = ResultsStore(reference_run[0])
+    _fp32_close(_stable(ResultsStore(results).items()), _stable(expected.items()))
+    pd.testing.assert_frame_equal(ResultsStore(results).models(), expected.models())
+    _summary_close(ResultsStore(results).summary(), expected.summary(), expected.items())
 
 
 def test_submitit_two_task_array_on_local_executor(suite, probe_files, tmp_path):

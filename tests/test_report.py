@@ -104,3 +104,80 @@ def test_bad_config_is_one_line(results, tmp_path, capsys):
         main(["analyze", "--results", str(results), "--config", str(cfg)])
     assert stop.value.code == 2
     assert "unknown key emergence.conflct_min" in capsys.readouterr().err
+
+
+def test_report_paths_relative_and_symbols_defined(results, tmp_path):
+    out = runner.invoke(app, ["figures", "--results", str(results)])
+    assert out.exit_code == 0, out.output
+    report = (results / "report.md").read_text()
+    assert str(results) not in report and str(tmp_path) not in report  # no machine paths
+    assert "](figures/a_accuracy_pronoun_gender.png)" in report
+    assert "/" not in report.split("Analysis config sha256:")[1].split("\n")[0].split("(")[1]
+    symbols = report.split("## Symbols")[1].split("## ")[0]
+    for symbol in ("R, U, D, P, N", "(X)", "VOID", "CM", "rho", "p_perm", "rho_lo, rho_hi", "lag steps (ckpt)",
+                   "depth [CI]", "final [CI]", "k"):
+        assert f"| {symbol} |" in symbols, symbol
+    # every column header of the metrics table is defined or self-explanatory
+    header = report.split("## Trajectory metrics")[1].split("\n")[2]
+    for col in (c.strip() for c in header.strip("|").split("|")):
+        assert col in symbols or col in {"model", "rule", "split", "verdict", "checkpoints", "void reason",
+                                         "emergence"}, col
+
+
+def test_figures_and_analyze_run_with_unknown_sizes(results, tmp_path):
+    from pythia_forensics.store import ResultsStore
+
+    sizes = suite_models()
+    sizes["params_total"] = pd.array([None, 4e5, 1.6e6, None, 2.56e7], dtype="Float64")
+    ResultsStore(results).write_models(sizes)
+    out = runner.invoke(app, ["analyze", "--results", str(results)])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["figures", "--results", str(results), "--out", str(tmp_path / "f"), "--x", "tokens",
+                              "--xscale", "log"])
+    assert out.exit_code == 0, out.output
+    report = (results / "report.md").read_text()
+    assert "Parameter count unknown for mini-l, mini-xs" in report
+    assert (tmp_path / "f" / "c_scale_pronoun_gender.png").exists()
+
+
+def test_bad_xscale_is_refused(results, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["figures", "--results", str(results), "--xscale", "logarithmic"])
+    assert stop.value.code == 2
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_verdict_and_claims_tables_fit_the_width(width):
+    """Narrow terminals: no line wider than the terminal, no number cut, dropped columns named."""
+    import io
+
+    from rich.console import Console
+
+    from pythia_forensics.cli.tables import Col, fit_table
+
+    cols = [Col("model"), Col("rule", wrap=True), Col("verdict"), Col("emerge", "right", drop=2),
+            Col("onset", "right", drop=1), Col("final", "right"), Col("depth", "right", drop=1),
+            Col("CM=0", "right", drop=3), Col("lag", "right", drop=3)]
+    rows = [("mini-s", "subject_verb_agreement", "UNSTABLE", "140", "780", "0.317", "0.503", "760", "-1"),
+            ("mini-l", "reflexive_gender", "RECOVERED", "120", "-", "1.000", "0.000", "-", "-")]
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, color_system=None)
+    console.print(fit_table("verdicts", cols, rows, width=width), width=width)
+    text = buf.getvalue()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in text
+    for value in ("0.317", "1.000", "UNSTABLE", "RECOVERED", "mini-s"):
+        assert value in text
+    assert "left out to fit" in text
+    claims = [("mini-s: low-support rule pronoun_gender (support 0.02) emerges then collapses",
+               "peak 1.00 @ 300, emerged @ 220, final 0.00, agree final 1.00", "yes")]
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, color_system=None)
+    console.print(fit_table("claims", [Col("claim", wrap=True), Col("measured", wrap=True), Col("result")], claims,
+                            width=width), width=width)
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= width and "…" not in text
+    flat = " ".join(text.split())
+    for value in ("0.02", "1.00", "220", "300"):
+        assert value in flat

@@ -1,7 +1,10 @@
-"""ResultsStore: keys, atomic writes, supersession, summary, models/health tables."""
+"""ResultsStore: keys, atomic writes, supersession, summary, models/health tables, self-checks,
+quarantine, duplicates, gaps, `verify`, ecosystem readers, the PF_FAULT hook."""
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pythia_forensics.errors import StoreError
-from pythia_forensics.store import ResultsStore, WorkKey
+from pythia_forensics.store import ResultsStore, WorkKey, summarize
 
 
 def _key(**over) -> WorkKey:
@@ -105,7 +111,8 @@ def test_hub_ids_partition_safely(tmp_path):
     store = ResultsStore(tmp_path)
     key = _key(model="EleutherAI/pythia-14m")
     store.write(key, _frame(model="EleutherAI/pythia-14m"), provenance={"step": None})
-    assert store.path_for(key).parent.name == "model=EleutherAI--pythia-14m"
+    # a plain folder name: no hive-style `model=` partition to clash with the `model` column
+    assert store.path_for(key).parent.name == "EleutherAI--pythia-14m"
     rows = store.items(models=["EleutherAI/pythia-14m"])
     assert len(rows) == 6 and rows["step"].isna().all()
     assert store.items(models=["other"]).empty
@@ -150,3 +157,302 @@ def test_killed_writer_leaves_no_partial_file(tmp_path):
     assert not rows.duplicated(["revision", "item_id"]).any()
     store.clean_temporaries()
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+# --- a store that checks itself -------------------------------------------------------------
+def _filled(tmp_path, n_rev: int = 3) -> tuple[ResultsStore, list[WorkKey]]:
+    """Two models x n_rev revisions x two probe sets, with a models table."""
+    store = ResultsStore(tmp_path)
+    store.write_models(pd.DataFrame({"model": ["m", "EleutherAI/x"], "params_total": pd.array([10, 20], dtype="Int64"),
+                                     "source": ["local", "hub"]}))
+    keys = []
+    for model in ("m", "EleutherAI/x"):
+        for r in range(n_rev):
+            for probeset in ("p", "q"):
+                key = _key(model=model, revision=f"step{r}", probeset=probeset)
+                store.write(key, _frame(seed=len(keys)), provenance={
+                    "step": r, "repo": None if model == "m" else model,
+                    "commit": None if model == "m" else "ab" * 20})
+                keys.append(key)
+    store.refresh_summary()
+    return store, keys
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _zero(p):
+    p.write_bytes(b"")
+
+
+def _garbage(p):
+    p.write_bytes(os.urandom(p.stat().st_size))
+
+
+def _drop_rows(p):  # a tool that keeps the file's metadata but loses rows
+    table = pq.read_table(p)
+    pq.write_table(table.slice(0, table.num_rows - 2), p)
+
+
+def _edit_keeping_metadata(p):  # logp_target and margin edited consistently, metadata kept
+    table = pq.read_table(p)
+    i = table.schema.get_field_index("logp_target")
+    j = table.schema.get_field_index("margin")
+    lt = table["logp_target"].to_numpy().copy()
+    lt[0] += 0.5
+    margin = table["margin"].to_numpy().copy()
+    margin[0] += 0.5
+    table = table.set_column(i, "logp_target", pa.array(lt)).set_column(j, "margin", pa.array(margin))
+    pq.write_table(table, p)
+
+
+def _edit_through_pandas(p):  # the obvious notebook edit: the store's metadata is lost
+    frame = pd.read_parquet(p)
+    frame.loc[0, "margin"] = 5.0
+    frame.to_parquet(p)
+
+
+def _edit_margin_only(p):  # breaks margin == logp_target - logp_foil even where metadata is kept
+    table = pq.read_table(p)
+    j = table.schema.get_field_index("margin")
+    margin = table["margin"].to_numpy().copy()
+    margin[1] += 1e-3
+    pq.write_table(table.set_column(j, "margin", pa.array(margin)), p)
+
+
+DAMAGES = {"truncate": (_truncate, "unreadable"), "zero-byte": (_zero, "zero bytes"),
+           "garbage": (_garbage, "unreadable"), "rows-dropped": (_drop_rows, "rows dropped"),
+           "edited": (_edit_keeping_metadata, "checksum"), "edited-pandas": (_edit_through_pandas, "no checksum"),
+           "margin-edited": (_edit_margin_only, "checksum")}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_item_file_is_detected_quarantined_and_rewritable(damage, tmp_path, caplog):
+    store, keys = _filled(tmp_path)
+    victim = keys[3]
+    path = store.path_for(victim)
+    expected = store.items()
+    expected = expected[expected.work_key != victim.id].reset_index(drop=True)
+    DAMAGES[damage][0](path)
+    with caplog.at_level(logging.WARNING, logger="pythia_forensics.store"):
+        assert not store.has(victim)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0] and DAMAGES[damage][1] in lines[0], lines
+    assert not path.exists()
+    moved = list((tmp_path / "quarantine").glob("*.parquet"))
+    assert len(moved) == 1
+    reason = moved[0].with_name(moved[0].name + ".reason.txt").read_text()
+    assert DAMAGES[damage][1] in reason
+    # every other key is still intact, and items() uses none of the damaged rows
+    assert all(store.has(k) for k in keys if k != victim)
+    pd.testing.assert_frame_equal(store.items(), expected)
+    assert store.missing()[["model", "probeset", "revision"]].values.tolist() == [
+        [victim.model, victim.probeset, victim.revision]]
+    store.write(victim, _frame(seed=99), provenance={"step": 1})
+    assert store.has(victim) and store.missing().empty
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edited", "rows-dropped"])
+def test_items_never_return_damaged_rows(damage, tmp_path, caplog):
+    """analyze reads through items(): a damaged file is skipped (and moved aside) even without has()."""
+    store, keys = _filled(tmp_path)
+    victim = keys[0]
+    DAMAGES[damage][0](store.path_for(victim))
+    with caplog.at_level(logging.WARNING, logger="pythia_forensics.store"):
+        rows = store.items()
+    assert victim.id not in set(rows["work_key"]) and len(rows) == 6 * (len(keys) - 1)
+    assert sum(DAMAGES[damage][1] in r.getMessage() for r in caplog.records) == 1
+    summ = store.refresh_summary()
+    assert summ["n"].sum() == len(rows)
+
+
+def test_duplicate_and_superseded_files_of_a_slot_count_once(tmp_path):
+    store, keys = _filled(tmp_path)
+    path = store.path_for(keys[0])
+    shutil.copy(path, path.with_name("copy-of-it.parquet"))
+    shutil.copy(path, path.with_name(f"{keys[0].slot}ffffffffffffffffffffffff.parquet"))
+    before = summarize(store.items())
+    rows = store.items()
+    assert len(rows) == 6 * len(keys)  # not doubled
+    report = store.verify()
+    assert report.count("duplicate") == 2 and report.count("damaged") == 0, report.problems
+    assert report.count("missing") == 0 and not report.ok
+    fixed = store.verify(repair=True)
+    assert fixed.ok, fixed.problems
+    pd.testing.assert_frame_equal(summarize(store.items()), before)
+    assert sorted(p.name for p in store.path_for(keys[0]).parent.iterdir()).count(path.name) == 1
+
+
+def test_newest_intact_file_of_a_slot_wins_over_a_damaged_newer_one(tmp_path):
+    store = ResultsStore(tmp_path)
+    old, new = _key(content_key="c1"), _key(content_key="c2")
+    store.write(old, _frame(seed=1), provenance={"step": 10})
+    saved = store.path_for(old).read_bytes()
+    store.write(new, _frame(seed=2), provenance={"step": 10})
+    store.path_for(old).write_bytes(saved)
+    _truncate(store.path_for(new))
+    rows = store.items()
+    assert set(rows["content_key"]) == {"c1"} and len(rows) == 6
+    assert not store.has(new)
+
+
+def test_deleted_file_is_a_gap_per_model_and_probe_set(tmp_path):
+    store, keys = _filled(tmp_path)
+    gone = [k for k in keys if k.model == "EleutherAI/x" and k.revision == "step2" and k.probeset == "q"][0]
+    store.path_for(gone).unlink()
+    gaps = store.missing()
+    assert gaps.to_dict("records") == [{"model": "EleutherAI/x", "probeset": "q", "revision": "step2", "step": 2}]
+    # the summary still lists a slot whose files are all gone
+    for k in keys:
+        if k.model == "m" and k.revision == "step1":
+            store.path_for(k).unlink()
+    assert {(g.model, g.probeset, g.revision) for g in store.missing().itertuples()} == {
+        ("EleutherAI/x", "q", "step2"), ("m", "p", "step1"), ("m", "q", "step1")}
+
+
+@pytest.mark.parametrize("table", ["summary.parquet", "models.parquet"])
+@pytest.mark.parametrize("damage", ["truncate", "zero-byte", "rows-dropped", "deleted"])
+def test_damaged_summary_and_models_tables_are_rebuilt_from_item_files(table, damage, tmp_path, caplog):
+    store, keys = _filled(tmp_path)
+    summary, models = store.summary(), store.models()
+    assert len(summary) and len(models) == 2
+    path = tmp_path / table
+    if damage == "deleted":
+        path.unlink()
+    else:
+        DAMAGES[damage][0](path)
+    fresh = ResultsStore(tmp_path)
+    report = fresh.verify()
+    assert not report.ok
+    if damage != "deleted":
+        got = fresh.summary() if table == "summary.parquet" else fresh.models()
+        pd.testing.assert_frame_equal(got, summary if table == "summary.parquet" else models)
+    assert ResultsStore(tmp_path).verify(repair=True).ok
+    pd.testing.assert_frame_equal(ResultsStore(tmp_path).summary(), summary)
+    pd.testing.assert_frame_equal(ResultsStore(tmp_path).models(), models)
+
+
+def test_damaged_models_table_does_not_break_an_upsert(tmp_path):
+    store, _ = _filled(tmp_path)
+    _garbage(tmp_path / "models.parquet")
+    store.write_models(pd.DataFrame({"model": ["m"], "params_total": pd.array([11], dtype="Int64"),
+                                     "source": ["local"]}))
+    got = ResultsStore(tmp_path).models().set_index("model")["params_total"].to_dict()
+    assert got == {"m": 11, "EleutherAI/x": 20}
+
+
+def test_health_table_damage_is_quarantined_not_fatal(tmp_path):
+    store, _ = _filled(tmp_path)
+    store.write_health(pd.DataFrame({"model": ["m"], "revision": ["step1"], "status": ["bad"], "reasons": ["x"]}))
+    _truncate(tmp_path / "health.parquet")
+    assert ResultsStore(tmp_path).health().empty
+    assert list((tmp_path / "quarantine").glob("*health.parquet"))
+
+
+def test_old_layout_store_stays_readable_and_repair_upgrades_it(tmp_path, caplog):
+    """Store format 1: hive-style `model=` folders, files without the store's metadata."""
+    store, keys = _filled(tmp_path)
+    expected = store.items()
+    for path in list((tmp_path / "items").glob("*/*.parquet")):
+        legacy_dir = path.parent.with_name("model=" + path.parent.name)
+        legacy_dir.mkdir(exist_ok=True)
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), legacy_dir / path.name)
+        path.unlink()
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+    old = ResultsStore(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="pythia_forensics.store"):
+        rows = old.items()
+    assert any("verify" in r.getMessage() and "--repair" in r.getMessage() for r in caplog.records)
+    pd.testing.assert_frame_equal(rows, expected)
+    assert old.verify().count("legacy") == len(keys)
+    assert old.verify(repair=True).ok
+    assert not list((tmp_path / "items").glob("model=*"))
+    assert all(ResultsStore(tmp_path).has(k) for k in keys)
+    pd.testing.assert_frame_equal(ResultsStore(tmp_path).items(), expected)
+
+
+def test_verify_cli_exit_status_and_lines(tmp_path, run_cli):
+    store, keys = _filled(tmp_path / "r")
+    code, out, err = run_cli(["verify", str(tmp_path / "r")])
+    assert code in (0, None) and "12 intact" in out and "0 damaged" in out, out + err
+    _zero(store.path_for(keys[0]))
+    shutil.copy(store.path_for(keys[1]), store.path_for(keys[1]).with_name("dup.parquet"))
+    code, out, err = run_cli(["verify", str(tmp_path / "r")])
+    assert code == 1
+    problem_lines = [ln for ln in out.splitlines() if ln.startswith(("damaged:", "duplicate:", "missing:"))]
+    assert len(problem_lines) == 3, out
+    code, out, err = run_cli(["verify", str(tmp_path / "r"), "--repair"])
+    assert code == 1 and "missing:" in out and "damaged:" not in out.replace("repaired:", "")  # a replay refills it
+    store.write(keys[0], _frame(seed=0), provenance={"step": 0})
+    store.refresh_summary()  # as replay does after writing
+    code, out, err = run_cli(["verify", str(tmp_path / "r")])
+    assert code in (0, None) and "intact" in out.splitlines()[-1], out
+    code, out, err = run_cli(["verify", str(tmp_path / "nowhere")])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- a store the ecosystem reads -----------------------------------------------------------
+def test_pandas_pyarrow_polars_duckdb_read_every_row_with_its_model(tmp_path):
+    import duckdb
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    store, keys = _filled(tmp_path)
+    _truncate(store.path_for(keys[0]))
+    assert not store.has(keys[0])  # quarantined: must not be read by anyone
+    (store.path_for(keys[1]).parent / ".tmp-x.parquet.1.2@host").write_bytes(b"partial")
+    expected = store.items()
+    want = expected.groupby("model").size().to_dict()
+    assert want == {"m": 30, "EleutherAI/x": 36}
+    items = tmp_path / "items"
+    readers = {
+        "pandas": lambda: pd.read_parquet(items),
+        "pyarrow": lambda: ds.dataset(items).to_table().to_pandas(),
+        "polars": lambda: pl.scan_parquet(str(items / "**/*.parquet")).collect().to_pandas(),
+        "duckdb": lambda: duckdb.sql(f"SELECT * FROM read_parquet('{items}/**/*.parquet', "
+                                     "hive_partitioning=true)").df(),
+    }
+    for name, read in readers.items():
+        got = read()
+        assert got.groupby("model").size().to_dict() == want, name
+        assert set(got.columns) == set(expected.columns), name
+        merged = got.merge(expected, on=["work_key", "item_id"], suffixes=("", "_ref"))
+        assert len(merged) == len(expected), name
+        assert (merged["model"] == merged["model_ref"]).all(), name
+        np.testing.assert_array_equal(merged["margin"], merged["margin_ref"])
+
+
+# --- deterministic faults ----------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["store-write", "store-write-mid"])
+def test_fault_hook_exits_after_or_in_the_middle_of_the_nth_write(mode, tmp_path):
+    from pythia_forensics.constants import FAULT_ENV, FAULT_EXIT_STATUS
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_store import _frame, _key
+        from pythia_forensics.store import ResultsStore
+        store = ResultsStore({str(tmp_path)!r})
+        for k in range(5):
+            store.write(_key(revision=f"step{{k}}"), _frame(), provenance={{"step": k}})
+        print("finished")
+    """)
+    env = {**os.environ, FAULT_ENV: f"{mode}:3"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == FAULT_EXIT_STATUS and "finished" not in proc.stdout, proc.stderr
+    store = ResultsStore(tmp_path)
+    published = sorted(int(r[4:]) for r in store.items()["revision"].unique())
+    temps = list(tmp_path.rglob(".tmp-*"))
+    if mode == "store-write":
+        assert published == [0, 1, 2] and not temps
+    else:
+        assert published == [0, 1] and len(temps) == 1
+        with pytest.raises(Exception):
+            pq.read_table(temps[0])  # half a file, under a name no reader globs
+        assert store.clean_temporaries() == 1
+    bad = subprocess.run([sys.executable, "-c", script], env={**os.environ, FAULT_ENV: "store-write:x"},
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "store-write:N" in bad.stderr

@@ -70,12 +70,12 @@ def save_checkpoint(directory: Path, model, tokenizer) -> Path:
 
 
 def neox_tokenizer():
-    """Pythia's real GPT-NeoX-20B tokenizer from ../shared, or skip with the reason."""
+    """Pythia's real GPT-NeoX-20B tokenizer ($PF_NEOX_TOKENIZER, set in conftest.py), or skip."""
     from pythia_forensics.constants import neox_tokenizer_file
     from transformers import PreTrainedTokenizerFast
 
     path = neox_tokenizer_file()
-    if not path.exists():
+    if path is None or not path.is_file():
         pytest.skip(f"GPT-NeoX-20B tokenizer not found at {path}; set PF_NEOX_TOKENIZER")
     return PreTrainedTokenizerFast(
         tokenizer_file=str(path),

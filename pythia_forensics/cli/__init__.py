@@ -24,8 +24,19 @@ app = typer.Typer(
 
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from pythia_forensics import __version__
+
+        print(f"pythia-forensics {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the package version and exit."),
+) -> None:
     """Replay a model's training checkpoints and find rules it learns and later loses."""
 
 
@@ -48,6 +59,7 @@ _COMMAND_MODULES = (
     "health",
     "audit",
     "analyze",
+    "verify",
     "support",
     "mini",
     "demo",

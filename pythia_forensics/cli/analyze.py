@@ -1,37 +1,39 @@
 """`pythia-forensics analyze | figures | prereg lock`: dynamics, verdicts, figures, pre-registration."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from pythia_forensics.constants import FIGURE_X_SCALES, FIGURE_X_UNITS
+
 _VERDICT_STYLE = {"RECOVERED": "green", "UNSTABLE": "yellow", "DISPLACED": "red", "PARTIAL": "cyan",
                   "NEVER": "blue", "VOID": "dim"}
+# typer turns an Enum into a choice; the values live in constants.py only
+XUnit = Enum("XUnit", {v: v for v in FIGURE_X_UNITS}, type=str)
+XScale = Enum("XScale", {v: v for v in FIGURE_X_SCALES}, type=str)
 _STATUS_STYLE = {"pass": "green", "fail": "red", "void": "dim"}
 
 
 def _print_verdicts(analysis, order) -> None:
-    from rich.table import Table
-
-    from pythia_forensics.cli.common import console
+    from pythia_forensics.cli.tables import Col, print_table
 
     split = analysis.verdicts["split"].iloc[0] if not analysis.verdicts.empty else ""
-    table = Table(title=f"verdicts, {split} split (config {analysis.config.sha256[:12]})")
-    for col in ("model", "rule", "verdict"):
-        table.add_column(col, no_wrap=True)
-    for col in ("emerge", "collapse", "final", "depth", "CM=0", "lag"):
-        table.add_column(col, justify="right")
+    # which columns give way first on a narrow terminal: CM/lag, then emergence, depth, onset
+    cols = [Col("model"), Col("rule", wrap=True), Col("verdict"), Col("emerge", "right", drop=2),
+            Col("onset", "right", drop=1), Col("final", "right"), Col("depth", "right", drop=1),
+            Col("CM=0", "right", drop=3), Col("lag", "right", drop=3)]
     rows = analysis.verdicts.merge(analysis.metrics, on=["model", "probeset", "rule", "split"], suffixes=("", "_m"))
     rank = {m: i for i, m in enumerate(order)}
     rows = rows.assign(_rank=rows["model"].map(rank)).sort_values(["rule", "_rank"])
     step = lambda v: "-" if str(v) == "<NA>" else str(v)  # noqa: E731
     num = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731  (NaN != NaN)
-    for r in rows.itertuples():
-        table.add_row(r.model, r.rule, f"[{_VERDICT_STYLE[r.verdict_label]}]{r.verdict_label}[/]",
-                      step(r.emergence_step), step(r.collapse_step), num(r.final_acc), num(r.depth),
-                      step(r.cm_cross_step), step(r.lag_checkpoints))
-    console.print(table)
+    cells = [(r.model, r.rule, f"[{_VERDICT_STYLE[r.verdict_label]}]{r.verdict_label}[/]",
+              step(r.emergence_step), step(r.collapse_step), num(r.final_acc), num(r.depth),
+              step(r.cm_cross_step), step(r.lag_checkpoints)) for r in rows.itertuples()]
+    print_table(f"verdicts, {split} split (config {analysis.config.sha256[:12]})", cols, cells)
 
 
 def register(app: typer.Typer) -> None:
@@ -41,9 +43,10 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
     ) -> None:
         """Trajectory metrics and verdicts: write dynamics.parquet/.csv, print verdicts and the prereg ledger."""
-        from rich.table import Table
+        import pandas as pd
 
         from pythia_forensics.cli.common import console
+        from pythia_forensics.cli.tables import Col, print_table
         from pythia_forensics.dynamics import analyze as run, write_dynamics
         from pythia_forensics.figures import model_order
         from pythia_forensics.prereg import ledger
@@ -52,21 +55,28 @@ def register(app: typer.Typer) -> None:
         analysis = run(results, config=config)
         written = write_dynamics(analysis, results)
         _print_verdicts(analysis, model_order(analysis.metrics["model"], ResultsStore(results).models()))
+        for gap in ResultsStore(results).missing().itertuples(index=False):
+            at = "" if pd.isna(gap.step) else f" (step {int(gap.step)})"
+            console.print(f"missing: {gap.model} {gap.revision}{at} for probe set {gap.probeset}; "
+                          f"`replay` recomputes it", highlight=False, soft_wrap=True)
         console.print(f"wrote {', '.join(p.name for p in written)} to {results}", highlight=False)
         scored = ledger(analysis, results)  # raises PreregError (exit 2) on a late or edited lock
         if scored is not None:
-            table = Table(title=f"pre-registration ledger (locked {scored['locked_at'].iloc[0]})")
-            for col in ("id", "claim", "status", "observed"):
-                table.add_column(col)
-            for r in scored.itertuples():
-                table.add_row(r.id, r.claim, f"[{_STATUS_STYLE[r.status]}]{r.status}[/]", r.observed or r.detail)
-            console.print(table)
+            print_table(f"pre-registration ledger (locked {scored['locked_at'].iloc[0]})",
+                        [Col("id"), Col("claim", wrap=True), Col("status"), Col("observed", wrap=True)],
+                        [(r.id, r.claim, f"[{_STATUS_STYLE[r.status]}]{r.status}[/]", r.observed or r.detail)
+                         for r in scored.itertuples()])
 
     @app.command()
     def figures(
         results: Path = typer.Option(..., "--results", help="Results folder written by `replay`."),
         out: Optional[Path] = typer.Option(None, "--out", help="Figure folder (default RESULTS/figures)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
+        x: XUnit = typer.Option("steps", "--x", case_sensitive=False,
+                                help="Trajectory x axis: training steps, or tokens (steps x tokens per step)."),
+        xscale: XScale = typer.Option("auto", "--xscale", case_sensitive=False,
+                                      help="x scale: auto follows the checkpoint grid (log-spaced grids log, "
+                                           "others linear)."),
     ) -> None:
         """Regenerate every figure (PDF + PNG) and report.md from stored results only."""
         from pythia_forensics.cli.common import console
@@ -75,7 +85,7 @@ def register(app: typer.Typer) -> None:
         from pythia_forensics.report import write_report
 
         analysis = run(results, config=config)
-        paths = render_figures(results, out, analysis=analysis)
+        paths = render_figures(results, out, analysis=analysis, x=x.value, xscale=xscale.value)
         report = write_report(results, analysis=analysis, figures=paths)
         console.print(f"wrote {len(paths)} figure files to {paths[0].parent} and {report}", highlight=False)
 

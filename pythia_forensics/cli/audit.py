@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from pythia_forensics.cli.common import step_pattern_option
 from pythia_forensics.constants import AUDIT_MAX_DELTA, AUDIT_SAMPLE
 
 _VERDICT_STYLE = {"pass": "green", "drift": "yellow", "fail": "bold red"}
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def audit_cmd(
         model: str = typer.Argument(..., help="Checkpoint folder, hub id, registry name or local suite model."),
         probes: list[str] = typer.Option(..., "--probes", "-p", help="Probe-set name or file (repeatable)."),
-        revision: Optional[str] = typer.Option(None, help="Hub branch or local step<N> folder."),
+        revision: Optional[str] = typer.Option(None, help="Hub branch or local checkpoint folder (step<N>, checkpoint-<N>)."),
         revisions: int = typer.Option(0, help="Instead of one revision, audit N spread over the grid (0: off)."),
         dtype: str = typer.Option("auto", help="Configured dtype: auto | float32 | bfloat16 | float16"),
         batch_size: str = typer.Option("auto", help="Configured items per forward pass, or auto."),
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
         tolerance: float = typer.Option(AUDIT_MAX_DELTA, help="Max |delta margin| in nats for a pass."),
         suite_dir: Optional[Path] = typer.Option(None, help="Local suite folder to look model names up in."),
         out: Optional[Path] = typer.Option(None, help="Write the report: .json, .parquet or .csv."),
+        step_pattern: Optional[str] = step_pattern_option(),
     ) -> None:
         """Re-score a sample in fp32 at batch size 1 and compare; exit status 1 unless it passes."""
         from rich.table import Table

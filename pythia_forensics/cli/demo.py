@@ -13,20 +13,15 @@ from pythia_forensics.mini.suite import SWEEP_RULE
 
 
 def _print(result, title: str, started: float) -> None:
-    from rich.table import Table
-
     from pythia_forensics.cli.analyze import _print_verdicts
     from pythia_forensics.cli.common import console
+    from pythia_forensics.cli.tables import Col, print_table
     from pythia_forensics.figures import model_order
     from pythia_forensics.store import ResultsStore
 
     _print_verdicts(result.analysis, model_order(result.analysis.metrics["model"], ResultsStore(result.out).models()))
-    table = Table(title=title)
-    for col in ("claim", "measured", "result"):
-        table.add_column(col)
-    for c in result.checks:
-        table.add_row(c.claim, c.observed, "[green]yes[/]" if c.passed else "[red]no[/]")
-    console.print(table)
+    print_table(title, [Col("claim", wrap=True), Col("measured", wrap=True), Col("result")],
+                [(c.claim, c.observed, "[green]yes[/]" if c.passed else "[red]no[/]") for c in result.checks])
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
     console.print(f"wall time {time.perf_counter() - started:.0f} s ({stages}); "
                   f"{len(result.figures)} figure files; report {result.report}", highlight=False)

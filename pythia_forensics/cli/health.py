@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from pythia_forensics.cli.common import step_pattern_option
 from pythia_forensics.errors import OutputFormatError
 
 _STATUS_STYLE = {"ok": "green", "flagged": "yellow", "bad": "bold red"}
@@ -57,6 +58,7 @@ def register(app: typer.Typer) -> None:
         disk_budget: Optional[str] = typer.Option(None, help="Most bytes --deep downloads at once, e.g. 50GB."),
         cache_dir: Optional[Path] = typer.Option(None, help="Hub cache folder (default: huggingface_hub's)."),
         show_all: bool = typer.Option(False, "--all", help="List every revision, not only problems."),
+        step_pattern: Optional[str] = step_pattern_option(),
     ) -> None:
         """Check a model's revisions; exit status 1 when a (not known-upstream) check fails."""
         from rich.table import Table

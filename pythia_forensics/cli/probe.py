@@ -36,14 +36,16 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Checkpoint folder (save_pretrained), folder of revisions, or hub repo id."),
         probes: list[str] = typer.Option(..., "--probes", "-p",
                                          help="Probe file (.yaml/.jsonl, paper JSONL too) or shipped set name, or 'all'; repeatable."),
-        revision: Optional[str] = typer.Option(None, help="Hub branch/tag/commit (e.g. step3000), or a sub-folder of a local folder."),
+        revision: Optional[str] = typer.Option(None, help="Hub branch/tag/commit (e.g. step3000), or a checkpoint "
+                                               "sub-folder of a local model folder (step3000, checkpoint-500)."),
         out: Optional[Path] = typer.Option(None, help="Write per-item scores to FILE.parquet, .csv or .jsonl."),
         batch_size: str = typer.Option("auto", help="Sequences per forward pass, or auto (halves on out-of-memory)."),
         dtype: str = typer.Option("auto", help="auto (fp32 on CPU and up to ~3B params) | float32 | float16 | bfloat16."),
         device: str = typer.Option("auto", help="auto (cuda if available) | cpu | cuda | cuda:N."),
         bos: bool = typer.Option(False, "--bos/--no-bos", help="Prepend a BOS token to every prefix (Pythia adds none)."),
-        vocab_rows: str = typer.Option(DEFAULT_VOCAB_ROWS, help=f"{' | '.join(VOCAB_ROWS)}: log-sum-exp over the "
-                                       "tokenizer's rows only (Pythia: 50277 of 50304) or all output-embedding rows."),
+        vocab_rows: str = typer.Option(DEFAULT_VOCAB_ROWS, help=f"{' | '.join(VOCAB_ROWS)}: log-sum-exp over every "
+                                       "output row (the model's distribution, as minicons/lm-eval) or over the "
+                                       "tokenizer's rows only (Pythia: 50277 of 50304)."),
     ) -> None:
         """Score a checkpoint: log p(target) vs log p(foil) per item; summary per rule, condition, split."""
         from rich.table import Table

@@ -6,22 +6,27 @@ from typing import Optional
 
 import typer
 
-from pythia_forensics.constants import DEFAULT_REPLAY_CHUNK, DEFAULT_RESULTS_DIR
+from pythia_forensics.cli.common import step_pattern_option
+from pythia_forensics.constants import DEFAULT_REPLAY_CHUNK, DEFAULT_RESULTS_DIR, DEFAULT_VOCAB_ROWS, VOCAB_ROWS
 
 
 def register(app: typer.Typer) -> None:
     @app.command("replay")
     def replay_cmd(
-        models: list[str] = typer.Argument(..., help="Registry names (pythia-160m), hub ids or local model folders."),
+        models: list[str] = typer.Argument(..., help="Registry names (pythia-160m), hub ids or local model folders "
+                                           "(folders of step<N>/ or checkpoint-<N>/ subfolders)."),
         probes: list[str] = typer.Option(..., "--probes", "-p", help="Probe-set name or file (repeatable)."),
         steps: str = typer.Option("all", help="all | N,N,... | A:B | log"),
         suite_dir: Optional[Path] = typer.Option(None, help="Local suite folder to look model names up in."),
-        results: Path = typer.Option(DEFAULT_RESULTS_DIR, help="Results folder."),
+        results: Path = typer.Option(DEFAULT_RESULTS_DIR, help="Results folder (default ./results)."),
         disk_budget: Optional[str] = typer.Option(None, help="Most checkpoint bytes held at once, e.g. 50GB."),
         dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
         device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
         batch_size: str = typer.Option("auto", help="Items per forward pass, or auto."),
         bos: bool = typer.Option(False, help="Prepend a BOS token (Pythia adds none)."),
+        vocab_rows: str = typer.Option(DEFAULT_VOCAB_ROWS, help=f"{' | '.join(VOCAB_ROWS)}: log-sum-exp over every "
+                                       "output row (the model's distribution, as minicons/lm-eval) or the tokenizer's only."),
+        step_pattern: Optional[str] = step_pattern_option(),
         executor: str = typer.Option("local", help="local | slurm | submitit-local"),
         health: str = typer.Option("off", help="off | skip | flag (reads RESULTS/health.parquet)"),
         cache_dir: Optional[Path] = typer.Option(None, help="Hub cache folder (default: huggingface_hub's)."),
@@ -38,6 +43,7 @@ def register(app: typer.Typer) -> None:
         summary = replay(models, probes, steps=steps, suite_dir=suite_dir, results=results,
                          disk_budget=disk_budget, dtype=dtype, device=device,
                          batch_size=int(batch_size) if batch_size.isdigit() else batch_size, bos=bos,
+                         vocab_rows=vocab_rows, step_pattern=step_pattern,
                          executor=executor, health=health, cache_dir=cache_dir, chunk=chunk,
                          slurm=parse_params(slurm))
         console.print(summary.render(), highlight=False)

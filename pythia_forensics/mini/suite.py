@@ -18,7 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pythia_forensics.constants import ENV_MINI_DIR, MANIFEST_FILE, DEFAULT_RESULTS_DIR
+from pythia_forensics.constants import ENV_MINI_DIR, DEFAULT_RESULTS_DIR
+from pythia_forensics.manifest import read_manifest
 from pythia_forensics.errors import CorpusError
 from pythia_forensics.mini.config import (CorpusConfig, ModelConfig, SuiteConfig, TrainConfig,
                                           demo_config)
@@ -119,15 +120,14 @@ def _expected(arm: Arm, train: TrainConfig) -> dict:
 
 def _is_done(model_dir: Path, arm: Arm, train: TrainConfig) -> bool:
     """True if a finished model with the same knobs is there; raise if different knobs."""
-    path = model_dir / MANIFEST_FILE
-    if not path.is_file():
+    man = read_manifest(model_dir)
+    if man is None:
         return False
-    man = json.loads(path.read_text())
     want = _expected(arm, train)
-    got_corpus = {k: v for k, v in man.get("corpus", {}).items() if k not in ("path", "sha256")}
-    got_train = {k: v for k, v in man.get("train", {}).items() if k != "tokens_per_step"}
-    if got_corpus != want["corpus"] or got_train != want["train"] or man.get("d_model") != arm.model.d_model \
-            or man.get("layers") != arm.model.layers:
+    got_corpus = {k: v for k, v in man.corpus.items() if k not in ("path", "sha256")}
+    got_train = {k: v for k, v in man.train.items() if k != "tokens_per_step"}
+    if got_corpus != want["corpus"] or got_train != want["train"] or man.d_model != arm.model.d_model \
+            or man.layers != arm.model.layers:
         raise CorpusError(f"{model_dir} was trained with other knobs than requested; pass --force to "
                           "retrain it or choose another --out folder")
     return True

@@ -14,7 +14,8 @@ import math
 import shutil
 from pathlib import Path
 
-from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX
+from pythia_forensics.constants import STEP_DIR_PREFIX
+from pythia_forensics.manifest import Manifest, remove_manifest, write_manifest
 from pythia_forensics.mini.config import CorpusConfig, ModelConfig, TrainConfig
 from pythia_forensics.mini.corpus import CORPUS_META_FILE, TOKENS_FILE
 
@@ -77,7 +78,7 @@ def _save(model, tokenizer, directory: Path) -> None:
 
 def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, train: TrainConfig,
                 corpus: CorpusConfig, progress: bool = True, position: int = 0,
-                resume: bool = True) -> Path:
+                resume: bool = True, on_step=None) -> Path:
     """Train one scale and write DIR/<model>/step<N>/, train_log.csv and manifest.json.
 
     Args:
@@ -90,6 +91,9 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         position: the bar's line (models trained in parallel each get one).
         resume: continue an interrupted run from its last checkpoint (weights + AdamW state),
             which gives the same weights as an uninterrupted run; False starts at step 0.
+        on_step: optional ``on_step(model, step, batch)`` called after every update (step =
+            updates done, as checkpoint folders count; batch = that update's input ids), e.g.
+            a `pythia_forensics.monitor.Monitor`'s ``step``.
 
     Returns:
         The model folder.
@@ -107,7 +111,7 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
     hf_logging.disable_progress_bar()  # one bar per checkpoint write would drown our own
     model_dir = Path(out_dir) / model_cfg.name
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / MANIFEST_FILE).unlink(missing_ok=True)  # unfinished until written again
+    remove_manifest(model_dir)  # unfinished until written again
     tokenizer = PreTrainedTokenizerFast.from_pretrained(corpus_dir)
     stream = IndexedDataset(Path(corpus_dir) / TOKENS_FILE).tokens
     T = train.tokens_per_step
@@ -140,6 +144,8 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         opt.step()
         log_rows.append((step + 1, loss.item(), lr, (step + 1) * T))
+        if on_step is not None:
+            on_step(model, step + 1, x)
         if step + 1 in grid:
             _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}{step + 1}")
             _write_log(model_dir / TRAIN_LOG_FILE, log_rows)
@@ -149,22 +155,13 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
     _clear_resume(model_dir)
     total, non_emb = count_params(model)
     corpus_meta = json.loads((Path(corpus_dir) / CORPUS_META_FILE).read_text())
-    manifest = {
-        "model": model_cfg.name,
-        "params_total": total,
-        "params_nonembedding": non_emb,
-        "tokens_per_step": T,
-        "layers": model_cfg.layers,
-        "d_model": model_cfg.d_model,
-        "heads": model_cfg.heads,
-        "vocab_size": len(tokenizer),
-        "seed": train.seed,
-        "steps": sorted(grid),
-        "corpus": {**corpus.to_dict(), "path": str(Path(corpus_dir).resolve()),
-                   "sha256": corpus_meta["sha256"]},
-        "train": {**train.__dict__, "lr": model_cfg.lr, "tokens_per_step": T},
-    }
-    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    write_manifest(model_dir, Manifest(
+        model=model_cfg.name, params_total=total, params_nonembedding=non_emb, tokens_per_step=T,
+        layers=model_cfg.layers, d_model=model_cfg.d_model, heads=model_cfg.heads,
+        vocab_size=len(tokenizer), seed=train.seed, steps=tuple(sorted(grid)),
+        corpus={**corpus.to_dict(), "path": str(Path(corpus_dir).resolve()), "sha256": corpus_meta["sha256"]},
+        train={**train.__dict__, "lr": model_cfg.lr, "tokens_per_step": T},
+    ))
     return model_dir
 
 
