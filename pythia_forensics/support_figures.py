@@ -19,10 +19,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pythia_forensics import figures as fg
+from pythia_forensics.support import CORPUS_FRAME
 
 __all__ = ["support_figure", "sweep_figure", "FRAME_STYLES"]
 
-CORPUS_FRAME = "corpus"  # support.CORPUS_FRAME, the frame of corpus-wide rows
+# the frame name the shipped rule files give the frame where rule and prior conflict
 CONFLICT_FRAME = "conflict"
 # figures.py's visual language: conflict is vermillion (the conflict frame, thick), neutral
 # grey for the corpus-wide line, further frames dashed in other Okabe-Ito hues; parity black

@@ -368,7 +368,7 @@ def test_support_figure_series(rendered):
                            order=ORDER)
     left, right = fig.axes[:2]
     assert left.get_yscale() == "log" and left.get_ylabel() == "support ratio (log scale)"
-    stairs = [p for p in left.patches if p.get_label() == "support ratio per window"]
+    stairs = [p for p in left.patches if p.get_label().startswith("corpus-wide")]
     assert len(stairs) == 1
     np.testing.assert_allclose(stairs[0].get_data().values, [9 / 3, 10 / 3, 4 / 7, 1 / 10])
     assert [line.get_label() for line in right.get_lines()] == ORDER
