@@ -293,7 +293,6 @@ BENCH_FILES = ("bench.md", "bench.csv")
 # the registered thresholds in analysis.yaml; these are the demo's own stricter bars.
 DEMO_COLLAPSE_FINAL_MAX = 0.2   # low-support rule ends at or below this held-out conflict acc
 DEMO_AGREE_MIN = 0.9            # its agree control ends at or above this
-DEMO_LOSS_JUMP_MAX = 0.05       # |mean loss after - before| around collapse onset, nats
 
 # --- bounded input parsing, checkpoint validation, shutdown (issue #14) ----------------------
 # A probe file is data a person wrote or a tool generated; these bounds are far above any real
@@ -305,3 +304,7 @@ PROBE_MAX_YAML_ALIASES = 1000       # alias uses per YAML file
 PROBE_MAX_YAML_NODES = 2_000_000    # nodes after alias expansion (an alias bomb exceeds it fast)
 # Worker processes (mini train) poll their parent this often and exit when it is gone.
 WORKER_WATCHDOG_S = 0.5
+
+# In-frame support is "below/above parity" only when the Clopper-Pearson interval of the rule's
+# share of in-frame events excludes 1/2 at this confidence (else: indistinguishable from parity)
+SUPPORT_PARITY_CONFIDENCE = 0.99

@@ -218,10 +218,13 @@ def verify_support(corpus_dir: Path, requested: dict[str, list[int]], *, toleran
     Raises:
         InterventionError: a rule whose counted events differ by more than `tolerance`.
     """
-    from pythia_forensics.support import count_support
+    from pythia_forensics.support import CORPUS_FRAME, count_support
 
     frame = count_support(corpus_dir, "all", progress=False)
-    overall = frame[frame["scope"] == "overall"].set_index("rule")
+    overall = frame[frame["scope"] == "overall"]
+    if "frame" in overall:  # the corpus-wide rows; in-frame rows count a subset of the same events
+        overall = overall[overall["frame"] == CORPUS_FRAME]
+    overall = overall.set_index("rule")
     out = {}
     for rule, (rw, pw) in requested.items():
         got = [int(overall.loc[rule, "rule_wins"]), int(overall.loc[rule, "prior_wins"])]

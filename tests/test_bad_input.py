@@ -383,19 +383,28 @@ REPLAY_KINDS = ("zero_byte", "truncated", "bad_header", "wrong_shape", "missing_
 @pytest.mark.parametrize("position", ["first", "later"])
 @pytest.mark.parametrize("kind", REPLAY_KINDS)
 def test_replay_refuses_a_bad_checkpoint(kind, position, suite, tmp_path, run_cli):
+    """A sweep never scores a damaged revision and never stops on one (#15): the revision is
+    skipped with one warning line, recorded with its reason, the good one is still scored, and
+    the exit status (1) says that something failed."""
+    from pythia_forensics.replay import read_failures
+    from pythia_forensics.store import ResultsStore
+
     model = tmp_path / "tiny"
     shutil.copytree(suite, model)
     marker = tmp_path / "PAYLOAD_RAN"
-    _break(kind, model / ("step100" if position == "first" else "step200"), marker)
+    bad, good = ("step100", "step200") if position == "first" else ("step200", "step100")
+    _break(kind, model / bad, marker)
     code, _, err = run_cli(["replay", str(model), "-p", SMALL, "--results", str(tmp_path / "r"), "--device", "cpu"])
-    lines = _stderr_lines(err)
-    assert code == 2 and "Traceback" not in err, err[-3000:]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0] == lines[-1], err[-3000:]
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    skipped = [line for line in _stderr_lines(err) if line.startswith("warning: ") and " skipped " in line]
+    assert len(skipped) == 1 and f"tiny@{bad} skipped" in skipped[0], err[-3000:]
     if kind != "bert_config" or position == "first":
-        assert CHECKPOINT_CASES[kind] in errors[0]
+        assert CHECKPOINT_CASES[kind] in skipped[0]
     assert not marker.exists()
-    assert not list((tmp_path / "r").rglob("*step200*")) if position == "later" else True
+    failures = read_failures(tmp_path / "r")
+    assert list(failures["revision"]) == [bad]
+    stored = set(ResultsStore(tmp_path / "r").items()["revision"])
+    assert stored == {good}
 
 
 def test_context_overflow_names_the_item(checkpoint, tmp_path, run_cli):

@@ -31,7 +31,9 @@ MODELS = ("mini-a", "mini-b", "mini-c")
 HUB_REPOS = {f"EleutherAI/pythia-tiny-{m[-1]}": m for m in MODELS}
 VOLATILE = ("written_at", "device")
 # short enough for a test, long enough that a loaded 2-core machine never starves a heartbeat past it
-FAST_LEASES = {"PF_LEASE_TIMEOUT_S": "15", "PF_LEASE_HEARTBEAT_S": "0.5"}
+# Long enough that a heartbeat thread starved on a loaded 2-core machine never lets a live
+# worker's lease be broken (3 s did, once, at load 13); short enough to wait out once.
+FAST_LEASES = {"PF_LEASE_TIMEOUT_S": "30", "PF_LEASE_HEARTBEAT_S": "0.5"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -163,11 +165,13 @@ def _scored(text: str) -> int:
 def test_lease_is_exclusive_kept_alive_and_broken_when_stale(tmp_path, monkeypatch):
     from pythia_forensics import lease
 
-    monkeypatch.setenv("PF_LEASE_TIMEOUT_S", "0.6")
+    # A timeout far above any scheduling stall: the live lease must never look stale here. The
+    # stale case below is made deterministic by dating the file in the past.
+    monkeypatch.setenv("PF_LEASE_TIMEOUT_S", "30")
     monkeypatch.setenv("PF_LEASE_HEARTBEAT_S", "0.05")
     first = lease.Lease.create(tmp_path / "x.lease")
     assert first is not None and lease.Lease.create(tmp_path / "x.lease") is None
-    # the heartbeat keeps it fresh well past the timeout: never broken while its owner lives
+    # the heartbeat keeps it fresh: never broken while its owner lives
     mtime = os.stat(tmp_path / "x.lease").st_mtime
     deadline = time.time() + 5
     while os.stat(tmp_path / "x.lease").st_mtime == mtime and time.time() < deadline:
@@ -177,7 +181,7 @@ def test_lease_is_exclusive_kept_alive_and_broken_when_stale(tmp_path, monkeypat
     # a dead owner: a file nobody touches, dated in the past
     dead = tmp_path / "y.lease"
     dead.write_text(json.dumps({"worker": "gone-1-abc"}))
-    os.utime(dead, (time.time() - 10, time.time() - 10))
+    os.utime(dead, (time.time() - 100, time.time() - 100))
     taken = lease.Lease.create(dead)
     assert taken is not None and lease.read_lease(dead)["worker"] == lease.worker_id()
     taken.release()

@@ -114,6 +114,7 @@ def _stable(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- local suite -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_local_replay_equals_scoring_each_checkpoint_alone(suite, probe_files, reference_run):
     from pythia_forensics.probes import load_probes
     from pythia_forensics.scoring import load_model, score
@@ -181,6 +182,7 @@ def test_store_provenance_summary_and_models(reference_run):
     assert models.loc["mini-a", "tokens_per_step"] == 4096
 
 
+@pytest.mark.slow
 def test_rerun_skips_everything_and_edits_rescore_only_what_changed(suite, probe_files, tmp_path, tiny_tokenizer):
     """Edit one probe item -> only that set; replace one revision's weights -> only that revision."""
     import shutil
@@ -360,6 +362,7 @@ def _damage_store(results: Path) -> dict[str, list[tuple[str, str, str]]]:
 
 
 @pytest.mark.parametrize("mode", ["replay", "repair-then-replay"])
+@pytest.mark.slow
 def test_corrupted_store_is_detected_and_a_replay_restores_it(mode, suite, probe_files, reference_run, tmp_path,
                                                               run_cli):
     """Truncated, zero-byte, garbage, short, edited (twice), duplicated and deleted item files and
@@ -577,6 +580,7 @@ def slow_hub(suite, monkeypatch):
         yield hub
 
 
+@pytest.mark.slow
 def test_hub_sweep_respects_disk_budget_and_prefetch_overlaps(slow_hub, suite, probe_files, reference_run,
                                                               tmp_path, capsys):
     from pythia_forensics.replay import replay
