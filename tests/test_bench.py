@@ -172,6 +172,7 @@ def test_missing_numbers_count_as_mismatch(tmp_path):
     assert bench._max_abs_delta(ours, other, revs, revs[1:]) == 0.25
 
 
+@pytest.mark.slow
 def test_full_logits_baseline_matches_a_plain_loop(tmp_path):
     """The baseline the table compares against is itself right: one item at a time, fp32."""
     import numpy as np

@@ -308,6 +308,7 @@ def test_neox_tokenization_edge_cases():
     assert with_bos.context_ids == (0,) + spaced.context_ids
 
 
+@pytest.mark.slow
 def test_pythia_shaped_padding_rows_are_a_recorded_choice():
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
