@@ -84,6 +84,11 @@ SCORING_TREE_MODEL_TYPES = ("gpt_neox", "llama", "olmo", "olmo2")
 # longest first): on the bench battery a plain B=64 split padded 6,652 tokens to 10,734.
 SCORING_BATCH_ROW_TOKENS = 32
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# CPU threads (cpus.py, issue #17). libgomp's default spin-wait made 2 threads 8-17x slower
+# than 1 beside other jobs (2 cores, load 11-19); PASSIVE idle threads sleep instead. Set when
+# pythia_forensics is imported (before torch), unless the user set OMP_WAIT_POLICY.
+OMP_WAIT_POLICY_DEFAULT = "PASSIVE"
+THREADS_ENV = "PF_THREADS"  # intra-op threads for scoring; beats OMP_NUM_THREADS, loses to --threads
 DEVICES = ("auto", "cpu", "cuda")
 # Log-sum-exp over every row the model emits ("all": the model's own output distribution, as
 # minicons, lm-eval and the Pythia paper's scorer compute it) or over the tokenizer's rows only

@@ -146,27 +146,30 @@ class ScoreOptions:
 
 
 def resolve_threads(threads: int | str = "auto") -> int:
-    """The intra-op thread count ``auto`` means: ``$OMP_NUM_THREADS`` if it is a positive
-    integer, else the number of CPUs this process may run on (its affinity mask).
+    """The intra-op thread count ``auto`` means: ``$PF_THREADS``, else ``$OMP_NUM_THREADS`` if
+    it is a positive integer, else the CPUs this process may run on (its affinity mask, capped
+    by a cgroup CPU quota: `cpus.available_cpus`).
 
     A function of the environment only, never of what ran earlier in the process (a test or a
-    trainer calling ``torch.set_num_threads``), so every process started the same way on the
-    same machine scores with the same kernels.
+    trainer calling ``torch.set_num_threads``) nor of the machine's momentary load, so every
+    process started the same way on the same machine scores with the same kernels. A busy
+    machine is handled by the OpenMP wait policy instead (`cpus`: idle threads sleep).
 
     Raises:
-        ScoringError: ``threads`` is neither ``auto`` nor a positive integer.
+        ScoringError: ``threads`` is neither ``auto`` nor a positive integer, or
+            ``$PF_THREADS`` is set to something else.
     """
+    from pythia_forensics import cpus
+
     if threads != "auto":
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ScoringError(f"threads must be a positive integer or 'auto', got {threads!r}")
         return threads
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
-        return int(env)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        env = cpus.threads_from_env()
+    except ValueError as exc:
+        raise ScoringError(f"{exc}; set it to a thread count such as 2, or unset it") from exc
+    return env[0] if env is not None else cpus.available_cpus()
 
 
 @contextmanager
@@ -189,8 +192,11 @@ def _pinned_kernels(threads: int, device_type: str) -> Iterator[dict[str, Any]]:
     torch.use_deterministic_algorithms(deterministic or before[1], warn_only=True if deterministic else before[2])
     torch.set_float32_matmul_precision("highest")
     try:
+        from pythia_forensics.cpus import wait_policy
+
         yield {"threads": threads, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-               "float32_matmul_precision": "highest"}
+               "float32_matmul_precision": "highest", "interop_threads": torch.get_num_interop_threads(),
+               "omp_wait_policy": wait_policy()}
     finally:
         if torch.get_num_threads() != before[0]:
             torch.set_num_threads(before[0])
@@ -840,7 +846,8 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         (the one that ran), ``bos, vocab_rows, vocab_rows_n`` (rows in the log-sum-exp),
         ``padding_side, scoring_version, probeset, probeset_sha256, model, revision``,
         ``forward_sequences, forward_tokens, logit_rows``, the pinned kernel settings
-        ``threads, deterministic_algorithms, float32_matmul_precision``, the model's
+        ``threads, interop_threads, omp_wait_policy, deterministic_algorithms,
+        float32_matmul_precision``, the model's
         ``attn_implementation`` and ``wall_s``. Example::
 
             frame = score("EleutherAI/pythia-70m", "pronoun_gender", revision="step3000")
@@ -911,7 +918,9 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         "padding_side": "right", "scoring_version": SCORING_VERSION, "probeset": probe_set.name,
         "probeset_sha256": probe_set.sha256, "forward_sequences": int(res["sequences"]),
         "forward_tokens": int(res["tokens"]), "logit_rows": int(res["rows"]),
-        "threads": int(res["threads"]), "deterministic_algorithms": bool(res["deterministic_algorithms"]),
+        "threads": int(res["threads"]), "interop_threads": int(res["interop_threads"]),
+        "omp_wait_policy": str(res["omp_wait_policy"]),
+        "deterministic_algorithms": bool(res["deterministic_algorithms"]),
         "float32_matmul_precision": str(res["float32_matmul_precision"]),
         # eager and sdpa attention round differently: part of what a unit's numbers depend on
         "attn_implementation": str(getattr(model.config, "_attn_implementation", None) or ""),

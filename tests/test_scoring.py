@@ -336,3 +336,76 @@ def test_pythia_shaped_padding_rows_are_a_recorded_choice():
             assert abs(got_f - _reference(model, tok, item, item.foil, bos=False, rows=n)) < TOL
     shift = frames["tokenizer"]["logp_target"] - frames["all"]["logp_target"]
     assert (shift > 1.0).all()  # the padding rows soak up probability under "all"
+
+
+# --- CPU threads and the OpenMP wait policy (issue #17) -----------------------------------
+def test_cgroup_quota_and_available_cpus(tmp_path):
+    from pythia_forensics import cpus
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cpus.cgroup_cpu_limit(v2) == 2  # 1.5 CPUs of quota round up
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpus.cgroup_cpu_limit(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpus.cgroup_cpu_limit(v1) == 3
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpus.cgroup_cpu_limit(v1) is None
+    assert cpus.cgroup_cpu_limit(tmp_path / "absent") is None
+    assert cpus.available_cpus(affinity=8, quota=3) == 3
+    assert cpus.available_cpus(affinity=2, quota=None) == 2
+    assert cpus.available_cpus(affinity=2, quota=16) == 2
+
+
+def test_thread_count_precedence(monkeypatch):
+    from pythia_forensics import cpus, scoring
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("PF_THREADS", "5")
+    assert scoring.resolve_threads("auto") == 5 and scoring.resolve_threads(2) == 2  # explicit beats env
+    monkeypatch.delenv("PF_THREADS")
+    assert scoring.resolve_threads("auto") == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert scoring.resolve_threads("auto") == cpus.available_cpus()
+    for bad in ("0", "two", "1.5", "-1"):
+        monkeypatch.setenv("PF_THREADS", bad)
+        with pytest.raises(ScoringError, match="PF_THREADS"):
+            scoring.resolve_threads("auto")
+
+
+def test_wait_policy_is_set_only_before_torch_and_never_over_the_user(monkeypatch):
+    from pythia_forensics import cpus
+
+    monkeypatch.setattr(cpus, "_policy_at_import", cpus._policy_at_import)  # restored afterwards
+
+    env: dict[str, str] = {}
+    assert cpus.set_wait_policy(env, {}) == "PASSIVE" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert cpus.set_wait_policy(env, {}) == "ACTIVE" and env["OMP_WAIT_POLICY"] == "ACTIVE"
+    env = {}
+    assert cpus.set_wait_policy(env, {"torch": object()}) is None and "OMP_WAIT_POLICY" not in env
+    assert cpus.wait_policy() == "unknown"  # torch came first: libgomp read an unknown policy
+
+
+@pytest.mark.slow
+def test_fresh_interpreter_scores_under_the_passive_policy_and_records_it(tiny_checkpoint):
+    """Importing pythia_forensics before torch sets the policy libgomp reads; score records it."""
+    import subprocess
+    import sys
+
+    ckpt = tiny_checkpoint
+    code = ("import os, pythia_forensics as pf\n"
+            "import torch\n"
+            "from pythia_forensics.probes import ProbeSet, probe_set_sha256\n"
+            "items = (pf.ProbeItem(item_id='a', rule='r', condition='agree', split='train', "
+            "prefix='Mia cried because', target=' she', foil=' he'),)\n"
+            "f = pf.score(%r, ProbeSet('t', items, probe_set_sha256(items), 'memory'), threads=1)\n"
+            "print(os.environ['OMP_WAIT_POLICY'], f.attrs['omp_wait_policy'], f.attrs['threads'])\n") % str(ckpt)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["PASSIVE", "PASSIVE", "1"]

@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
         chunk: int = typer.Option(DEFAULT_REPLAY_CHUNK, help="Revisions per array task (slurm executors)."),
         slurm: list[str] = typer.Option([], "--slurm", help="submitit parameter KEY=VALUE, e.g. "
                                         "slurm_partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)."),
+        threads: str = typer.Option("auto", help="CPU threads for scoring, or auto ($PF_THREADS, else "
+                                    "$OMP_NUM_THREADS, else the CPUs this process may use); recorded with results."),
     ) -> None:
         """Replay checkpoints: fetch within a disk budget, score, store; reruns resume."""
         from pythia_forensics.cli.common import console
@@ -44,6 +46,7 @@ def register(app: typer.Typer) -> None:
                          disk_budget=disk_budget, dtype=dtype, device=device,
                          batch_size=int(batch_size) if batch_size.isdigit() else batch_size, bos=bos,
                          vocab_rows=vocab_rows, step_pattern=step_pattern,
+                         threads=int(threads) if threads.isascii() and threads.isdigit() else threads,
                          executor=executor, health=health, cache_dir=cache_dir, chunk=chunk,
                          slurm=parse_params(slurm))
         console.print(summary.render(), highlight=False)
