@@ -83,6 +83,11 @@ SCORING_TREE_MODEL_TYPES = ("gpt_neox", "llama", "olmo", "olmo2")
 # A batch of B sequences holds at most B x this many tokens, padding included (sequences run
 # longest first): on the bench battery a plain B=64 split padded 6,652 tokens to 10,734.
 SCORING_BATCH_ROW_TOKENS = 32
+# batch_size="auto" (scoring._auto_batch_size): DEFAULT_BATCH_SIZE_* x SCORING_BATCH_ROW_TOKENS
+# tokens per batch, fewer when the batch's estimated working memory (body activations, attention
+# scores, fp32 logits rows over the vocabulary) would pass this many bytes. A constant, not the
+# free memory: the batches, hence the numbers, stay a function of model config and options.
+SCORING_AUTO_BATCH_BYTES = {"cpu": 2 * 2**30, "cuda": 8 * 2**30}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # CPU threads (cpus.py, issue #17). libgomp's default spin-wait made 2 threads 8-17x slower
 # than 1 beside other jobs (2 cores, load 11-19); PASSIVE idle threads sleep instead. Set when

@@ -74,6 +74,7 @@ from pythia_forensics.constants import (
     DTYPES,
     FP32_MAX_PARAMS,
     IGNORED_TENSOR_SUFFIXES,
+    SCORING_AUTO_BATCH_BYTES,
     SCORING_BATCH_ROW_TOKENS,
     SCORING_TREE_MODEL_TYPES,
     SCORING_TREE_ROW_TOKENS,
@@ -113,7 +114,8 @@ class ScoreOptions:
         dtype: ``auto`` (fp32 on CPU and for models up to `FP32_MAX_PARAMS` on GPU, else bf16),
             ``float32``, ``float16`` or ``bfloat16``.
         device: ``auto`` (cuda if available), ``cpu`` or ``cuda`` (``cuda:N`` accepted).
-        batch_size: sequences per forward, or ``auto`` (a device default; on out-of-memory
+        batch_size: sequences per forward, or ``auto`` (a token budget per batch, lowered for
+            large models by an estimate of the batch's memory: `_auto_batch_size`; on out-of-memory
             the unit restarts at half the size until it fits, the size that ran is recorded).
         bos: prepend the tokenizer's BOS token (else EOS) to every prefix. Pythia: no.
         vocab_rows: log-sum-exp over the ``tokenizer``'s rows only or over ``all`` rows of the
@@ -808,7 +810,7 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
                                f"{n_rows} scored vocabulary rows; the tokenizer does not fit this model")
     device = next(model.parameters()).device
     auto = batch_size == "auto"
-    bs = (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU) if auto else int(batch_size)
+    bs = _auto_batch_size(model, plan, n_rows, device.type) if auto else int(batch_size)
     with _pinned_kernels(resolve_threads(threads), device.type) as kernels:
         values, bs = _run_plan(model, plan, n_rows=n_rows, pad_id=pad_id, batch_size=bs, auto_batch=auto,
                                progress=progress)
@@ -818,8 +820,30 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
         "n_target": np.array([len(e.target_ids) for e in encoded], dtype=np.int64),
         "n_foil": np.array([len(e.foil_ids) for e in encoded], dtype=np.int64),
         "batch_size": bs, "sequences": len(plan.sequences), "tokens": sum(len(s) for s in plan.sequences),
-        "rows": len(plan.row_seq), **kernels,
+        "rows": len(plan.row_seq), "batch_tokens": bs * SCORING_BATCH_ROW_TOKENS, **kernels,
     }
+
+
+def _auto_batch_size(model: Any, plan: _Plan, n_rows: int, device_type: str) -> int:
+    """The batch size ``auto`` starts from: a token budget (`DEFAULT_BATCH_SIZE_*` x
+    `SCORING_BATCH_ROW_TOKENS` padded tokens per batch, see `_batches`), lowered so that a
+    batch's estimated working memory stays within `SCORING_AUTO_BATCH_BYTES`.
+
+    A function of the model's config, dtype, the plan and the device type only (never of free
+    memory), so the same options always give the same batches and the same numbers.
+    """
+    config = model.config
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    inter = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
+    heads = int(getattr(config, "num_attention_heads", 0) or 1)
+    width = max((len(s) for s in plan.sequences[:1]), default=1)
+    item = next(model.parameters()).element_size()
+    # per token: residual stream copies, q/k/v, attention output and MLP activations; one row of
+    # attention scores per head; fp32 logits (and the log-sum-exp's temporary) over n_rows
+    per_token = item * (8 * hidden + 2 * inter + heads * width) + 8 * n_rows
+    default = DEFAULT_BATCH_SIZE_CUDA if device_type == "cuda" else DEFAULT_BATCH_SIZE_CPU
+    budget = SCORING_AUTO_BATCH_BYTES["cuda" if device_type == "cuda" else "cpu"]
+    return max(1, min(default, budget // (SCORING_BATCH_ROW_TOKENS * per_token)))
 
 
 def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: str | None = None,
@@ -845,7 +869,8 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         in probe-set order. ``frame.attrs`` records what was used: ``dtype, device, batch_size``
         (the one that ran), ``bos, vocab_rows, vocab_rows_n`` (rows in the log-sum-exp),
         ``padding_side, scoring_version, probeset, probeset_sha256, model, revision``,
-        ``forward_sequences, forward_tokens, logit_rows``, the pinned kernel settings
+        ``forward_sequences, forward_tokens, logit_rows, batch_tokens`` (padded-token budget of a
+        batch), the pinned kernel settings
         ``threads, interop_threads, omp_wait_policy, deterministic_algorithms,
         float32_matmul_precision``, the model's
         ``attn_implementation`` and ``wall_s``. Example::
@@ -918,6 +943,7 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         "padding_side": "right", "scoring_version": SCORING_VERSION, "probeset": probe_set.name,
         "probeset_sha256": probe_set.sha256, "forward_sequences": int(res["sequences"]),
         "forward_tokens": int(res["tokens"]), "logit_rows": int(res["rows"]),
+        "batch_tokens": int(res["batch_tokens"]),
         "threads": int(res["threads"]), "interop_threads": int(res["interop_threads"]),
         "omp_wait_policy": str(res["omp_wait_policy"]),
         "deterministic_algorithms": bool(res["deterministic_algorithms"]),

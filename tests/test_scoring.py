@@ -189,6 +189,39 @@ def test_auto_batch_backs_off_on_out_of_memory(model, tiny_tokenizer, references
         score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size=16)
 
 
+def test_auto_batch_follows_a_memory_budget_deterministically(model, tiny_tokenizer, references, monkeypatch):
+    """batch_size=auto: a token budget per batch, lowered by the batch's estimated memory; the
+    same options give the same batches (never the free memory), and the numbers stay exact."""
+    from pythia_forensics import scoring
+    from pythia_forensics.constants import SCORING_BATCH_ROW_TOKENS
+
+    rows: list[tuple[int, int]] = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        roomy = score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size="auto")
+        roomy_rows, rows[:] = list(rows), []
+        cfg = model.config
+        width = max(w for _, w in roomy_rows)  # the plan's longest sequence
+        # the estimate written out here: activations, attention rows and fp32 logits per token
+        per_token = 4 * (8 * cfg.hidden_size + 2 * cfg.intermediate_size + cfg.num_attention_heads * width) \
+            + 8 * roomy.attrs["vocab_rows_n"]
+        budget = 3 * SCORING_BATCH_ROW_TOKENS * per_token  # room for 3 rows of the token budget
+        monkeypatch.setitem(scoring.SCORING_AUTO_BATCH_BYTES, "cpu", budget)
+        tight = [score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size="auto") for _ in range(2)]
+        tight_rows = list(rows)
+    finally:
+        hook.remove()
+    assert roomy.attrs["batch_size"] == 64 and roomy.attrs["batch_tokens"] == 64 * SCORING_BATCH_ROW_TOKENS
+    assert [f.attrs["batch_size"] for f in tight] == [3, 3] and tight[0].attrs["batch_tokens"] == 3 * SCORING_BATCH_ROW_TOKENS
+    assert tight_rows[:len(tight_rows) // 2] == tight_rows[len(tight_rows) // 2:]  # same batches twice
+    assert max(b for b, _ in tight_rows) <= 3 < max(b for b, _ in roomy_rows)
+    assert all(b == 1 or b * w <= 3 * SCORING_BATCH_ROW_TOKENS for b, w in tight_rows)
+    for frame in (roomy, *tight):
+        assert np.abs(frame["logp_target"].to_numpy() - references[False][0]).max() < TOL
+        assert np.abs(frame["logp_foil"].to_numpy() - references[False][1]).max() < TOL
+
+
 def test_candidate_that_tokenizes_to_nothing_names_the_item(model, tiny_tokenizer):
     bad = ProbeItem("empty.1", "r", "agree", "train", "Mia cried because", "", " he")
     with pytest.raises(TokenizationError, match="item 'empty.1': target '' tokenizes to no tokens"):
