@@ -257,7 +257,12 @@ FIGURE_FORMATS = ("pdf", "png")
 
 # --- benchmark (bench.py, issue #9) ---------------------------------------------------------
 # Pythia shapes the CPU benchmark builds as random local suites (registry names).
-BENCH_SHAPES = ("pythia-31m", "pythia-70m")
+# "mini-s" is the mini suite's body (mini/config.py) with Pythia's vocabulary and tokenizer.
+BENCH_SHAPES = ("mini-s", "pythia-14m", "pythia-31m", "pythia-70m")
+# The contention condition: ours again beside one other torch job with this many threads
+# doing matmuls (default OpenMP wait policy, as an unrelated job has), for the measurement.
+BENCH_COMPETING_THREADS = 2
+BENCH_COMPETING_MATMUL = 384  # square matmul size of the competing job
 BENCH_QUICK_SHAPE = {"layers": 2, "d_model": 64, "heads": 4}  # --quick / tests: tiny, same vocab
 BENCH_REVISIONS = 8  # revisions per shape (the issue asks >= 8)
 BENCH_QUICK_REVISIONS = 2
