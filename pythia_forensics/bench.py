@@ -47,6 +47,8 @@ from pythia_forensics.constants import (
     BENCH_COMPETING_MATMUL,
     BENCH_COMPETING_THREADS,
     BENCH_COMPETITORS,
+    BENCH_GPU_CHECKPOINT_DTYPES,
+    BENCH_GPU_CHECKPOINT_SHAPE,
     BENCH_GPU_SHAPES,
     BENCH_MAX_ABS_DELTA,
     BENCH_MIN_ITEMS,
@@ -1128,6 +1130,8 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
     # 5. support counter and GPU
     support = _support_section(plan.support_tokens)
     gpu_rows = _gpu_section(probes) if gpu else {"status": "skipped: disabled (--no-gpu)"}
+    gpu_rows["checkpoint"] = (_checkpoint_section(probes, out / "gpu-checkpoint") if gpu
+                              else {"status": "skipped: disabled (--no-gpu)"})
     machine["loadavg_end"] = os.getloadavg()
     report = {
         "plan": {"shapes": [s.name for s in plan.shapes], "revisions": plan.revisions,
@@ -1241,6 +1245,87 @@ def _gpu_section(probes: Any, *, device: str = "cuda", shapes: Sequence[BenchSha
                 torch.cuda.empty_cache()
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     return {"status": "ok", "device": name, "memory_gib": memory_bytes / 2**30, "rows": rows}
+
+
+def _checkpoint_section(probes: Any, folder: str | Path, *, device: str = "cuda", shape: BenchShape | None = None,
+                        dtypes: Sequence[str] = BENCH_GPU_CHECKPOINT_DTYPES) -> dict[str, Any]:
+    """One saved checkpoint (default `BENCH_GPU_CHECKPOINT_SHAPE`, random weights, fp16
+    safetensors as Pythia ships them) loaded from disk and scored in each dtype: load time,
+    first and second scoring time, peak device memory. Skipped cleanly without CUDA.
+
+    Loading does not overlap scoring here: replay overlaps *downloads* with scoring (its
+    prefetch thread); a local checkpoint is read by the scoring thread, so load + score is
+    the per-revision cost of a local replay.
+
+    Args:
+        probes: the battery.
+        folder: where to write the checkpoint (removed afterwards).
+        device: ``cuda``; ``cpu`` exercises the same code in tests.
+        shape: the shape (default: `BENCH_GPU_CHECKPOINT_SHAPE` from the registry).
+        dtypes: dtypes to load and score in.
+    """
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return {"status": "skipped: no CUDA device visible to torch"}
+    from transformers import GPTNeoXForCausalLM
+
+    from pythia_forensics import scoring
+
+    if shape is None:
+        from pythia_forensics.registry import get_suite
+
+        m = get_suite("pythia").model(BENCH_GPU_CHECKPOINT_SHAPE)
+        shape = BenchShape(name=BENCH_GPU_CHECKPOINT_SHAPE, layers=int(m.layers), d_model=int(m.d_model),
+                           heads=int(m.heads), vocab_size=int(m.vocab_size))
+    cuda = device.startswith("cuda")
+    folder = Path(folder)
+    tokenizer = neox_tokenizer()
+    rows: list[dict[str, Any]] = []
+    try:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float16)
+        try:
+            with torch.device(device):
+                model = GPTNeoXForCausalLM(_neox_config(shape)).eval()
+        finally:
+            torch.set_default_dtype(previous)
+        _randomise(model, BENCH_SEED, BENCH_WEIGHT_STD)
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        weight_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        model = None
+        for dtype in dtypes:
+            model = None
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                t0 = time.perf_counter()
+                model, tok = scoring.load_model(folder, dtype=dtype, device=device)
+                if cuda:
+                    torch.cuda.synchronize()
+                load_s = time.perf_counter() - t0
+                opts = scoring.ScoreOptions(dtype=dtype, device=device, batch_size="auto", vocab_rows="all")
+                times = []
+                for _ in range(2):  # first call pays kernel selection; the second is a later revision's
+                    t0 = time.perf_counter()
+                    frame = scoring.score(model, probes, tokenizer=tok, options=opts)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+                rows.append({"shape": shape.name, "dtype": dtype, "status": "ok", "load_s": load_s,
+                             "first_score_s": times[0], "score_s": times[1], "batch_size": frame.attrs.get("batch_size"),
+                             "items_per_s": len(probes.items) / times[1], "weight_mb": weight_bytes / 1e6,
+                             "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else math.nan})
+            except Exception as exc:  # noqa: BLE001 - one dtype failing (OOM) leaves the other's row
+                rows.append({"shape": shape.name, "dtype": dtype, "status": f"failed: {type(exc).__name__}: {str(exc)[:160]}"})
+    finally:
+        model = None
+        shutil.rmtree(folder, ignore_errors=True)
+        if cuda:
+            torch.cuda.empty_cache()
+    return {"status": "ok", "rows": rows}
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -1392,6 +1477,20 @@ def _write_report(out: Path, report: dict[str, Any], table: Any) -> dict[str, Pa
                          f"{_fmt(r.get('items_per_s'), 0)} | {_fmt(r.get('peak_gpu_mib'), 0)} | {r['status']} |")
     else:
         lines.append(g.get("status", "skipped"))
+    c = g.get("checkpoint", {})
+    lines += ["", "### A saved checkpoint, loaded and scored per dtype", ""]
+    if c.get("status") == "ok":
+        lines += ["Random weights saved as fp16 safetensors (Pythia's layout), loaded with `load_model`, scored twice "
+                  "(the first call pays kernel selection). A local checkpoint is read by the scoring thread: load + "
+                  "score is a local replay's cost per revision (replay overlaps only downloads with scoring).", "",
+                  "| shape | dtype | weight MB | load s | first score s | score s | items/s | batch size | "
+                  "peak GPU MiB | status |", "|---" * 10 + "|"]
+        for r in c["rows"]:
+            lines.append(f"| {r['shape']} | {r['dtype']} | {_fmt(r.get('weight_mb'), 0)} | {_fmt(r.get('load_s'))} | "
+                         f"{_fmt(r.get('first_score_s'))} | {_fmt(r.get('score_s'))} | {_fmt(r.get('items_per_s'), 0)} | "
+                         f"{r.get('batch_size', '')} | {_fmt(r.get('peak_gpu_mib'), 0)} | {r['status']} |")
+    else:
+        lines.append(c.get("status", "skipped"))
     paths["md"].write_text("\n".join(lines) + "\n")
     return paths
 

@@ -279,6 +279,10 @@ BENCH_COMPETITORS = ("ours", "lm-eval", "minicons", "full-logits")
 BENCH_TARGET_RATIOS = {"lm-eval": 2.0, "minicons": 10.0, "full-logits": 10.0}
 BENCH_SUPPORT_TOKENS = 50_000_000  # support counter throughput is measured on this many tokens
 # GPU section: the Pythia sizes tried, largest first; one that does not fit is skipped.
+# GPU checkpoint section (issue #17 point 5): one checkpoint of this shape saved in Pythia's
+# layout (fp16 safetensors), loaded and scored in each of these dtypes.
+BENCH_GPU_CHECKPOINT_SHAPE = "pythia-1.4b"
+BENCH_GPU_CHECKPOINT_DTYPES = ("float32", "bfloat16")
 BENCH_GPU_SHAPES = ("pythia-12b", "pythia-6.9b", "pythia-2.8b", "pythia-1.4b", "pythia-410m", "pythia-160m", "pythia-70m")
 BENCH_FILES = ("bench.md", "bench.csv")
 

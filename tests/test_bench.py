@@ -277,3 +277,21 @@ def test_quick_contention_and_floor_columns(quick_report):
         assert row.ratio_to_floor == pytest.approx(row.wall_per_revision_s / floor["floor_s"])
     assert table.loc[table["competitor"] != "ours", "slowdown_contended"].isna().all()
     assert "beside one other torch job" in (out / "bench.md").read_text()
+
+
+def test_checkpoint_section_loads_and_scores_each_dtype(tmp_path):
+    """The GPU checkpoint section's code, on CPU with the tiny shape: both dtypes load from the
+    saved folder and score, each row says what it measured, the folder is cleaned up."""
+    import torch
+
+    neox_tokenizer()
+    tiny = bench.bench_shapes(quick=True)[0]
+    probes = bench.build_battery(min_items=8)
+    out = bench._checkpoint_section(probes, tmp_path / "ck", device="cpu", shape=tiny)
+    rows = {r["dtype"]: r for r in out["rows"]}
+    assert set(rows) == {"float32", "bfloat16"}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["load_s"] > 0 and r["score_s"] > 0 and r["weight_mb"] > 0
+    assert not (tmp_path / "ck").exists()  # the checkpoint is removed afterwards
+    if not torch.cuda.is_available():
+        assert bench._checkpoint_section(probes, tmp_path / "x")["status"].startswith("skipped: no CUDA")
