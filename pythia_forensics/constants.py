@@ -88,6 +88,9 @@ SCORING_BATCH_ROW_TOKENS = 32
 # scores, fp32 logits rows over the vocabulary) would pass this many bytes. A constant, not the
 # free memory: the batches, hence the numbers, stay a function of model config and options.
 SCORING_AUTO_BATCH_BYTES = {"cpu": 2 * 2**30, "cuda": 8 * 2**30}
+# Padded batch inputs (ids, tree masks) a plan keeps for its next run (scoring._batch_inputs):
+# at most this many bytes per plan; building them was ~15% of a prepared mini-s revision.
+SCORING_INPUT_CACHE_BYTES = 256 * 2**20
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # CPU threads (cpus.py, issue #17). libgomp's default spin-wait made 2 threads 8-17x slower
 # than 1 beside other jobs (2 cores, load 11-19); PASSIVE idle threads sleep instead. Set when

@@ -59,7 +59,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ from pythia_forensics.constants import (
     IGNORED_TENSOR_SUFFIXES,
     SCORING_AUTO_BATCH_BYTES,
     SCORING_BATCH_ROW_TOKENS,
+    SCORING_INPUT_CACHE_BYTES,
     SCORING_TREE_MODEL_TYPES,
     SCORING_TREE_ROW_TOKENS,
     VOCAB_ROWS,
@@ -505,6 +506,9 @@ class _Plan:
     # and its position id (depth - 1). None: plain causal sequences, positions 0..n-1.
     parents: tuple[np.ndarray, ...] | None = None
     positions: tuple[np.ndarray, ...] | None = None
+    # padded batch inputs built on the first run of a batch, reused by later runs of the same
+    # plan (a prepared plan scores every revision): (start, count, dtype, pad id) -> CPU tensors
+    inputs: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def _make_plan(encoded: Sequence[EncodedItem]) -> _Plan:
@@ -684,6 +688,35 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
     return out
 
 
+def _batch_inputs(plan: _Plan, ptr: int, count: int, pad_id: int, dtype: Any) -> tuple[Any, Any, Any]:
+    """Right-padded ids, attention mask and position ids of sequences [ptr, ptr + count), on
+    CPU; kept in ``plan.inputs`` while they fit `SCORING_INPUT_CACHE_BYTES`, so a plan reused
+    across revisions builds them once. Callers copy them to the device and never write them."""
+    import torch
+
+    key = (ptr, count, str(dtype), pad_id)
+    hit = plan.inputs.get(key)
+    if hit is not None:
+        return hit
+    seqs = plan.sequences[ptr:ptr + count]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((count, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((count, width), dtype=torch.long)
+    for b, s in enumerate(seqs):  # right padding: real tokens at 0..len-1
+        ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[b, :len(s)] = 1
+    if plan.parents is not None:  # tree rows: each token sees its ancestors only
+        mask, positions = _tree_inputs(plan, ptr, count, width, dtype)
+    else:
+        positions = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(count, width)
+    out = (ids, mask, positions)
+    held = plan.inputs.get("bytes", 0) + sum(t.element_size() * t.nelement() for t in out)
+    if held <= SCORING_INPUT_CACHE_BYTES:
+        plan.inputs[key] = out
+        plan.inputs["bytes"] = held
+    return out
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -727,16 +760,7 @@ def _run_plan(model: Any, plan: _Plan, *, n_rows: int, pad_id: int, batch_size: 
             ptr, count = batches[k]
             seqs = plan.sequences[ptr:ptr + count]
             try:
-                width = max(len(s) for s in seqs)
-                ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(seqs), width), dtype=torch.long)
-                for b, s in enumerate(seqs):  # right padding: real tokens at 0..len-1
-                    ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
-                    mask[b, :len(s)] = 1
-                if plan.parents is not None:  # tree rows: each token sees its ancestors only
-                    mask, positions = _tree_inputs(plan, ptr, len(seqs), width, next(model.parameters()).dtype)
-                else:
-                    positions = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(len(seqs), width)
+                ids, mask, positions = _batch_inputs(plan, ptr, len(seqs), pad_id, next(model.parameters()).dtype)
                 ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
                 rows = order[starts[ptr]:starts[ptr + len(seqs)]]
                 b_idx = torch.as_tensor(plan.row_seq[rows] - ptr, device=device)

@@ -222,6 +222,26 @@ def test_auto_batch_follows_a_memory_budget_deterministically(model, tiny_tokeni
         assert np.abs(frame["logp_foil"].to_numpy() - references[False][1]).max() < TOL
 
 
+def test_prepared_plan_reused_across_weights_gives_the_same_numbers(model, tiny_tokenizer, references):
+    """One preparation, many scorings (replay's revisions): the cached batch inputs are never
+    changed by a forward, so every call equals a fresh unprepared one and the fp32 loop."""
+    from pythia_forensics import scoring
+
+    probes = _set(_items())
+    prepared = scoring.prepare(model, probes, tokenizer=tiny_tokenizer)
+    fresh = score(model, probes, tokenizer=tiny_tokenizer, batch_size=7)
+    cols = ["logp_target", "logp_foil"]
+    for _ in range(3):
+        again = score(model, probes, tokenizer=tiny_tokenizer, batch_size=7, prepared=prepared)
+        np.testing.assert_array_equal(again[cols].to_numpy(), fresh[cols].to_numpy())
+    assert len(prepared.plan.inputs) > 1  # batches kept for the next call
+    assert np.abs(again["logp_target"].to_numpy() - references[False][0]).max() < TOL
+    other = tiny_neox(len(tiny_tokenizer), seed=11, layers=2)  # other weights, same architecture
+    np.testing.assert_array_equal(
+        score(other, probes, tokenizer=tiny_tokenizer, batch_size=7, prepared=prepared)[cols].to_numpy(),
+        score(other, probes, tokenizer=tiny_tokenizer, batch_size=7)[cols].to_numpy())
+
+
 def test_candidate_that_tokenizes_to_nothing_names_the_item(model, tiny_tokenizer):
     bad = ProbeItem("empty.1", "r", "agree", "train", "Mia cried because", "", " he")
     with pytest.raises(TokenizationError, match="item 'empty.1': target '' tokenizes to no tokens"):
