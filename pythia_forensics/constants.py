@@ -295,3 +295,14 @@ BENCH_FILES = ("bench.md", "bench.csv")
 DEMO_COLLAPSE_FINAL_MAX = 0.2   # low-support rule ends at or below this held-out conflict acc
 DEMO_AGREE_MIN = 0.9            # its agree control ends at or above this
 DEMO_LOSS_JUMP_MAX = 0.05       # |mean loss after - before| around collapse onset, nats
+
+# --- bounded input parsing, checkpoint validation, shutdown (issue #14) ----------------------
+# A probe file is data a person wrote or a tool generated; these bounds are far above any real
+# battery (the shipped ones: < 1 MiB, depth 3, no aliases) and far below what exhausts memory.
+PROBE_MAX_BYTES = 64 * 2**20        # file size
+PROBE_MAX_DEPTH = 32                # nesting of lists/mappings inside one file
+PROBE_MAX_INT_DIGITS = 64           # an integer literal longer than this is refused, not parsed
+PROBE_MAX_YAML_ALIASES = 1000       # alias uses per YAML file
+PROBE_MAX_YAML_NODES = 2_000_000    # nodes after alias expansion (an alias bomb exceeds it fast)
+# Worker processes (mini train) poll their parent this often and exit when it is gone.
+WORKER_WATCHDOG_S = 0.5

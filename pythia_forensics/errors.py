@@ -83,5 +83,25 @@ class AuditError(PFError, ValueError):
     """A numerical audit cannot run as asked (empty sample, unknown dtype, no items)."""
 
 
+# --- inputs, outputs, checkpoints, shutdown (#14) -----------------------------------------
+class UsageError(PFError, ValueError):
+    """A command-line option has a value the command cannot use (names option and value)."""
+
+
+class OutputPathError(PFError, OSError):
+    """An output location cannot be written (read-only, a file where a folder must be, ...)."""
+
+
+class CheckpointError(ModelLoadError):
+    """A checkpoint cannot give meaningful scores: unreadable or truncated weights, a refused
+    pickle, an unsupported architecture, missing/unexpected/misshapen or non-finite tensors."""
+
+
+class Interrupted(PFError):
+    """The user interrupted a run (SIGINT); the message says what was kept. Exit status 130."""
+
+    exit_code = 130
+
+
 class MonitorError(PFError, ValueError):
     """A training monitor was set up or called wrongly (no tokenizer, bad schedule, ...)."""

@@ -73,6 +73,10 @@ def _mix(color: str, other: str, t: float) -> str:
     a, b = np.array(to_rgb(color)), np.array(to_rgb(other))
     return to_hex((1 - t) * a + t * b)
 
+# A model's name goes left of its point once the point lies past this fraction of the axis width,
+# so names near the right edge are never clipped (a placement choice, not an analysis threshold).
+_LABEL_FLIP_AT = 0.55
+
 
 def model_shades(base: str, n: int) -> list[str]:
     """`n` shades of one hue, lightest first (models smallest first: darker = larger)."""
@@ -502,7 +506,7 @@ def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame
             for k, row in enumerate(never.itertuples()):
                 ax.axvline(float(getattr(row, size)), color=VOID_TEXT, linestyle=(0, (2, 2)), linewidth=1.0,
                            label="never emerged (no depth)")
-            right_half = lambda x: (np.log10(x) - (lo - pad)) / (hi - lo + 2 * pad) > 0.6  # noqa: E731
+            right_half = lambda x: (np.log10(x) - (lo - pad)) / (hi - lo + 2 * pad) > _LABEL_FLIP_AT  # noqa: E731
             for row in points.itertuples():
                 x = float(getattr(row, size))
                 ax.annotate(row.model, (x, row.depth), textcoords="offset points",

@@ -555,6 +555,14 @@ def tensor_distance(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     return total ** 0.5
 
 
+def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Names of floating tensors holding NaN or inf (a checkpoint whose every score is NaN)."""
+    import torch
+
+    return [name for name, t in state.items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def _embedding_norm(state: Mapping[str, Any]) -> float:
     for name, t in state.items():
         if name.endswith(EMBEDDING_TENSOR_KEYS):
@@ -650,6 +658,9 @@ def deep_findings(revisions: Sequence[_DeepInput], *, final_revision: str | None
         state = state0 if r is first else (final_state if r.revision == final_revision else load(r))
         if state is None:
             continue
+        if bad := nonfinite_tensors(state):
+            findings.append(Finding(r.revision, r.step, "nonfinite", "bad",
+                                    f"NaN or inf in {len(bad)} tensor(s), e.g. {bad[0]}"))
         # .bin and safetensors on one branch must hold the same tensors.
         if len(r.loaders) > 1:
             other_fmt = next(f for f in r.loaders if f != "safetensors")

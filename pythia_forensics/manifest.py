@@ -132,7 +132,7 @@ def read_manifest(model_dir: str | Path) -> Manifest | None:
         if not isinstance(data, Mapping):
             raise ValueError(f"the top level is a {type(data).__name__}, not an object")
         return Manifest.from_dict(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: int(Infinity)
         raise UnknownModelError(f"{path} is not a valid manifest ({exc}); fix or delete it "
                                 "(it is optional: sizes are then read from config.json and the weights)") from exc
 
@@ -199,9 +199,11 @@ def infer_manifest(checkpoint_dir: str | Path, *, model: str | None = None) -> M
         config = loaded if isinstance(loaded, Mapping) else {}
     except (OSError, ValueError):
         pass
+    from pythia_forensics.validation import loading_errors
+
     try:
         shapes = _weight_shapes(folder)
-    except (OSError, RuntimeError, ValueError):  # unreadable weights: health reports them
+    except loading_errors():  # unreadable weights (SafetensorError, a refused pickle): scoring refuses them
         shapes = {}
     params = {k: s for k, s in shapes.items() if not k.endswith(IGNORED_TENSOR_SUFFIXES)}
 

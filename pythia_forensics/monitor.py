@@ -56,6 +56,8 @@ MONITOR_DIR = "monitor"              # RESULTS/monitor/<run>/{support.csv, alert
 ROW_MODES = ("documents", "stream")  # how batch rows relate: separate documents, or one packed stream
 _FINGERPRINT_SAMPLE = 64             # values sampled per tensor for the weights fingerprint
 _TREND_POINTS = 4                    # smoothed CM values quoted in an alert
+_KEPT_COLUMNS = ("model", "revision", "item_id", "rule", "condition", "split", "logp_target", "logp_foil",
+                 "margin", "correct")
 
 
 def weights_fingerprint(model: Any) -> str:
@@ -96,6 +98,7 @@ class Alert:
         trigger: ``accuracy``, ``contrast margin`` or ``accuracy + contrast margin``.
         peak_acc, peak_step: smoothed conflict accuracy peak (agree-gated, as analyze).
         acc_now, cm_now, agree_now: smoothed values at the latest check.
+        acc_raw: the latest check's own conflict accuracy.
         cm_trend: (step, smoothed CM) of the last few checks.
         keep_step: the checkpoint to keep: the last check before the onset at which the rule
             still held (smoothed conflict accuracy >= ``emergence.conflict_min``, agree control
@@ -115,6 +118,7 @@ class Alert:
     peak_acc: float
     peak_step: int
     acc_now: float
+    acc_raw: float
     cm_now: float
     agree_now: float
     cm_trend: tuple[tuple[int, float], ...]
@@ -371,7 +375,9 @@ class Monitor:
 
     # --- results ------------------------------------------------------------------------------
     def items(self) -> pd.DataFrame:
-        """Every item row scored so far (what the store holds for this run)."""
+        """Every item scored so far: model (the run), revision, step, probeset, content_key,
+        item_id, rule, condition, split, logp_target, logp_foil, margin, correct (the store
+        holds the full rows)."""
         return pd.concat(self._items, ignore_index=True) if self._items else pd.DataFrame()
 
     def trajectory(self) -> pd.DataFrame:
@@ -449,7 +455,9 @@ class Monitor:
         revision = f"{STEP_DIR_PREFIX}{step}"
         record = _Record(repo=self.run, step=step, commit=None, weights_sha256=None)
         for ps, frame in zip(self.probe_sets, frames):
-            rows = frame.copy()
+            # only what the running analysis reads: a copy of every text column per check costs
+            # more than the scoring itself on a small model
+            rows = frame[list(_KEPT_COLUMNS)].copy()
             rows["model"], rows["step"], rows["probeset"] = self.run, step, ps.name
             rows["content_key"] = fingerprint
             self._items.append(rows)
@@ -531,11 +539,12 @@ class Monitor:
             keep = int(steps[held[-1]]) if held.size else int(m["peak_step"])
             cms = m["cm_smooth"]
             trend = tuple((int(s), float(v)) for s, v in zip(steps[-_TREND_POINTS:], cms[-_TREND_POINTS:]))
-            fired.append(self._alert(key, step, onset, " + ".join(triggers), m, agree_now, trend, keep, support_now))
+            fired.append(self._alert(key, step, onset, " + ".join(triggers), m, agree_now, trend, keep, support_now,
+                                     float(used["conflict_acc"].iloc[-1])))
         return fired
 
     def _alert(self, key: tuple, step: int, onset: int, trigger: str, m: Mapping[str, Any], agree_now: float,
-               trend: tuple, keep: int, support_now: Mapping[str, Any] | None) -> Alert:
+               trend: tuple, keep: int, support_now: Mapping[str, Any] | None, acc_raw: float) -> Alert:
         _, probeset, rule, split = key
         acc_now, cm_now = float(m["conflict_smooth"][-1]), float(m["cm_smooth"][-1])
         trend_text = " -> ".join(f"{v:+.2f}" for _, v in trend)
@@ -550,12 +559,14 @@ class Monitor:
                 ratio = (s["rule_wins"] + 1) / (s["prior_wins"] + 1)
                 support_text = (f"; data in steps {self._support.windows[-1]['window_start_step'] + 1}-{step}: "
                                 f"{s['rule_wins']} rule wins vs {s['prior_wins']} prior wins (ratio {ratio:.2f})")
-        message = (f"rule {where} ({split}) is ungrokking at step {step} [{trigger}]: smoothed conflict accuracy "
-                   f"{m['peak_acc']:.2f} at step {m['peak_step']} -> {acc_now:.2f} (onset step {onset}), "
+        message = (f"rule {where} ({split}) is ungrokking at step {step} [{trigger}]: conflict accuracy "
+                   f"{acc_raw:.2f} (smoothed {acc_now:.2f}; peak {m['peak_acc']:.2f} at step {m['peak_step']}; "
+                   f"onset step {onset}), "
                    f"contrast margin {trend_text} nats (steps {trend[0][0]}-{trend[-1][0]}), agree control "
                    f"{agree_now:.2f}; keep checkpoint {STEP_DIR_PREFIX}{keep}{support_text}")
         return Alert(run=self.run, probeset=probeset, rule=rule, split=split, step=step, onset_step=int(onset),
                      trigger=trigger, peak_acc=float(m["peak_acc"]), peak_step=int(m["peak_step"]), acc_now=acc_now,
+                     acc_raw=acc_raw,
                      cm_now=cm_now, agree_now=agree_now, cm_trend=trend, keep_step=keep, support=support,
                      message=message)
 

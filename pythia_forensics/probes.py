@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ import yaml
 from pythia_forensics.constants import (
     CONDITIONS,
     PROBE_ERRORS_SHOWN,
+    PROBE_MAX_BYTES,
+    PROBE_MAX_DEPTH,
+    PROBE_MAX_INT_DIGITS,
+    PROBE_MAX_YAML_ALIASES,
+    PROBE_MAX_YAML_NODES,
     PROBE_NON_BATTERY_FILES,
     PROBE_SET_ALL,
     PROBE_SUFFIXES,
@@ -145,9 +151,66 @@ class _Problems:
         raise error
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses, while composing, what would exhaust the stack or memory later.
+
+    Aliases share one node, so a 651-byte "billion laughs" file composes instantly; it is the
+    expanded tree (hashing, JSON, validation) that explodes. So every alias use is charged the
+    expanded size of the node it points to, and composition stops once the total passes
+    `PROBE_MAX_YAML_NODES`; nesting and integer literals are bounded too.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+        self._expanded = 0
+        self._sizes: dict[str, int] = {}
+
+    def _refuse(self, message: str, mark: Any) -> None:
+        raise yaml.composer.ComposerError(None, None, message, mark)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            self._expanded += self._sizes.get(event.anchor, 1)
+            if self._aliases > PROBE_MAX_YAML_ALIASES:
+                self._refuse(f"more than {PROBE_MAX_YAML_ALIASES} alias uses; write the values out", event.start_mark)
+            if self._expanded > PROBE_MAX_YAML_NODES:
+                self._refuse(f"aliases expand to more than {PROBE_MAX_YAML_NODES:,} nodes (an alias bomb?); "
+                             "write the values out", event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        self._expanded += 1
+        if self._depth > PROBE_MAX_DEPTH:
+            self._refuse(f"nested more than {PROBE_MAX_DEPTH} levels deep; flatten it", event.start_mark)
+        if self._expanded > PROBE_MAX_YAML_NODES:
+            self._refuse(f"more than {PROBE_MAX_YAML_NODES:,} nodes; split the file", event.start_mark)
+        start = self._expanded
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._sizes[anchor] = self._expanded - start + 1
+        return node
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        if len(str(node.value)) > PROBE_MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer with {len(node.value):,} digits (more than {PROBE_MAX_INT_DIGITS}); "
+                "quote it if it is an id", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
+
 def _yaml_records(text: str, where: str, problems: _Problems) -> tuple[str | None, list[tuple[int, dict, dict]]]:
     """(set name, [(line, record, {field: line})]) from YAML text, with line numbers kept."""
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -178,20 +241,59 @@ def _yaml_records(text: str, where: str, problems: _Problems) -> tuple[str | Non
         if not isinstance(record, dict):
             problems.add(where, line, None, f"an item must be a mapping, got {type(record).__name__}")
             continue
+        if _depth(record) > PROBE_MAX_DEPTH:
+            problems.add(where, line, None, f"nested more than {PROBE_MAX_DEPTH} levels deep (or refers to itself "
+                         "through an alias); flatten it")
+            continue
         lines = {k.value: k.start_mark.line + 1 for k, _ in item_node.value if isinstance(k, yaml.ScalarNode)}
         out.append((line, record, lines))
     return (str(name) if name is not None else None), out
 
 
+class _TooLarge(ValueError):
+    """An integer literal past `PROBE_MAX_INT_DIGITS` (raised from inside json.loads)."""
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > PROBE_MAX_INT_DIGITS:
+        raise _TooLarge(f"integer with {len(text):,} digits (more than {PROBE_MAX_INT_DIGITS}); quote it if it is an id")
+    return int(text)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of lists/dicts, iteratively (a deep value must not blow the stack here)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d > PROBE_MAX_DEPTH:
+                return d
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def _jsonl_records(text: str, where: str, problems: _Problems) -> list[tuple[int, dict, dict]]:
     out = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # JSON Lines ends records at "\n" only: str.splitlines() would also split at U+2028,
+    # U+0085, ... which JSON allows unescaped inside strings, and shift every later line number.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            record = json.loads(raw, parse_int=_bounded_int)
         except json.JSONDecodeError as exc:
             problems.add(where, number, None, f"not valid JSON ({exc.msg})")
+            continue
+        except _TooLarge as exc:
+            problems.add(where, number, None, str(exc))
+            continue
+        except RecursionError:
+            problems.add(where, number, None, f"nested more than {PROBE_MAX_DEPTH} levels deep; flatten it")
+            continue
+        if _depth(record) > PROBE_MAX_DEPTH:
+            problems.add(where, number, None, f"nested more than {PROBE_MAX_DEPTH} levels deep; flatten it")
             continue
         if not isinstance(record, dict):
             problems.add(where, number, None, f"a line must be a JSON object, got {type(record).__name__}")
@@ -219,11 +321,49 @@ def _meta_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _value_problem(value: Any) -> str | None:
+    """Why a field value cannot be stored and hashed as text, or None if it can."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return (f"contains a lone surrogate {_SURROGATE.search(v).group()!r} (not encodable as UTF-8); "
+                        "fix the escape or the text")
+        elif isinstance(v, dict):
+            bad = next((k for k in v if not isinstance(k, str)), None)
+            if bad is not None:
+                return f"has a non-string key {bad!r}; quote the key"
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif not isinstance(v, _JSON_SCALARS):
+            return (f"holds a YAML {type(v).__name__} value ({str(v)[:40]!r}); quote it so it stays text "
+                    "(probe fields are strings, numbers, lists or mappings)")
+    return None
+
+
 def _make_item(record: dict, where: str, line: int, lines: dict, problems: _Problems) -> ProbeItem | None:
     """Validate one record; record every problem; return the item if it has none."""
+    bad_keys = [k for k in record if not isinstance(k, str)]
+    if bad_keys:
+        problems.add(where, line, None, f"non-string field name {bad_keys[0]!r}; field names are text "
+                     f"({', '.join(REQUIRED_FIELDS)}, template, meta)")
+        return None
     if PAPER_MARKERS <= record.keys():
         record = _from_paper(record)
     before = len(problems.items)
+    for key, value in record.items():
+        why = _value_problem(value)
+        if why is not None:
+            problems.add(where, lines.get(key, line), key, why)
+    if len(problems.items) > before:
+        return None
     for key in REQUIRED_FIELDS:
         at = lines.get(key, line)
         if key not in record or record[key] is None:
@@ -307,9 +447,22 @@ def _read_file(path: Path) -> ProbeSet:
     if suffix not in PROBE_SUFFIXES:
         raise ProbeFormatError(f"probe file {path} has suffix {suffix!r}; use one of {', '.join(PROBE_SUFFIXES)}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProbeFormatError(f"cannot read probe file {path}: {exc}; check the path and that it is UTF-8 text") from exc
+        size = path.stat().st_size
+        if size > PROBE_MAX_BYTES:
+            raise ProbeFormatError(f"probe file {path} is {size:,} bytes, more than {PROBE_MAX_BYTES:,}; "
+                                   "split it into several files (--probes is repeatable)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ProbeFormatError(f"cannot read probe file {path}: {exc.strerror or exc}; check the path and "
+                               "its permissions") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ProbeFormatError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+                               "save the file as UTF-8") from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     return parse_probes(text, fmt="jsonl" if suffix == ".jsonl" else "yaml", source=str(path), name=path.stem)
 
 

@@ -235,7 +235,7 @@ def _parse_int(token: str, spec: str | None) -> int:
     token = token.strip()
     if token.startswith(STEP_DIR_PREFIX):
         token = token[len(STEP_DIR_PREFIX):]
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):  # isdigit alone accepts "²"
         raise StepSpecError(
             f"malformed --steps {spec!r}: {token!r} is not a step number; use all, log, A:B or N,N,..."
         )
@@ -436,7 +436,7 @@ def checkpoint_folders(model_dir: str | Path, *, step_pattern: str | None = None
             group = match.group("step") if "step" in regex.groupindex else match.group(1)
             step = _trainer_step(path)
             if step is None:
-                if group is None or not group.isdigit():
+                if group is None or not (group.isascii() and group.isdigit()):
                     continue
                 step = int(group)
             if step in by_step:

@@ -162,7 +162,7 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise PFError(f"malformed --slurm {pair!r}: use KEY=VALUE, e.g. slurm_partition=gpu")
         value = value.strip()
-        out[key.strip()] = int(value) if value.isdigit() else value
+        out[key.strip()] = int(value) if value.isascii() and value.isdigit() else value
     return out
 
 
@@ -662,8 +662,10 @@ def replay(
     if executor == "local":
         summary = _run_todo(todo, store, opts, summary)
     else:
-        summary = _run_array(todo, specs_by_name={s.name: str(n) for s, n in zip(specs, names)},
-                             suite_dir=suite_dir, probe_sets=probe_sets, results=Path(results), opts=opts,
+        # absolute paths: a relative model folder or the default ./results mean this working
+        # directory, not an array task's
+        summary = _run_array(todo, specs_by_name={s.name: str(s.path or n) for s, n in zip(specs, names)},
+                             suite_dir=suite_dir, probe_sets=probe_sets, results=Path(results).resolve(), opts=opts,
                              executor=executor, chunk=chunk, slurm=slurm, summary=summary, step_pattern=step_pattern)
     store.refresh_summary()
     return replace(summary, wall_s=time.perf_counter() - started)

@@ -83,6 +83,7 @@ from pythia_forensics.constants import (
 )
 from pythia_forensics.errors import ModelLoadError, ScoringError, TokenizationError
 from pythia_forensics.probes import ProbeItem, ProbeSet, load_probes
+from pythia_forensics import validation
 from pythia_forensics.registry import looks_like_path
 
 __all__ = [
@@ -376,20 +377,64 @@ def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: st
     where = f"{path_or_id}" + (f" (revision {revision})" if revision else "")
     try:
         config = AutoConfig.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
-        params = _count_params(config) if dtype == "auto" and dev != "cpu" else None
-        dt = resolve_dtype(dtype, params=params, device=dev)
-        # transformers (>=4.50, torch>=2.6) loads .bin only through torch.load(weights_only=True)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=hub_rev, dtype=getattr(torch, dt),
-                                                     trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}; check the repo id / path and "
                              "--revision (hub branches look like step1000)") from exc
+    # Refuse before building anything: transformers would otherwise score a BERT under a random
+    # head, fill missing tensors with random values, or crash deep inside on a damaged file.
+    validation.check_architecture(config, where)
+    if local is not None:
+        validation.check_weight_files(local)
+        validation.check_tokenizer_files(local, where)
+    params = _count_params(config) if dtype == "auto" and dev != "cpu" else None
+    dt = resolve_dtype(dtype, params=params, device=dev)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
+        with _quiet_transformers():
+            # transformers (>=4.50, torch>=2.6) loads .bin only through torch.load(weights_only=True)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                source, revision=hub_rev, dtype=getattr(torch, dt), trust_remote_code=False,
+                output_loading_info=True, ignore_mismatched_sizes=True)
+    except validation.loading_errors() as exc:
+        if local is None and isinstance(exc, OSError):
+            raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}; check the repo id / path and "
+                                 "--revision (hub branches look like step1000)") from exc
+        raise validation.describe_load_error(exc, where) from exc
+    validation.check_loading_info(info, where)
+    validation.check_finite(model, where)
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=hub_rev, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load a tokenizer for {where}: {_first_line(exc)}; save the tokenizer "
                              "next to the weights, or pass tokenizer= to score()") from exc
+    validation.check_tokenizer(tokenizer, where)
     return model.to(dev).eval(), tokenizer
+
+
+class _quiet_transformers:
+    """Keep transformers' and torch's loading chatter (progress bars, "newly initialized", pickle
+    protocol warnings) off stderr: what matters is checked here and refused in one line."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        self._bar = hf_logging.is_progress_bar_enabled()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore", UserWarning)
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._level)
+        if self._bar:
+            hf_logging.enable_progress_bar()
+        self._warnings.__exit__(*exc)
 
 
 def _weight_files(checkpoint_dir: Path) -> tuple[str, list[Path]]:
@@ -427,9 +472,24 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
     if not folder.is_dir():
         raise ModelLoadError(f"checkpoint folder {folder} does not exist; pass a save_pretrained folder")
     kind, files = _weight_files(folder)
+    validation.check_weight_files(folder)
+    config_path = folder / _CONFIG_FILE
+    if config_path.is_file():
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise validation.CheckpointError(f"{config_path} cannot be read ({_first_line(exc)}); "
+                                             "re-download or re-save the checkpoint") from None
+        validation.check_architecture(config, str(folder))
+        have = getattr(model.config, "model_type", None)
+        if config.model_type != have:
+            raise validation.CheckpointError(f"{folder}: config.json says model_type {config.model_type!r} but the "
+                                             f"loaded model is {have!r}; load it with load_model instead")
     state = model.state_dict()
     seen: set[str] = set()
-    problems: list[str] = []
+    info: dict[str, list[Any]] = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
 
     rename = _checkpoint_renamer(model)
 
@@ -437,31 +497,40 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
         name = rename(name)
         if name not in state:
             if not name.endswith(IGNORED_TENSOR_SUFFIXES):
-                problems.append(f"unexpected tensor {name}")
+                info["unexpected_keys"].append(name)
             return
         if tuple(state[name].shape) != tuple(tensor.shape):
-            problems.append(f"{name} has shape {tuple(tensor.shape)}, model has {tuple(state[name].shape)}")
+            info["mismatched_keys"].append((name, tuple(tensor.shape), tuple(state[name].shape)))
             return
         state[name].copy_(tensor)
         seen.add(name)
 
     with torch.no_grad():
         for path in files:
-            if kind == "safetensors":
-                with safe_open(str(path), framework="pt", device="cpu") as handle:
-                    for name in handle.keys():
-                        put(name, handle.get_tensor(name))
-            else:
-                for name, tensor in torch.load(path, map_location="cpu", weights_only=True).items():
-                    put(name, tensor)
+            try:
+                if kind == "safetensors":
+                    with safe_open(str(path), framework="pt", device="cpu") as handle:
+                        for name in handle.keys():
+                            put(name, handle.get_tensor(name))
+                else:
+                    loaded = torch.load(path, map_location="cpu", weights_only=True)
+                    if not isinstance(loaded, dict):
+                        raise validation.CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state "
+                                                         "dict of tensors; re-save the checkpoint")
+                    for name, tensor in loaded.items():
+                        put(name, tensor)
+            except validation.CheckpointError:
+                raise
+            except validation.loading_errors() as exc:
+                raise validation.describe_load_error(exc, str(path)) from exc
     tied = _tied_names(model)
     missing = sorted(set(state) - seen - tied)
     missing = [m for m in missing if not m.endswith(IGNORED_TENSOR_SUFFIXES)]
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]}")
-    if problems:
-        raise ModelLoadError(f"weights in {folder} do not fit the loaded model ({'; '.join(problems[:3])}); "
-                             "it is a different architecture: load it with load_model instead")
+    info["missing_keys"] = missing
+    # the same refusals, in the same words, as a first load through from_pretrained
+    validation.check_loading_info(info, str(folder), advice="a damaged checkpoint, or a different architecture "
+                                  "or size than the loaded model: load it with load_model instead")
+    validation.check_finite(model, str(folder))
     return model.eval()
 
 
@@ -933,10 +1002,18 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
     if prepared is not None:
         prepared.check(probe_set, tokenizer, model, bos=opts.bos)
     encoded = prepared.encoded if prepared is not None else encode_items(items, tokenizer, bos=opts.bos)
+    validation.check_context(encoded, items, model)
     res = score_encoded(model, encoded, n_rows=n_rows, pad_id=int(pad_id), batch_size=opts.batch_size,
                         progress=progress, plan=None if prepared is None else prepared.plan,
                         threads=opts.threads)
     lt, lf = res["logp_target"], res["logp_foil"]
+    bad = ~(np.isfinite(lt) & np.isfinite(lf))
+    if bad.any():
+        # a NaN margin compares False: it would be reported as "wrong", an accuracy of garbage
+        ids = [items[k].item_id for k in np.flatnonzero(bad)[:3]]
+        raise ScoringError(f"{int(bad.sum())} of {len(items)} item(s) got a non-finite log-prob "
+                           f"(e.g. {', '.join(map(repr, ids))}) in {_model_dtype_name(model)}; the weights or "
+                           "the dtype overflow: rerun with --dtype float32, or check the checkpoint (health --deep)")
     margin = lt - lf
     frame = pd.DataFrame({
         "model": model_name,

@@ -411,7 +411,7 @@ class HubSource:
                         f"tries; the hub may be down or rate-limiting: retry later"
                     ) from exc
                 retry_after = exc.response.headers.get("Retry-After") if exc.response is not None else None
-                if retry_after and retry_after.strip().isdigit():
+                if retry_after and retry_after.strip().isascii() and retry_after.strip().isdigit():
                     wait = float(retry_after)
             except (httpx2.TransportError, LocalEntryNotFoundError) as exc:
                 # LocalEntryNotFoundError: hf_hub_download could not reach the hub and the

@@ -746,7 +746,7 @@ class ResultsStore:
         _write_table(pa.Table.from_pandas(merged, preserve_index=False), self.root / name, {"kind": name})
 
     # --- damage --------------------------------------------------------------------------------
-    def _quarantine(self, path: Path, reason: str, *, then: str = "a replay recomputes it") -> Path | None:
+    def _quarantine(self, path: Path, reason: str, *, quiet: bool = False) -> Path | None:
         """Move a damaged file into RESULTS/quarantine/ with a reason file; one warning line."""
         rel = self._rel(path)
         self._verified.pop(path, None)
@@ -761,7 +761,8 @@ class ResultsStore:
             _log.warning(f"{rel}: {reason}; ignored (cannot move it aside: {exc.strerror or exc})")
             return None
         write_text(dest.with_name(dest.name + ".reason.txt"), f"{rel}: {reason}\n")
-        _log.warning(f"{rel}: {reason}; moved to {self._rel(dest)}; {then}")
+        if not quiet:  # verify --repair reports its own actions
+            _log.warning(f"{rel}: {reason}; moved to {self._rel(dest)}; a replay recomputes it")
         return dest
 
     def _temporaries(self) -> list[tuple[Path, bool]]:
@@ -874,10 +875,10 @@ class ResultsStore:
             actions.append(f"deleted {removed} temp file(s) of killed writers")
         scan = self._scan()
         for path, reason in scan.damaged:
-            if self._quarantine(path, reason) is not None:
+            if self._quarantine(path, reason, quiet=True) is not None:
                 actions.append(f"quarantined {self._rel(path)}: {reason}")
         for path, reason in scan.duplicates:
-            if self._quarantine(path, reason, then="it was ignored already") is not None:
+            if self._quarantine(path, reason, quiet=True) is not None:
                 actions.append(f"moved duplicate {self._rel(path)} aside ({reason})")
         for path in scan.legacy:
             if path.exists():
@@ -885,7 +886,7 @@ class ResultsStore:
         for name in (MODELS_FILE, HEALTH_FILE):
             frame, reason, legacy = self._check_table(name)
             if reason is not None:
-                self._quarantine(self.root / name, reason)
+                self._quarantine(self.root / name, reason, quiet=True)
                 rebuilt = self._rebuild(name)
                 actions.append(f"quarantined {name} ({reason})" + (f"; rebuilt {len(rebuilt)} row(s) from the item files"
                                                                   if not rebuilt.empty else ""))
@@ -899,7 +900,7 @@ class ResultsStore:
                 actions.append(f"rebuilt {MODELS_FILE} ({len(rows)} row(s)) from the item files")
         frame, reason, _ = self._check_table(SUMMARY_FILE)
         if reason is not None:
-            self._quarantine(self.root / SUMMARY_FILE, reason)
+            self._quarantine(self.root / SUMMARY_FILE, reason, quiet=True)
         if self._scan().used:
             self.refresh_summary()
             actions.append(f"rebuilt {SUMMARY_FILE} from the intact item files")

@@ -75,7 +75,10 @@ def installed(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     # Reuse what this interpreter has installed (torch, transformers, ...): plain path lines, so
     # the .pth files over there (an editable install of a checkout among them) stay inactive.
-    outer = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    # sys.path also holds what .pth files there added (a reused system torch, say); any folder
+    # holding a pythia_forensics package (the checkout) is left out.
+    outer = [p for p in dict.fromkeys([*site.getsitepackages(), *(q for q in sys.path if "-packages" in q)])
+             if Path(p).is_dir() and not (Path(p) / "pythia_forensics").exists()]
     (purelib / "reuse-installed.pth").write_text("\n".join(outer) + "\n")
     install_s = time.perf_counter() - t0
     print(f"\nwheel build {build_s:.1f} s, install {install_s:.1f} s ({wheel.name})")

@@ -180,7 +180,8 @@ def test_alert_fires_once_at_the_collapse_while_the_agree_control_holds(tiny_set
     alert = fired[0]
     assert (alert.step, alert.onset_step, alert.keep_step, alert.peak_step) == (260, 240, 220, 180)
     assert alert.trigger == "accuracy + contrast margin" and alert.peak_acc == pytest.approx(1.0)
-    assert alert.acc_now == pytest.approx(0.4) and alert.cm_now == pytest.approx(-0.15)
+    assert alert.acc_now == pytest.approx(0.4) and alert.acc_raw == pytest.approx(0.2)
+    assert alert.cm_now == pytest.approx(-0.15)
     assert [s for s, _ in alert.cm_trend] == [200, 220, 240, 260]
     assert "pronoun_gender" in alert.message and "step 260" in alert.message
     assert "keep checkpoint step220" in alert.message and "\n" not in alert.message

@@ -394,6 +394,41 @@ def test_verify_cli_exit_status_and_lines(tmp_path, run_cli):
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_checksum_ignores_layout_but_not_values():
+    from pythia_forensics.store import content_sha256
+
+    base = pa.table({"s": ["a", None, "bc"], "x": [1.5, None, -0.0], "n": pa.array([1, 2, 3], pa.int32()),
+                     "b": [True, False, None]})
+    same = [
+        pa.table({"b": base["b"], "n": base["n"], "x": base["x"], "s": base["s"]}),        # column order
+        pa.Table.from_batches(base.to_batches(max_chunksize=1)),                            # chunking
+        base.set_column(2, "n", base["n"].cast(pa.int64())),                                # physical type
+        base.set_column(0, "s", base["s"].cast(pa.large_string())),
+        pa.concat_tables([pa.table({"s": ["z"], "x": [0.0], "n": pa.array([0], pa.int32()), "b": [True]}),
+                          base]).slice(1),                                                  # offset slice
+    ]
+    for other in same:
+        assert content_sha256(other) == content_sha256(base)
+    differ = [
+        base.set_column(0, "s", pa.array(["a", "", "bc"])),        # null vs empty string
+        base.set_column(0, "s", pa.array(["ab", None, "c"])),      # same bytes, other split
+        base.set_column(1, "x", pa.array([1.5, None, 0.0])),       # -0.0 vs 0.0
+        base.take([2, 1, 0]),                                     # row order
+        base.slice(0, 2),                                         # a row dropped
+        base.rename_columns(["t", "x", "n", "b"]),                # a column renamed
+    ]
+    digests = {content_sha256(t) for t in differ} | {content_sha256(base)}
+    assert len(digests) == len(differ) + 1
+
+
+def test_verify_refuses_what_is_not_a_store(tmp_path, run_cli):
+    (tmp_path / "file.txt").write_text("x")
+    for target in (tmp_path / "file.txt", tmp_path / "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        code, out, err = run_cli(["verify", str(target)])
+        assert code == 2 and err.count("\n") == 1 and "--results" in err and "Traceback" not in err, err
+
+
 # --- a store the ecosystem reads -----------------------------------------------------------
 def test_pandas_pyarrow_polars_duckdb_read_every_row_with_its_model(tmp_path):
     import duckdb

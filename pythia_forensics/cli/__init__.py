@@ -6,6 +6,7 @@ status 2 (never a traceback); set PF_DEBUG=1 to see the traceback anyway.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -79,15 +80,53 @@ for _name in _COMMAND_MODULES:
         _register(app)
 
 
+# OS errors that mean "this location cannot be written/read as asked", not a bug: reported as one
+# line (exit 2) even when a check before the work could not foresee them (disk full mid-run).
+_USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                          errno.EISDIR, errno.ENAMETOOLONG})
+
+
+_INTERRUPTED = "interrupted: finished work is saved; rerun the same command to resume."
+
+
+def _fail(message: str, code: int) -> None:
+    # one line, whatever the message holds (a path with a newline, a multi-line library text)
+    print(" ".join(message.split()), file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Every way a run can end is one of: exit 0 (or the status a command documents, e.g. 1 for a
+    failed health check), one line on stderr with exit 2 (a user mistake or unusable input),
+    or one line with exit 130 (interrupted). ``PF_DEBUG=1`` re-raises to show the traceback.
+    """
+    from pythia_forensics.errors import Interrupted
+
+    debug = bool(os.environ.get("PF_DEBUG"))
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
     except PFError as exc:
-        if os.environ.get("PF_DEBUG"):
+        if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted: finished work is saved; rerun the same command to resume.", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(exc) if isinstance(exc, Interrupted) else f"error: {exc}", exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        if debug:
+            raise
+        _fail(_INTERRUPTED, 130)
+    except typer.TyperException as exc:  # click's usage errors (unknown option, missing argument)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        if debug:
+            raise
+        _fail(f"error: {exc.format_message()} (see --help)", getattr(exc, "exit_code", 2))
+    except OSError as exc:
+        if debug or exc.errno not in _USER_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        _fail(f"error: cannot use{where}: {exc.strerror}; choose another location or fix its permissions", 2)
+    if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130: say so
+        _fail(_INTERRUPTED, 130)
+    sys.exit(code if isinstance(code, int) else 0)

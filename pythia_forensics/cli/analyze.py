@@ -50,8 +50,10 @@ def register(app: typer.Typer) -> None:
         from pythia_forensics.dynamics import analyze as run, write_dynamics
         from pythia_forensics.figures import model_order
         from pythia_forensics.prereg import ledger
+        from pythia_forensics.cli.common import check_output_dir
         from pythia_forensics.store import ResultsStore
 
+        check_output_dir(results, "--results")  # dynamics.parquet/.csv are written there
         analysis = run(results, config=config)
         written = write_dynamics(analysis, results)
         _print_verdicts(analysis, model_order(analysis.metrics["model"], ResultsStore(results).models()))
@@ -82,8 +84,11 @@ def register(app: typer.Typer) -> None:
         from pythia_forensics.cli.common import console
         from pythia_forensics.dynamics import analyze as run
         from pythia_forensics.figures import render_figures
+        from pythia_forensics.cli.common import check_output_dir
         from pythia_forensics.report import write_report
 
+        check_output_dir(out, "--out")
+        check_output_dir(results, "--results")  # report.md (and figures/ without --out)
         analysis = run(results, config=config)
         paths = render_figures(results, out, analysis=analysis, x=x.value, xscale=xscale.value)
         report = write_report(results, analysis=analysis, figures=paths)
@@ -99,7 +104,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Record predictions + thresholds with hashes and the UTC time, before any result is read."""
         from pythia_forensics.cli.common import console
+        from pythia_forensics.cli.common import check_output_dir
         from pythia_forensics.prereg import lock as do_lock, read_lock
+
+        check_output_dir(results, "--results")
 
         path = do_lock(predictions, results, config=config)
         body = read_lock(results)

@@ -40,9 +40,9 @@ def register(app: typer.Typer) -> None:
         check_out(out)
         if sample < 0:
             raise AuditError(f"--sample must be a positive item count or 0 for all, got {sample}")
-        if not (batch_size == "auto" or batch_size.isdigit()):
-            raise AuditError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}")
-        kwargs = dict(dtype=dtype, batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+        from pythia_forensics.cli.common import parse_batch_size
+
+        kwargs = dict(dtype=dtype, batch_size=parse_batch_size(batch_size),
                       sample=sample or None, device=device, tolerance=tolerance)
         if revisions:
             from pythia_forensics.audit import audit_revisions

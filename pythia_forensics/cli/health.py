@@ -24,6 +24,9 @@ def check_out(out: Path | None) -> None:
     """
     if out is not None and out.suffix.lower() not in _OUT_SUFFIXES:
         raise OutputFormatError(f"--out {out} has suffix {out.suffix!r}; use {', '.join(_OUT_SUFFIXES)}")
+    from pythia_forensics.cli.common import check_output_file
+
+    check_output_file(out, "--out")
 
 
 def write_report(payload: dict[str, Any], frame: Any, out: Path) -> None:
@@ -32,17 +35,17 @@ def write_report(payload: dict[str, Any], frame: Any, out: Path) -> None:
     Raises:
         OutputFormatError: another suffix.
     """
+    from pythia_forensics.atomic import atomic_write, write_text
+
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
     if suffix == ".json":
-        out.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        write_text(out, json.dumps(payload, indent=2, default=str) + "\n")
     elif suffix == ".parquet":
-        frame.to_parquet(out, index=False)
-    elif suffix == ".csv":
-        frame.to_csv(out, index=False)
+        atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
     else:
-        frame.to_csv(out, index=False)
+        atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def register(app: typer.Typer) -> None:
@@ -67,7 +70,10 @@ def register(app: typer.Typer) -> None:
         from pythia_forensics.health import check_health
         from pythia_forensics.replay import parse_size
 
+        from pythia_forensics.cli.common import check_output_dir
+
         check_out(out)
+        check_output_dir(results, "--results")
         report = check_health(model, steps=steps, deep=deep, suite_dir=suite_dir, peers=peer,
                               disk_budget=parse_size(disk_budget), cache_dir=cache_dir)
         table = Table(title=f"health of {report.model} ({report.source}, {'deep' if report.deep else 'census'})")

@@ -3,6 +3,8 @@ support-knob sweep arms (thin shells over `mini.suite.build_suite` / `build_swee
 top-level `demo` and `sweep` commands run the whole pipeline on them (cli/demo.py)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +24,19 @@ def parse_supports(text: str) -> tuple[float, ...]:
         raise CorpusError(f"--supports must be comma-separated numbers in [0, 1], got {text!r}") from None
 
 
+@contextlib.contextmanager
+def _report_interrupt(suite_dir: Path, names: list[str]) -> Iterator[None]:
+    """Ctrl-C while training: one line saying what is on disk and that a rerun resumes (exit 130)."""
+    from pythia_forensics.errors import Interrupted
+    from pythia_forensics.mini.train import describe_kept
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: kept {describe_kept(suite_dir, names)} in {suite_dir}; "
+                          "rerun the same command to resume from the last checkpoints") from None
+
+
 def register(app: typer.Typer) -> None:
     mini_app = typer.Typer(help="The mini suite: a small Pythia-style family trained on a generated corpus.",
                            no_args_is_help=True)
@@ -34,10 +49,13 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(None, help="Models trained in parallel (default min(2, CPUs))."),
     ) -> None:
         """Train the mini suite (corpus, tokenizer, every scale), or reuse it."""
-        from pythia_forensics.cli.common import console
-        from pythia_forensics.mini.suite import build_suite
+        from pythia_forensics.cli.common import check_output_dir, console
+        from pythia_forensics.mini.config import demo_config
+        from pythia_forensics.mini.suite import build_suite, default_suite_dir
 
-        path = build_suite(out, force=force, jobs=jobs)
+        check_output_dir(out or default_suite_dir(), "--out")
+        with _report_interrupt(out or default_suite_dir(), [m.name for m in demo_config().models]):
+            path = build_suite(out, force=force, jobs=jobs)
         console.print(f"mini suite ready: {path}")
 
     @mini_app.command("sweep")
@@ -49,8 +67,13 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(None, help="Arms trained in parallel (default min(2, CPUs))."),
     ) -> None:
         """Train the support-knob sweep arms only: one scale, one arm per knob value."""
-        from pythia_forensics.cli.common import console
-        from pythia_forensics.mini.suite import build_sweep
+        from pythia_forensics.cli.common import check_output_dir, console
+        from pythia_forensics.mini.suite import build_sweep, sweep_configs
 
-        path = build_sweep(out / "suite", rule=rule, supports=parse_supports(supports), force=force, jobs=jobs)
+        check_output_dir(out, "--out")
+
+        values = parse_supports(supports)
+        names = [a.model.name for a in sweep_configs(rule=rule, supports=values)]
+        with _report_interrupt(out / "suite", names):
+            path = build_sweep(out / "suite", rule=rule, supports=values, force=force, jobs=jobs)
         console.print(f"sweep arms ready: {path}")

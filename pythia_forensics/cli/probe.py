@@ -6,28 +6,29 @@ from typing import Optional
 
 import typer
 
+from pythia_forensics.atomic import atomic_write
+from pythia_forensics.cli.common import check_output_file, parse_batch_size
 from pythia_forensics.constants import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
-from pythia_forensics.errors import PFError
+from pythia_forensics.errors import UsageError
 
 OUT_SUFFIXES = (".parquet", ".csv", ".jsonl")
 
 
 def _check_out(out: Path) -> None:
     if out.suffix.lower() not in OUT_SUFFIXES:
-        raise PFError(f"--out {out} has suffix {out.suffix.lower()!r}; use one of {', '.join(OUT_SUFFIXES)}")
+        raise UsageError(f"--out {out} has suffix {out.suffix.lower()!r}; use one of {', '.join(OUT_SUFFIXES)}")
+    check_output_file(out, "--out")
 
 
 def _write(frame, out: Path) -> None:
     suffix = out.suffix.lower()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     if suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
+        atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
     elif suffix == ".csv":
-        frame.to_csv(tmp, index=False)
+        atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
     else:
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    tmp.replace(out)  # atomic: an interrupted run never leaves a half-written file
+        atomic_write(out, lambda tmp: frame.to_json(tmp, orient="records", lines=True, force_ascii=False))
 
 
 def register(app: typer.Typer) -> None:
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             _check_out(out)  # before the (long) scoring, not after
         options = ScoreOptions(dtype=dtype, device=device, bos=bos, vocab_rows=vocab_rows,
-                               batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+                               batch_size=parse_batch_size(batch_size),
                                threads=int(threads) if threads.isascii() and threads.isdigit() else threads)
         frame = score(model, probes, revision=revision, options=options, progress=True)
         table = Table(title=f"{model}" + (f" @ {revision}" if revision else "") +

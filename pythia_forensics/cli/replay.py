@@ -37,14 +37,16 @@ def register(app: typer.Typer) -> None:
                                     "$OMP_NUM_THREADS, else the CPUs this process may use); recorded with results."),
     ) -> None:
         """Replay checkpoints: fetch within a disk budget, score, store; reruns resume."""
-        from pythia_forensics.cli.common import console
+        from pythia_forensics.cli.common import check_output_dir, console, parse_batch_size
         from pythia_forensics.replay import replay
 
         from pythia_forensics.replay import parse_params
 
+        batch = parse_batch_size(batch_size)
+        check_output_dir(results, "--results")
         summary = replay(models, probes, steps=steps, suite_dir=suite_dir, results=results,
                          disk_budget=disk_budget, dtype=dtype, device=device,
-                         batch_size=int(batch_size) if batch_size.isdigit() else batch_size, bos=bos,
+                         batch_size=batch, bos=bos,
                          vocab_rows=vocab_rows, step_pattern=step_pattern,
                          threads=int(threads) if threads.isascii() and threads.isdigit() else threads,
                          executor=executor, health=health, cache_dir=cache_dir, chunk=chunk,

@@ -28,8 +28,14 @@ def register(app: typer.Typer) -> None:
         """Count rule-winning and prior-winning events per rule, overall and per window."""
         import warnings
 
-        from pythia_forensics.cli.common import console, err_console
+        from pythia_forensics.atomic import atomic_write
+        from pythia_forensics.cli.common import check_output_file, console, err_console
+        from pythia_forensics.errors import UsageError
         from pythia_forensics.support import SupportCueWarning, count_support
+
+        if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
+            raise UsageError(f"--out {out} has suffix {out.suffix!r}; use .csv or .parquet")
+        check_output_file(out, "--out")
 
         with warnings.catch_warnings():
             # printed below from frame.attrs, once per word, instead of as a Python warning
@@ -43,10 +49,10 @@ def register(app: typer.Typer) -> None:
             err_console.print(f"[yellow]unmatched:[/] {line}", highlight=False)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            if out.suffix == ".parquet":
-                frame.to_parquet(out, index=False)
+            if out.suffix.lower() == ".parquet":
+                atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
             else:
-                frame.to_csv(out, index=False)
+                atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
         overall = frame[frame.scope == "overall"]
         cols = ["rule", "direction", "cues", "rule_wins", "prior_wins", "ratio"]
         console.print(overall[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"), highlight=False)

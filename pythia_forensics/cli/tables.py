@@ -42,7 +42,7 @@ class Col:
 def table_width(console=None) -> int:
     """The width to fit: $COLUMNS when set (also when piped), else the console's width."""
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:
         return int(columns)
     if console is None:
         from pythia_forensics.cli.common import console

@@ -12,6 +12,7 @@ requested knobs is reused; an interrupted one (no manifest) resumes from its las
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -166,11 +167,21 @@ def _build(out_dir: Path, arms: list[Arm], cfg: SuiteConfig, *, force: bool, pro
         for a in todo:
             _train_arm(a, out_dir, cfg.train, progress, 0, not force)
     else:
-        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+        from pythia_forensics.mini.train import worker_init
+
+        # Workers die with this process (even on SIGKILL) and ignore Ctrl-C, which is handled here.
+        pool = ProcessPoolExecutor(max_workers=n_jobs, initializer=worker_init, initargs=(os.getpid(),))
+        try:
             futures = [pool.submit(_train_arm, a, out_dir, cfg.train, progress, i % n_jobs, not force)
                        for i, a in enumerate(todo)]
             for f in futures:
                 f.result()
+        except BaseException:
+            for child in multiprocessing.active_children():
+                child.terminate()  # checkpoints and resume state are atomic: nothing is lost
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     return out_dir
 
 

@@ -11,10 +11,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
-from pythia_forensics.constants import STEP_DIR_PREFIX
+from pythia_forensics.atomic import atomic_path
+from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX, WORKER_WATCHDOG_S
 from pythia_forensics.manifest import Manifest, remove_manifest, write_manifest
 from pythia_forensics.mini.config import CorpusConfig, ModelConfig, TrainConfig
 from pythia_forensics.mini.corpus import CORPUS_META_FILE, TOKENS_FILE
@@ -169,12 +175,10 @@ RESUME_FILE = "resume.safetensors"  # AdamW state at the last checkpoint; remove
 
 
 def _write_log(path: Path, rows: list[tuple]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["step", "loss", "lr", "tokens"])
         w.writerows(rows)
-    tmp.replace(path)
 
 
 def _save_resume(model, opt, model_dir: Path, step: int) -> None:
@@ -188,9 +192,8 @@ def _save_resume(model, opt, model_dir: Path, step: int) -> None:
             tensors[f"exp_avg.{name}"] = st["exp_avg"].contiguous()
             tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].contiguous()
             tensors[f"step.{name}"] = st["step"].reshape(1).clone()
-    tmp = model_dir / (RESUME_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step)})
-    tmp.replace(model_dir / RESUME_FILE)
+    with atomic_path(model_dir / RESUME_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"step": str(step)})
 
 
 def _clear_resume(model_dir: Path) -> None:
@@ -229,3 +232,75 @@ def _resume(model, opt, model_dir: Path, log_rows: list[tuple]) -> int:
                             "exp_avg_sq": moments[f"exp_avg_sq.{name}"].clone()}
     log_rows.extend(rows[:step])
     return step
+
+
+# --- worker processes: die with the parent, leave Ctrl-C to it --------------------------------
+def _parent_gone(parent_pid: int, direct: bool) -> bool:
+    if direct:  # a child is re-parented the moment its parent dies, reaped or not
+        return os.getppid() != parent_pid
+    try:
+        os.kill(parent_pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _watch_parent(parent_pid: int, interval: float) -> None:
+    direct = os.getppid() == parent_pid
+    while not _parent_gone(parent_pid, direct):
+        time.sleep(interval)
+    os._exit(1)  # nothing to flush: every file is written through atomic.py, a kill loses no result
+
+
+def _die_with_parent_linux() -> None:
+    # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the parent exits, at once (the watchdog
+    # thread below is the portable fallback, and covers a fork server as the direct parent).
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_init(parent_pid: int, interval: float = WORKER_WATCHDOG_S) -> None:
+    """Initializer for training worker processes (`ProcessPoolExecutor(initializer=...)`).
+
+    A worker exits when its parent dies, even by SIGKILL (which no handler in the parent can
+    see): the kernel's parent-death signal where there is one, and a watchdog thread polling
+    the parent's pid every ``interval`` seconds everywhere. Ctrl-C is left to the parent, which
+    reports what was kept and stops the workers, so no worker prints a traceback.
+
+    Args:
+        parent_pid: the process that owns the pool (``os.getpid()`` there).
+        interval: seconds between watchdog polls.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() == parent_pid:
+        _die_with_parent_linux()
+    if _parent_gone(parent_pid, os.getppid() == parent_pid):  # died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid, interval), name="pf-parent-watchdog",
+                     daemon=True).start()
+
+
+def describe_kept(suite_dir: Path, names: list[str]) -> str:
+    """What an interrupted training run leaves, per model: finished, up to step N, or nothing."""
+    parts = []
+    for name in names:
+        model_dir = Path(suite_dir) / name
+        steps = sorted(int(p.name[len(STEP_DIR_PREFIX):]) for p in model_dir.glob(f"{STEP_DIR_PREFIX}*")
+                       if p.is_dir() and p.name[len(STEP_DIR_PREFIX):].isascii()
+                       and p.name[len(STEP_DIR_PREFIX):].isdigit())
+        if (model_dir / MANIFEST_FILE).is_file():
+            parts.append(f"{name} finished")
+        elif steps:
+            parts.append(f"{name} up to step {steps[-1]} ({len(steps)} checkpoints)")
+        else:
+            parts.append(f"{name} nothing yet")
+    return ", ".join(parts)
