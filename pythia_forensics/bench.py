@@ -1141,6 +1141,7 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
                  "competing_threads": BENCH_COMPETING_THREADS},
         "machine": machine, "battery": asdict(stats), "plans": plans, "table": rows, "breakdown": breakdown, "floor": floors,
         "support": support, "gpu": gpu_rows, "wall_s": time.perf_counter() - started,
+        "contended": [asdict(x) for x in contended],
     }
     report["notes"] = _notes(report)
     paths = _write_report(out, report, table)
