@@ -311,12 +311,13 @@ def pick_revisions(revisions: Sequence[str], n: int) -> list[str]:
 
 def audit_revisions(model: Any, *, probes: Any, revisions: Sequence[str] | None = None,
                     n_revisions: int = AUDIT_REVISIONS, suite_dir: str | Path | None = None,
-                    cache_dir: str | Path | None = None, progress: bool = True,
-                    **options: Any) -> tuple[AuditReport, ...]:
+                    cache_dir: str | Path | None = None, disk_budget: int | None = None,
+                    progress: bool = True, **options: Any) -> tuple[AuditReport, ...]:
     """Audit a sample of a model's revisions (what a replay runs before trusting a sweep).
 
-    Each revision is fetched through `sources` (hub revisions into the shared cache, local
-    ones read in place) and audited with `audit`.
+    Each revision is fetched through the budgeted `fetch.Fetcher` (hub revisions into the
+    shared cache under a hold in its ledger, local ones read in place), audited with
+    `audit`, then given back (evicted when a budget makes the cache working space).
 
     Args:
         model: a registry name, hub id, local model folder or `ModelSpec`.
@@ -325,6 +326,8 @@ def audit_revisions(model: Any, *, probes: Any, revisions: Sequence[str] | None 
         n_revisions: how many when `revisions` is not given.
         suite_dir: a local suite folder to look model names up in.
         cache_dir: hub cache folder (default: huggingface_hub's).
+        disk_budget: most checkpoint bytes held at once by every worker on the cache
+            (None: no limit, nothing evicted).
         progress: show a progress bar.
         **options: passed to `audit` (dtype, batch_size, sample, device, tolerance, ...).
 
@@ -336,6 +339,7 @@ def audit_revisions(model: Any, *, probes: Any, revisions: Sequence[str] | None 
     from tqdm.auto import tqdm
 
     from pythia_forensics.constants import MAIN_REVISION
+    from pythia_forensics.fetch import Fetcher
     from pythia_forensics.registry import resolve_model
     from pythia_forensics.sources import open_source
 
@@ -344,8 +348,16 @@ def audit_revisions(model: Any, *, probes: Any, revisions: Sequence[str] | None 
     chosen = list(revisions) if revisions else pick_revisions(
         [r for r in src.revisions() if r != MAIN_REVISION], n_revisions)
     reports = []
-    for rev in tqdm(chosen, desc=f"audit {spec.name}", unit="rev", disable=not progress):
-        record = src.fetch(rev)
-        report = audit(str(record.path), probes=probes, **options)
-        reports.append(replace(report, model=spec.name, revision=rev))
+    fetcher = Fetcher(disk_budget)
+    try:
+        for rev in tqdm(chosen, desc=f"audit {spec.name}", unit="rev", disable=not progress):
+            hold = fetcher.acquire(src, rev)
+            try:
+                record = fetcher.fetch(hold)
+                report = audit(str(record.path), probes=probes, **options)
+            finally:
+                fetcher.release(hold)
+            reports.append(replace(report, model=spec.name, revision=rev))
+    finally:
+        fetcher.close()
     return tuple(reports)

@@ -145,6 +145,23 @@ HUB_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 HUB_MAX_RETRIES = 5
 HUB_BACKOFF_BASE_S = 1.0
 HUB_BACKOFF_MAX_S = 16.0
+# Workers sharing one hub cache (fetch.py, lease.py): every hold on a revision and the
+# ledger lock are files created atomically (O_CREAT|O_EXCL, safe on NFS/Lustre where flock
+# may silently succeed for everyone) whose mtime a heartbeat thread refreshes. A lease whose
+# mtime is older than the timeout belongs to a dead worker and is broken. Hosts sharing a
+# cache need clocks within a small fraction of the timeout (NTP). Env vars override both
+# (tests use short ones).
+LEASE_TIMEOUT_S = 120.0
+LEASE_HEARTBEAT_S = 10.0
+ENV_LEASE_TIMEOUT = "PF_LEASE_TIMEOUT_S"
+ENV_LEASE_HEARTBEAT = "PF_LEASE_HEARTBEAT_S"
+LEASE_POLL_S = 0.05            # first wait between tries for a busy lock (doubles, capped)
+LEASE_POLL_MAX_S = 1.0
+# Beside the cache: CACHE/.pf-ledger/{ledger.lock, holds/}; in the results folder: claims.
+LEDGER_DIR = ".pf-ledger"
+CLAIMS_DIR = ".pf-claims"
+# Fault hook for tests: kill this process (SIGKILL) right after it has fetched N revisions.
+ENV_KILL_AFTER_FETCHES = "PF_TEST_KILL_AFTER_FETCHES"
 # Where LocalSource keeps sha256 hashes keyed by (path, size, mtime_ns) so rescans are cheap.
 ENV_HASH_CACHE = "PF_HASH_CACHE"
 HASH_CACHE_FILE = ".pf-sha256.json"
@@ -241,6 +258,10 @@ FAULT_EXIT_STATUS = 86
 DEFAULT_REPLAY_CHUNK = 8
 # Wall-clock limit of one array task unless --slurm timeout_min=N says otherwise.
 DEFAULT_ARRAY_TIMEOUT_MIN = 240
+# Revisions a sweep could not use (unreadable, truncated, mismatched, non-finite): one JSON
+# record per revision under RESULTS/failures/, read back as one table; replay exits 1.
+FAILURES_DIR = "failures"
+REPLAY_EXIT_SOME_FAILED = 1
 # Health statuses replay acts on with `--health skip` (health.py writes health.parquet).
 HEALTH_SKIP_STATUSES = ("bad",)
 
@@ -294,7 +315,6 @@ BENCH_FILES = ("bench.md", "bench.csv")
 # the registered thresholds in analysis.yaml; these are the demo's own stricter bars.
 DEMO_COLLAPSE_FINAL_MAX = 0.2   # low-support rule ends at or below this held-out conflict acc
 DEMO_AGREE_MIN = 0.9            # its agree control ends at or above this
-DEMO_LOSS_JUMP_MAX = 0.05       # |mean loss after - before| around collapse onset, nats
 
 # --- bounded input parsing, checkpoint validation, shutdown (issue #14) ----------------------
 # A probe file is data a person wrote or a tool generated; these bounds are far above any real
@@ -306,3 +326,7 @@ PROBE_MAX_YAML_ALIASES = 1000       # alias uses per YAML file
 PROBE_MAX_YAML_NODES = 2_000_000    # nodes after alias expansion (an alias bomb exceeds it fast)
 # Worker processes (mini train) poll their parent this often and exit when it is gone.
 WORKER_WATCHDOG_S = 0.5
+
+# In-frame support is "below/above parity" only when the Clopper-Pearson interval of the rule's
+# share of in-frame events excludes 1/2 at this confidence (else: indistinguishable from parity)
+SUPPORT_PARITY_CONFIDENCE = 0.99

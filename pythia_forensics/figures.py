@@ -13,8 +13,9 @@ Figures (one per rule where it says so), all on the analysis's primary split:
 (d) ``d_verdicts``: verdict grid, rule x model, letters R/U/D/P/N, void hatched grey.
 (e) ``e_overview``: every rule's smoothed conflict (solid) and agree (dashed) accuracy, one
     panel per rule.
-(f) ``f_support_<rule>``: support ratio per window beside the accuracy trajectory (only when
-    the results folder holds a support table).
+(f) ``f_support_<rule>``: corpus-wide and in-frame support ratio per window (log axis, parity
+    line) beside the accuracy trajectory (only when the results folder holds a support table;
+    drawn in support_figures.py).
 
 One visual language across the set: hue means condition (vermillion conflict, blue agree:
 Okabe-Ito, colour-blind safe); where several models share a panel they are shades of that hue,
@@ -620,61 +621,21 @@ def overview_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, order:
     return fig
 
 
-# --- (f) support -----------------------------------------------------------------------------------
+# --- (f) support and (g) sweep: drawn in support_figures.py --------------------------------------
 def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probeset: str, rule: str,
                    order: Sequence[str]) -> Figure:
-    """(f) Support ratio per step window (left) beside the rule's conflict accuracy (right)."""
-    sup = support[support["rule"] == rule].sort_values("window_start_step")
-    traj = _group(trajectories, probeset, rule)
-    models = [m for m in order if m in set(traj["model"])]
-    colors = model_colors(order)
-    with _style():
-        fig = Figure(figsize=(7.5, 3.0), layout="constrained")
-        left, right = fig.subplots(1, 2, sharex=True)
-        edges = np.append(sup["window_start_step"].to_numpy(float), sup["window_end_step"].to_numpy(float)[-1:])
-        left.stairs(sup["ratio"].to_numpy(float), edges, baseline=None, color=FLAG_COLOR, linewidth=1.5,
-                    label="support ratio per window")
-        left.axhline(1.0, color=VOID_TEXT, linewidth=0.8, linestyle="--", label="parity (rule = prior)")
-        left.set_yscale("log")
-        left.set_ylabel("support ratio (log scale)")
-        left.set_title("support: (rule wins + 1) / (prior wins + 1)")
-        for model in models:
-            t = traj[(traj["model"] == model) & traj["used"]].sort_values("step")
-            right.plot(t["step"], t["conflict_smooth"], color=colors[model], linewidth=1.5, label=model)
-        right.set_ylim(-0.03, 1.03)
-        right.set_ylabel("smoothed conflict accuracy")
-        right.set_title("held-out conflict accuracy")
-        for ax in (left, right):
-            _symlog(ax, traj.loc[traj["used"], "step"] if traj["used"].any() else edges)
-            ax.set_xlabel(STEP_LABEL)
-        _figure_legend(fig, (left, right))
-        fig.suptitle(f"{rule}: support frequency and behaviour")
-    return fig
+    """(f) Corpus-wide and in-frame support per step window beside accuracy
+    (`support_figures.support_figure`)."""
+    from pythia_forensics.support_figures import support_figure as draw
+
+    return draw(support, trajectories, probeset=probeset, rule=rule, order=order)
 
 
-# --- (g) support-knob sweep -------------------------------------------------------------------
 def sweep_figure(table: pd.DataFrame, *, rule: str) -> Figure:
-    """(g) Final held-out conflict accuracy (left) and final contrast margin (right) against the
-    support knob, one point per arm. `table`: support, final_acc, final_cm, verdict."""
-    table = table.sort_values("support")
-    with _style():
-        fig = Figure(figsize=(7.5, 3.0), layout="constrained")
-        left, right = fig.subplots(1, 2, sharex=True)
-        left.plot(table["support"], table["final_acc"], marker="o", color=CONDITION_COLORS["conflict"],
-                  label="final conflict accuracy")
-        for x, y, v in zip(table["support"], table["final_acc"], table["verdict"]):
-            left.annotate(str(v)[0], (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-        left.set_ylim(-0.05, 1.1)
-        left.set_ylabel("final held-out conflict accuracy")
-        right.plot(table["support"], table["final_cm"], marker="s", color=MODEL_COLORS[0],
-                   label="final contrast margin")
-        right.axhline(0.0, color=VOID_TEXT, linewidth=0.8, linestyle="--", label="CM = 0")
-        right.set_ylabel("final contrast margin (nats)")
-        for ax in (left, right):
-            ax.set_xlabel("support knob: P(rule wins in the conflict frame)")
-        _figure_legend(fig, (left, right))
-        fig.suptitle(f"{rule}: the support knob decides the rule's fate (letters: verdict)")
-    return fig
+    """(g) Final accuracy and margin against measured in-frame support (`support_figures.sweep_figure`)."""
+    from pythia_forensics.support_figures import sweep_figure as draw
+
+    return draw(table, rule=rule)
 
 
 # --- files ---------------------------------------------------------------------------------------------

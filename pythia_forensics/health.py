@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from pythia_forensics.registry import step_of_revision
+from pythia_forensics.architecture import Architecture
 from pythia_forensics.sources import WeightFile
 from pythia_forensics.constants import (
     EMBEDDING_TENSOR_KEYS,
@@ -804,56 +805,79 @@ def _select(names: Sequence[tuple[str, int | None]], steps: str | Sequence[int] 
 
 
 class _Fetcher:
-    """Revision folders for the deep pass, downloaded within a disk budget.
+    """Revision folders for the deep pass, through the one budgeted `fetch.Fetcher`.
 
-    Local sources are read in place. Hub revisions go into the shared cache through the
-    source; those this pass downloads are evicted oldest first when holding the next one
-    would exceed the budget (tensors already loaded stay in memory), so at most the budget
-    plus one checkpoint is on disk. What the cache already held is reused and never
-    evicted. With no budget nothing is evicted, so a later replay reuses the downloads.
+    Local sources are read in place. Hub revisions go into the shared cache under holds in
+    the cache's ledger, so the budget is shared with every other worker on that cache; when
+    the next revision does not fit, this pass gives back its oldest hold (tensors already
+    loaded stay in memory; the last holder evicts). Revisions the cache held before this
+    pass are never evicted. With no budget nothing is evicted, so a later replay reuses the
+    downloads. Peers' sources share the main pass's `_Fetcher` (`view`), one budget for all.
     """
 
-    def __init__(self, source: Any, budget: int | None) -> None:
+    def __init__(self, source: Any, budget: int | None, *, shared: _Fetcher | None = None) -> None:
+        from pythia_forensics.fetch import Fetcher
+
         self.source = source
-        self.budget = budget
         self.local = getattr(source, "source", None) == "local"
         self.folders: dict[str, Path] = {}
-        self.owned: list[tuple[str, int]] = []     # (revision, bytes this pass downloaded)
-        self.held = 0
-        self.peak = 0
-        self.downloaded = 0
+        self.root = shared.root if shared is not None else self
+        if shared is None:
+            self.fetcher = Fetcher(budget)
+            self.order: list[tuple[_Fetcher, Any]] = []   # (view, hold), oldest first
+
+    def view(self, source: Any) -> _Fetcher:
+        """A fetcher for another source (a peer) sharing this one's budget and holds."""
+        return _Fetcher(source, None, shared=self)
+
+    @property
+    def downloaded(self) -> int:
+        return self.root.fetcher.downloaded
+
+    @property
+    def peak(self) -> int:
+        return self.root.fetcher.peak
+
+    def _give_back(self, entry: tuple[_Fetcher, Any]) -> None:
+        view, hold = entry
+        view.folders.pop(hold.revision, None)
+        if hold.download == 0 and hold.lease is not None:   # the cache had it: keep the files
+            self.root.fetcher.held.remove(hold)
+            hold.released = True
+            hold.lease.release()
+        else:
+            self.root.fetcher.release(hold)
 
     def folder(self, revision: str, names: Sequence[str]) -> Path:
         """The folder holding `names` of `revision` (fetching them first when needed)."""
         if self.local:
             return Path(self.source.path) / revision
+        root = self.root
         if revision not in self.folders:
-            # What fetch downloads, plus the other format of a branch carrying both (the
+            # What fetch downloads plus the other format of a branch carrying both (the
             # format check reads it): a "checkpoint" here is every weight file it has.
             listing = self.source.listing(revision)
-            extra = sum(int(f.size) for f in listing.all_weights if f.name not in listing.fetch_names)
-            need = int(self.source.size(revision).download_bytes) + extra
-            while self.budget is not None and self.owned and self.held + need > self.budget:
-                old, n = self.owned.pop(0)
-                self.source.evict(old)
-                self.folders.pop(old, None)
-                self.held -= n
-            record = self.source.fetch(revision)
+            extra = tuple(f.name for f in listing.all_weights if f.name not in listing.fetch_names)
+            while True:
+                hold = root.fetcher.acquire(self.source, revision, wait=not root.order, extra=extra)
+                if hold is not None:
+                    break
+                root._give_back(root.order.pop(0))
+            record = root.fetcher.fetch(hold)
+            root.order.append((self, hold))
             self.folders[revision] = Path(record.path)
-            if need:
-                self.owned.append((revision, need))
-                self.held += need
-                self.downloaded += need
-                self.peak = max(self.peak, self.held)
         folder = self.folders[revision]
         absent = [n for n in names if not (folder / n).exists()]
         if absent:
-            # The other format of a branch carrying both (fetch takes safetensors only):
-            # through the source's verified download, so the sha256 is checked the same way.
-            listing = self.source.listing(revision)
-            for name in absent:
-                self.source._fetch_verified(listing, listing.file(name))  # noqa: SLF001 (adapter, see report)
+            self.source.fetch_files(revision, absent)
         return folder
+
+    def close(self) -> None:
+        """Give back every hold (the budget's evictions happen here for the last ones)."""
+        root = self.root
+        while root.order:
+            root._give_back(root.order.pop(0))
+        root.fetcher.close()
 
 
 def _deep_input(entry: RevisionFiles, fetcher: _Fetcher) -> _DeepInput:
@@ -867,6 +891,88 @@ def _deep_input(entry: RevisionFiles, fetcher: _Fetcher) -> _DeepInput:
                for fmt, fs in sorted(sets.items(), key=lambda kv: kv[0] != "safetensors")
                if not _missing_shards(fs)}
     return _DeepInput(revision=entry.revision, step=entry.step, loaders=loaders)
+
+
+def _census_configs(src: Any, revisions: Sequence[str]) -> dict[str, Architecture]:
+    """Each revision's `config.json` fields: read once per distinct config blob (a few hundred
+    bytes; a hub grid of 154 revisions usually shares one), never a weight byte."""
+    from pythia_forensics.architecture import from_config
+
+    out: dict[str, Architecture] = {}
+    by_blob: dict[str, Architecture] = {}
+    for rev in revisions:
+        listing = src.listing(rev)
+        f = listing.file("config.json")
+        if f is None:
+            continue
+        blob = f.blob_id or f.sha256 or f"{rev}"
+        if blob not in by_blob:
+            try:
+                folder = Path(src.fetch_files(rev, ["config.json"]))
+                by_blob[blob] = from_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+            except (OSError, ValueError):   # PFErrors are OSError/ValueError subclasses too
+                by_blob[blob] = Architecture()
+        out[rev] = by_blob[blob]
+    return out
+
+
+def _census_architecture(entry: RevisionFiles, config: Architecture | None) -> Architecture:
+    """Config fields plus, where the safetensors files are on disk, what their headers say."""
+    from pythia_forensics.architecture import from_shapes, read_safetensors_shapes
+
+    arch = Architecture()
+    sets = weight_sets(entry.files)
+    if entry.path is not None and "safetensors" in sets and not _missing_shards(sets["safetensors"]):
+        shapes: dict[str, tuple[int, ...]] = {}
+        try:
+            for f in sets["safetensors"]:
+                shapes.update(read_safetensors_shapes(Path(entry.path) / f.name))
+            arch = from_shapes(shapes)
+        except (OSError, ValueError):
+            pass  # a truncated or unreadable header is the census's `truncated` finding
+    return arch.merged(config or Architecture())
+
+
+def architecture_findings(spec: Any, found: Mapping[str, Architecture],
+                          steps: Mapping[str, int | None]) -> list[Finding]:
+    """A `bad` finding for each revision whose architecture disagrees with the registry entry
+    of the name it is served under (fields either side does not know are not compared)."""
+    from pythia_forensics.architecture import mismatches
+
+    out = []
+    for rev, arch in found.items():
+        diff = mismatches(arch, spec)
+        if diff:
+            out.append(Finding(rev, steps.get(rev), "architecture", "bad",
+                               f"served as {spec.name} but the checkpoint has " + ", ".join(diff)
+                               + " (checkpoint vs registry): a different model under this name"))
+    return out
+
+
+def _with_architecture(item: _DeepInput, spec: Any, config: Architecture | None,
+                       findings: list[Finding]) -> _DeepInput:
+    """Wrap a deep input's loaders: the first loaded state's tensor shapes are compared with
+    the registry entry (parameter count from the tensors themselves)."""
+    from pythia_forensics.architecture import from_shapes, mismatches
+
+    done: set[str] = set()
+
+    def wrap(load: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        def loader() -> dict[str, Any]:
+            state = load()
+            if item.revision not in done:
+                done.add(item.revision)
+                arch = from_shapes({k: tuple(v.shape) for k, v in state.items()}).merged(config or Architecture())
+                diff = mismatches(arch, spec)
+                if diff:
+                    findings.append(Finding(item.revision, item.step, "architecture", "bad",
+                                            f"tensors served as {spec.name} have " + ", ".join(diff)
+                                            + " (checkpoint vs registry): a different model under this name"))
+            return state
+        return loader
+
+    return _DeepInput(revision=item.revision, step=item.step,
+                      loaders={fmt: wrap(fn) for fmt, fn in item.loaders.items()})
 
 
 def _is_spec(obj: Any) -> bool:
@@ -927,6 +1033,9 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
     final_revision = f"step{final_step}" if final_step is not None else None
     where = f"the hub repo {spec.repo}" if spec.source == "hub" else str(spec.path)
     findings, clusters = census_findings(entries, expected=expected, final_revision=final_revision, where=where)
+    configs = _census_configs(src, revisions)
+    findings += architecture_findings(spec, {e.revision: _census_architecture(e, configs.get(e.revision))
+                                             for e in entries}, {e.revision: e.step for e in entries})
 
     stats: list[RevisionStats] = []
     fetcher: _Fetcher | None = None
@@ -941,7 +1050,8 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
         fetcher = _Fetcher(src, disk_budget)
         # Files the census proved broken would only fail to load again.
         broken = {f.revision for f in findings if f.code in ("truncated", "size", "no_weights")}
-        inputs = [_deep_input(e, fetcher) for e in entries if e.revision not in broken]
+        inputs = [_with_architecture(_deep_input(e, fetcher), spec, configs.get(e.revision), findings)
+                  for e in entries if e.revision not in broken]
         peer_loaders: dict[str, Callable[[], dict[str, Any]]] = {}
         for peer in peers:
             if hasattr(peer, "listing") and hasattr(peer, "spec"):   # a source object
@@ -956,15 +1066,18 @@ def check_health(model: Any, *, steps: str | Sequence[int] | None = None, deep: 
                 continue
             peer_root = Path(peer_src.path) if getattr(peer_src, "source", None) == "local" else None
             peer_input = _deep_input(_files_of(peer_src.listing(zero[0]), local_root=peer_root),
-                                     _Fetcher(peer_src, disk_budget))
+                                     fetcher.view(peer_src))
             if peer_input.loaders:
                 peer_loaders[peer_spec.name] = next(iter(peer_input.loaders.values()))
 
         def wrap(it: Iterable[Any]) -> Iterable[Any]:
             return tqdm(it, total=len(inputs), desc=f"health {spec.name}", unit="rev", disable=not progress)
 
-        deep_f, stats = deep_findings(inputs, final_revision=final_revision, same_blobs=clusters,
-                                      peers=peer_loaders, progress=wrap)
+        try:
+            deep_f, stats = deep_findings(inputs, final_revision=final_revision, same_blobs=clusters,
+                                          peers=peer_loaders, progress=wrap)
+        finally:
+            fetcher.close()
         findings += deep_f
 
     rows = build_rows(spec.name, [(e.revision, e.step) for e in entries] + [(r, step_of_revision(r)) for r in expected],

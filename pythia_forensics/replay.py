@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import re
-import threading
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,17 +34,21 @@ from tqdm.auto import tqdm
 
 from pythia_forensics import __version__
 from pythia_forensics.constants import (
+    CLAIMS_DIR,
     DEFAULT_ARRAY_TIMEOUT_MIN,
     DEFAULT_REPLAY_CHUNK,
     DEFAULT_RESULTS_DIR,
     DEFAULT_VOCAB_ROWS,
+    FAILURES_DIR,
+    HEALTH_FILE,
+    REPLAY_EXIT_SOME_FAILED,
     HEALTH_SKIP_STATUSES,
-    STEP_DIR_PREFIX,
 )
-from pythia_forensics.errors import DiskBudgetError, PFError, StepSpecError
+from pythia_forensics.errors import DiskBudgetError, PFError
+from pythia_forensics.fetch import check_fits, format_size, select_revisions
 from pythia_forensics.store import ResultsStore, WorkKey
 
-__all__ = ["replay", "run_unit", "ReplaySummary", "parse_size", "parse_params", "EXECUTORS", "HEALTH_MODES"]
+__all__ = ["replay", "run_unit", "read_failures", "ReplaySummary", "parse_size", "parse_params", "EXECUTORS", "HEALTH_MODES"]
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 HEALTH_MODES = ("off", "skip", "flag")
@@ -70,6 +74,8 @@ class ReplaySummary:
     revisions_skipped: int = 0          # every key already stored
     revisions_skipped_health: int = 0   # --health skip and health.parquet says bad
     revisions_flagged: tuple[str, ...] = ()
+    revisions_failed: tuple[str, ...] = ()   # model@revision recorded in RESULTS/failures/
+    revisions_elsewhere: int = 0        # claimed by another live worker on the same results
     units_scored: int = 0               # (revision, probe set) results written
     downloaded_bytes: int = 0
     reused_bytes: int = 0
@@ -92,10 +98,11 @@ class ReplaySummary:
             models=tuple(dict.fromkeys(self.models + other.models)),
             probe_sets=tuple(dict.fromkeys(self.probe_sets + other.probe_sets)),
             revisions_flagged=self.revisions_flagged + other.revisions_flagged,
+            revisions_failed=self.revisions_failed + other.revisions_failed,
             peak_held_bytes=max(self.peak_held_bytes, other.peak_held_bytes),
             wall_s=max(self.wall_s, other.wall_s),
             **{f: add(f) for f in ("revisions_planned", "revisions_scored", "revisions_skipped",
-                                   "revisions_skipped_health", "units_scored", "downloaded_bytes",
+                                   "revisions_skipped_health", "revisions_elsewhere", "units_scored", "downloaded_bytes",
                                    "reused_bytes", "evicted_bytes", "fetch_s", "score_s",
                                    "prefetch_overlap_s", "jobs")},
         )
@@ -106,7 +113,9 @@ class ReplaySummary:
             f"models: {', '.join(self.models)}   probe sets: {', '.join(self.probe_sets)}",
             f"revisions: {self.revisions_planned} planned, {self.revisions_scored} scored, "
             f"{self.revisions_skipped} already stored, {self.revisions_skipped_health} skipped (health), "
-            f"{len(self.revisions_flagged)} flagged; {self.units_scored} results written",
+            f"{len(self.revisions_flagged)} flagged, {len(self.revisions_failed)} failed"
+            + (f", {self.revisions_elsewhere} left to other workers" if self.revisions_elsewhere else "")
+            + f"; {self.units_scored} results written",
             f"disk: {format_size(self.downloaded_bytes)} downloaded, {format_size(self.reused_bytes)} reused, "
             f"{format_size(self.evicted_bytes)} evicted, peak held {format_size(self.peak_held_bytes)}",
             f"time: {self.wall_s:.1f}s wall, {self.fetch_s:.1f}s fetching, {self.score_s:.1f}s scoring"
@@ -116,6 +125,9 @@ class ReplaySummary:
         ]
         if self.revisions_flagged:
             lines.append("flagged by health: " + ", ".join(self.revisions_flagged))
+        if self.revisions_failed:
+            lines.append(f"failed (see {FAILURES_DIR}/, exit status {REPLAY_EXIT_SOME_FAILED}): "
+                         + ", ".join(self.revisions_failed))
         return "\n".join(lines)
 
 
@@ -164,13 +176,6 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
         value = value.strip()
         out[key.strip()] = int(value) if value.isascii() and value.isdigit() else value
     return out
-
-
-def format_size(n: int) -> str:
-    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
 
 
 def _interval_overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
@@ -239,8 +244,6 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
           rank: int = 0, world: int = 1) -> tuple[list[_Todo], ReplaySummary]:
     """List every selected checkpoint (no download), key it, keep what is not stored."""
     from pythia_forensics import sources
-    from pythia_forensics.registry import parse_steps
-
     code_version = _code_version()
     health = store.health() if opts.health != "off" else pd.DataFrame()
     status_of: dict[tuple[str, str], str] = {}
@@ -257,21 +260,7 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
             wanted = set(revisions.get(spec.name, ()))
             chosen_names = [r for r in names if r in wanted]
         else:
-            by_step: dict[int, str] = {}
-            for name in names:
-                step = spec.step_of(name)
-                # one revision per step: a `step<N>` branch wins over an alias such as `main`
-                if step is not None and (step not in by_step or name.startswith(STEP_DIR_PREFIX)):
-                    by_step[step] = name
-            if isinstance(steps, (str, type(None))):
-                spec_text = steps
-            else:
-                spec_text = ",".join(str(int(x)) for x in steps)
-            try:
-                chosen = parse_steps(spec_text, sorted(by_step))
-            except StepSpecError as exc:  # say which model, the grid differs between models
-                raise StepSpecError(f"{spec.name} ({spec.repo or spec.path}): {exc}") from exc
-            chosen_names = [by_step[x] for x in chosen]
+            chosen_names = select_revisions(spec, names, steps)
         dtype = _resolve_dtype(opts.dtype, spec.params_total, opts.device)
         for revision in chosen_names:
             index += 1
@@ -310,81 +299,13 @@ def _plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: S
             if t.source.source == "hub":
                 first.setdefault(t.spec.name, t)
         for t in first.values():
-            _check_fits(t, t.source.size(t.revision).total_bytes, opts.disk_budget)
+            check_fits(t.spec.name, t.revision, t.source.size(t.revision).total_bytes, opts.disk_budget)
     summary = ReplaySummary(
         models=tuple(s.name for s in specs), probe_sets=tuple(p.name for p in probe_sets),
         revisions_planned=planned, revisions_skipped=skipped, revisions_skipped_health=skipped_health,
         revisions_flagged=tuple(flagged),
     )
     return todo, summary
-
-
-def _check_fits(todo: _Todo, need: int, budget: int) -> None:
-    if need > budget:
-        raise DiskBudgetError(
-            f"disk budget {format_size(budget)} is smaller than one checkpoint: {todo.spec.name}@{todo.revision} "
-            f"needs {format_size(need)}; raise --disk-budget to at least {format_size(need)}"
-        )
-
-
-# --- running ------------------------------------------------------------------------------
-class _Fetcher:
-    """Fetches revisions in one background thread, admitting a fetch only within the budget.
-
-    `held` counts the bytes this run has added to disk and not yet evicted: a revision adds
-    what its fetch downloads (sized just before, so blobs already cached, e.g. shared with
-    the revision being scored, count once) and gives back what its eviction frees.
-    """
-
-    def __init__(self, budget: int | None, *, evict: bool) -> None:
-        self.budget = budget
-        self.evict = evict
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pf-prefetch")
-        self.held = 0
-        self.peak = 0
-        self.intervals: list[tuple[float, float]] = []
-        self.downloaded = 0
-        self.reused = 0
-        self.evicted = 0
-        self._lock = threading.Lock()
-
-    def admits(self, todo: _Todo) -> bool:
-        if todo.source.source != "hub":
-            return True  # a local folder is read in place: nothing lands on disk
-        size = todo.source.size(todo.revision)
-        if self.budget is not None:
-            _check_fits(todo, size.total_bytes, self.budget)
-        todo.download, todo.reused = size.download_bytes, size.cached_bytes
-        # Nothing held: always admit (planning checked every checkpoint fits the budget).
-        return self.budget is None or self.held == 0 or self.held + todo.download <= self.budget
-
-    def submit(self, todo: _Todo) -> Future:
-        self.held += todo.download
-        self.peak = max(self.peak, self.held)
-        return self.pool.submit(self._fetch, todo)
-
-    def _fetch(self, todo: _Todo) -> Any:
-        start = time.perf_counter()
-        try:
-            record = todo.source.fetch(todo.revision)
-        finally:
-            with self._lock:
-                self.intervals.append((start, time.perf_counter()))
-        with self._lock:
-            self.downloaded += todo.download
-            self.reused += todo.reused
-        return record
-
-    def release(self, todo: _Todo) -> None:
-        if self.evict and todo.source.source == "hub":
-            freed = int(todo.source.evict(todo.revision) or 0)
-            self.evicted += freed
-            self.held = max(0, self.held - freed)
-
-    def close(self, *, wait: bool = True) -> None:
-        # On an error or Ctrl-C do not wait for an in-flight download: huggingface_hub resumes
-        # its partial file on the next run.
-        self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _provenance(record: Any, frame: pd.DataFrame) -> dict[str, Any]:
@@ -404,14 +325,93 @@ def _provenance(record: Any, frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+# --- running ------------------------------------------------------------------------------
+# Errors that are the user's to fix for every revision alike: they stop the sweep. Anything
+# else going wrong with one revision (unreadable, truncated, mismatched, non-finite, corrupt
+# on the hub) is recorded and the sweep goes on.
+def _fatal(exc: BaseException) -> bool:
+    from pythia_forensics.errors import ProbeFormatError, StoreError, TokenizationError, UnknownProbeSetError
+
+    return not isinstance(exc, Exception) or isinstance(
+        exc, (MemoryError, DiskBudgetError, ProbeFormatError, StoreError, TokenizationError, UnknownProbeSetError))
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def _failure_path(store: ResultsStore, model: str, revision: str) -> Path:
+    safe = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "_", s)  # noqa: E731
+    return Path(store.root) / FAILURES_DIR / safe(model) / f"{safe(revision)}.json"
+
+
+def _record_failure(store: ResultsStore, item: _Todo, stage: str, exc: BaseException) -> str:
+    from pythia_forensics.atomic import write_json
+    from pythia_forensics.lease import worker_id
+
+    reason = _one_line(exc)
+    target = _failure_path(store, item.spec.name, item.revision)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    content_key = item.keys[0][0].content_key if item.keys else None
+    write_json(target, {
+        "model": item.spec.name, "revision": item.revision, "step": item.step, "content_key": content_key,
+        "stage": stage, "reason": reason, "error": type(exc).__name__, "worker": worker_id(),
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pf_version": __version__,
+    })
+    tqdm.write(f"warning: {item.spec.name}@{item.revision} skipped ({stage} failed: {reason}); "
+               f"recorded in {Path(store.root) / FAILURES_DIR}", file=sys.stderr)
+    return f"{item.spec.name}@{item.revision}"
+
+
+def read_failures(results: str | Path) -> pd.DataFrame:
+    """Revisions a sweep could not use: model, revision, step, content_key, stage, reason, ...
+
+    One JSON record per revision under RESULTS/failures/ (so concurrent workers never write
+    one file together); a later successful score of the revision removes its record.
+    """
+    import json
+
+    rows = []
+    for p in sorted((Path(results) / FAILURES_DIR).glob("*/*.json")):
+        try:
+            rows.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    cols = ["model", "revision", "step", "content_key", "stage", "reason", "error", "worker", "failed_at", "pf_version"]
+    frame = pd.DataFrame(rows, columns=cols)
+    frame["step"] = pd.array(frame["step"], dtype="Int64")
+    return frame
+
+
+def _check_finite(model: Any) -> None:
+    import torch
+
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise PFError(f"non-finite weights (NaN/inf) in {len(bad)} tensors, first {bad[0]}: refusing to score")
+
+
+def _claim_key(item: _Todo) -> str:
+    content = item.keys[0][0].content_key if item.keys else ""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{item.spec.name}--{item.revision}--{content[:16]}")
+
+
 def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: ReplaySummary) -> ReplaySummary:
-    """Score planned revisions with prefetch, budget and eviction; write each result."""
+    """Score planned revisions with prefetch, the shared budget and eviction; write each result.
+
+    Each revision is claimed first (a lease in RESULTS/.pf-claims/), so workers started on
+    one results folder score every revision once; one claimed by a live worker is left to it.
+    """
     from pythia_forensics import scoring
+    from pythia_forensics.fetch import Fetcher, Hold
+    from pythia_forensics.lease import Claim, Lease
 
     started = time.perf_counter()
     # A budget makes the cache working space: evict each revision once scored. Without one,
     # the cache is the user's and keeps everything (a rerun then downloads nothing).
-    fetcher = _Fetcher(opts.disk_budget, evict=opts.disk_budget is not None)
+    fetcher = Fetcher(opts.disk_budget)
+    claims_dir = Path(store.root) / CLAIMS_DIR
     score_intervals: list[tuple[float, float]] = []
     skeleton: tuple[str, Any, Any] | None = None      # (model name, model, tokenizer)
     # tokenization and forward plan depend on the tokenizer, the probe set and bos only: built
@@ -419,53 +419,109 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
     prepared: dict[tuple[str, str, bool], Any] = {}
     threads = scoring.resolve_threads(opts.threads)
     pinned = _pin_threads(threads)  # once for the run, so each score() call finds them set
-    inflight: deque[tuple[_Todo, Future]] = deque()
+    inflight: deque[tuple[_Todo, Hold, Future]] = deque()
+    claims: dict[int, Lease] = {}
     queue = deque(todo)
-    scored = written = 0
+    failed: list[str] = []
+    scored = written = elsewhere = done_elsewhere = 0
     total_units = sum(len(t.keys) for t in todo)
     bar = tqdm(total=total_units, desc="replay", unit="result", disable=not opts.progress or not todo)
 
-    def top_up() -> None:
-        # at most one revision fetching ahead of the one being scored
-        while queue and len(inflight) < 1 and fetcher.admits(queue[0]):
-            item = queue.popleft()
-            inflight.append((item, fetcher.submit(item)))
+    def drop(item: _Todo) -> None:
+        claim = claims.pop(id(item), None)
+        if claim is not None:
+            claim.release()
+
+    def admit(wait: bool) -> None:
+        """Claim, size and hold the next revision; fetch it in the background."""
+        nonlocal elsewhere, done_elsewhere
+        while queue:
+            item = queue[0]
+            if id(item) not in claims:
+                claim = Claim.take(claims_dir, _claim_key(item))
+                if claim is None:       # a live worker is on it
+                    queue.popleft()
+                    elsewhere += 1
+                    bar.update(len(item.keys))
+                    continue
+                claims[id(item)] = claim
+                item.keys = [(k, p) for k, p in item.keys if not store.has(k)]
+                if not item.keys:       # another worker finished it since we planned
+                    queue.popleft()
+                    drop(item)
+                    done_elsewhere += 1
+                    continue
+            try:
+                hold = fetcher.acquire(item.source, item.revision, wait=wait)
+            except BaseException as exc:
+                if _fatal(exc):
+                    raise
+                queue.popleft()
+                failed.append(_record_failure(store, item, "sizing", exc))
+                drop(item)
+                continue
+            if hold is None:
+                return
+            queue.popleft()
+            inflight.append((item, hold, fetcher.submit(hold)))
+            return
 
     try:
-        top_up()
-        while inflight:
-            item, future = inflight.popleft()
-            fetched = future.result()
-            top_up()  # prefetch the next revision while this one scores
-            t0 = time.perf_counter()
-            path = fetched.path
-            if skeleton is None or skeleton[0] != item.spec.name:
-                skeleton = model = tokenizer = None  # free the previous model before loading the next
-                prepared.clear()
-                model, tokenizer = scoring.load_model(path, dtype=item.keys[0][0].dtype, device=opts.device)
-                skeleton = (item.spec.name, model, tokenizer)
-            else:
-                scoring.load_weights_into(skeleton[1], path)
-            _, model, tokenizer = skeleton
-            for key, probe_set in item.keys:
-                bar.set_postfix_str(f"{key.model}@{key.revision} {key.probeset}", refresh=False)
-                plan_key = (key.model, probe_set.sha256, key.bos)
-                if plan_key not in prepared:
-                    prepared[plan_key] = scoring.prepare(model, probe_set, tokenizer=tokenizer, bos=key.bos)
-                frame = scoring.score(model, probe_set, tokenizer=tokenizer, revision=key.revision,
-                                      options=scoring.ScoreOptions(dtype=key.dtype, device=opts.device,
-                                                                   batch_size=opts.batch_size, bos=key.bos,
-                                                                   vocab_rows=key.vocab_rows, threads=threads),
-                                      prepared=prepared[plan_key])
-                store.write(key, frame, provenance=_provenance(fetched, frame))
-                written += 1
-                bar.update(1)
-            score_intervals.append((t0, time.perf_counter()))
-            scored += 1
-            fetcher.release(item)
-            top_up()
+        while True:
+            if not inflight:
+                admit(wait=True)
+                if not inflight:
+                    break
+            item, hold, future = inflight.popleft()
+            stage = "fetch"
+            try:
+                fetched = future.result()
+                admit(wait=False)  # prefetch the next revision while this one scores
+                stage = "load"
+                t0 = time.perf_counter()
+                path = fetched.path
+                if skeleton is None or skeleton[0] != item.spec.name:
+                    skeleton = None  # free the previous model before loading the next
+                    prepared.clear()  # plans are checked against the tokenizer object
+                    model, tokenizer = scoring.load_model(path, dtype=item.keys[0][0].dtype, device=opts.device)
+                    skeleton = (item.spec.name, model, tokenizer)
+                else:
+                    try:
+                        scoring.load_weights_into(skeleton[1], path)
+                    except BaseException:
+                        skeleton = None  # half-loaded weights: never reuse this skeleton
+                        raise
+                _, model, tokenizer = skeleton
+                _check_finite(model)
+                stage = "scoring"
+                for key, probe_set in item.keys:
+                    bar.set_postfix_str(f"{key.model}@{key.revision} {key.probeset}", refresh=False)
+                    plan_key = (key.model, probe_set.sha256, key.bos)
+                    if plan_key not in prepared:
+                        prepared[plan_key] = scoring.prepare(model, probe_set, tokenizer=tokenizer, bos=key.bos)
+                    frame = scoring.score(model, probe_set, tokenizer=tokenizer, revision=key.revision,
+                                          options=scoring.ScoreOptions(dtype=key.dtype, device=opts.device,
+                                                                       batch_size=opts.batch_size, bos=key.bos,
+                                                                       vocab_rows=key.vocab_rows, threads=threads),
+                                          prepared=prepared[plan_key])
+                    store.write(key, frame, provenance=_provenance(fetched, frame))
+                    written += 1
+                    bar.update(1)
+                score_intervals.append((t0, time.perf_counter()))
+                scored += 1
+                _failure_path(store, item.spec.name, item.revision).unlink(missing_ok=True)
+            except BaseException as exc:
+                if _fatal(exc):
+                    raise
+                failed.append(_record_failure(store, item, stage, exc))
+            finally:
+                if not hold.released:
+                    fetcher.release(hold)
+                drop(item)
     except BaseException:
         fetcher.close(wait=False)
+        for claim in claims.values():
+            claim.release()
         raise
     finally:
         bar.close()
@@ -474,7 +530,8 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
     fetch_s = sum(e - s for s, e in fetcher.intervals)
     return replace(
         summary,
-        revisions_scored=scored, units_scored=written,
+        revisions_scored=scored, units_scored=written, revisions_failed=tuple(failed),
+        revisions_elsewhere=elsewhere, revisions_skipped=summary.revisions_skipped + done_elsewhere,
         downloaded_bytes=fetcher.downloaded, reused_bytes=fetcher.reused, evicted_bytes=fetcher.evicted,
         peak_held_bytes=fetcher.peak, fetch_s=fetch_s, score_s=sum(e - s for s, e in score_intervals),
         prefetch_overlap_s=_interval_overlap(fetcher.intervals, score_intervals),
@@ -657,8 +714,10 @@ def replay(
                     cache_dir=None if cache_dir is None else str(cache_dir),
                     hub_options=tuple(sorted((hub_options or {}).items())), progress=progress)
     rank, world = _rank_slice() if executor == "local" else (0, 1)
+    if health != "off":
+        _ensure_health(store, specs, steps, opts, progress=progress)
     todo, summary = _plan(specs, steps, probe_sets, store, opts, rank=rank, world=world)
-    _write_models(store, specs)
+    _write_models(store, specs, _sizes(todo, specs, opts))
     if executor == "local":
         summary = _run_todo(todo, store, opts, summary)
     else:
@@ -671,12 +730,88 @@ def replay(
     return replace(summary, wall_s=time.perf_counter() - started)
 
 
-def _write_models(store: ResultsStore, specs: Iterable[Any]) -> None:
-    rows = pd.DataFrame([{
-        "model": s.name, "repo": s.repo, "source": s.source,
-        "params_total": s.params_total, "params_nonembedding": s.params_nonembedding,
-        "tokens_per_step": s.tokens_per_step, "layers": s.layers, "d_model": s.d_model,
-    } for s in specs])
+def _ensure_health(store: ResultsStore, specs: Sequence[Any], steps: Any, opts: _Options, *,
+                   progress: bool) -> None:
+    """`--health skip|flag` with no health rows for a model: run its census first (listings
+    only, no weights downloaded) and store it, saying so in one line."""
+    from pythia_forensics.health import check_health
+
+    table = store.health()
+    have = set(table["model"]) if not table.empty else set()
+    missing = [s for s in specs if s.name not in have]
+    if not missing:
+        return
+    tqdm.write(f"health: no rows in {Path(store.root) / HEALTH_FILE} for {', '.join(s.name for s in missing)}; "
+               f"running the census first (--health {opts.health})", file=sys.stderr)
+    for spec in missing:
+        report = check_health(spec, steps=steps if isinstance(steps, str) or steps is None else list(steps),
+                              cache_dir=opts.cache_dir, progress=False,
+                              source=_health_source(spec, opts))
+        store.write_health(report.to_frame())
+
+
+def _health_source(spec: Any, opts: _Options) -> Any:
+    from pythia_forensics import sources
+
+    return sources.open_source(spec, **opts.source_options())
+
+
+def _checkpoint_architecture(spec: Any, source: Any, revision: str) -> Any:
+    """What one checkpoint of the model really is (tensor shapes + config.json), or None
+    when it cannot be read (the sweep then says so and records the registry's sizes)."""
+    import json
+
+    from pythia_forensics import architecture as arch
+
+    if source.source == "local":
+        return arch.of_folder(Path(source.path) / revision)
+    found = arch.from_shapes(source.weight_shapes(revision))
+    if source.listing(revision).file("config.json") is not None:
+        folder = Path(source.fetch_files(revision, ["config.json"]))
+        found = found.merged(arch.from_config(json.loads((folder / "config.json").read_text(encoding="utf-8"))))
+    return found
+
+
+def _sizes(todo: Sequence[_Todo], specs: Sequence[Any], opts: _Options) -> dict[str, Any]:
+    """Model name -> its `Architecture` read from one of its checkpoints (the first planned,
+    else the first listed), so a scale analysis never uses the size of the name alone."""
+    from pythia_forensics import sources
+
+    first = {}
+    for t in todo:
+        first.setdefault(t.spec.name, (t.source, t.revision))
+    out: dict[str, Any] = {}
+    for spec in specs:
+        try:
+            if spec.name in first:
+                source, revision = first[spec.name]
+            else:
+                source = sources.open_source(spec, **opts.source_options())
+                revision = next(iter(source.revisions()))
+            out[spec.name] = _checkpoint_architecture(spec, source, revision)
+        except (PFError, OSError, ValueError, StopIteration) as exc:
+            tqdm.write(f"warning: cannot read {spec.name}'s size from a checkpoint ({_one_line(exc)}); "
+                       "models.parquet records the registry's, marked size_source=registry", file=sys.stderr)
+    return out
+
+
+def _write_models(store: ResultsStore, specs: Iterable[Any], sizes: dict[str, Any] | None = None) -> None:
+    """models.parquet: one row per model; sizes from the checkpoint (`size_source` says so),
+    the registry's only where no checkpoint could be read. A checkpoint that disagrees with
+    its registry entry is reported by `health` (code `architecture`)."""
+    sizes = sizes or {}
+    fields = ("params_total", "params_nonembedding", "layers", "d_model")
+    rows = []
+    for s in specs:
+        found = sizes.get(s.name)
+        row = {"model": s.name, "repo": s.repo, "source": s.source, "tokens_per_step": s.tokens_per_step}
+        for f in fields:
+            have = getattr(found, f, None) if found is not None else None
+            row[f] = have if have is not None else getattr(s, f)
+        row["size_source"] = "checkpoint" if found is not None and found.params_total is not None else "registry"
+        rows.append(row)
+    rows = pd.DataFrame(rows, columns=["model", "repo", "source", "params_total", "params_nonembedding",
+                                       "tokens_per_step", "layers", "d_model", "size_source"])
     for col in ("params_total", "params_nonembedding", "tokens_per_step", "layers", "d_model"):
         rows[col] = pd.array(rows[col], dtype="Int64")
     store.write_models(rows)

@@ -33,7 +33,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,7 +51,7 @@ from pythia_forensics.constants import (
     SAFETENSORS_WEIGHTS,
     TOKENIZER_FILES,
 )
-from pythia_forensics.errors import RevisionNotFoundError, SourceError, UnknownModelError
+from pythia_forensics.errors import PFError, RevisionNotFoundError, SourceError, UnknownModelError
 from pythia_forensics.registry import ModelSpec, checkpoint_folders, resolve_model, step_of_revision
 
 __all__ = [
@@ -62,7 +62,10 @@ __all__ = [
     "RevisionSize",
     "SourceFile",
     "WeightFile",
+    "evict_cached",
+    "offline",
     "open_source",
+    "retrying",
     "select_files",
     "sha256_file",
     "weights_digest",
@@ -303,10 +306,14 @@ def _hash_cache_path(default_dir: Path) -> Path | None:
     return default_dir / HASH_CACHE_FILE if os.access(default_dir, os.W_OK) else None
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """True under HF_HUB_OFFLINE=1: hub sources serve only what the cache holds."""
     from huggingface_hub import constants as hf_constants
 
     return bool(hf_constants.is_offline_mode())
+
+
+_offline = offline
 
 
 def _revision_sort_key(revision: str) -> tuple[int, int | str]:
@@ -315,8 +322,56 @@ def _revision_sort_key(revision: str) -> tuple[int, int | str]:
 
 
 # --- hub ---------------------------------------------------------------------------------
+def _transient(exc: BaseException) -> float | None:
+    """Seconds to wait before retrying `exc` (its `Retry-After` or 0 = the backoff), or None
+    when retrying cannot help. Only classifies; `_translate` turns errors into PFErrors."""
+    import httpx2  # huggingface_hub's HTTP client (declared in pyproject)
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return None
+    if isinstance(exc, HfHubHTTPError):
+        response = exc.response
+        if response is None or response.status_code not in HUB_RETRY_STATUS:
+            return None
+        retry_after = response.headers.get("Retry-After", "")
+        value = retry_after.strip()
+        # ASCII digits only: str.isdigit() accepts e.g. "²", which float() rejects
+        return float(value) if value.isascii() and value.isdigit() else 0.0
+    # LocalEntryNotFoundError online: the hub was unreachable and the file is not cached
+    if isinstance(exc, (httpx2.TransportError, LocalEntryNotFoundError)) and not _offline():
+        return 0.0
+    return None
+
+
+def retrying(fn: Callable[..., T], *args: Any, max_retries: int = HUB_MAX_RETRIES,
+             backoff_base_s: float = HUB_BACKOFF_BASE_S, backoff_max_s: float = HUB_BACKOFF_MAX_S,
+             **kwargs: Any) -> T:
+    """Call `fn`, retrying transient hub failures (HTTP 408/429/5xx, connection errors) with
+    exponential backoff that honours `Retry-After`. Any other error, and the last transient
+    one, propagates unchanged.
+    """
+    delay = backoff_base_s
+    for attempt in range(max_retries + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            wait = _transient(exc)
+            if wait is None or attempt >= max_retries:
+                raise
+        time.sleep(wait or delay)
+        delay = min(backoff_max_s, delay * 2)
+    raise AssertionError("unreachable")  # the loop always returns or raises
+
+
 class HubSource:
     """A model's revisions on the Hugging Face Hub (or any hub-protocol endpoint).
+
+    Everything goes through huggingface_hub's public API: `list_repo_refs` and
+    `list_repo_tree` (LFS sha256 and sizes) to list, `snapshot_download(dry_run=True)` to size,
+    `resolve_revision` + `snapshot_download(allow_patterns=...)` to fetch (the branch -> commit
+    ref is cached for offline use), `scan_cache_dir` / `get_cached_repo_tree` offline, and
+    `scan_cache_dir().delete_revisions` to evict (blobs other revisions use stay).
 
     Args:
         model: a `ModelSpec` (from `resolve_model`), a registry name or a hub id.
@@ -324,8 +379,7 @@ class HubSource:
             library's, `HF_HUB_CACHE`). Never use one per revision: that defeats the dedup.
         endpoint: hub URL (default: `HF_ENDPOINT` / huggingface.co).
         token: passed to huggingface_hub (None: its default lookup; False: send none).
-        max_retries, backoff_base_s, backoff_max_s: retry policy for transient failures
-            (HTTP 408/429/5xx, connection errors).
+        max_retries, backoff_base_s, backoff_max_s: retry policy for transient failures.
         verify: check every fetched weight file against its LFS sha256.
     """
 
@@ -347,20 +401,16 @@ class HubSource:
         self.cache_dir = Path(cache_dir or hf_constants.HF_HUB_CACHE).expanduser().resolve()
         self.endpoint = (endpoint or hf_constants.ENDPOINT).rstrip("/")
         self.token = token
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
+        self.retry_policy = {"max_retries": max_retries, "backoff_base_s": backoff_base_s,
+                             "backoff_max_s": backoff_max_s}
         self.verify = verify
         self._api = HfApi(endpoint=self.endpoint, token=token)
         self._branches: dict[str, str] | None = None
         self._listings: dict[str, RevisionListing] = {}
         self._lock = threading.Lock()
-        # Serialises fetch and evict: a prefetch thread may be linking a blob that an
-        # eviction of another revision would otherwise see as unused and delete.
-        self._cache_lock = threading.RLock()
         self._hashes = _HashCache(None)  # blobs are content-addressed; memory is enough
 
-    # -- errors and retries
+    # -- errors: one line each (retrying is `retrying`'s business)
     def _unreachable(self, exc: BaseException) -> SourceError:
         return SourceError(
             f"cannot reach the hub at {self.endpoint} for {self.repo} ({type(exc).__name__}: "
@@ -368,13 +418,8 @@ class HubSource:
             "and that HF_HUB_OFFLINE is not set"
         )
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, label: str | None = None,
-              retry: bool = True, **kwargs: Any) -> T:
-        """Run one hub call, retrying transient failures; map errors to PF errors.
-
-        `retry=False` for calls huggingface_hub already retries itself (the paginated tree
-        listing goes through its `http_backoff`): retrying those again would multiply waits.
-        """
+    def _translate(self, exc: Exception, what: str, label: str | None) -> PFError | None:
+        """The tool's one-line error for a huggingface_hub failure (None: not a hub error)."""
         import httpx2
         from huggingface_hub.errors import (
             HfHubHTTPError,
@@ -385,42 +430,46 @@ class HubSource:
         )
         from huggingface_hub.errors import RevisionNotFoundError as HfRevisionNotFound
 
-        delay = self.backoff_base_s
-        max_retries = self.max_retries if retry else 0
-        for attempt in range(max_retries + 1):
-            wait: float | None = None
-            try:
-                return fn(*args, **kwargs)
-            except HfRevisionNotFound as exc:
-                raise self._missing_revision(label or "?") from exc
-            except RepositoryNotFoundError as exc:
-                raise SourceError(
-                    f"the hub at {self.endpoint} has no repo {self.repo!r} (or it is private/gated); "
-                    "check the model name or pass a token"
-                ) from exc
-            except RemoteEntryNotFoundError as exc:
-                raise SourceError(f"{self.repo}@{label}: {what} failed: a listed file is missing on the hub "
-                                  f"({exc}); run `pythia-forensics health {self.model}`") from exc
-            except OfflineModeIsEnabled as exc:
-                raise self._unreachable(exc) from exc
-            except HfHubHTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else None
-                if status not in HUB_RETRY_STATUS or attempt >= max_retries:
-                    raise SourceError(
-                        f"{what} for {self.repo}@{label} failed with HTTP {status} after {attempt + 1} "
-                        f"tries; the hub may be down or rate-limiting: retry later"
-                    ) from exc
-                retry_after = exc.response.headers.get("Retry-After") if exc.response is not None else None
-                if retry_after and retry_after.strip().isascii() and retry_after.strip().isdigit():
-                    wait = float(retry_after)
-            except (httpx2.TransportError, LocalEntryNotFoundError) as exc:
-                # LocalEntryNotFoundError: hf_hub_download could not reach the hub and the
-                # file is not cached either.
-                if attempt >= max_retries:
-                    raise self._unreachable(exc) from exc
-            time.sleep(delay if wait is None else wait)
-            delay = min(self.backoff_max_s, delay * 2)
-        raise AssertionError("unreachable")  # the loop always returns or raises
+        if isinstance(exc, PFError):
+            return exc
+        if isinstance(exc, HfRevisionNotFound):
+            return self._missing_revision(label or "?")
+        if isinstance(exc, RepositoryNotFoundError):
+            return SourceError(f"the hub at {self.endpoint} has no repo {self.repo!r} (or it is private/gated); "
+                               "check the model name or pass a token")
+        if isinstance(exc, RemoteEntryNotFoundError):
+            return SourceError(f"{self.repo}@{label}: {what} failed: a listed file is missing on the hub "
+                               f"({str(exc).splitlines()[0]}); run `pythia-forensics health {self.model}`")
+        if _offline() and isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return self._not_staged(label, what)
+        if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx2.TransportError)):
+            return self._unreachable(exc)
+        if isinstance(exc, HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else None
+            return SourceError(f"{what} for {self.repo}@{label} failed with HTTP {status}; the hub may be "
+                               "down or rate-limiting: retry later")
+        return None
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, label: str | None = None,
+              retry: bool = True, **kwargs: Any) -> T:
+        """One hub call: retried when transient (`retry=False` for calls huggingface_hub
+        already retries itself), then translated into a one-line PFError."""
+        try:
+            if retry:
+                return retrying(fn, *args, **self.retry_policy, **kwargs)
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            mapped = self._translate(exc, what, label)
+            if mapped is None or mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _not_staged(self, revision: str | None, what: str = "") -> SourceError:
+        return SourceError(
+            f"HF_HUB_OFFLINE is set and the cache {self.cache_dir} lacks {self.repo}@{revision or 'main'}"
+            f"{f' ({what})' if what else ''}; stage it on a node with network: "
+            f"`pythia-forensics fetch {self.model} --steps ... --cache-dir {self.cache_dir}`"
+        )
 
     def _missing_revision(self, revision: str) -> RevisionNotFoundError:
         known = sorted(self._branches or {}, key=_revision_sort_key)
@@ -430,17 +479,21 @@ class HubSource:
             steps = [s for b in known if (s := step_of_revision(b)) is not None]
             if steps:
                 near = f"; nearest existing step{min(steps, key=lambda s: abs(s - step))}"
-        where = (f"in the cache {self.cache_dir} (HF_HUB_OFFLINE is set)" if _offline()
-                 else f"on the hub at {self.endpoint}")
+        if _offline():
+            return RevisionNotFoundError(
+                f"{self.model} ({self.repo}) revision {revision!r} is not staged in the cache {self.cache_dir} "
+                f"(HF_HUB_OFFLINE is set; {len(known)} staged{near}); stage it on a node with network: "
+                f"`pythia-forensics fetch {self.model} --steps ... --cache-dir {self.cache_dir}`"
+            )
         return RevisionNotFoundError(
-            f"{self.model} ({self.repo}) has no revision {revision!r} {where}"
+            f"{self.model} ({self.repo}) has no revision {revision!r} on the hub at {self.endpoint}"
             f" ({len(known)} branches exist{near}); pick another with --steps, or run "
             f"`pythia-forensics health {self.model}` to list what is missing"
         )
 
     # -- what exists
     def branches(self, *, refresh: bool = False) -> dict[str, str]:
-        """Branch name -> commit sha, from `list_repo_refs` (cached per source)."""
+        """Branch name -> commit sha (`list_repo_refs`; offline: the cache's refs)."""
         with self._lock:
             if self._branches is not None and not refresh:
                 return dict(self._branches)
@@ -459,36 +512,19 @@ class HubSource:
         """Branch names, `step<N>` in step order first, then the others (`main`)."""
         return tuple(sorted(self.branches(), key=_revision_sort_key))
 
-    # -- offline (HF_HUB_OFFLINE=1): serve what the shared cache already holds
-    def _cached_refs(self) -> dict[str, str]:
-        refs_dir = self._storage / "refs"
-        refs = {p.relative_to(refs_dir).as_posix(): p.read_text().strip()
-                for p in refs_dir.rglob("*") if p.is_file()} if refs_dir.is_dir() else {}
-        refs = {name: sha for name, sha in refs.items() if (self._storage / "snapshots" / sha).is_dir()}
-        if not refs:
-            raise SourceError(
-                f"HF_HUB_OFFLINE is set and the cache {self.cache_dir} holds no revision of {self.repo}; "
-                "unset HF_HUB_OFFLINE (and check HF_ENDPOINT / the network) to download, or pass the cache_dir "
-                "that has it"
-            )
-        return refs
+    def _cached_repo(self) -> Any:
+        """This repo's `CachedRepoInfo` from `scan_cache_dir`, or None when not cached."""
+        info = _scan(self.cache_dir, self.repo)
+        if info is None:
+            return None
+        return next((r for r in info.repos if r.repo_id == self.repo and r.repo_type == "model"), None)
 
-    def _cached_listing(self, revision: str, commit: str) -> RevisionListing:
-        # Only what was fetched is known offline; blob names are the ETags, i.e. the sha256
-        # of LFS files, so weight hashes need no re-read.
-        snapshot = self._storage / "snapshots" / commit
-        files = []
-        for p in sorted(snapshot.rglob("*")):
-            if not p.is_file():
-                continue
-            name = p.relative_to(snapshot).as_posix()
-            blob = Path(os.path.realpath(p)).name
-            lfs = _is_weight(name)
-            sha = blob if lfs and len(blob) == 64 else (self._hashes.sha256(p) if lfs else None)
-            files.append(SourceFile(name=name, size=p.stat().st_size, sha256=sha,
-                                    blob_id=None if lfs else blob, lfs=lfs))
-        return RevisionListing(model=self.model, repo=self.repo, revision=revision, step=self._step(revision),
-                               commit=commit, files=tuple(files), source=self.source)
+    def _cached_refs(self) -> dict[str, str]:
+        repo = self._cached_repo()
+        refs = {ref: rev.commit_hash for rev in (repo.revisions if repo else ()) for ref in rev.refs}
+        if not refs:
+            raise self._not_staged(None, "no revision of it is cached")
+        return refs
 
     def resolve(self, revision: str) -> str:
         """Commit sha of a branch (or a commit sha itself).
@@ -509,24 +545,25 @@ class HubSource:
     def listing(self, revision: str) -> RevisionListing:
         """Every file of a revision with size, git blob id and LFS sha256; downloads nothing.
 
-        Uses the tree API (`list_repo_tree`, recursive): the Hub includes each LFS file's
-        sha256 and size in the plain listing, so `expand=True` (commit info per file, 50
-        entries a page instead of 1000) is not needed.
+        Online: `list_repo_tree` (recursive; the plain listing carries each LFS file's sha256
+        and size, so `expand=True` is not needed). Offline: `get_cached_repo_tree`, the tree
+        `snapshot_download` cached when the revision was staged.
         """
+        from huggingface_hub import get_cached_repo_tree
+        from huggingface_hub.hf_api import RepoFile
+
         commit = self.resolve(revision)
         with self._lock:
             cached = self._listings.get(commit)
         if cached is not None and cached.revision == revision:
             return cached
         if _offline():
-            result = self._cached_listing(revision, commit)
-            with self._lock:
-                self._listings[commit] = result
-            return result
-        from huggingface_hub.hf_api import RepoFile
-
-        entries = self._call("listing files", lambda: list(self._api.list_repo_tree(
-            self.repo, recursive=True, revision=commit)), label=revision, retry=False)
+            entries = get_cached_repo_tree(self.repo, revision=commit, cache_dir=self.cache_dir)
+            if not entries:
+                raise self._not_staged(revision, "no cached file listing")
+        else:
+            entries = self._call("listing files", lambda: list(self._api.list_repo_tree(
+                self.repo, recursive=True, revision=commit)), label=revision, retry=False)
         files = tuple(sorted(
             (SourceFile(name=e.path, size=int(e.lfs.size if e.lfs else e.size),
                         sha256=e.lfs.sha256 if e.lfs else None, blob_id=e.blob_id, lfs=e.lfs is not None)
@@ -544,86 +581,94 @@ class HubSource:
         return self.listing(revision).record()
 
     # -- the cache
-    @property
-    def _storage(self) -> Path:
-        from huggingface_hub.file_download import repo_folder_name
+    def _snapshot(self, revision: Any, names: Sequence[str], **options: Any) -> Any:
+        from huggingface_hub import snapshot_download
 
-        return self.cache_dir / repo_folder_name(repo_id=self.repo, repo_type="model")
-
-    def _blob_path(self, f: SourceFile) -> Path | None:
-        # huggingface_hub names a cached blob after the file's ETag: the sha256 for LFS files
-        # (X-Linked-Etag), the git blob id for regular ones.
-        etag = f.sha256 if f.lfs else f.blob_id
-        return None if etag is None else self._storage / "blobs" / etag
+        return snapshot_download(self.repo, revision=revision, allow_patterns=list(names),
+                                 cache_dir=str(self.cache_dir), endpoint=self.endpoint, token=self.token,
+                                 tqdm_class=_silent_tqdm(), **options)
 
     def size(self, revision: str) -> RevisionSize:
-        """Bytes a fetch of `revision` needs and how many the shared cache already holds.
-
-        A dry run from the listing alone: no file is downloaded or HEAD-requested.
-        """
+        """Bytes a fetch of `revision` needs and how many the shared cache already holds
+        (`snapshot_download(dry_run=True)`: no file is downloaded)."""
         listing = self.listing(revision)
-        total = cached = 0
-        for name in listing.fetch_names:
-            f = listing.file(name)
-            assert f is not None
-            total += f.size
-            blob = self._blob_path(f)
-            if blob is not None and blob.is_file():
-                cached += f.size
+        if _offline():
+            total = sum(f.size for f in listing.files if f.name in listing.fetch_names)
+            return RevisionSize(revision=revision, total_bytes=total, cached_bytes=total)
+        infos = self._call("sizing", self._snapshot, listing.commit, listing.fetch_names, dry_run=True,
+                           label=revision)
+        total = sum(int(i.file_size or 0) for i in infos)
+        cached = sum(int(i.file_size or 0) for i in infos if not i.will_download)
         return RevisionSize(revision=revision, total_bytes=total, cached_bytes=cached)
 
-    def _download(self, listing: RevisionListing, name: str, *, force: bool = False) -> Path:
-        from huggingface_hub import hf_hub_download
-
-        # by commit sha, not branch name: a branch re-uploaded mid-fetch cannot mix checkpoints
-        return Path(self._call(
-            f"downloading {name}", hf_hub_download, self.repo, name, revision=listing.commit,
-            cache_dir=str(self.cache_dir), endpoint=self.endpoint, token=self.token, force_download=force,
-            label=listing.revision,
-        ))
-
-    def _fetch_verified(self, listing: RevisionListing, f: SourceFile) -> tuple[Path, str]:
-        """Download one file; for LFS files check sha256 and re-fetch once on a mismatch."""
-        problem = ""
-        for attempt in range(2):
-            try:
-                path = self._download(listing, f.name, force=attempt > 0)
-            except SourceError as exc:
-                cause = exc.__cause__
-                # a truncated body: huggingface_hub's size check raises a plain OSError
-                if not isinstance(cause, OSError) or "Consistency check failed" not in str(cause):
+    def _download(self, revision: str, names: Sequence[str]) -> Path:
+        """`names` of `revision` into the cache, LFS files checked against their sha256 and
+        re-fetched once (a truncated or corrupted body) before giving up."""
+        listing = self.listing(revision)
+        wanted = [f for f in (listing.file(n) for n in names) if f is not None]
+        if _offline():
+            folder = Path(self._call("reading the cache", self._snapshot, listing.commit, names,
+                                     local_files_only=True, label=revision, retry=False))
+        else:
+            # Download by the listed commit: a branch re-uploaded mid-fetch cannot mix two
+            # checkpoints. The branch -> commit ref is cached (for offline use) only afterwards,
+            # so no ref points at a half-made snapshot another worker's scan would trip on.
+            problem = ""
+            for attempt in range(2):
+                try:
+                    folder = Path(self._call("downloading", self._snapshot, listing.commit, names,
+                                             force_download=attempt > 0, label=revision))
+                except SourceError:
                     raise
-                problem = f"truncated download ({str(cause).splitlines()[0]})"
-                continue
-            except OSError as exc:
-                if "Consistency check failed" not in str(exc):
-                    raise
-                problem = f"truncated download ({str(exc).splitlines()[0]})"
-                continue
-            if not (self.verify and f.lfs and f.sha256):
-                return path, f.sha256 or ""
-            if attempt > 0:
+                except OSError as exc:  # huggingface_hub's size check on a truncated body
+                    problem, folder = f"{', '.join(names)}: truncated download ({str(exc).splitlines()[0]})", None
+                    continue
+                bad = self._corrupt(folder, wanted)
+                if not bad:
+                    break
+                problem = bad
+            else:
+                raise SourceError(
+                    f"{self.repo}@{revision}: {problem.replace(': ', ' is corrupt after a re-fetch: ', 1)}; "
+                    "the hub copy may be damaged: "
+                    f"run `pythia-forensics health {self.model}` and skip this revision"
+                )
+            if revision != listing.commit:
+                resolved = self._call("resolving", self._api.resolve_revision, self.repo, revision=revision,
+                                      cache_dir=str(self.cache_dir), label=revision)
+                if resolved.resolved != listing.commit:
+                    raise SourceError(f"{self.repo}@{revision} moved from {listing.commit} to {resolved.resolved} "
+                                      "during the sweep; rerun to score the new upload")
+        missing = [f.name for f in wanted if not (folder / f.name).is_file()]
+        if missing:
+            raise (self._not_staged(revision, "missing " + ", ".join(missing)) if _offline() else SourceError(
+                f"{self.repo}@{revision}: {', '.join(missing)} vanished from the cache {self.cache_dir} during the "
+                "fetch (evicted by a process that ignores the ledger?); rerun"))
+        return folder
+
+    def _corrupt(self, folder: Path, files: Iterable[SourceFile]) -> str:
+        if not self.verify:
+            return ""
+        for f in files:
+            if f.lfs and f.sha256:
+                path = folder / f.name
                 self._hashes.forget(path)
-            digest = self._hashes.sha256(path)
-            if digest == f.sha256:
-                return path, digest
-            problem = f"sha256 {digest} does not match the hub's LFS sha256 {f.sha256}"
-            self._hashes.forget(path)
-        raise SourceError(
-            f"{self.repo}@{listing.revision}: {f.name} is corrupt after a re-fetch: {problem}; "
-            f"the hub copy may be damaged: run `pythia-forensics health {self.model}` and skip this revision"
-        )
+                digest = self._hashes.sha256(path)
+                if digest != f.sha256:
+                    return f"{f.name}: sha256 {digest} does not match the hub's LFS sha256 {f.sha256}"
+        return ""
 
     def fetch(self, revision: str) -> CheckpointRecord:
-        """Download config, tokenizer and weights of `revision` into the shared cache.
+        """Download config, tokenizer and weights of `revision` into the shared cache
+        (offline: find them there).
 
         Returns:
             The record with `path` = the cache snapshot folder and the resolved commit.
 
         Raises:
-            RevisionNotFoundError: no such branch.
-            SourceError: unreachable hub, no weight files, or a file still corrupt after one
-                re-fetch.
+            RevisionNotFoundError: no such branch (offline: not staged).
+            SourceError: unreachable hub, no weight files, a file still corrupt after one
+                re-fetch, or (offline) a file that was not staged.
         """
         listing = self.listing(revision)
         if not listing.weights:
@@ -631,23 +676,10 @@ class HubSource:
                 f"{self.repo}@{revision} has no weight files (looked for {', '.join(SAFETENSORS_WEIGHTS + BIN_WEIGHTS)}); "
                 f"run `pythia-forensics health {self.model}` and skip this revision"
             )
-        weights: list[WeightFile] = []
-        snapshot = self._storage / "snapshots" / str(listing.commit)
-        with self._cache_lock:
-            for name in listing.fetch_names:
-                f = listing.file(name)
-                assert f is not None
-                path, digest = self._fetch_verified(listing, f)
-                if f in listing.weights:
-                    weights.append(WeightFile(f.name, f.size, digest or sha256_file(path)))
-            dangling = [n for n in listing.fetch_names if not (snapshot / n).exists()]
-            if dangling:
-                raise SourceError(
-                    f"{self.repo}@{revision}: {', '.join(dangling)} vanished from the cache {self.cache_dir} "
-                    "during the fetch (another process evicting?); rerun, or give each process its own cache_dir"
-                )
-            self._write_ref(revision, listing.commit)
-        return listing.record(path=snapshot, weight_files=tuple(weights))
+        folder = self._download(revision, listing.fetch_names)
+        weights = tuple(WeightFile(f.name, f.size, f.sha256 or self._hashes.sha256(folder / f.name))
+                        for f in listing.weights)
+        return listing.record(path=folder, weight_files=weights)
 
     def fetch_files(self, revision: str, names: Iterable[str]) -> Path:
         """Download named files of a revision (e.g. the `.bin` twin of a branch that also
@@ -661,86 +693,140 @@ class HubSource:
             SourceError: a name the revision does not have, or a corrupt file.
         """
         listing = self.listing(revision)
-        snapshot = self._storage / "snapshots" / str(listing.commit)
-        with self._cache_lock:
-            for name in names:
-                f = listing.file(name)
-                if f is None:
-                    raise SourceError(f"{self.repo}@{revision} has no file {name!r}; "
-                                      f"it has {', '.join(x.name for x in listing.files)}")
-                self._fetch_verified(listing, f)
-            self._write_ref(revision, listing.commit)
-        return snapshot
+        names = list(names)
+        unknown = [n for n in names if listing.file(n) is None]
+        if unknown:
+            raise SourceError(f"{self.repo}@{revision} has no file {unknown[0]!r}; "
+                              f"it has {', '.join(x.name for x in listing.files)}")
+        return self._download(revision, names)
 
-    def _write_ref(self, revision: str, commit: str | None) -> None:
-        # Files are fetched by commit sha (a branch moved mid-fetch cannot mix two
-        # checkpoints), so record the branch -> commit ref the way huggingface_hub does,
-        # for HF_HUB_OFFLINE use and `hf cache ls`.
-        if commit is None or revision == commit:
-            return
-        ref = self._storage / "refs" / revision
-        try:
-            ref.parent.mkdir(parents=True, exist_ok=True)
-            if not ref.is_file() or ref.read_text() != commit:
-                ref.write_text(commit)
-        except OSError:
-            pass  # best effort: the snapshot is complete without it
-
-    def _scan(self):
-        """`scan_cache_dir`, after dropping refs of this repo that point at no snapshot.
-
-        huggingface_hub writes such refs itself (a `dry_run`, a 404 cached in `.no_exist`),
-        and `scan_cache_dir` then skips the whole repo as corrupted: an eviction would
-        silently free nothing and a disk budget would be overrun.
+    def weight_shapes(self, revision: str) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape of a revision's safetensors weights, from their headers only
+        (`get_safetensors_metadata`: a range request of a few KB per file; offline: the
+        staged files). Empty for `.bin`-only revisions (their shapes need unpickling).
 
         Raises:
-            SourceError: the repo's cache folder is still damaged after that.
+            SourceError: unreachable hub, or an unreadable header.
         """
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import SafetensorsParsingError
 
-        refs_dir = self._storage / "refs"
-        if refs_dir.is_dir():
-            for ref in refs_dir.rglob("*"):
-                if ref.is_file() and not (self._storage / "snapshots" / ref.read_text().strip()).is_dir():
-                    ref.unlink(missing_ok=True)
-        info = scan_cache_dir(self.cache_dir)
-        damaged = [w for w in info.warnings if str(self._storage) in str(w)]
-        if damaged:
-            raise SourceError(
-                f"the hub cache folder {self._storage} is damaged ({str(damaged[0]).splitlines()[0]}); "
-                "run `hf cache verify` or delete that folder and fetch again"
-            )
-        return info
+        listing = self.listing(revision)
+        if listing.weight_format != "safetensors":
+            return {}
+        if _offline():
+            from pythia_forensics.architecture import read_safetensors_shapes
+
+            folder = self._download(revision, [f.name for f in listing.weights])
+            shapes: dict[str, tuple[int, ...]] = {}
+            for f in listing.weights:
+                shapes.update(read_safetensors_shapes(folder / f.name))
+            return shapes
+        try:
+            meta = self._call("reading safetensors headers", self._api.get_safetensors_metadata, self.repo,
+                              revision=listing.commit, label=revision)
+        except SafetensorsParsingError as exc:
+            raise SourceError(f"{self.repo}@{revision}: unreadable safetensors header ({str(exc).splitlines()[0]})"
+                              ) from exc
+        return {k: tuple(int(x) for x in t.shape) for fm in meta.files_metadata.values() for k, t in fm.tensors.items()}
 
     def cached_commits(self) -> dict[str, int]:
         """Commit sha -> bytes on disk of each cached revision of this repo."""
-        if not self._storage.is_dir():
-            return {}
-        with self._cache_lock:
-            info = self._scan()
-        for repo in info.repos:
-            if repo.repo_id == self.repo and repo.repo_type == "model":
-                return {r.commit_hash: r.size_on_disk for r in repo.revisions}
-        return {}
+        repo = self._cached_repo()
+        return {r.commit_hash: r.size_on_disk for r in repo.revisions} if repo else {}
 
     def evict(self, revision: str) -> int:
         """Remove a revision from the cache; blobs other cached revisions use stay.
 
+        Only the ledger's last holder should call this (see `fetch.Fetcher`).
+
         Returns:
             Bytes freed (0 if the revision was not cached).
         """
-        commit = self.resolve(revision)
-        if not self._storage.is_dir():
-            return 0
-        with self._cache_lock:
-            info = self._scan()
-            cached = {r.commit_hash for repo in info.repos if repo.repo_id == self.repo for r in repo.revisions}
-            if commit not in cached:
-                return 0
-            strategy = info.delete_revisions(commit)
-            freed = strategy.expected_freed_size
-            strategy.execute()
-        return freed
+        return evict_cached(self.cache_dir, self.repo, self.resolve(revision))
+
+
+def evict_cached(cache_dir: str | Path, repo: str, commit: str, *, keep_blobs: Iterable[str] = ()) -> int:
+    """Delete one cached revision with `scan_cache_dir().delete_revisions`; blobs other cached
+    revisions link stay (the library's rule) and so do `keep_blobs` (names in `blobs/`: what
+    revisions other workers hold but may not have linked yet, their download still running).
+    Never the whole repo folder, even when the scan shows no other revision of it.
+
+    Returns:
+        Bytes freed (0 when the revision is not cached).
+    """
+    from dataclasses import replace
+
+    info = _scan(cache_dir, repo)
+    if info is None:
+        return 0
+    cached = {r.commit_hash for rp in info.repos if rp.repo_id == repo for r in rp.revisions}
+    if commit not in cached:
+        return 0
+    strategy = info.delete_revisions(commit)
+    if strategy.repos:
+        # The library deletes the whole repo folder when the scan shows no other revision, but
+        # another worker's download may be under way there (its blobs still `.incomplete`, its
+        # snapshot not yet made): delete only this revision's snapshot, refs and blobs.
+        repo_info = next(rp for rp in info.repos if rp.repo_id == repo and rp.repo_type == "model")
+        rev = next(r for r in repo_info.revisions if r.commit_hash == commit)
+        strategy = replace(strategy, repos=frozenset(), snapshots=frozenset({rev.snapshot_path}),
+                           refs=frozenset(repo_info.repo_path / "refs" / ref for ref in rev.refs),
+                           blobs=frozenset(f.blob_path for f in rev.files),
+                           expected_freed_size=sum(f.size_on_disk for f in rev.files))
+    keep = set(keep_blobs)
+    if keep:
+        kept = {b for b in strategy.blobs if Path(b).name in keep}
+        strategy = replace(strategy, blobs=frozenset(strategy.blobs - kept),
+                           expected_freed_size=strategy.expected_freed_size - sum(
+                               Path(b).stat().st_size for b in kept if Path(b).exists()))
+    strategy.execute()
+    return int(strategy.expected_freed_size)
+
+
+def _scan(cache_dir: str | Path, repo: str) -> Any:
+    """`scan_cache_dir`, after dropping refs of `repo` that point at no snapshot.
+
+    huggingface_hub itself leaves such refs (a `dry_run` by branch name, a download killed
+    before its first file), and `scan_cache_dir` then skips the whole repo as corrupted: an
+    eviction would silently free nothing and a disk budget would be overrun.
+
+    Returns:
+        The `HFCacheInfo`, or None when there is no cache folder.
+
+    Raises:
+        SourceError: the repo's cache folder is still damaged after that.
+    """
+    from huggingface_hub import CacheNotFound, scan_cache_dir
+    from huggingface_hub.file_download import repo_folder_name
+
+    try:
+        info = scan_cache_dir(cache_dir)
+    except CacheNotFound:
+        return None
+    storage = Path(cache_dir) / repo_folder_name(repo_id=repo, repo_type="model")
+    if not any(str(storage) in str(w) for w in info.warnings):
+        return info
+    for ref in (storage / "refs").rglob("*"):
+        if ref.is_file() and not (storage / "snapshots" / ref.read_text().strip()).is_dir():
+            ref.unlink(missing_ok=True)
+    info = scan_cache_dir(cache_dir)
+    damaged = [w for w in info.warnings if str(storage) in str(w)]
+    if damaged:
+        raise SourceError(f"the hub cache folder {storage} is damaged ({str(damaged[0]).splitlines()[0]}); "
+                          "run `hf cache verify` or delete that folder and fetch again")
+    return info
+
+
+def _silent_tqdm() -> Any:
+    """A tqdm class that never draws: replay shows its own progress, one bar per sweep."""
+    from tqdm.auto import tqdm
+
+    class _Quiet(tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return _Quiet
 
 
 # --- local folders -----------------------------------------------------------------------

@@ -17,6 +17,19 @@ tokens) is REPORTED by name (warning, ``unmatched`` column, ``frame.attrs["unmat
 paper's windowed counter silently counted zero because its girl-name cue class tokenized to
 nothing.
 
+Context-conditioned (in-frame) support: a rule may name ``frames`` -- whole-word patterns
+such as ``[<cue>, cried, because, <candidate>]`` or ``[<cue>, "...", because, <candidate>]`` --
+and every windowed event whose cue and chosen form stand in the frame is counted again under
+that frame's name (``frame`` column; ``"corpus"`` rows count every event). This isolates the
+frame where rule and prior conflict on any corpus; on the mini corpus the ``conflict`` frame
+recovers the generator's conflict-frame ground truth exactly.
+
+The paper's battery bigram counter (`count_battery`, ``support --mode battery --probes P``):
+for each probe item the patterns ``" <last word of prefix>" + target`` and ``+ foil`` are
+counted as exact token sequences, summed per (rule, condition) over the distinct patterns.
+
+A row with no events on either side has ratio NaN and note "no events" (never 1.0).
+
 Counting is vectorised numpy over token arrays: one table look-up marks every token that can
 start a cue/target/competitor form, the sparse candidates are verified per form, and
 ``np.searchsorted`` finds each cue's nearest choice. Inputs stream in blocks (bounded memory):
@@ -75,12 +88,21 @@ __all__ = [
     "load_tokenizer",
     "compile_rules",
     "count_support",
+    "count_battery",
+    "battery_cells",
+    "battery_pattern",
+    "support_ratio",
     "count_token_stream",
+    "synthetic_stream",
     "benchmark",
 ]
 
 ROLES = ("cues", "targets", "competitors")
-_RULE_KEYS = {"name", "description", "direction", "cues", "targets", "competitors", "lexicon"}
+_RULE_KEYS = {"name", "description", "direction", "cues", "targets", "competitors", "lexicon", "frames"}
+# Frame pattern placeholders (rule YAML `frames:`): the cue, the chosen form, any tokens.
+FRAME_CUE, FRAME_CANDIDATE, FRAME_GAP = "<cue>", "<candidate>", "..."
+CORPUS_FRAME = "corpus"  # the `frame` of corpus-wide rows (every event, in any context)
+NO_EVENTS = "no events"  # the note of a row with 0 events on both sides (ratio is NaN, not parity)
 # Mini-suite corpus folder layout (docs/ARCHITECTURE.md): names owned by the generator.
 _CORPUS_TOKENS, _CORPUS_META = _mini_corpus.TOKENS_FILE, _mini_corpus.CORPUS_META_FILE
 _CORPUS_TOKENIZER = "tokenizer.json"  # what save_pretrained writes
@@ -101,8 +123,25 @@ class WordClass:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """A context the cue and its chosen form must stand in (the frame where rule and prior
+    conflict), as a whole-word pattern in stream order.
+
+    ``elements`` holds ``"<cue>"``, ``"<candidate>"`` (the nearest target/competitor the
+    windowed counter chose), ``"..."`` (any tokens, only between the two) and `WordClass`
+    entries (one word of the class, whole-word, adjacent to its neighbours). Example:
+    ``<cue> cried because <candidate>`` is the mini corpus's pronoun conflict frame;
+    ``<cue> ... because <candidate>`` is the paper's "a girl's name, then because, then she/he".
+    """
+
+    name: str
+    elements: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class SupportRule:
-    """One rule: cue class, the rule's target forms and the prior's competitor forms."""
+    """One rule: cue class, the rule's target forms and the prior's competitor forms, and the
+    named frames whose in-frame support is counted beside the corpus-wide one."""
 
     name: str
     cues: tuple[WordClass, ...]
@@ -111,6 +150,7 @@ class SupportRule:
     direction: str = "after"
     description: str = ""
     source: str = ""
+    frames: tuple[Frame, ...] = ()
 
     def role(self, role: str) -> tuple[WordClass, ...]:
         return getattr(self, role)
@@ -213,13 +253,56 @@ def _rule_from_mapping(data: Any, *, source: str, problems: list[str]) -> Suppor
             roles[role] = ()
         else:
             roles[role] = _word_classes(data[role], rule=name, role=role, lexicon_fn=lexicon_fn, problems=problems)
+    frames = _frames(data.get("frames", {}), rule=name, direction=str(direction), source=source,
+                     lexicon_fn=lexicon_fn, problems=problems)
     return SupportRule(
         name=name,
         direction=str(direction),
         description=str(data.get("description", "")),
         source=source,
+        frames=frames,
         **roles,
     )
+
+
+def _frames(spec: Any, *, rule: str, direction: str, source: str, lexicon_fn, problems: list[str]) -> tuple[Frame, ...]:
+    """Parse ``frames: {NAME: [element, ...]}`` (see `Frame`); every problem is collected."""
+    if not isinstance(spec, dict):
+        problems.append(f"{source}: rule {rule!r} `frames` must map a frame name to a list of elements")
+        return ()
+    out = []
+    for fname, elems in spec.items():
+        where = f"{source}: rule {rule!r} frame {fname!r}"
+        if fname == CORPUS_FRAME:
+            problems.append(f"{where}: the name {CORPUS_FRAME!r} is reserved for the corpus-wide rows; rename it")
+            continue
+        if not isinstance(elems, list) or not elems:
+            problems.append(f"{where}: expected a non-empty list like [<cue>, because, <candidate>]")
+            continue
+        parsed: list[Any] = []
+        for e in elems:
+            if e in (FRAME_CUE, FRAME_CANDIDATE, FRAME_GAP):
+                parsed.append(e)
+            else:
+                classes = _word_classes(e, rule=f"{rule}.{fname}", role="frame", lexicon_fn=lexicon_fn,
+                                        problems=problems)
+                if classes:  # one pattern position: the union of the classes given for it
+                    parsed.append(WordClass("+".join(c.name for c in classes),
+                                            tuple(w for c in classes for w in c.words)))
+        if parsed.count(FRAME_CUE) != 1 or parsed.count(FRAME_CANDIDATE) != 1:
+            problems.append(f"{where}: needs exactly one {FRAME_CUE} and one {FRAME_CANDIDATE}")
+            continue
+        i_cue, i_cand = parsed.index(FRAME_CUE), parsed.index(FRAME_CANDIDATE)
+        if (i_cue < i_cand) != (direction == "after"):
+            problems.append(f"{where}: direction {direction!r} puts the "
+                            f"{'candidate after the cue' if direction == 'after' else 'candidate before the cue'}")
+            continue
+        lo, hi = sorted((i_cue, i_cand))
+        if any(e == FRAME_GAP for e in parsed[:lo] + parsed[hi + 1:]):
+            problems.append(f"{where}: {FRAME_GAP!r} may only stand between {FRAME_CUE} and {FRAME_CANDIDATE}")
+            continue
+        out.append(Frame(str(fname), tuple(parsed)))
+    return tuple(out)
 
 
 def _rule_files(spec: str | os.PathLike) -> list[Path]:
@@ -389,6 +472,7 @@ class CompiledRule:
     targets: tuple[TokenForm, ...]
     competitors: tuple[TokenForm, ...]
     unmatched: tuple[UnmatchedCue, ...] = ()
+    frames: tuple["CompiledFrame", ...] = ()
 
     def role(self, role: str) -> tuple[TokenForm, ...]:
         return getattr(self, role)
@@ -396,6 +480,21 @@ class CompiledRule:
     @property
     def max_len(self) -> int:
         return max((len(f.ids) for r in ROLES for f in self.role(r)), default=1)
+
+
+@dataclass(frozen=True)
+class CompiledFrame:
+    """A `Frame` with each word class compiled to its token forms (placeholders stay strings)."""
+
+    name: str
+    elements: tuple[Any, ...]  # "<cue>" | "<candidate>" | "..." | tuple[TokenForm, ...]
+
+    @property
+    def outside_tokens(self) -> int:
+        """Most tokens the pattern reaches beyond its two anchors (sizes the block halo)."""
+        lo, hi = sorted((self.elements.index(FRAME_CUE), self.elements.index(FRAME_CANDIDATE)))
+        outside = self.elements[:lo] + self.elements[hi + 1:]
+        return sum(max((len(f.ids) for f in e), default=0) for e in outside)
 
 
 @dataclass(frozen=True)
@@ -428,6 +527,32 @@ def compile_rules(
     vocab = Vocab(len(starts), starts, ends)
     unk_token = getattr(tok.model, "unk_token", None)
     unk_id = tok.token_to_id(unk_token) if unk_token else None
+
+    def class_forms(rule_name: str, role: str, wc: WordClass, unmatched: list[UnmatchedCue]) -> list[TokenForm]:
+        found: list[TokenForm] = []
+        for word in wc.words:
+            reasons = []
+            word_forms = []
+            for text in (" " + word, word):
+                ids = _encode_form(tok, text)
+                if not ids:
+                    reasons.append(f"{text!r} tokenizes to nothing")
+                elif unk_id is not None and unk_id in ids:
+                    reasons.append(f"{text!r} contains the unknown token")
+                elif tok.decode(list(ids), skip_special_tokens=False) != text:
+                    reasons.append(f"{text!r} does not round-trip through the tokenizer")
+                elif not multi_token and len(ids) > 1:
+                    reasons.append(f"{text!r} needs {len(ids)} tokens (multi_token=False)")
+                else:
+                    word_forms.append(TokenForm(word, text, ids))
+            if word_forms:
+                found.extend(word_forms)
+            else:
+                unmatched.append(UnmatchedCue(rule_name, role, wc.name, word, "; ".join(reasons)))
+        if not found:
+            unmatched.append(UnmatchedCue(rule_name, role, wc.name, None, "tokenizes to nothing the counter can match"))
+        return found
+
     compiled = []
     for rule in rules:
         forms: dict[str, list[TokenForm]] = {}
@@ -435,46 +560,50 @@ def compile_rules(
         for role in ROLES:
             forms[role] = []
             for wc in rule.role(role):
-                class_forms = 0
-                for word in wc.words:
-                    reasons = []
-                    word_forms = []
-                    for text in (" " + word, word):
-                        ids = _encode_form(tok, text)
-                        if not ids:
-                            reasons.append(f"{text!r} tokenizes to nothing")
-                        elif unk_id is not None and unk_id in ids:
-                            reasons.append(f"{text!r} contains the unknown token")
-                        elif tok.decode(list(ids), skip_special_tokens=False) != text:
-                            reasons.append(f"{text!r} does not round-trip through the tokenizer")
-                        elif not multi_token and len(ids) > 1:
-                            reasons.append(f"{text!r} needs {len(ids)} tokens (multi_token=False)")
-                        else:
-                            word_forms.append(TokenForm(word, text, ids))
-                    if word_forms:
-                        forms[role].extend(word_forms)
-                        class_forms += 1
-                    else:
-                        unmatched.append(UnmatchedCue(rule.name, role, wc.name, word, "; ".join(reasons)))
-                if class_forms == 0:
-                    unmatched.append(UnmatchedCue(rule.name, role, wc.name, None, "tokenizes to nothing the counter can match"))
+                forms[role].extend(class_forms(rule.name, role, wc, unmatched))
+        frames = tuple(
+            CompiledFrame(fr.name, tuple(
+                e if isinstance(e, str) else tuple(dict.fromkeys(class_forms(rule.name, "frames", e, unmatched)))
+                for e in fr.elements))
+            for fr in rule.frames)
         compiled.append(
-            CompiledRule(rule.name, rule.direction, *(tuple(dict.fromkeys(forms[r])) for r in ROLES), tuple(unmatched))
+            CompiledRule(rule.name, rule.direction, *(tuple(dict.fromkeys(forms[r])) for r in ROLES), tuple(unmatched),
+                         frames=frames)
         )
     return tuple(compiled), vocab
 
 
 # --- the vectorised counter -------------------------------------------------------------------
 class _Matcher:
-    """Finds every whole-word occurrence of each (rule, role)'s forms in a token block."""
+    """Finds every whole-word occurrence of each (rule, role)'s forms, and of every frame word
+    class, in a token block. Categories ``3 r + k`` are rule ``r``'s roles; frame classes follow
+    (``self.frame_cats[r][f][e]``: category of element ``e`` of frame ``f`` of rule ``r``)."""
 
     def __init__(self, rules: Sequence[CompiledRule], vocab: Vocab) -> None:
         self.rules = tuple(rules)
         self.vocab = vocab
-        n_cat = 3 * len(self.rules)
-        lut_dtype = np.uint64 if n_cat > 32 else np.uint32
+        categories: list[tuple[TokenForm, ...]] = [rule.role(role) for rule in self.rules for role in ROLES]
+        extra: dict[tuple[TokenForm, ...], int] = {}
+        self.frame_cats: list[list[list[int | None]]] = []
+        for rule in self.rules:
+            per_rule = []
+            for fr in rule.frames:
+                cats: list[int | None] = []
+                for e in fr.elements:
+                    if isinstance(e, str):
+                        cats.append(None)
+                        continue
+                    if e not in extra:
+                        extra[e] = len(categories)
+                        categories.append(e)
+                    cats.append(extra[e])
+                per_rule.append(cats)
+            self.frame_cats.append(per_rule)
+        n_cat = len(categories)
         if n_cat > 64:
-            raise ConfigError(f"at most 21 rules per pass, got {len(self.rules)}; split the rule list")
+            raise ConfigError(f"at most 64 word classes per pass (3 per rule plus frame words), got {n_cat}; "
+                              "split the rule list")
+        lut_dtype = np.uint64 if n_cat > 32 else np.uint32
         # Tables cover every uint16 id even past the tokenizer's vocabulary (padding rows, a
         # stream from a bigger tokenizer): such ids are no form and count as word boundaries.
         table = max(vocab.size, _UINT16_IDS)
@@ -485,21 +614,21 @@ class _Matcher:
         self.ends_nonword[: vocab.size] = vocab.ends_nonword
         # per category: {first id: [(ids array, leading_space)]}
         self.forms: list[dict[int, list[tuple[np.ndarray, bool]]]] = []
-        for r, rule in enumerate(self.rules):
-            for k, role in enumerate(ROLES):
-                cat = 3 * r + k
-                groups: dict[int, list[tuple[np.ndarray, bool]]] = {}
-                for f in rule.role(role):
-                    if max(f.ids) >= vocab.size:
-                        raise TokenizationError(
-                            f"{rule.name}: form {f.text!r} has token id {max(f.ids)} beyond the vocabulary "
-                            f"({vocab.size}); the tokenizer does not match the token stream"
-                        )
-                    groups.setdefault(f.ids[0], []).append((np.array(f.ids, dtype=np.int64), f.leading_space))
-                    self.lut[f.ids[0]] |= lut_dtype(1) << lut_dtype(cat)
-                self.forms.append(groups)
+        names = [f"{rule.name}.{role}" for rule in self.rules for role in ROLES] + ["frame"] * len(extra)
+        for cat, cat_forms in enumerate(categories):
+            groups: dict[int, list[tuple[np.ndarray, bool]]] = {}
+            for f in cat_forms:
+                if max(f.ids) >= vocab.size:
+                    raise TokenizationError(
+                        f"{names[cat]}: form {f.text!r} has token id {max(f.ids)} beyond the vocabulary "
+                        f"({vocab.size}); the tokenizer does not match the token stream"
+                    )
+                groups.setdefault(f.ids[0], []).append((np.array(f.ids, dtype=np.int64), f.leading_space))
+                self.lut[f.ids[0]] |= lut_dtype(1) << lut_dtype(cat)
+            self.forms.append(groups)
         self.any_form = self.lut != 0
-        self.max_len = max((rule.max_len for rule in self.rules), default=1)
+        self.max_len = max((len(f.ids) for c in categories for f in c), default=1)
+        self.frame_extent = max((fr.outside_tokens for rule in self.rules for fr in rule.frames), default=0)
 
     def match(self, ids: np.ndarray, seg_starts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per category: (start, end) int64 arrays of whole-word matches in ``ids``.
@@ -566,11 +695,17 @@ def _drop_contained(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _events(cues: tuple[np.ndarray, np.ndarray], targets, competitors, *, direction: str, window: int,
-            seg_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each cue (start, end): label 1 rule win, 0 prior win, -1 no event; returns (cue_starts, labels)."""
+            seg_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each cue (start, end): label 1 rule win, 0 prior win, -1 no event.
+
+    Returns:
+        ``(cue_starts, labels, choice_starts, choice_ends)``; the choice arrays hold the chosen
+        target/competitor's token span where ``labels >= 0`` (undefined elsewhere).
+    """
     c_start, c_end = cues
+    empty = np.zeros(c_start.size, np.int64)
     if c_start.size == 0:
-        return c_start, np.zeros(0, np.int8)
+        return c_start, np.zeros(0, np.int8), empty, empty
     t_s, t_e = targets
     p_s, p_e = competitors
     starts = np.concatenate((t_s, p_s))
@@ -579,25 +714,19 @@ def _events(cues: tuple[np.ndarray, np.ndarray], targets, competitors, *, direct
     lengths = ends - starts
     out = np.full(c_start.size, -1, np.int8)
     if starts.size == 0:
-        return c_start, out
+        return c_start, out, empty, empty
+    key = starts if direction == "after" else ends
+    # nearest first; at a tie the longer form wins (it contains the shorter one)
+    order = np.lexsort((-lengths, key))
+    key, lab, s_sorted, e_sorted = key[order], labels[order], starts[order], ends[order]
+    first = np.concatenate(([True], key[1:] != key[:-1]))
+    key, lab, s_sorted, e_sorted = key[first], lab[first], s_sorted[first], e_sorted[first]
     if direction == "after":
-        key = starts
-        # nearest start first; at a tie the longer form wins (it contains the shorter one)
-        order = np.lexsort((-lengths, key))
-        key, lab = key[order], labels[order]
-        first = np.concatenate(([True], key[1:] != key[:-1]))
-        key, lab = key[first], lab[first]
         j = np.searchsorted(key, c_end + 1, side="left")
         valid = j < key.size
         jj = np.minimum(j, key.size - 1)
         valid &= key[jj] <= c_end + window
     else:
-        key = ends
-        order = np.lexsort((-lengths, key))
-        key, lab = key[order], labels[order]
-        # several choices ending at one position: keep the longest (sorted first in its run)
-        first = np.concatenate(([True], key[1:] != key[:-1]))
-        key, lab = key[first], lab[first]
         j = np.searchsorted(key, c_start, side="left") - 1
         valid = j >= 0
         jj = np.maximum(j, 0)
@@ -605,7 +734,87 @@ def _events(cues: tuple[np.ndarray, np.ndarray], targets, competitors, *, direct
     same_doc = np.searchsorted(seg_starts, key[jj], side="right") == np.searchsorted(seg_starts, c_start, side="right")
     valid &= same_doc
     out[valid] = lab[jj[valid]]
-    return c_start, out
+    return c_start, out, s_sorted[jj], e_sorted[jj]
+
+
+def _chain(matches: Sequence[tuple[np.ndarray, np.ndarray]], cats: Sequence[int], pos: np.ndarray, ok: np.ndarray,
+           *, forward: bool) -> np.ndarray:
+    """Advance ``pos`` over an adjacent chain of word classes (forward: each class's match starts
+    at ``pos``; backward, classes in reverse: it ends at ``pos``); clears ``ok`` where it fails.
+
+    Whole-word matches of one class never nest (`_drop_contained`), so starts and ends are each
+    sorted and unique and one `searchsorted` finds the match."""
+    for cat in (cats if forward else reversed(cats)):
+        m_s, m_e = matches[cat]
+        if m_s.size == 0:
+            ok[:] = False
+            return pos
+        key, other = (m_s, m_e) if forward else (m_e, m_s)
+        j = np.minimum(np.searchsorted(key, pos), key.size - 1)
+        ok &= key[j] == pos
+        pos = np.where(ok, other[j] + 1 if forward else other[j] - 1, pos)
+    return pos
+
+
+def _in_frame(frame_cats: Sequence[int | None], elements: Sequence[Any], matches, *, cue: tuple[np.ndarray, np.ndarray],
+              choice: tuple[np.ndarray, np.ndarray], seg_starts: np.ndarray) -> np.ndarray:
+    """Which events (cue span, chosen form span) stand in the frame: the frame's words fill the
+    positions around and between the two anchors, whole-word and adjacent, ``...`` matching
+    any tokens (the earliest placement of each chunk, which is exact for gapped subsequences)."""
+    i_cue, i_cand = elements.index(FRAME_CUE), elements.index(FRAME_CANDIDATE)
+    (l_s, l_e), (r_s, r_e) = (cue, choice) if i_cue < i_cand else (choice, cue)
+    lo, hi = sorted((i_cue, i_cand))
+    ok = np.ones(l_s.size, bool)
+    seg = np.searchsorted(seg_starts, l_s, side="right")
+    before = [c for c in frame_cats[:lo]]
+    after = [c for c in frame_cats[hi + 1:]]
+    if before:
+        p = _chain(matches, before, l_s - 1, ok, forward=False)
+        ok &= (p + 1 >= 0) & (np.searchsorted(seg_starts, np.maximum(p + 1, 0), side="right") == seg)
+    if after:
+        p = _chain(matches, after, r_e + 1, ok, forward=True)
+        ok &= np.searchsorted(seg_starts, p - 1, side="right") == seg
+    middle = list(zip(elements[lo + 1:hi], frame_cats[lo + 1:hi]))
+    # chunks of adjacent classes, split at "..."
+    chunks: list[list[int]] = [[]]
+    for e, c in middle:
+        if e == FRAME_GAP:
+            chunks.append([])
+        else:
+            chunks[-1].append(c)
+    if len(chunks) == 1:  # no gap: the tokens between are exactly the chain
+        p = _chain(matches, chunks[0], l_e + 1, ok, forward=True)
+        return ok & (p == r_s)
+    head, *inner, tail = chunks
+    inner = [c for c in inner if c]  # "... ..." is one gap
+    p = _chain(matches, head, l_e + 1, ok, forward=True)
+    q = _chain(matches, tail, r_s - 1, ok, forward=False)  # q: last free position before the tail
+    if not inner:
+        return ok & (p <= q + 1)
+    for idx in np.flatnonzero(ok):
+        at, limit = int(p[idx]), int(q[idx])
+        for chunk in inner:
+            at = _earliest(matches, chunk, at, limit)
+            if at < 0:
+                ok[idx] = False
+                break
+        else:
+            ok[idx] = at <= limit + 1
+    return ok
+
+
+def _earliest(matches, chunk: Sequence[int], at: int, limit: int) -> int:
+    """Position just after the earliest placement of an adjacent chunk inside [at, limit], or -1."""
+    m_s, _ = matches[chunk[0]]
+    j = int(np.searchsorted(m_s, at))
+    while j < m_s.size and m_s[j] <= limit:
+        pos = np.array([m_s[j]])
+        ok = np.ones(1, bool)
+        end = _chain(matches, chunk, pos, ok, forward=True)
+        if ok[0] and end[0] - 1 <= limit:
+            return int(end[0])
+        j += 1
+    return -1
 
 
 class _Tally:
@@ -635,20 +844,34 @@ class _Tally:
 
 def _count_block(matcher: _Matcher, ids: np.ndarray, seg_starts: np.ndarray, *, offset: int, core: tuple[int, int],
                  window: int, tallies: list[_Tally], window_tokens: int, limit: int | None = None) -> None:
+    """Count one block into ``tallies`` (per rule: the corpus-wide tally, then one per frame)."""
     matches = matcher.match(ids, seg_starts)
     lo, hi = core
     if limit is not None:  # cues at or past the limit are never trained on
         hi = min(hi, max(limit - offset, lo))
+    t = 0
     for r, rule in enumerate(matcher.rules):
         cue, tgt, comp = matches[3 * r : 3 * r + 3]
         keep = (cue[0] >= lo) & (cue[0] < hi)
         cue = (cue[0][keep], cue[1][keep])
-        c_start, lab = _events(cue, tgt, comp, direction=rule.direction, window=window, seg_starts=seg_starts)
-        g = c_start + offset
-        k = g // window_tokens
-        tallies[r].add(0, k)
-        tallies[r].add(1, k[lab == 1])
-        tallies[r].add(2, k[lab == 0])
+        c_start, lab, ch_s, ch_e = _events(cue, tgt, comp, direction=rule.direction, window=window,
+                                           seg_starts=seg_starts)
+        k = (c_start + offset) // window_tokens
+        tallies[t].add(0, k)
+        tallies[t].add(1, k[lab == 1])
+        tallies[t].add(2, k[lab == 0])
+        t += 1
+        ev = lab >= 0
+        for f, fr in enumerate(rule.frames):
+            inside = np.zeros(lab.size, bool)
+            if ev.any():
+                inside[ev] = _in_frame(matcher.frame_cats[r][f], fr.elements, matches,
+                                       cue=(cue[0][ev], cue[1][ev]), choice=(ch_s[ev], ch_e[ev]),
+                                       seg_starts=seg_starts)
+            tallies[t].add(0, k[inside])
+            tallies[t].add(1, k[inside & (lab == 1)])
+            tallies[t].add(2, k[inside & (lab == 0)])
+            t += 1
 
 
 # --- token-stream sources ----------------------------------------------------------------------
@@ -662,10 +885,12 @@ class _Block:
 
 
 def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, block_tokens: int,
-                    end: int | None = None, begin: int = 0, offset_unit: int = 1) -> Iterator[_Block]:
+                    end: int | None = None, begin: int = 0, offset_unit: int = 1,
+                    eod_id: int | None = None) -> Iterator[_Block]:
     """Blocks of a flat token stream with ``halo`` tokens of context on both sides; cores tile
     ``[begin, end)``. ``doc_offsets`` may be a memmap in units of ``offset_unit`` (an index's
-    byte pointers): only the slice near each block is read."""
+    byte pointers): only the slice near each block is read. With ``eod_id``, a document also
+    starts after every such token (Pythia's 2049-token items pack several documents)."""
     n = int(tokens.shape[0])
     end = n if end is None else min(end, n)
     for a in range(begin, end, block_tokens):
@@ -677,8 +902,11 @@ def _indexed_blocks(tokens: np.ndarray, doc_offsets: np.ndarray, *, halo: int, b
         starts = np.maximum(starts, 0)
         # the block's first token lies inside some document: mark position 0 as its start so
         # searchsorted never returns segment 0 for in-document tokens
-        starts = np.unique(np.concatenate(([0], starts)))
-        yield _Block(np.asarray(tokens[lo:hi]), starts, lo, (a - lo, b - lo), resume=b)
+        ids = np.asarray(tokens[lo:hi])
+        extra = np.flatnonzero(ids[:-1] == eod_id) + 1 if eod_id is not None and ids.size else np.zeros(0, np.int64)
+        starts = np.sort(np.concatenate(([0], starts, extra)))  # np.unique's hashing is ~10x slower here
+        starts = starts[np.concatenate(([True], starts[1:] != starts[:-1]))]
+        yield _Block(ids, starts, lo, (a - lo, b - lo), resume=b)
 
 
 def _text_documents(path: Path, *, text_field: str) -> tuple[Iterator[str], int | None]:
@@ -805,6 +1033,7 @@ def count_token_stream(
     state_key: str = "",
     offset_unit: int = 1,
     progress: bool = False,
+    eod_id: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Count support events in a flat token array (memmap welcome) with document offsets.
 
@@ -822,32 +1051,34 @@ def count_token_stream(
         offset_unit: a document starts at token ``doc_offsets[i] // offset_unit`` (pass an
             index's byte ``pointers`` and its token size to avoid materialising token offsets).
         progress: show a tqdm bar.
+        eod_id: a token that ends a document inside an item (events never cross it).
 
     Returns:
-        ``{rule: {"cues", "rule_wins", "prior_wins"}}`` -> int64 arrays per stream window.
+        ``{rule: {"cues", "rule_wins", "prior_wins", "n_tokens", "frames"}}``: int64 arrays per
+        stream window; ``"frames"`` maps each frame name to the same three arrays counted over
+        the events inside that frame.
     """
-    from tqdm.auto import tqdm
-
     matcher = _Matcher(rules, vocab)
-    halo = window + 2 * matcher.max_len + 2
+    halo = window + 2 * matcher.max_len + matcher.frame_extent + 2
     n = int(tokens.shape[0])
     n_count = n if token_limit is None else min(n, token_limit)
-    state = _State(state_file, _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens))
-    tallies, begin, _ = state.load(len(rules))
-    with tqdm(total=n_count, initial=begin, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
-        for block in _indexed_blocks(tokens, doc_offsets, halo=halo, block_tokens=block_tokens, end=n_count,
-                                     begin=begin, offset_unit=offset_unit):
-            _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
-                         window=window, tallies=tallies, window_tokens=window_tokens, limit=n_count)
-            bar.update(block.core[1] - block.core[0])
-            state.save(tallies, position=block.resume, offset=block.resume)
-    state.done()
+    key = _state_key(rules, state_key, n, window, window_tokens, n_count, block_tokens, eod_id)
+
+    def block_fn(block: _Block, tallies: list[_Tally], limit: int | None) -> None:
+        _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
+                     window=window, tallies=tallies, window_tokens=window_tokens, limit=limit)
+
+    tallies, n_count = _run_stream(tokens, doc_offsets, block_fn, _n_tallies(rules), halo=halo, key=key,
+                                   block_tokens=block_tokens, token_limit=token_limit, state_file=state_file,
+                                   offset_unit=offset_unit, progress=progress, eod_id=eod_id)
     return _finish(rules, tallies, n_count, window_tokens)
 
 
 def _state_key(rules: Sequence[CompiledRule], *parts: Any) -> str:
     """Hash of everything a count depends on: the rules' token forms and the options."""
-    spec = [[r.name, r.direction, [[list(f.ids), f.leading_space] for role in ROLES for f in r.role(role)]]
+    spec = [[r.name, r.direction, [[list(f.ids), f.leading_space] for role in ROLES for f in r.role(role)],
+             [[fr.name, [e if isinstance(e, str) else [[list(f.ids), f.leading_space] for f in e]
+                         for e in fr.elements]] for fr in r.frames]]
             for r in rules]
     return hashlib.sha256(json.dumps([spec, [str(p) for p in parts]]).encode()).hexdigest()
 
@@ -890,12 +1121,22 @@ class _State:
             self.path.unlink(missing_ok=True)
 
 
-def _finish(rules, tallies, n_tokens: int, window_tokens: int) -> dict[str, dict[str, np.ndarray]]:
+def _n_tallies(rules: Sequence[CompiledRule]) -> int:
+    return sum(1 + len(r.frames) for r in rules)
+
+
+def _finish(rules, tallies, n_tokens: int, window_tokens: int) -> dict[str, dict[str, Any]]:
+    """Per rule: corpus-wide counts per stream window, and under ``"frames"`` the same per frame."""
     n_win = max(math.ceil(n_tokens / window_tokens), 1)
     out = {}
-    for rule, t in zip(rules, tallies):
-        cues, wins, losses = t.totals(n_win)
-        out[rule.name] = {"cues": cues, "rule_wins": wins, "prior_wins": losses, "n_tokens": np.int64(n_tokens)}
+    it = iter(tallies)
+    for rule in rules:
+        cues, wins, losses = next(it).totals(n_win)
+        out[rule.name] = {"cues": cues, "rule_wins": wins, "prior_wins": losses, "n_tokens": np.int64(n_tokens),
+                          "frames": {}}
+        for fr in rule.frames:
+            f_cues, f_wins, f_losses = next(it).totals(n_win)
+            out[rule.name]["frames"][fr.name] = {"cues": f_cues, "rule_wins": f_wins, "prior_wins": f_losses}
     return out
 
 
@@ -933,8 +1174,10 @@ def count_support(
     state_file: str | os.PathLike | None = None,
     block_tokens: int = SUPPORT_BLOCK_TOKENS,
     progress: bool = True,
+    eod_id: int | None = None,
 ) -> pd.DataFrame:
-    """Count rule-winning and prior-winning events in a corpus, overall and per window.
+    """Count rule-winning and prior-winning events in a corpus, overall and per window,
+    corpus-wide and inside each frame the rules define (context-conditioned support).
 
     Args:
         corpus: a mini-suite corpus folder, a ``.bin``/``.idx`` prefix, a text/JSONL/Parquet
@@ -959,12 +1202,18 @@ def count_support(
             same inputs and options (the CLI puts it next to ``--out``); removed on completion.
         block_tokens: tokens per processing block (bounds memory).
         progress: tqdm progress bar.
+        eod_id: in a ``.bin``/``.idx`` stream, a token id that ends a document inside an item
+            (Pythia's pre-shuffled items are 2049-token windows over EOD-joined documents: 0).
 
     Returns:
-        One row per (rule, scope): scope ``"overall"`` and one ``"window"`` row per stream
-        window, columns ``rule, scope, window, token_start, token_end, window_start_step,
-        window_end_step, cues, rule_wins, prior_wins, no_event, ratio, direction, mode, W,
-        unmatched``. ``frame.attrs["unmatched"]`` lists every unmatched word (strings).
+        One row per (rule, frame, scope): frame ``"corpus"`` counts every event, each frame
+        of the rule (rule YAML ``frames:``) counts the events standing in it; scope
+        ``"overall"`` and one ``"window"`` row per stream window. Columns ``rule, frame, scope,
+        window, token_start, token_end, window_start_step, window_end_step, cues, rule_wins,
+        prior_wins, no_event, ratio, note, direction, mode, W, unmatched``. In frame rows
+        ``cues`` counts the in-frame events. ``ratio`` is NaN and ``note`` "no events" when a
+        row has no events on either side. ``frame.attrs["unmatched"]`` lists every unmatched
+        word (strings).
 
     Raises:
         CorpusError: unreadable input or a missing text field.
@@ -975,17 +1224,64 @@ def count_support(
 
         count_support("web.jsonl", "pronoun_gender", tokenizer="tokenizer.json", mode="bigram")
     """
-    from tqdm.auto import tqdm
-
     if mode not in SUPPORT_MODES:
         raise ConfigError(f"mode must be one of {SUPPORT_MODES}, got {mode!r}")
     if window < 1:
         raise ConfigError(f"window must be >= 1 token, got {window}")
     w = 1 if mode == "bigram" else int(window)
-    path = Path(corpus)
     rule_defs = load_rules(rules)
 
-    # what kind of input
+    inp = _resolve_input(corpus, tokenizer=tokenizer, tokens_per_step=tokens_per_step, window_steps=window_steps,
+                         window_tokens=window_tokens, token_limit=token_limit)
+    compiled, vocab = compile_rules(rule_defs, inp.tokenizer, multi_token=multi_token)
+    unmatched = [u for r in compiled for u in r.unmatched]
+    if unmatched:
+        msg = "; ".join(str(u) for u in unmatched)
+        if strict:
+            raise TokenizationError(f"unmatched rule words: {msg}; fix the rule file or the tokenizer")
+        warnings.warn(f"unmatched rule words (they count zero): {msg}", SupportCueWarning, stacklevel=2)
+
+    if inp.indexed_prefix is not None:
+        ds = _open_stream(inp.indexed_prefix)
+        # documents = idx items; their byte pointers are read lazily near each block
+        counts = count_token_stream(ds.tokens, ds.pointers, compiled, vocab, offset_unit=ds.dtype.itemsize,
+                                    window=w, window_tokens=inp.window_tokens,
+                                    block_tokens=block_tokens, token_limit=inp.token_limit, progress=progress,
+                                    state_file=state_file, state_key=_source_identity(data_path(inp.indexed_prefix)),
+                                    eod_id=eod_id)
+    else:
+        matcher = _Matcher(compiled, vocab)
+        key = _state_key(compiled, _source_identity(inp.path), text_field, w, inp.window_tokens, inp.token_limit,
+                         block_tokens)
+
+        def block_fn(block: _Block, tallies: list[_Tally], limit: int | None) -> None:
+            _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
+                         window=w, tallies=tallies, window_tokens=inp.window_tokens, limit=limit)
+
+        tallies, n = _run_text(inp, block_fn, _n_tallies(compiled), key=key, text_field=text_field,
+                               block_tokens=block_tokens, state_file=state_file, progress=progress)
+        counts = _finish(compiled, tallies, n, inp.window_tokens)
+    return _frame(compiled, counts, window_tokens=inp.window_tokens, tokens_per_step=inp.tokens_per_step,
+                  window_steps=inp.window_steps, mode=mode, window=w, unmatched=unmatched)
+
+
+@dataclass(frozen=True)
+class _Input:
+    """A resolved corpus: where its tokens come from and how the stream maps to steps."""
+
+    path: Path
+    indexed_prefix: Path | None  # a .bin/.idx stream (else text-like, tokenized here)
+    tokenizer: Any
+    tokens_per_step: int | None
+    window_steps: int | None
+    window_tokens: int
+    token_limit: int | None
+
+
+def _resolve_input(corpus, *, tokenizer, tokens_per_step, window_steps, window_tokens, token_limit) -> _Input:
+    """Which kind of input, which tokenizer, and the window arithmetic (a mini corpus supplies
+    tokenizer, tokens per step, window steps and the trained-token limit from corpus.json)."""
+    path = Path(corpus)
     indexed_prefix = None
     meta: dict[str, Any] = {}
     if path.is_dir() and path.joinpath(_CORPUS_TOKENS + ".idx").is_file():
@@ -1023,77 +1319,101 @@ def count_support(
         wt = window_tokens or DEFAULT_SUPPORT_WINDOW_TOKENS
     if wt <= 0:
         raise ConfigError(f"window_tokens must be positive, got {wt}")
+    return _Input(path, indexed_prefix, tokenizer, tokens_per_step, window_steps, int(wt), token_limit)
 
-    compiled, vocab = compile_rules(rule_defs, tokenizer, multi_token=multi_token)
-    unmatched = [u for r in compiled for u in r.unmatched]
-    if unmatched:
-        msg = "; ".join(str(u) for u in unmatched)
-        if strict:
-            raise TokenizationError(f"unmatched rule words: {msg}; fix the rule file or the tokenizer")
-        warnings.warn(f"unmatched rule words (they count zero): {msg}", SupportCueWarning, stacklevel=2)
 
-    if indexed_prefix is not None:
-        ds = IndexedDataset(indexed_prefix)
-        if not ds.is_contiguous:
-            raise CorpusError(f"{indexed_prefix}.idx: items are not stored back to back in .bin; rewrite the "
-                              "dataset with IndexedDatasetWriter to get a flat stream")
-        # documents = idx items; their byte pointers are read lazily near each block
-        counts = count_token_stream(ds.tokens, ds.pointers, compiled, vocab, offset_unit=ds.dtype.itemsize,
-                                    window=w, window_tokens=wt,
-                                    block_tokens=block_tokens, token_limit=token_limit, progress=progress,
-                                    state_file=state_file, state_key=_source_identity(data_path(indexed_prefix)))
-    else:
-        tok = load_tokenizer(tokenizer)
-        docs, total = _text_documents(path, text_field=text_field)
-        matcher = _Matcher(compiled, vocab)
-        state = _State(state_file, _state_key(compiled, _source_identity(path), text_field, w, wt, token_limit,
-                                              block_tokens))
-        tallies, docs_done, n = state.load(len(compiled))
-        with tqdm(total=total, initial=docs_done, unit="doc", disable=not progress, desc="support") as bar:
-            for block in _text_blocks(docs, tok, block_tokens=block_tokens, progress=bar, offset=n,
-                                      docs_done=docs_done):
-                _count_block(matcher, block.ids, block.seg_starts, offset=block.offset, core=block.core,
-                             window=w, tallies=tallies, window_tokens=wt, limit=token_limit)
-                n = block.offset + block.ids.size
-                state.save(tallies, position=block.resume, offset=n)
-                if token_limit is not None and n >= token_limit:
-                    break
-        state.done()
-        counts = _finish(compiled, tallies, n if token_limit is None else min(n, token_limit), wt)
-    return _frame(compiled, counts, window_tokens=wt, tokens_per_step=tokens_per_step,
-                  window_steps=window_steps, mode=mode, window=w, unmatched=unmatched)
+def _open_stream(prefix: Path) -> IndexedDataset:
+    ds = IndexedDataset(prefix)
+    if not ds.is_contiguous:
+        raise CorpusError(f"{prefix}.idx: items are not stored back to back in .bin; rewrite the "
+                          "dataset with IndexedDatasetWriter to get a flat stream")
+    return ds
+
+
+def _run_text(inp: _Input, block_fn, n_tallies: int, *, key: str, text_field: str, block_tokens: int,
+              state_file, progress: bool) -> tuple[list[_Tally], int]:
+    """Tokenize a text-like input in document blocks and count each; resumable. Returns the
+    tallies and the number of stream tokens counted (capped at the token limit)."""
+    from tqdm.auto import tqdm
+
+    tok = load_tokenizer(inp.tokenizer)
+    docs, total = _text_documents(inp.path, text_field=text_field)
+    state = _State(state_file, key)
+    tallies, docs_done, n = state.load(n_tallies)
+    limit = inp.token_limit
+    with tqdm(total=total, initial=docs_done, unit="doc", disable=not progress, desc="support") as bar:
+        for block in _text_blocks(docs, tok, block_tokens=block_tokens, progress=bar, offset=n, docs_done=docs_done):
+            block_fn(block, tallies, limit)
+            n = block.offset + block.ids.size
+            state.save(tallies, position=block.resume, offset=n)
+            if limit is not None and n >= limit:
+                break
+    state.done()
+    return tallies, (n if limit is None else min(n, limit))
+
+
+def _run_stream(tokens: np.ndarray, doc_offsets: np.ndarray, block_fn, n_tallies: int, *, halo: int, key: str,
+                block_tokens: int, token_limit: int | None, state_file, offset_unit: int,
+                progress: bool, eod_id: int | None = None) -> tuple[list[_Tally], int]:
+    """Count a flat token stream block by block (memmap: bounded memory); resumable."""
+    from tqdm.auto import tqdm
+
+    n = int(tokens.shape[0])
+    n_count = n if token_limit is None else min(n, token_limit)
+    state = _State(state_file, key)
+    tallies, begin, _ = state.load(n_tallies)
+    with tqdm(total=n_count, initial=begin, unit="tok", unit_scale=True, disable=not progress, desc="support") as bar:
+        for block in _indexed_blocks(tokens, doc_offsets, halo=halo, block_tokens=block_tokens, end=n_count,
+                                     begin=begin, offset_unit=offset_unit, eod_id=eod_id):
+            block_fn(block, tallies, n_count)
+            bar.update(block.core[1] - block.core[0])
+            state.save(tallies, position=block.resume, offset=block.resume)
+    state.done()
+    return tallies, n_count
+
+
+def support_ratio(wins: int, losses: int) -> tuple[float, str]:
+    """``((wins + 1) / (losses + 1), "")``, or ``(nan, "no events")`` when both are 0: an empty
+    row is no evidence of parity."""
+    if wins == 0 and losses == 0:
+        return float("nan"), NO_EVENTS
+    return (wins + 1) / (losses + 1), ""
+
+
+WINDOWED_COLUMNS = ["rule", "frame", "scope", "window", "token_start", "token_end", "window_start_step",
+                    "window_end_step", "cues", "rule_wins", "prior_wins", "no_event", "ratio", "note", "direction",
+                    "mode", "W", "unmatched"]
+
+
+def _step_bounds(k: int | None, n_tok: int, *, window_tokens, tokens_per_step, window_steps) -> dict[str, Any]:
+    last_step = int(math.ceil(n_tok / tokens_per_step)) if tokens_per_step else None
+    if k is None:
+        return dict(scope="overall", window=None, token_start=0, token_end=n_tok,
+                    window_start_step=0 if tokens_per_step else None, window_end_step=last_step)
+    return dict(scope="window", window=int(k), token_start=int(k * window_tokens),
+                token_end=int(min((k + 1) * window_tokens, n_tok)),
+                window_start_step=int(k * window_steps) if tokens_per_step else None,
+                window_end_step=min(int((k + 1) * window_steps), last_step) if tokens_per_step else None)
 
 
 def _frame(compiled, counts, *, window_tokens, tokens_per_step, window_steps, mode, window, unmatched) -> pd.DataFrame:
     rows = []
+    bounds = dict(window_tokens=window_tokens, tokens_per_step=tokens_per_step, window_steps=window_steps)
     for rule in compiled:
-        c = counts[rule.name]
-        n_tok = int(c["n_tokens"])
+        c_rule = counts[rule.name]
+        n_tok = int(c_rule["n_tokens"])
         miss = "; ".join(str(u) for u in rule.unmatched)
-        base = dict(rule=rule.name, direction=rule.direction, mode=mode, W=window, unmatched=miss)
-        k_all = np.arange(c["cues"].size)
-        last_step = int(math.ceil(n_tok / tokens_per_step)) if tokens_per_step else None
-        per = [
-            dict(scope="window", window=int(k), token_start=int(k * window_tokens),
-                 token_end=int(min((k + 1) * window_tokens, n_tok)),
-                 window_start_step=int(k * window_steps) if tokens_per_step else None,
-                 window_end_step=min(int((k + 1) * window_steps), last_step) if tokens_per_step else None,
-                 cues=int(c["cues"][k]), rule_wins=int(c["rule_wins"][k]), prior_wins=int(c["prior_wins"][k]))
-            for k in k_all
-        ]
-        overall = dict(scope="overall", window=None, token_start=0, token_end=n_tok,
-                       window_start_step=0 if tokens_per_step else None,
-                       window_end_step=last_step,
-                       cues=int(c["cues"].sum()), rule_wins=int(c["rule_wins"].sum()),
-                       prior_wins=int(c["prior_wins"].sum()))
-        for row in [overall, *per]:
-            row.update(base)
-            row["no_event"] = row["cues"] - row["rule_wins"] - row["prior_wins"]
-            row["ratio"] = (row["rule_wins"] + 1) / (row["prior_wins"] + 1)
-            rows.append(row)
-    cols = ["rule", "scope", "window", "token_start", "token_end", "window_start_step", "window_end_step",
-            "cues", "rule_wins", "prior_wins", "no_event", "ratio", "direction", "mode", "W", "unmatched"]
-    frame = pd.DataFrame(rows, columns=cols)
+        for fname, c in ((CORPUS_FRAME, c_rule), *c_rule["frames"].items()):
+            base = dict(rule=rule.name, frame=fname, direction=rule.direction, mode=mode, W=window, unmatched=miss)
+            for k in (None, *range(c["cues"].size)):
+                sl = slice(None) if k is None else k
+                row = dict(base, **_step_bounds(k, n_tok, **bounds),
+                           cues=int(np.sum(c["cues"][sl])), rule_wins=int(np.sum(c["rule_wins"][sl])),
+                           prior_wins=int(np.sum(c["prior_wins"][sl])))
+                row["no_event"] = row["cues"] - row["rule_wins"] - row["prior_wins"]
+                row["ratio"], row["note"] = support_ratio(row["rule_wins"], row["prior_wins"])
+                rows.append(row)
+    frame = pd.DataFrame(rows, columns=WINDOWED_COLUMNS)
     for col in ("window", "window_start_step", "window_end_step"):
         frame[col] = frame[col].astype("Int64")
     frame.attrs["unmatched"] = [str(u) for u in unmatched]
@@ -1103,17 +1423,202 @@ def _frame(compiled, counts, *, window_tokens, tokens_per_step, window_steps, mo
     return frame
 
 
-def benchmark(n_tokens: int = 50_000_000, *, window: int = DEFAULT_SUPPORT_WINDOW, seed: int = 0,
-              vocab_size: int = 50277, block_tokens: int = SUPPORT_BLOCK_TOKENS, repeats: int = 1) -> dict[str, Any]:
-    """Tokens per second of the windowed counter on a synthetic Pythia-sized stream.
+# --- the paper's battery bigram counter ---------------------------------------------------------
+BATTERY_MODE = "battery"
+BATTERY_COLUMNS = ["rule", "condition", "target_count", "foil_count", "ratio", "note", "scope", "window",
+                   "token_start", "token_end", "window_start_step", "window_end_step", "n_items",
+                   "target_patterns", "foil_patterns", "mode"]
 
-    The stream is Zipf-like (exponent 1.1) uint16 ids over a 50,277-token vocabulary (frequent ids
-    stand in for " he", " a", " was"), in 2049-token documents, with four rules of 36 cue
-    words each (a third of them two-token forms), so the candidate density is realistic.
+
+@dataclass(frozen=True)
+class BatteryCell:
+    """One (rule, condition) of a probe battery: its distinct target and foil patterns."""
+
+    rule: str
+    condition: str
+    n_items: int
+    targets: tuple[tuple[str, tuple[int, ...]], ...]  # (pattern text, token ids), distinct ids
+    foils: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def battery_pattern(prefix: str, candidate: str) -> str:
+    """The paper's pattern: a space, the prefix's last word, then the candidate as scored
+    (the prefix's trailing whitespace moves into the candidate): ``" because she"``."""
+    stripped = prefix.rstrip()
+    words = stripped.split()
+    if not words:
+        raise ConfigError(f"probe prefix {prefix!r} has no word to build a battery pattern from")
+    return " " + words[-1] + prefix[len(stripped):] + candidate
+
+
+def battery_cells(probes: Any, tokenizer: Any) -> tuple[BatteryCell, ...]:
+    """The battery's (rule, condition) cells with their distinct patterns, tokenized.
+
+    Args:
+        probes: a probe set name, file, ``"all"`` or `ProbeSet` (see `probes.load_probes`).
+        tokenizer: as `load_tokenizer`.
 
     Returns:
-        ``{"n_tokens", "seconds", "tokens_per_second", "events", "window", "cpu_count"}``
-        (the best of ``repeats`` runs).
+        Cells in first-seen order; within a cell a pattern is kept once per distinct token
+        sequence, so 50 items sharing ``" because she"`` count it once.
+    """
+    from pythia_forensics.probes import load_probes
+
+    tok = load_tokenizer(tokenizer)
+    pset = load_probes(probes)
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in pset.items:
+        cell = cells.setdefault((item.rule, item.condition), {"n": 0, "targets": {}, "foils": {}})
+        cell["n"] += 1
+        for side, cand in (("targets", item.target), ("foils", item.foil)):
+            text = battery_pattern(item.prefix, cand)
+            ids = _encode_form(tok, text)
+            if not ids:
+                raise TokenizationError(f"battery pattern {text!r} tokenizes to nothing; check the tokenizer")
+            cell[side].setdefault(ids, text)
+    return tuple(BatteryCell(r, c, v["n"], tuple((t, i) for i, t in v["targets"].items()),
+                             tuple((t, i) for i, t in v["foils"].items()))
+                 for (r, c), v in cells.items())
+
+
+class _SequenceCounter:
+    """Exact occurrences of token sequences inside documents (no word-boundary test: the
+    paper counts token sequences), by one look-up table of first ids."""
+
+    def __init__(self, sequences: Sequence[tuple[int, ...]]) -> None:
+        self.sequences = [np.array(s, dtype=np.int64) for s in sequences]
+        top = max((int(x.max()) for x in self.sequences), default=0) + 1
+        self.lut = np.zeros(max(top, _UINT16_IDS), bool)
+        self.by_first: dict[int, list[int]] = {}
+        for i, seq in enumerate(self.sequences):
+            self.lut[seq[0]] = True
+            self.by_first.setdefault(int(seq[0]), []).append(i)
+        self.max_len = max((x.size for x in self.sequences), default=1)
+
+    def count(self, block: _Block, tallies: list[_Tally], limit: int | None, window_tokens: int) -> None:
+        ids = block.ids
+        n = ids.shape[0]
+        lo, hi = block.core
+        if limit is not None:
+            hi = min(hi, max(limit - block.offset, lo))
+        if n == 0 or hi <= lo:
+            return
+        core = ids[lo:hi]
+        if core.dtype.itemsize > 2:
+            core = np.where(core < self.lut.size, core, 0)
+        cand = np.flatnonzero(self.lut[core]) + lo
+        first = ids[cand]
+        order = np.argsort(first, kind="stable")
+        cand, first = cand[order], first[order]
+        for f, members in self.by_first.items():
+            a, b = np.searchsorted(first, [f, f + 1])
+            pos0 = cand[a:b]
+            for i in members:
+                seq = self.sequences[i]
+                L = seq.size
+                p = pos0[pos0 + L <= n]
+                for j in range(1, L):
+                    p = p[ids[p + j] == seq[j]]
+                # inside one document
+                p = p[np.searchsorted(block.seg_starts, p, side="right")
+                      == np.searchsorted(block.seg_starts, p + L - 1, side="right")]
+                tallies[i].add(0, (p + block.offset) // window_tokens)
+
+
+def count_battery(
+    corpus: str | os.PathLike,
+    probes: Any = "all",
+    *,
+    tokenizer: Any = None,
+    tokens_per_step: int | None = None,
+    window_steps: int | None = None,
+    window_tokens: int | None = None,
+    text_field: str = "text",
+    token_limit: int | None = None,
+    state_file: str | os.PathLike | None = None,
+    block_tokens: int = SUPPORT_BLOCK_TOKENS,
+    progress: bool = True,
+    eod_id: int | None = None,
+) -> pd.DataFrame:
+    """The paper's battery-derived bigram support: for every probe item the patterns
+    ``" <last word of prefix>" + target`` and ``+ foil``, counted as exact token sequences
+    (inside documents) over the stream, summed per (rule, condition) over its distinct patterns.
+
+    Args:
+        corpus, tokenizer, tokens_per_step, window_steps, window_tokens, text_field, token_limit,
+            state_file, block_tokens, progress, eod_id: as `count_support` (a pattern belongs to the
+            window, and the trained range, of its first token).
+        probes: probe set name / file / ``"all"`` / `ProbeSet`.
+
+    Returns:
+        Columns ``rule, condition, target_count, foil_count, ratio, note, scope, window,
+        token_start, token_end, window_start_step, window_end_step, n_items, target_patterns,
+        foil_patterns, mode``: one ``"overall"`` row per cell and one ``"window"`` row per stream
+        window; ``ratio = (target_count + 1) / (foil_count + 1)``, NaN with note "no events"
+        when both counts are 0. ``*_patterns`` list the distinct patterns, ``|``-separated.
+
+    Raises:
+        CorpusError, ConfigError, TokenizationError: as `count_support`; a prefix with no word.
+    """
+    inp = _resolve_input(corpus, tokenizer=tokenizer, tokens_per_step=tokens_per_step, window_steps=window_steps,
+                         window_tokens=window_tokens, token_limit=token_limit)
+    cells = battery_cells(probes, inp.tokenizer)
+    seqs = list(dict.fromkeys(ids for c in cells for _, ids in c.targets + c.foils))
+    counter = _SequenceCounter(seqs)
+    wt = inp.window_tokens
+
+    def block_fn(block: _Block, tallies: list[_Tally], limit: int | None) -> None:
+        counter.count(block, tallies, limit, wt)
+
+    key = hashlib.sha256(json.dumps([BATTERY_MODE, [list(s) for s in seqs]]).encode()).hexdigest()
+    if inp.indexed_prefix is not None:
+        ds = _open_stream(inp.indexed_prefix)
+        n = ds.n_tokens
+        key = _state_key((), key, _source_identity(data_path(inp.indexed_prefix)), n, wt, inp.token_limit,
+                         block_tokens, eod_id)
+        tallies, n_tok = _run_stream(ds.tokens, ds.pointers, block_fn, len(seqs), halo=counter.max_len + 1, key=key,
+                                     block_tokens=block_tokens, token_limit=inp.token_limit, state_file=state_file,
+                                     offset_unit=ds.dtype.itemsize, progress=progress, eod_id=eod_id)
+    else:
+        key = _state_key((), key, _source_identity(inp.path), text_field, wt, inp.token_limit, block_tokens)
+        tallies, n_tok = _run_text(inp, block_fn, len(seqs), key=key, text_field=text_field,
+                                   block_tokens=block_tokens, state_file=state_file, progress=progress)
+    n_win = max(math.ceil(n_tok / wt), 1)
+    per_seq = {s: t.totals(n_win)[0] for s, t in zip(seqs, tallies)}
+    bounds = dict(window_tokens=wt, tokens_per_step=inp.tokens_per_step, window_steps=inp.window_steps)
+    rows = []
+    for cell in cells:
+        t_counts = sum((per_seq[ids] for _, ids in cell.targets), np.zeros(n_win, np.int64))
+        f_counts = sum((per_seq[ids] for _, ids in cell.foils), np.zeros(n_win, np.int64))
+        base = dict(rule=cell.rule, condition=cell.condition, n_items=cell.n_items, mode=BATTERY_MODE,
+                    target_patterns="|".join(t for t, _ in cell.targets),
+                    foil_patterns="|".join(t for t, _ in cell.foils))
+        for k in (None, *range(n_win)):
+            sl = slice(None) if k is None else k
+            row = dict(base, **_step_bounds(k, n_tok, **bounds), target_count=int(np.sum(t_counts[sl])),
+                       foil_count=int(np.sum(f_counts[sl])))
+            row["ratio"], row["note"] = support_ratio(row["target_count"], row["foil_count"])
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=BATTERY_COLUMNS)
+    for col in ("window", "window_start_step", "window_end_step"):
+        frame[col] = frame[col].astype("Int64")
+    frame.attrs.update(tokens_per_step=inp.tokens_per_step, window_steps=inp.window_steps, window_tokens=wt,
+                       unmatched=[])
+    return frame
+
+
+def synthetic_stream(n_tokens: int, *, seed: int = 0, vocab_size: int = 50277,
+                     block_tokens: int = SUPPORT_BLOCK_TOKENS) -> tuple[np.ndarray, np.ndarray, tuple[CompiledRule, ...], Vocab, list[tuple[int, ...]]]:
+    """A Pythia-shaped synthetic stream and rules for throughput measurements.
+
+    Zipf-like (exponent 1.1) uint16 ids over a 50,277-token vocabulary (frequent ids stand in
+    for " he", " a", " was"), in 2049-token items (Pythia's stored sequences); four rules of 36
+    cue words each (a third of them two-token forms), each with a gapped frame
+    ``<cue> ... X <candidate>`` (X a frequent id, as "because"); 60 two- and three-token battery
+    patterns over frequent ids.
+
+    Returns:
+        ``(tokens, item_offsets, rules, vocab, battery_sequences)``.
     """
     rng = np.random.default_rng(seed)
     # Zipf-like unigram law by inverse CDF (id = frequency rank), as natural text
@@ -1135,16 +1640,60 @@ def benchmark(n_tokens: int = 50_000_000, *, window: int = DEFAULT_SUPPORT_WINDO
         cues = tuple(TokenForm("c", " c", (int(i),)) for i in cue_ids[:24]) + tuple(
             TokenForm("c", "c", (int(i), int(j))) for i, j in zip(cue_ids[24:36], cue_ids[36:48])
         )
-        compiled.append(CompiledRule(f"rule{r}", "before" if r == 2 else "after", cues,
-                                     (TokenForm("t", " t", (5 + 2 * r,)),), (TokenForm("p", " p", (6 + 2 * r,)),)))
-    best = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        counts = count_token_stream(tokens, doc_offsets, compiled, vocab, window=window,
+        direction = "before" if r == 2 else "after"
+        trigger = (TokenForm("x", " x", (20 + r,)),)
+        elements = ((FRAME_CUE, FRAME_GAP, trigger, FRAME_CANDIDATE) if direction == "after"
+                    else (FRAME_CANDIDATE, FRAME_GAP, trigger, FRAME_CUE))
+        compiled.append(CompiledRule(f"rule{r}", direction, cues, (TokenForm("t", " t", (5 + 2 * r,)),),
+                                     (TokenForm("p", " p", (6 + 2 * r,)),),
+                                     frames=(CompiledFrame("frame", elements),)))
+    battery = [tuple(int(x) for x in rng.integers(1, 200, size=2 + (i % 2))) for i in range(60)]
+    return tokens, doc_offsets, tuple(compiled), vocab, battery
+
+
+def benchmark(n_tokens: int = 50_000_000, *, window: int = DEFAULT_SUPPORT_WINDOW, seed: int = 0,
+              vocab_size: int = 50277, block_tokens: int = SUPPORT_BLOCK_TOKENS, repeats: int = 1,
+              modes: Sequence[str] = ("windowed", "bigram", "in-frame", BATTERY_MODE)) -> dict[str, Any]:
+    """Tokens per second of each counter on `synthetic_stream` (one thread: numpy's kernels).
+
+    Modes: ``windowed`` (W = `window`, no frames), ``bigram`` (W = 1), ``in-frame`` (windowed
+    plus each rule's gapped frame), ``battery`` (exact token-sequence counts of 60 patterns).
+
+    Returns:
+        ``{"n_tokens", "seconds", "tokens_per_second", "events", "window", "cpu_count",
+        "modes": {mode: {"seconds", "tokens_per_second", "events"}}}``; the top-level numbers are
+        the windowed mode's (best of ``repeats`` runs each).
+    """
+    tokens, doc_offsets, framed, vocab, battery = synthetic_stream(n_tokens, seed=seed, vocab_size=vocab_size,
+                                                                   block_tokens=block_tokens)
+    plain = tuple(CompiledRule(r.name, r.direction, r.cues, r.targets, r.competitors) for r in framed)
+
+    def run(mode: str) -> int:
+        if mode == BATTERY_MODE:
+            counter = _SequenceCounter(battery)
+            tallies, _ = _run_stream(tokens, doc_offsets,
+                                     lambda b, t, lim: counter.count(b, t, lim, DEFAULT_SUPPORT_WINDOW_TOKENS),
+                                     len(battery), halo=counter.max_len + 1, key="", block_tokens=block_tokens,
+                                     token_limit=None, state_file=None, offset_unit=1, progress=False)
+            return int(sum(t.counts.sum() for t in tallies))
+        rules = framed if mode == "in-frame" else plain
+        counts = count_token_stream(tokens, doc_offsets, rules, vocab, window=1 if mode == "bigram" else window,
                                     window_tokens=DEFAULT_SUPPORT_WINDOW_TOKENS, block_tokens=block_tokens)
-        dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
-    events = int(sum(c["rule_wins"].sum() + c["prior_wins"].sum() for c in counts.values()))
+        if mode == "in-frame":
+            return int(sum(f["rule_wins"].sum() + f["prior_wins"].sum()
+                           for c in counts.values() for f in c["frames"].values()))
+        return int(sum(c["rule_wins"].sum() + c["prior_wins"].sum() for c in counts.values()))
+
+    results = {}
+    for mode in modes:
+        best, events = None, 0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            events = run(mode)
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        results[mode] = {"seconds": best, "tokens_per_second": n_tokens / best, "events": events}
+    top = results.get("windowed") or next(iter(results.values()))
     # numpy runs these kernels on one thread; cpu_count says what the machine had
-    return {"n_tokens": n_tokens, "seconds": best, "tokens_per_second": n_tokens / best, "events": events,
-            "window": window, "cpu_count": os.cpu_count()}
+    return {"n_tokens": n_tokens, "seconds": top["seconds"], "tokens_per_second": top["tokens_per_second"],
+            "events": top["events"], "window": window, "cpu_count": os.cpu_count(), "modes": results}

@@ -46,6 +46,7 @@ def test_sample_is_stratified_seeded_and_validated():
             sample_items(items, bad)
 
 
+@pytest.mark.slow
 def test_fp32_batched_matches_fp32_batch1(tiny_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,6 +65,7 @@ def test_fp32_batched_matches_fp32_batch1(tiny_checkpoint):
         assert row.margin == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_bf16_drift_on_pythia_shaped_model():
     """Pythia-70m's width and vocabulary (2 layers), real tokenizer: bf16 moves margins."""
     from tinymodels import neox_tokenizer, tiny_neox

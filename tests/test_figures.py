@@ -199,6 +199,7 @@ def test_cm_crossing_interpolates_on_the_drawn_line():
 
 
 # --- linear grid: the stored synthetic suite --------------------------------------------------------
+@pytest.mark.slow
 def test_every_figure_written_and_opens(rendered):
     root, _, paths = rendered
     stems = {p.stem for p in paths}
@@ -388,6 +389,7 @@ def test_same_input_same_bytes(rendered, tmp_path):
 
 
 # --- Pythia-like log grid -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_accuracy_and_cm_on_a_log_grid(pythia, tmp_path):
     analysis, axis = pythia
     order = list(PYTHIA_MODELS)

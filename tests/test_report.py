@@ -39,6 +39,7 @@ def test_analyze_cli_writes_dynamics_and_prints_verdicts(results):
     assert "ledger" not in text  # no lock, no ledger
 
 
+@pytest.mark.slow
 def test_figures_cli_writes_figures_and_report(results, tmp_path):
     out_dir = tmp_path / "figs"
     out = runner.invoke(app, ["figures", "--results", str(results), "--out", str(out_dir)])
@@ -106,6 +107,7 @@ def test_bad_config_is_one_line(results, tmp_path, capsys):
     assert "unknown key emergence.conflct_min" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_paths_relative_and_symbols_defined(results, tmp_path):
     out = runner.invoke(app, ["figures", "--results", str(results)])
     assert out.exit_code == 0, out.output
@@ -124,6 +126,7 @@ def test_report_paths_relative_and_symbols_defined(results, tmp_path):
                                          "emergence"}, col
 
 
+@pytest.mark.slow
 def test_figures_and_analyze_run_with_unknown_sizes(results, tmp_path):
     from pythia_forensics.store import ResultsStore
 

@@ -139,6 +139,7 @@ def test_shared_prefixes_cost_one_forward_row(model, tiny_tokenizer):
     assert frame.attrs["forward_sequences"] == 1 and frame.attrs["logit_rows"] == 3
 
 
+@pytest.mark.slow
 def test_tree_rows_equal_plain_causal_sequences(model, tiny_tokenizer, monkeypatch):
     """The tree-row plan (GPT-NeoX) and the causal-sequence plan (other architectures) give
     the same numbers, and the tree runs fewer body tokens on items that share prefixes."""

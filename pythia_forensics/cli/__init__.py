@@ -56,6 +56,7 @@ def version() -> None:
 _COMMAND_MODULES = (
     "probe",
     "suite",
+    "fetch",
     "replay",
     "health",
     "audit",

@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         suite_dir: Optional[Path] = typer.Option(None, help="Local suite folder to look model names up in."),
         out: Optional[Path] = typer.Option(None, help="Write the report: .json, .parquet or .csv."),
         step_pattern: Optional[str] = step_pattern_option(),
+        disk_budget: Optional[str] = typer.Option(None, help="With --revisions: most checkpoint bytes held at once "
+                                                  "by every worker on the cache, e.g. 50GB."),
+        cache_dir: Optional[Path] = typer.Option(None, help="Hub cache folder (default: huggingface_hub's)."),
     ) -> None:
         """Re-score a sample in fp32 at batch size 1 and compare; exit status 1 unless it passes."""
         from rich.table import Table
@@ -47,7 +50,10 @@ def register(app: typer.Typer) -> None:
         if revisions:
             from pythia_forensics.audit import audit_revisions
 
-            reports = audit_revisions(model, probes=probes, n_revisions=revisions, suite_dir=suite_dir, **kwargs)
+            from pythia_forensics.replay import parse_size
+
+            reports = audit_revisions(model, probes=probes, n_revisions=revisions, suite_dir=suite_dir,
+                                      cache_dir=cache_dir, disk_budget=parse_size(disk_budget), **kwargs)
         else:
             reports = (audit(model, revision=revision, probes=probes, suite_dir=suite_dir, **kwargs),)
         summary = Table(title=f"numerical audit of {reports[0].model}")

@@ -7,7 +7,13 @@ from typing import Optional
 import typer
 
 from pythia_forensics.cli.common import step_pattern_option
-from pythia_forensics.constants import DEFAULT_REPLAY_CHUNK, DEFAULT_RESULTS_DIR, DEFAULT_VOCAB_ROWS, VOCAB_ROWS
+from pythia_forensics.constants import (
+    DEFAULT_REPLAY_CHUNK,
+    DEFAULT_RESULTS_DIR,
+    DEFAULT_VOCAB_ROWS,
+    REPLAY_EXIT_SOME_FAILED,
+    VOCAB_ROWS,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +42,12 @@ def register(app: typer.Typer) -> None:
         threads: str = typer.Option("auto", help="CPU threads for scoring, or auto ($PF_THREADS, else "
                                     "$OMP_NUM_THREADS, else the CPUs this process may use); recorded with results."),
     ) -> None:
-        """Replay checkpoints: fetch within a disk budget, score, store; reruns resume."""
+        """Replay checkpoints: fetch within a disk budget, score, store; reruns resume.
+
+        Exit status 0: every planned revision is stored; 1: some revisions could not be used
+        (each named on a warning line and recorded in RESULTS/failures/), the rest is stored;
+        2: a usage error, nothing done.
+        """
         from pythia_forensics.cli.common import check_output_dir, console, parse_batch_size
         from pythia_forensics.replay import replay
 
@@ -52,3 +63,6 @@ def register(app: typer.Typer) -> None:
                          executor=executor, health=health, cache_dir=cache_dir, chunk=chunk,
                          slurm=parse_params(slurm))
         console.print(summary.render(), highlight=False)
+        if summary.revisions_failed:
+            # some revisions could not be used: recorded in RESULTS/failures/, the rest is stored
+            raise typer.Exit(REPLAY_EXIT_SOME_FAILED)

@@ -20,7 +20,13 @@ def register(app: typer.Typer) -> None:
             None, "--tokens-per-step",
             help=f"Stored tokens per training step (Pythia's pre-shuffled document.bin: {PYTHIA_STORED_TOKENS_PER_STEP})."),
         window_steps: Optional[int] = typer.Option(None, "--window-steps", help="Training steps per window."),
-        mode: str = typer.Option("windowed", "--mode", help="windowed | bigram"),
+        eod_id: Optional[int] = typer.Option(
+            None, "--eod-id",
+            help="Token id that ends a document inside a .bin/.idx item (Pythia's pre-shuffled files: 0)."),
+        mode: str = typer.Option("windowed", "--mode",
+                                 help="windowed | bigram | battery (the paper's battery bigram counter; needs --probes)"),
+        probes: Optional[str] = typer.Option(None, "--probes",
+                                             help="Probe set name, file or 'all' (battery mode: its items give the patterns)."),
         text_field: str = typer.Option("text", "--text-field", help="Text field/column of JSONL, Parquet, datasets."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write the table (.csv or .parquet)."),
         strict: bool = typer.Option(False, "--strict", help="Fail on any rule word the tokenizer cannot match."),
@@ -29,10 +35,15 @@ def register(app: typer.Typer) -> None:
         import warnings
 
         from pythia_forensics.atomic import atomic_write
+
         from pythia_forensics.cli.common import check_output_file, console, err_console
         from pythia_forensics.errors import UsageError
-        from pythia_forensics.support import SupportCueWarning, count_support
+        from pythia_forensics.support import BATTERY_MODE, SupportCueWarning, count_battery, count_support
 
+        if mode == BATTERY_MODE and probes is None:
+            raise UsageError("--mode battery needs --probes (a probe set name, a file, or 'all')")
+        if mode != BATTERY_MODE and probes is not None:
+            raise UsageError(f"--probes is only used by --mode battery (got --mode {mode})")
         if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
             raise UsageError(f"--out {out} has suffix {out.suffix!r}; use .csv or .parquet")
         check_output_file(out, "--out")
@@ -42,9 +53,14 @@ def register(app: typer.Typer) -> None:
             warnings.simplefilter("ignore", SupportCueWarning)
             # with --out, progress is saved next to it: rerunning after an interrupt resumes
             state = out.with_name(out.name + ".partial.json") if out is not None else None
-            frame = count_support(corpus, rules, window=window, tokenizer=tokenizer, tokens_per_step=tokens_per_step,
-                                  window_steps=window_steps, mode=mode, text_field=text_field, strict=strict,
-                                  state_file=state)
+            if mode == BATTERY_MODE:
+                frame = count_battery(corpus, probes, tokenizer=tokenizer, tokens_per_step=tokens_per_step,
+                                      window_steps=window_steps, text_field=text_field, state_file=state,
+                                      eod_id=eod_id)
+            else:
+                frame = count_support(corpus, rules, window=window, tokenizer=tokenizer,
+                                      tokens_per_step=tokens_per_step, window_steps=window_steps, mode=mode,
+                                      text_field=text_field, strict=strict, state_file=state, eod_id=eod_id)
         for line in frame.attrs["unmatched"]:
             err_console.print(f"[yellow]unmatched:[/] {line}", highlight=False)
         if out is not None:
@@ -54,7 +70,9 @@ def register(app: typer.Typer) -> None:
             else:
                 atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
         overall = frame[frame.scope == "overall"]
-        cols = ["rule", "direction", "cues", "rule_wins", "prior_wins", "ratio"]
-        console.print(overall[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"), highlight=False)
+        cols = (["rule", "condition", "target_count", "foil_count", "ratio", "note"] if mode == BATTERY_MODE
+                else ["rule", "frame", "direction", "cues", "rule_wins", "prior_wins", "ratio", "note"])
+        console.print(overall[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-"),
+                      highlight=False)
         if out is not None:
             console.print(f"wrote {len(frame)} rows to {out}", highlight=False)

@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from pythia_forensics.atomic import atomic_path, write_json
 from pythia_forensics.errors import CorpusError
 from pythia_forensics.mini.config import CorpusConfig, TrainConfig
 from pythia_forensics.mini.lexicon import RULE_SLOTS, Lexicon, load_lexicon, with_opener
@@ -30,7 +31,10 @@ EOD_ID = 0  # <|endoftext|>, as GPT-NeoX
 TOKENS_FILE = "tokens"  # tokens.bin / tokens.idx
 GROUND_TRUTH_FILE = "ground_truth.csv"
 CORPUS_META_FILE = "corpus.json"
-GROUND_TRUTH_COLUMNS = ("rule", "window_start_step", "window_end_step", "rule_wins", "prior_wins")
+# rule_wins / prior_wins: every support event; conflict_*: the events of conflict-frame sentences
+# (the frame where rule and prior conflict, named `conflict` in probes/rules/<rule>.yaml).
+GROUND_TRUTH_COLUMNS = ("rule", "window_start_step", "window_end_step", "rule_wins", "prior_wins",
+                        "conflict_rule_wins", "conflict_prior_wins")
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,8 @@ def write_corpus(records: Sequence[SentenceRecord], out_dir: Path, *, tokenizer,
     cue_ids = {rule: _word_ids(tokenizer, lex.classes[s.cue_class]) for rule, s in RULE_SLOTS.items()}
     tps = train.tokens_per_step
     n_windows = -(-train.steps // config.window_steps)
-    counts = {rule: np.zeros((n_windows, 2), dtype=np.int64) for rule, _ in config.rules}
+    # columns: rule wins, prior wins, then the same for conflict-frame sentences only
+    counts = {rule: np.zeros((n_windows, 4), dtype=np.int64) for rule, _ in config.rules}
     offset = 0
     with IndexedDatasetWriter(out_dir / TOKENS_FILE, dtype=np.uint16) as writer:
         for rec, text in zip(records, texts):
@@ -185,19 +190,22 @@ def write_corpus(records: Sequence[SentenceRecord], out_dir: Path, *, tokenizer,
                     cue_pos[key] = pos[0]
                 step = (offset + cue_pos[key]) // tps
                 if step < train.steps:
-                    counts[rec.rule][step // config.window_steps, 0 if rec.outcome == "rule" else 1] += 1
+                    col = 0 if rec.outcome == "rule" else 1
+                    counts[rec.rule][step // config.window_steps, col] += 1
+                    if rec.frame == "conflict":
+                        counts[rec.rule][step // config.window_steps, 2 + col] += 1
             writer.add_document(doc)
             offset += len(doc)
     if offset < tokens_needed(train):
         raise CorpusError(f"corpus holds {offset} tokens but training needs {tokens_needed(train)}; "
                           "sample more sentences")
-    with open(out_dir / GROUND_TRUTH_FILE, "w", newline="") as fh:
+    with atomic_path(out_dir / GROUND_TRUTH_FILE) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(GROUND_TRUTH_COLUMNS)
         for rule, c in counts.items():
             for k in range(n_windows):
                 w.writerow([rule, k * config.window_steps, min((k + 1) * config.window_steps, train.steps),
-                            int(c[k, 0]), int(c[k, 1])])
+                            *(int(x) for x in c[k])])
     tokenizer.save_pretrained(out_dir)
     meta = {
         "knobs": config.to_dict(),
@@ -215,7 +223,7 @@ def write_corpus(records: Sequence[SentenceRecord], out_dir: Path, *, tokenizer,
                  for rule, s in RULE_SLOTS.items()},
         "sha256": _sha256(out_dir / f"{TOKENS_FILE}.bin"),
     }
-    (out_dir / CORPUS_META_FILE).write_text(json.dumps(meta, indent=2))
+    write_json(out_dir / CORPUS_META_FILE, meta, indent=2)
     return out_dir
 
 
