@@ -15,6 +15,11 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# before torch is imported: libgomp reads its wait policy once, at load (see cpus.py)
+from pythia_forensics.cpus import set_wait_policy as _set_wait_policy  # noqa: E402
+
+_set_wait_policy()
+
 # public name -> module that defines it
 _API = {
     "load_probes": "probes",

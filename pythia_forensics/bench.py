@@ -44,7 +44,11 @@ from typing import Any
 
 from pythia_forensics.constants import (
     BENCH_BATCH_SIZE,
+    BENCH_COMPETING_MATMUL,
+    BENCH_COMPETING_THREADS,
     BENCH_COMPETITORS,
+    BENCH_GPU_CHECKPOINT_DTYPES,
+    BENCH_GPU_CHECKPOINT_SHAPE,
     BENCH_GPU_SHAPES,
     BENCH_MAX_ABS_DELTA,
     BENCH_MIN_ITEMS,
@@ -114,12 +118,19 @@ def bench_shapes(names: Sequence[str] = BENCH_SHAPES, *, quick: bool = False) ->
     """
     from pythia_forensics.registry import get_suite
 
+    from pythia_forensics.mini.config import demo_config
+
     suite = get_suite("pythia")
     vocab = suite.model("pythia-70m").vocab_size or 50304
     if quick:
         return (BenchShape(name="tiny", vocab_size=vocab, **BENCH_QUICK_SHAPE),)
+    minis = {m.name: m for m in demo_config().models}
     out = []
     for name in names:
+        if name in minis:  # the mini suite's body, with Pythia's vocabulary (one tokenizer for all)
+            m = minis[name]
+            out.append(BenchShape(name=name, layers=m.layers, d_model=m.d_model, heads=m.heads, vocab_size=vocab))
+            continue
         m = suite.model(name)
         out.append(BenchShape(name=name, layers=int(m.layers), d_model=int(m.d_model), heads=int(m.heads),
                               vocab_size=int(m.vocab_size)))
@@ -815,6 +826,51 @@ def run_competitor(competitor: str, rev_dirs: Sequence[Path], battery: Path, *, 
 
 
 
+# --- the contention condition ------------------------------------------------------------------
+_COMPETING_JOB = """
+import sys, torch
+torch.set_num_threads({threads})
+a = torch.randn({n}, {n})
+b = torch.randn({n}, {n})
+print("ready", flush=True)
+while True:
+    a = torch.tanh(a @ b)
+"""
+
+
+class CompetingJob:
+    """Another torch job on the machine: a subprocess doing `threads`-thread matmuls until stopped.
+
+    It runs with the OpenMP wait policy an unrelated job has (ours is not imported there), and
+    is started before and stopped after the measurement it competes with. Use as a context
+    manager; it only ever stops the process it started.
+    """
+
+    def __init__(self, threads: int = BENCH_COMPETING_THREADS, size: int = BENCH_COMPETING_MATMUL) -> None:
+        self.threads, self.size = threads, size
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> CompetingJob:
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+        self.proc = subprocess.Popen([sys.executable, "-c", _COMPETING_JOB.format(threads=self.threads, n=self.size)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "ready":
+            self.__exit__(None, None, None)
+            raise BenchmarkError("the competing torch job did not start; run the benchmark without contention")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
 # --- the whole benchmark --------------------------------------------------------------------
 @dataclass(frozen=True)
 class BenchPlan:
@@ -831,6 +887,8 @@ class BenchPlan:
         items: battery size.
         budget_s: stop starting new rounds when the next would end past this (>= 1 round).
         support_tokens: tokens for the support counter's throughput (0: skip).
+        contention: each round, run ours once more beside a `CompetingJob` (the slowdown
+            column: contended / quiet wall time per revision).
     """
 
     shapes: tuple[BenchShape, ...]
@@ -843,6 +901,7 @@ class BenchPlan:
     support_tokens: int = BENCH_SUPPORT_TOKENS
     competitors: tuple[str, ...] = BENCH_COMPETITORS
     batch_size: int = BENCH_BATCH_SIZE
+    contention: bool = True
 
 
 def default_plan(*, quick: bool = False) -> BenchPlan:
@@ -953,6 +1012,7 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
 
     # 2. alternating rounds
     runs: list[tuple[RunResult, list[Path]]] = []
+    contended: list[RunResult] = []  # ours beside a competing torch job
     deltas: dict[tuple[str, str], list[float]] = {}
     rounds_done = 0
     per_round = len(plan.shapes) * len(plan.competitors)
@@ -979,6 +1039,14 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
                 this[comp] = (res, sub)
                 runs.append((res, sub))
                 bar.update(1)
+            if plan.contention:
+                bar.set_postfix_str(f"round {r + 1} {shape.name} ours beside a torch job", refresh=True)
+                sub = this["ours"][1]
+                with CompetingJob():
+                    res = run_competitor("ours", sub, battery_path, work=work / shape.name / "ours-contended" / f"round{r}",
+                                         shape=shape.name, round_=r, items=len(probes.items),
+                                         batch_size=plan.batch_size, isolate=isolate)
+                contended.append(res)
             ours_res = this["ours"][0]
             for comp, (res, sub) in this.items():
                 if comp != "ours":
@@ -1051,19 +1119,29 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
     for row in rows:
         ours_cpu = next(r["cpu_per_revision_s"] for r in rows if r["shape"] == row["shape"] and r["competitor"] == "ours")
         row["cpu_ratio_vs_ours"] = row["cpu_per_revision_s"] / ours_cpu if ours_cpu else math.nan
+        floor_s = floors[row["shape"]]["floor_s"]
+        row["ratio_to_floor"] = row["wall_per_revision_s"] / floor_s if floor_s else math.nan
+        beside = [x for x in contended if x.shape == row["shape"] and x.status == "ok"] if row["competitor"] == "ours" else []
+        row["contended_wall_per_revision_s"] = _median([x.wall_s / x.revisions for x in beside])
+        row["slowdown_contended"] = (row["contended_wall_per_revision_s"] / row["wall_per_revision_s"]
+                                     if beside and row["wall_per_revision_s"] else math.nan)
     table = pd.DataFrame(rows)
 
     # 5. support counter and GPU
     support = _support_section(plan.support_tokens)
     gpu_rows = _gpu_section(probes) if gpu else {"status": "skipped: disabled (--no-gpu)"}
+    gpu_rows["checkpoint"] = (_checkpoint_section(probes, out / "gpu-checkpoint") if gpu
+                              else {"status": "skipped: disabled (--no-gpu)"})
     machine["loadavg_end"] = os.getloadavg()
     report = {
         "plan": {"shapes": [s.name for s in plan.shapes], "revisions": plan.revisions,
                  "lm_eval_revisions": plan.lm_eval_revisions, "slow_revisions": plan.slow_revisions, "rounds_planned": plan.rounds, "rounds_done": rounds_done,
                  "items": len(probes.items), "batch_size": plan.batch_size, "budget_s": plan.budget_s,
-                 "isolated": isolate},
+                 "isolated": isolate, "contention": plan.contention,
+                 "competing_threads": BENCH_COMPETING_THREADS},
         "machine": machine, "battery": asdict(stats), "plans": plans, "table": rows, "breakdown": breakdown, "floor": floors,
         "support": support, "gpu": gpu_rows, "wall_s": time.perf_counter() - started,
+        "contended": [asdict(x) for x in contended],
     }
     report["notes"] = _notes(report)
     paths = _write_report(out, report, table)
@@ -1170,6 +1248,87 @@ def _gpu_section(probes: Any, *, device: str = "cuda", shapes: Sequence[BenchSha
     return {"status": "ok", "device": name, "memory_gib": memory_bytes / 2**30, "rows": rows}
 
 
+def _checkpoint_section(probes: Any, folder: str | Path, *, device: str = "cuda", shape: BenchShape | None = None,
+                        dtypes: Sequence[str] = BENCH_GPU_CHECKPOINT_DTYPES) -> dict[str, Any]:
+    """One saved checkpoint (default `BENCH_GPU_CHECKPOINT_SHAPE`, random weights, fp16
+    safetensors as Pythia ships them) loaded from disk and scored in each dtype: load time,
+    first and second scoring time, peak device memory. Skipped cleanly without CUDA.
+
+    Loading does not overlap scoring here: replay overlaps *downloads* with scoring (its
+    prefetch thread); a local checkpoint is read by the scoring thread, so load + score is
+    the per-revision cost of a local replay.
+
+    Args:
+        probes: the battery.
+        folder: where to write the checkpoint (removed afterwards).
+        device: ``cuda``; ``cpu`` exercises the same code in tests.
+        shape: the shape (default: `BENCH_GPU_CHECKPOINT_SHAPE` from the registry).
+        dtypes: dtypes to load and score in.
+    """
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return {"status": "skipped: no CUDA device visible to torch"}
+    from transformers import GPTNeoXForCausalLM
+
+    from pythia_forensics import scoring
+
+    if shape is None:
+        from pythia_forensics.registry import get_suite
+
+        m = get_suite("pythia").model(BENCH_GPU_CHECKPOINT_SHAPE)
+        shape = BenchShape(name=BENCH_GPU_CHECKPOINT_SHAPE, layers=int(m.layers), d_model=int(m.d_model),
+                           heads=int(m.heads), vocab_size=int(m.vocab_size))
+    cuda = device.startswith("cuda")
+    folder = Path(folder)
+    tokenizer = neox_tokenizer()
+    rows: list[dict[str, Any]] = []
+    try:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float16)
+        try:
+            with torch.device(device):
+                model = GPTNeoXForCausalLM(_neox_config(shape)).eval()
+        finally:
+            torch.set_default_dtype(previous)
+        _randomise(model, BENCH_SEED, BENCH_WEIGHT_STD)
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        weight_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        model = None
+        for dtype in dtypes:
+            model = None
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                t0 = time.perf_counter()
+                model, tok = scoring.load_model(folder, dtype=dtype, device=device)
+                if cuda:
+                    torch.cuda.synchronize()
+                load_s = time.perf_counter() - t0
+                opts = scoring.ScoreOptions(dtype=dtype, device=device, batch_size="auto", vocab_rows="all")
+                times = []
+                for _ in range(2):  # first call pays kernel selection; the second is a later revision's
+                    t0 = time.perf_counter()
+                    frame = scoring.score(model, probes, tokenizer=tok, options=opts)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+                rows.append({"shape": shape.name, "dtype": dtype, "status": "ok", "load_s": load_s,
+                             "first_score_s": times[0], "score_s": times[1], "batch_size": frame.attrs.get("batch_size"),
+                             "items_per_s": len(probes.items) / times[1], "weight_mb": weight_bytes / 1e6,
+                             "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else math.nan})
+            except Exception as exc:  # noqa: BLE001 - one dtype failing (OOM) leaves the other's row
+                rows.append({"shape": shape.name, "dtype": dtype, "status": f"failed: {type(exc).__name__}: {str(exc)[:160]}"})
+    finally:
+        model = None
+        shutil.rmtree(folder, ignore_errors=True)
+        if cuda:
+            torch.cuda.empty_cache()
+    return {"status": "ok", "rows": rows}
+
+
 def _fmt(v: Any, digits: int = 2) -> str:
     if v is None:
         return ""
@@ -1246,8 +1405,9 @@ def _write_report(out: Path, report: dict[str, Any], table: Any) -> dict[str, Pa
         "ours on the same revisions in the same round (max over rounds).",
         "",
         "| shape | competitor | rev/round | rounds | wall s/revision | load s/rev | score s/rev | items/s | "
-        "peak RSS MiB | CPU s/rev | ours is x faster (wall) | (CPU) | max abs delta logp | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS MiB | CPU s/rev | ours is x faster (wall) | (CPU) | x floor | max abs delta logp | target | met | "
+        "s/rev beside a torch job | slowdown |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["table"]:
         target = r["target_ratio"]
@@ -1256,8 +1416,15 @@ def _write_report(out: Path, report: dict[str, Any], table: Any) -> dict[str, Pa
             f"{r['revisions_per_round']} | {r['rounds']} | {_fmt(r['wall_per_revision_s'])} | "
             f"{_fmt(r['load_per_revision_s'])} | {_fmt(r['score_per_revision_s'])} | {_fmt(r['items_per_s'], 0)} | "
             f"{_fmt(r['peak_rss_mib'], 0)} | {_fmt(r['cpu_per_revision_s'])} | {_fmt(r['ratio_vs_ours'], 1)} | "
-            f"{_fmt(r['cpu_ratio_vs_ours'], 1)} | {_fmt(r['max_abs_delta_logp'])} | "
-            f"{'' if math.isnan(target) else f'{target:g}x'} | {_fmt(r['target_met'])} |")
+            f"{_fmt(r['cpu_ratio_vs_ours'], 1)} | {_fmt(r.get('ratio_to_floor', math.nan), 1)} | "
+            f"{_fmt(r['max_abs_delta_logp'])} | "
+            f"{'' if math.isnan(target) else f'{target:g}x'} | {_fmt(r['target_met'])} | "
+            f"{_fmt(r.get('contended_wall_per_revision_s', math.nan))} | {_fmt(r.get('slowdown_contended', math.nan), 1)} |")
+    if p.get("contention"):
+        lines += ["", f"Contention: each round ours runs once more beside one other torch job ({p['competing_threads']} "
+                  "threads of matmuls with the default OpenMP wait policy, started before and stopped after the "
+                  "measurement); slowdown = that wall time per revision / the quiet one (a fair share of the cores "
+                  "predicts about 2x). x floor = wall time per revision / the machine's floor below."]
     lines += ["", "## Targets", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", "## Where our time goes (stage timers in our timed runs; seconds per revision, median over rounds)", "",
               "| shape | " + " | ".join(_STAGES) + " | total |", "|---" * (len(_STAGES) + 2) + "|"]
@@ -1311,6 +1478,20 @@ def _write_report(out: Path, report: dict[str, Any], table: Any) -> dict[str, Pa
                          f"{_fmt(r.get('items_per_s'), 0)} | {_fmt(r.get('peak_gpu_mib'), 0)} | {r['status']} |")
     else:
         lines.append(g.get("status", "skipped"))
+    c = g.get("checkpoint", {})
+    lines += ["", "### A saved checkpoint, loaded and scored per dtype", ""]
+    if c.get("status") == "ok":
+        lines += ["Random weights saved as fp16 safetensors (Pythia's layout), loaded with `load_model`, scored twice "
+                  "(the first call pays kernel selection). A local checkpoint is read by the scoring thread: load + "
+                  "score is a local replay's cost per revision (replay overlaps only downloads with scoring).", "",
+                  "| shape | dtype | weight MB | load s | first score s | score s | items/s | batch size | "
+                  "peak GPU MiB | status |", "|---" * 10 + "|"]
+        for r in c["rows"]:
+            lines.append(f"| {r['shape']} | {r['dtype']} | {_fmt(r.get('weight_mb'), 0)} | {_fmt(r.get('load_s'))} | "
+                         f"{_fmt(r.get('first_score_s'))} | {_fmt(r.get('score_s'))} | {_fmt(r.get('items_per_s'), 0)} | "
+                         f"{r.get('batch_size', '')} | {_fmt(r.get('peak_gpu_mib'), 0)} | {r['status']} |")
+    else:
+        lines.append(c.get("status", "skipped"))
     paths["md"].write_text("\n".join(lines) + "\n")
     return paths
 

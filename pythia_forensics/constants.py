@@ -83,7 +83,20 @@ SCORING_TREE_MODEL_TYPES = ("gpt_neox", "llama", "olmo", "olmo2")
 # A batch of B sequences holds at most B x this many tokens, padding included (sequences run
 # longest first): on the bench battery a plain B=64 split padded 6,652 tokens to 10,734.
 SCORING_BATCH_ROW_TOKENS = 32
+# batch_size="auto" (scoring._auto_batch_size): DEFAULT_BATCH_SIZE_* x SCORING_BATCH_ROW_TOKENS
+# tokens per batch, fewer when the batch's estimated working memory (body activations, attention
+# scores, fp32 logits rows over the vocabulary) would pass this many bytes. A constant, not the
+# free memory: the batches, hence the numbers, stay a function of model config and options.
+SCORING_AUTO_BATCH_BYTES = {"cpu": 2 * 2**30, "cuda": 8 * 2**30}
+# Padded batch inputs (ids, tree masks) a plan keeps for its next run (scoring._batch_inputs):
+# at most this many bytes per plan; building them was ~15% of a prepared mini-s revision.
+SCORING_INPUT_CACHE_BYTES = 256 * 2**20
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# CPU threads (cpus.py, issue #17). libgomp's default spin-wait made 2 threads 8-17x slower
+# than 1 beside other jobs (2 cores, load 11-19); PASSIVE idle threads sleep instead. Set when
+# pythia_forensics is imported (before torch), unless the user set OMP_WAIT_POLICY.
+OMP_WAIT_POLICY_DEFAULT = "PASSIVE"
+THREADS_ENV = "PF_THREADS"  # intra-op threads for scoring; beats OMP_NUM_THREADS, loses to --threads
 DEVICES = ("auto", "cpu", "cuda")
 # Log-sum-exp over every row the model emits ("all": the model's own output distribution, as
 # minicons, lm-eval and the Pythia paper's scorer compute it) or over the tokenizer's rows only
@@ -268,7 +281,12 @@ FIGURE_FORMATS = ("pdf", "png")
 
 # --- benchmark (bench.py, issue #9) ---------------------------------------------------------
 # Pythia shapes the CPU benchmark builds as random local suites (registry names).
-BENCH_SHAPES = ("pythia-31m", "pythia-70m")
+# "mini-s" is the mini suite's body (mini/config.py) with Pythia's vocabulary and tokenizer.
+BENCH_SHAPES = ("mini-s", "pythia-14m", "pythia-31m", "pythia-70m")
+# The contention condition: ours again beside one other torch job with this many threads
+# doing matmuls (default OpenMP wait policy, as an unrelated job has), for the measurement.
+BENCH_COMPETING_THREADS = 2
+BENCH_COMPETING_MATMUL = 384  # square matmul size of the competing job
 BENCH_QUICK_SHAPE = {"layers": 2, "d_model": 64, "heads": 4}  # --quick / tests: tiny, same vocab
 BENCH_REVISIONS = 8  # revisions per shape (the issue asks >= 8)
 BENCH_QUICK_REVISIONS = 2
@@ -285,6 +303,10 @@ BENCH_COMPETITORS = ("ours", "lm-eval", "minicons", "full-logits")
 BENCH_TARGET_RATIOS = {"lm-eval": 2.0, "minicons": 10.0, "full-logits": 10.0}
 BENCH_SUPPORT_TOKENS = 50_000_000  # support counter throughput is measured on this many tokens
 # GPU section: the Pythia sizes tried, largest first; one that does not fit is skipped.
+# GPU checkpoint section (issue #17 point 5): one checkpoint of this shape saved in Pythia's
+# layout (fp16 safetensors), loaded and scored in each of these dtypes.
+BENCH_GPU_CHECKPOINT_SHAPE = "pythia-1.4b"
+BENCH_GPU_CHECKPOINT_DTYPES = ("float32", "bfloat16")
 BENCH_GPU_SHAPES = ("pythia-12b", "pythia-6.9b", "pythia-2.8b", "pythia-1.4b", "pythia-410m", "pythia-160m", "pythia-70m")
 BENCH_FILES = ("bench.md", "bench.csv")
 

@@ -228,6 +228,7 @@ class _Options:
     batch_size: int | str = "auto"
     bos: bool = False
     vocab_rows: str = DEFAULT_VOCAB_ROWS
+    threads: int | str = "auto"
     health: str = "off"
     disk_budget: int | None = None
     cache_dir: str | None = None
@@ -319,6 +320,9 @@ def _provenance(record: Any, frame: pd.DataFrame, spec: Any = None) -> dict[str,
         "weights_sha256": record.weights_sha256,
         # what actually ran (an `auto` batch size halves itself on out-of-memory)
         "batch_size": int(frame.attrs.get("batch_size", 0)), "device": str(frame.attrs.get("device", "")),
+        # CPU kernels block by thread count (ulp-level differences), and a busy machine's speed
+        # depends on the wait policy: both recorded with the numbers
+        "threads": int(frame.attrs.get("threads", 0)), "omp_wait_policy": str(frame.attrs.get("omp_wait_policy", "")),
         "pf_version": __version__,
         "torch_version": torch.__version__, "transformers_version": transformers.__version__,
     }
@@ -413,6 +417,11 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
     claims_dir = Path(store.root) / CLAIMS_DIR
     score_intervals: list[tuple[float, float]] = []
     skeleton: tuple[str, Any, Any] | None = None      # (model name, model, tokenizer)
+    # tokenization and forward plan depend on the tokenizer, the probe set and bos only: built
+    # once per (model, probe set) and reused by every revision (issue #17)
+    prepared: dict[tuple[str, str, bool], Any] = {}
+    threads = scoring.resolve_threads(opts.threads)
+    pinned = _pin_threads(threads)  # once for the run, so each score() call finds them set
     inflight: deque[tuple[_Todo, Hold, Future]] = deque()
     claims: dict[int, Lease] = {}
     queue = deque(todo)
@@ -476,6 +485,7 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
                 path = fetched.path
                 if skeleton is None or skeleton[0] != item.spec.name:
                     skeleton = None  # free the previous model before loading the next
+                    prepared.clear()  # plans are checked against the tokenizer object
                     model, tokenizer = scoring.load_model(path, dtype=item.keys[0][0].dtype, device=opts.device)
                     skeleton = (item.spec.name, model, tokenizer)
                 else:
@@ -489,10 +499,14 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
                 stage = "scoring"
                 for key, probe_set in item.keys:
                     bar.set_postfix_str(f"{key.model}@{key.revision} {key.probeset}", refresh=False)
+                    plan_key = (key.model, probe_set.sha256, key.bos)
+                    if plan_key not in prepared:
+                        prepared[plan_key] = scoring.prepare(model, probe_set, tokenizer=tokenizer, bos=key.bos)
                     frame = scoring.score(model, probe_set, tokenizer=tokenizer, revision=key.revision,
                                           options=scoring.ScoreOptions(dtype=key.dtype, device=opts.device,
                                                                        batch_size=opts.batch_size, bos=key.bos,
-                                                                       vocab_rows=key.vocab_rows))
+                                                                       vocab_rows=key.vocab_rows, threads=threads),
+                                          prepared=prepared[plan_key])
                     store.write(key, frame, provenance=_provenance(fetched, frame, item.spec))
                     written += 1
                     bar.update(1)
@@ -514,6 +528,7 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
         raise
     finally:
         bar.close()
+        pinned()
     fetcher.close()
     fetch_s = sum(e - s for s, e in fetcher.intervals)
     return replace(
@@ -525,6 +540,16 @@ def _run_todo(todo: list[_Todo], store: ResultsStore, opts: _Options, summary: R
         prefetch_overlap_s=_interval_overlap(fetcher.intervals, score_intervals),
         wall_s=time.perf_counter() - started,
     )
+
+
+def _pin_threads(threads: int) -> Any:
+    """Set torch's intra-op threads for the run; returns the function that restores them."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    return lambda: torch.set_num_threads(before) if torch.get_num_threads() != before else None
 
 
 def _rank_slice() -> tuple[int, int]:
@@ -626,6 +651,7 @@ def replay(
     batch_size: int | str = "auto",
     bos: bool = False,
     vocab_rows: str = DEFAULT_VOCAB_ROWS,
+    threads: int | str = "auto",
     step_pattern: str | None = None,
     executor: str = "local",
     health: str | None = None,
@@ -644,7 +670,8 @@ def replay(
         suite_dir: a local suite folder to look model names up in.
         results: the results folder.
         disk_budget: most bytes of checkpoints held at once (`50GB`); None = unlimited.
-        dtype, device, batch_size, bos, vocab_rows: scoring options (see ScoreOptions).
+        dtype, device, batch_size, bos, vocab_rows, threads: scoring options (see ScoreOptions;
+            ``threads`` is set once for the whole run and recorded in each row's provenance).
         step_pattern: checkpoint folder names of local models (`registry.checkpoint_folders`;
             default `$PF_STEP_PATTERN`, else step<N> and checkpoint-<N>).
         executor: `local`, `slurm` or `submitit-local` (a job array on this machine).
@@ -672,6 +699,9 @@ def replay(
         raise PFError(f"unknown health mode {health!r}; use one of {', '.join(HEALTH_MODES)}")
     if chunk < 1:
         raise PFError(f"--chunk must be at least 1 revision per array task, got {chunk}")
+    from pythia_forensics.scoring import resolve_threads
+
+    resolve_threads(threads)  # a bad --threads / $PF_THREADS fails before any work
     budget = parse_size(disk_budget)
     if budget is not None and budget <= 0:
         raise DiskBudgetError(f"disk budget must be positive, got {disk_budget!r}")
@@ -683,7 +713,7 @@ def replay(
     store = ResultsStore(results)
     store.clean_temporaries()
     opts = _Options(dtype=dtype, device=_rank_device(device), batch_size=batch_size, bos=bos,
-                    vocab_rows=vocab_rows, health=health, disk_budget=budget,
+                    vocab_rows=vocab_rows, threads=threads, health=health, disk_budget=budget,
                     cache_dir=None if cache_dir is None else str(cache_dir),
                     hub_options=tuple(sorted((hub_options or {}).items())), progress=progress)
     rank, world = _rank_slice() if executor == "local" else (0, 1)

@@ -59,7 +59,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,9 @@ from pythia_forensics.constants import (
     DTYPES,
     FP32_MAX_PARAMS,
     IGNORED_TENSOR_SUFFIXES,
+    SCORING_AUTO_BATCH_BYTES,
     SCORING_BATCH_ROW_TOKENS,
+    SCORING_INPUT_CACHE_BYTES,
     SCORING_TREE_MODEL_TYPES,
     SCORING_TREE_ROW_TOKENS,
     VOCAB_ROWS,
@@ -114,7 +116,8 @@ class ScoreOptions:
         dtype: ``auto`` (fp32 on CPU and for models up to `FP32_MAX_PARAMS` on GPU, else bf16),
             ``float32``, ``float16`` or ``bfloat16``.
         device: ``auto`` (cuda if available), ``cpu`` or ``cuda`` (``cuda:N`` accepted).
-        batch_size: sequences per forward, or ``auto`` (a device default; on out-of-memory
+        batch_size: sequences per forward, or ``auto`` (a token budget per batch, lowered for
+            large models by an estimate of the batch's memory: `_auto_batch_size`; on out-of-memory
             the unit restarts at half the size until it fits, the size that ran is recorded).
         bos: prepend the tokenizer's BOS token (else EOS) to every prefix. Pythia: no.
         vocab_rows: log-sum-exp over the ``tokenizer``'s rows only or over ``all`` rows of the
@@ -147,27 +150,30 @@ class ScoreOptions:
 
 
 def resolve_threads(threads: int | str = "auto") -> int:
-    """The intra-op thread count ``auto`` means: ``$OMP_NUM_THREADS`` if it is a positive
-    integer, else the number of CPUs this process may run on (its affinity mask).
+    """The intra-op thread count ``auto`` means: ``$PF_THREADS``, else ``$OMP_NUM_THREADS`` if
+    it is a positive integer, else the CPUs this process may run on (its affinity mask, capped
+    by a cgroup CPU quota: `cpus.available_cpus`).
 
     A function of the environment only, never of what ran earlier in the process (a test or a
-    trainer calling ``torch.set_num_threads``), so every process started the same way on the
-    same machine scores with the same kernels.
+    trainer calling ``torch.set_num_threads``) nor of the machine's momentary load, so every
+    process started the same way on the same machine scores with the same kernels. A busy
+    machine is handled by the OpenMP wait policy instead (`cpus`: idle threads sleep).
 
     Raises:
-        ScoringError: ``threads`` is neither ``auto`` nor a positive integer.
+        ScoringError: ``threads`` is neither ``auto`` nor a positive integer, or
+            ``$PF_THREADS`` is set to something else.
     """
+    from pythia_forensics import cpus
+
     if threads != "auto":
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ScoringError(f"threads must be a positive integer or 'auto', got {threads!r}")
         return threads
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
-        return int(env)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        env = cpus.threads_from_env()
+    except ValueError as exc:
+        raise ScoringError(f"{exc}; set it to a thread count such as 2, or unset it") from exc
+    return env[0] if env is not None else cpus.available_cpus()
 
 
 @contextmanager
@@ -190,8 +196,11 @@ def _pinned_kernels(threads: int, device_type: str) -> Iterator[dict[str, Any]]:
     torch.use_deterministic_algorithms(deterministic or before[1], warn_only=True if deterministic else before[2])
     torch.set_float32_matmul_precision("highest")
     try:
+        from pythia_forensics.cpus import wait_policy
+
         yield {"threads": threads, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-               "float32_matmul_precision": "highest"}
+               "float32_matmul_precision": "highest", "interop_threads": torch.get_num_interop_threads(),
+               "omp_wait_policy": wait_policy()}
     finally:
         if torch.get_num_threads() != before[0]:
             torch.set_num_threads(before[0])
@@ -582,6 +591,9 @@ class _Plan:
     # and its position id (depth - 1). None: plain causal sequences, positions 0..n-1.
     parents: tuple[np.ndarray, ...] | None = None
     positions: tuple[np.ndarray, ...] | None = None
+    # padded batch inputs built on the first run of a batch, reused by later runs of the same
+    # plan (a prepared plan scores every revision): (start, count, dtype, pad id) -> CPU tensors
+    inputs: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def _make_plan(encoded: Sequence[EncodedItem]) -> _Plan:
@@ -777,6 +789,35 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
     return out
 
 
+def _batch_inputs(plan: _Plan, ptr: int, count: int, pad_id: int, dtype: Any) -> tuple[Any, Any, Any]:
+    """Right-padded ids, attention mask and position ids of sequences [ptr, ptr + count), on
+    CPU; kept in ``plan.inputs`` while they fit `SCORING_INPUT_CACHE_BYTES`, so a plan reused
+    across revisions builds them once. Callers copy them to the device and never write them."""
+    import torch
+
+    key = (ptr, count, str(dtype), pad_id)
+    hit = plan.inputs.get(key)
+    if hit is not None:
+        return hit
+    seqs = plan.sequences[ptr:ptr + count]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((count, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((count, width), dtype=torch.long)
+    for b, s in enumerate(seqs):  # right padding: real tokens at 0..len-1
+        ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[b, :len(s)] = 1
+    if plan.parents is not None:  # tree rows: each token sees its ancestors only
+        mask, positions = _tree_inputs(plan, ptr, count, width, dtype)
+    else:
+        positions = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(count, width)
+    out = (ids, mask, positions)
+    held = plan.inputs.get("bytes", 0) + sum(t.element_size() * t.nelement() for t in out)
+    if held <= SCORING_INPUT_CACHE_BYTES:
+        plan.inputs[key] = out
+        plan.inputs["bytes"] = held
+    return out
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -820,16 +861,7 @@ def _run_plan(model: Any, plan: _Plan, *, n_rows: int, pad_id: int, batch_size: 
             ptr, count = batches[k]
             seqs = plan.sequences[ptr:ptr + count]
             try:
-                width = max(len(s) for s in seqs)
-                ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(seqs), width), dtype=torch.long)
-                for b, s in enumerate(seqs):  # right padding: real tokens at 0..len-1
-                    ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
-                    mask[b, :len(s)] = 1
-                if plan.parents is not None:  # tree rows: each token sees its ancestors only
-                    mask, positions = _tree_inputs(plan, ptr, len(seqs), width, next(model.parameters()).dtype)
-                else:
-                    positions = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(len(seqs), width)
+                ids, mask, positions = _batch_inputs(plan, ptr, len(seqs), pad_id, next(model.parameters()).dtype)
                 ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
                 rows = order[starts[ptr]:starts[ptr + len(seqs)]]
                 b_idx = torch.as_tensor(plan.row_seq[rows] - ptr, device=device)
@@ -903,7 +935,7 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
                                f"{n_rows} scored vocabulary rows; the tokenizer does not fit this model")
     device = next(model.parameters()).device
     auto = batch_size == "auto"
-    bs = (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU) if auto else int(batch_size)
+    bs = _auto_batch_size(model, plan, n_rows, device.type) if auto else int(batch_size)
     with _pinned_kernels(resolve_threads(threads), device.type) as kernels:
         values, bs = _run_plan(model, plan, n_rows=n_rows, pad_id=pad_id, batch_size=bs, auto_batch=auto,
                                progress=progress)
@@ -913,8 +945,30 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
         "n_target": np.array([len(e.target_ids) for e in encoded], dtype=np.int64),
         "n_foil": np.array([len(e.foil_ids) for e in encoded], dtype=np.int64),
         "batch_size": bs, "sequences": len(plan.sequences), "tokens": sum(len(s) for s in plan.sequences),
-        "rows": len(plan.row_seq), **kernels,
+        "rows": len(plan.row_seq), "batch_tokens": bs * SCORING_BATCH_ROW_TOKENS, **kernels,
     }
+
+
+def _auto_batch_size(model: Any, plan: _Plan, n_rows: int, device_type: str) -> int:
+    """The batch size ``auto`` starts from: a token budget (`DEFAULT_BATCH_SIZE_*` x
+    `SCORING_BATCH_ROW_TOKENS` padded tokens per batch, see `_batches`), lowered so that a
+    batch's estimated working memory stays within `SCORING_AUTO_BATCH_BYTES`.
+
+    A function of the model's config, dtype, the plan and the device type only (never of free
+    memory), so the same options always give the same batches and the same numbers.
+    """
+    config = model.config
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    inter = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
+    heads = int(getattr(config, "num_attention_heads", 0) or 1)
+    width = max((len(s) for s in plan.sequences[:1]), default=1)
+    item = next(model.parameters()).element_size()
+    # per token: residual stream copies, q/k/v, attention output and MLP activations; one row of
+    # attention scores per head; fp32 logits (and the log-sum-exp's temporary) over n_rows
+    per_token = item * (8 * hidden + 2 * inter + heads * width) + 8 * n_rows
+    default = DEFAULT_BATCH_SIZE_CUDA if device_type == "cuda" else DEFAULT_BATCH_SIZE_CPU
+    budget = SCORING_AUTO_BATCH_BYTES["cuda" if device_type == "cuda" else "cpu"]
+    return max(1, min(default, budget // (SCORING_BATCH_ROW_TOKENS * per_token)))
 
 
 def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: str | None = None,
@@ -940,8 +994,10 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         in probe-set order. ``frame.attrs`` records what was used: ``dtype, device, batch_size``
         (the one that ran), ``bos, vocab_rows, vocab_rows_n`` (rows in the log-sum-exp),
         ``padding_side, scoring_version, probeset, probeset_sha256, model, revision``,
-        ``forward_sequences, forward_tokens, logit_rows``, the pinned kernel settings
-        ``threads, deterministic_algorithms, float32_matmul_precision``, the model's
+        ``forward_sequences, forward_tokens, logit_rows, batch_tokens`` (padded-token budget of a
+        batch), the pinned kernel settings
+        ``threads, interop_threads, omp_wait_policy, deterministic_algorithms,
+        float32_matmul_precision``, the model's
         ``attn_implementation`` and ``wall_s``. Example::
 
             frame = score("EleutherAI/pythia-70m", "pronoun_gender", revision="step3000")
@@ -1020,7 +1076,10 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
         "padding_side": "right", "scoring_version": SCORING_VERSION, "probeset": probe_set.name,
         "probeset_sha256": probe_set.sha256, "forward_sequences": int(res["sequences"]),
         "forward_tokens": int(res["tokens"]), "logit_rows": int(res["rows"]),
-        "threads": int(res["threads"]), "deterministic_algorithms": bool(res["deterministic_algorithms"]),
+        "batch_tokens": int(res["batch_tokens"]),
+        "threads": int(res["threads"]), "interop_threads": int(res["interop_threads"]),
+        "omp_wait_policy": str(res["omp_wait_policy"]),
+        "deterministic_algorithms": bool(res["deterministic_algorithms"]),
         "float32_matmul_precision": str(res["float32_matmul_precision"]),
         # eager and sdpa attention round differently: part of what a unit's numbers depend on
         "attn_implementation": str(getattr(model.config, "_attn_implementation", None) or ""),

@@ -172,6 +172,7 @@ def test_missing_numbers_count_as_mismatch(tmp_path):
     assert bench._max_abs_delta(ours, other, revs, revs[1:]) == 0.25
 
 
+@pytest.mark.slow
 def test_full_logits_baseline_matches_a_plain_loop(tmp_path):
     """The baseline the table compares against is itself right: one item at a time, fp32."""
     import numpy as np
@@ -226,3 +227,72 @@ def test_device_section_picks_the_largest_shape_that_fits():
     assert rows["small"]["status"] == "ok"
     if not torch.cuda.is_available():
         assert bench._gpu_section(probes)["status"].startswith("skipped: no CUDA")
+
+
+def test_shapes_cover_the_mini_suite_body_and_pythia_14m():
+    from pythia_forensics.mini.config import demo_config
+    from pythia_forensics.registry import get_suite
+
+    shapes = {s.name: s for s in bench.bench_shapes()}
+    assert list(shapes) == ["mini-s", "pythia-14m", "pythia-31m", "pythia-70m"]
+    mini = next(m for m in demo_config().models if m.name == "mini-s")
+    assert (shapes["mini-s"].layers, shapes["mini-s"].d_model, shapes["mini-s"].heads) == \
+        (mini.layers, mini.d_model, mini.heads)
+    p14 = get_suite("pythia").model("pythia-14m")
+    assert (shapes["pythia-14m"].layers, shapes["pythia-14m"].d_model) == (int(p14.layers), int(p14.d_model))
+    assert {s.vocab_size for s in shapes.values()} == {50304}  # one tokenizer, Pythia's padded rows
+
+
+@pytest.mark.slow  # starts an interpreter
+def test_competing_job_burns_cpu_while_held_and_is_gone_after():
+    import time
+    from pathlib import Path
+
+    with bench.CompetingJob(threads=2, size=128) as job:
+        pid = job.proc.pid
+        stat = Path(f"/proc/{pid}/stat")
+
+        def cpu_ticks() -> int:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+
+        first = cpu_ticks()
+        deadline = time.monotonic() + 60
+        while cpu_ticks() == first and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert cpu_ticks() > first
+    assert job.proc is None
+    assert not stat.exists() or "Z" in stat.read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.slow  # the quick benchmark end to end: every competitor, several rounds
+def test_quick_contention_and_floor_columns(quick_report):
+    out, report = quick_report
+    table = pd.read_csv(out / "bench.csv")
+    ours = table[table["competitor"] == "ours"].iloc[0]
+    assert ours["contended_wall_per_revision_s"] > 0
+    assert ours["slowdown_contended"] == pytest.approx(ours["contended_wall_per_revision_s"] / ours["wall_per_revision_s"])
+    for row in table.itertuples():
+        floor = report["floor"][row.shape]
+        assert floor["floor_s"] == pytest.approx(max(floor["compute_s"], floor["load_s"]))
+        assert row.ratio_to_floor == pytest.approx(row.wall_per_revision_s / floor["floor_s"])
+    assert table.loc[table["competitor"] != "ours", "slowdown_contended"].isna().all()
+    assert "beside one other torch job" in (out / "bench.md").read_text()
+
+
+def test_checkpoint_section_loads_and_scores_each_dtype(tmp_path):
+    """The GPU checkpoint section's code, on CPU with the tiny shape: both dtypes load from the
+    saved folder and score, each row says what it measured, the folder is cleaned up."""
+    import torch
+
+    neox_tokenizer()
+    tiny = bench.bench_shapes(quick=True)[0]
+    probes = bench.build_battery(min_items=8)
+    out = bench._checkpoint_section(probes, tmp_path / "ck", device="cpu", shape=tiny)
+    rows = {r["dtype"]: r for r in out["rows"]}
+    assert set(rows) == {"float32", "bfloat16"}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["load_s"] > 0 and r["score_s"] > 0 and r["weight_mb"] > 0
+    assert not (tmp_path / "ck").exists()  # the checkpoint is removed afterwards
+    if not torch.cuda.is_available():
+        assert bench._checkpoint_section(probes, tmp_path / "x")["status"].startswith("skipped: no CUDA")

@@ -299,6 +299,7 @@ def _hub_source(hub, spec, tmp_path):
                      backoff_base_s=0.01)
 
 
+@pytest.mark.slow
 def test_hub_census_of_154_revisions_downloads_no_weight_bytes(hub, tmp_path):
     """Pythia-14m's full grid with fake weights; planted faults found from LFS metadata alone."""
     from pythia_forensics.health import check_health
@@ -342,6 +343,7 @@ def test_hub_census_of_154_revisions_downloads_no_weight_bytes(hub, tmp_path):
     assert len(hub.requests(kind="tree")) >= 154
 
 
+@pytest.mark.slow
 def test_hub_deep_checks_within_disk_budget(hub, tmp_path):
     """Deep mode over the hub: .bin/safetensors disagreement, stale final copy, lineage."""
     import shutil

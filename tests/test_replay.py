@@ -448,6 +448,38 @@ def test_work_unit_is_idempotent(suite, probe_files, tmp_path):
     assert sorted(set(rows["revision"])) == ["step2", "step64"] and len(rows) == 2 * len(ARTICLE)
 
 
+def test_plan_is_built_once_per_model_and_probe_set(suite, probe_files, tmp_path, monkeypatch, reference_run):
+    """Tokenization and the forward plan are prepared once per (model, probe set) and reused by
+    every revision; the numbers equal the reference replay's, and the threads are recorded."""
+    from pythia_forensics import scoring
+    from pythia_forensics.replay import replay
+
+    calls: list[tuple[str, int]] = []
+    real = scoring.prepare
+
+    def counting(model, probes, **kw):
+        calls.append((probes.name, id(kw["tokenizer"])))
+        return real(model, probes, **kw)
+
+    monkeypatch.setattr(scoring, "prepare", counting)
+    monkeypatch.setenv("PF_THREADS", "1")
+    results = tmp_path / "once"
+    summary = replay([str(suite / m) for m in ("mini-a", "mini-b")], [str(p) for p in probe_files],
+                     results=results, steps="0:16", progress=False)
+    assert summary.revisions_scored == 2 * 6 and summary.units_scored == 2 * 6 * 2
+    assert sorted(name for name, _ in calls) == ["art", "art", "pron", "pron"]  # 2 models x 2 sets
+    assert len(set(calls)) == 4  # each model's own tokenizer
+    rows = ResultsStore(results).items()
+    assert set(rows["threads"]) == {1}
+    assert rows["omp_wait_policy"].notna().all() and (rows["omp_wait_policy"] != "").all()
+    ref = ResultsStore(reference_run[0]).items()
+    keys = ["model", "revision", "probeset", "item_id"]
+    merged = rows.merge(ref, on=keys, suffixes=("", "_ref"))
+    assert len(merged) == len(rows)
+    for col in NUMERIC:
+        assert_fp32_close(merged[col].to_numpy(), merged[f"{col}_ref"].to_numpy(), ulps=8, what=col)
+
+
 def test_rank_slices_are_disjoint_and_cover_the_work(suite, probe_files, tmp_path, monkeypatch):
     """What `accelerate launch` does: each rank (RANK/WORLD_SIZE) takes a disjoint slice."""
     from pythia_forensics.replay import replay

@@ -190,6 +190,59 @@ def test_auto_batch_backs_off_on_out_of_memory(model, tiny_tokenizer, references
         score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size=16)
 
 
+def test_auto_batch_follows_a_memory_budget_deterministically(model, tiny_tokenizer, references, monkeypatch):
+    """batch_size=auto: a token budget per batch, lowered by the batch's estimated memory; the
+    same options give the same batches (never the free memory), and the numbers stay exact."""
+    from pythia_forensics import scoring
+    from pythia_forensics.constants import SCORING_BATCH_ROW_TOKENS
+
+    rows: list[tuple[int, int]] = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        roomy = score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size="auto")
+        roomy_rows, rows[:] = list(rows), []
+        cfg = model.config
+        width = max(w for _, w in roomy_rows)  # the plan's longest sequence
+        # the estimate written out here: activations, attention rows and fp32 logits per token
+        per_token = 4 * (8 * cfg.hidden_size + 2 * cfg.intermediate_size + cfg.num_attention_heads * width) \
+            + 8 * roomy.attrs["vocab_rows_n"]
+        budget = 3 * SCORING_BATCH_ROW_TOKENS * per_token  # room for 3 rows of the token budget
+        monkeypatch.setitem(scoring.SCORING_AUTO_BATCH_BYTES, "cpu", budget)
+        tight = [score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size="auto") for _ in range(2)]
+        tight_rows = list(rows)
+    finally:
+        hook.remove()
+    assert roomy.attrs["batch_size"] == 64 and roomy.attrs["batch_tokens"] == 64 * SCORING_BATCH_ROW_TOKENS
+    assert [f.attrs["batch_size"] for f in tight] == [3, 3] and tight[0].attrs["batch_tokens"] == 3 * SCORING_BATCH_ROW_TOKENS
+    assert tight_rows[:len(tight_rows) // 2] == tight_rows[len(tight_rows) // 2:]  # same batches twice
+    assert max(b for b, _ in tight_rows) <= 3 < max(b for b, _ in roomy_rows)
+    assert all(b == 1 or b * w <= 3 * SCORING_BATCH_ROW_TOKENS for b, w in tight_rows)
+    for frame in (roomy, *tight):
+        assert np.abs(frame["logp_target"].to_numpy() - references[False][0]).max() < TOL
+        assert np.abs(frame["logp_foil"].to_numpy() - references[False][1]).max() < TOL
+
+
+def test_prepared_plan_reused_across_weights_gives_the_same_numbers(model, tiny_tokenizer, references):
+    """One preparation, many scorings (replay's revisions): the cached batch inputs are never
+    changed by a forward, so every call equals a fresh unprepared one and the fp32 loop."""
+    from pythia_forensics import scoring
+
+    probes = _set(_items())
+    prepared = scoring.prepare(model, probes, tokenizer=tiny_tokenizer)
+    fresh = score(model, probes, tokenizer=tiny_tokenizer, batch_size=7)
+    cols = ["logp_target", "logp_foil"]
+    for _ in range(3):
+        again = score(model, probes, tokenizer=tiny_tokenizer, batch_size=7, prepared=prepared)
+        np.testing.assert_array_equal(again[cols].to_numpy(), fresh[cols].to_numpy())
+    assert len(prepared.plan.inputs) > 1  # batches kept for the next call
+    assert np.abs(again["logp_target"].to_numpy() - references[False][0]).max() < TOL
+    other = tiny_neox(len(tiny_tokenizer), seed=11, layers=2)  # other weights, same architecture
+    np.testing.assert_array_equal(
+        score(other, probes, tokenizer=tiny_tokenizer, batch_size=7, prepared=prepared)[cols].to_numpy(),
+        score(other, probes, tokenizer=tiny_tokenizer, batch_size=7)[cols].to_numpy())
+
+
 def test_candidate_that_tokenizes_to_nothing_names_the_item(model, tiny_tokenizer):
     bad = ProbeItem("empty.1", "r", "agree", "train", "Mia cried because", "", " he")
     with pytest.raises(TokenizationError, match="item 'empty.1': target '' tokenizes to no tokens"):
@@ -308,6 +361,7 @@ def test_neox_tokenization_edge_cases():
     assert with_bos.context_ids == (0,) + spaced.context_ids
 
 
+@pytest.mark.slow
 def test_pythia_shaped_padding_rows_are_a_recorded_choice():
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -337,3 +391,76 @@ def test_pythia_shaped_padding_rows_are_a_recorded_choice():
             assert abs(got_f - _reference(model, tok, item, item.foil, bos=False, rows=n)) < TOL
     shift = frames["tokenizer"]["logp_target"] - frames["all"]["logp_target"]
     assert (shift > 1.0).all()  # the padding rows soak up probability under "all"
+
+
+# --- CPU threads and the OpenMP wait policy (issue #17) -----------------------------------
+def test_cgroup_quota_and_available_cpus(tmp_path):
+    from pythia_forensics import cpus
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cpus.cgroup_cpu_limit(v2) == 2  # 1.5 CPUs of quota round up
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpus.cgroup_cpu_limit(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpus.cgroup_cpu_limit(v1) == 3
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpus.cgroup_cpu_limit(v1) is None
+    assert cpus.cgroup_cpu_limit(tmp_path / "absent") is None
+    assert cpus.available_cpus(affinity=8, quota=3) == 3
+    assert cpus.available_cpus(affinity=2, quota=None) == 2
+    assert cpus.available_cpus(affinity=2, quota=16) == 2
+
+
+def test_thread_count_precedence(monkeypatch):
+    from pythia_forensics import cpus, scoring
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("PF_THREADS", "5")
+    assert scoring.resolve_threads("auto") == 5 and scoring.resolve_threads(2) == 2  # explicit beats env
+    monkeypatch.delenv("PF_THREADS")
+    assert scoring.resolve_threads("auto") == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert scoring.resolve_threads("auto") == cpus.available_cpus()
+    for bad in ("0", "two", "1.5", "-1"):
+        monkeypatch.setenv("PF_THREADS", bad)
+        with pytest.raises(ScoringError, match="PF_THREADS"):
+            scoring.resolve_threads("auto")
+
+
+def test_wait_policy_is_set_only_before_torch_and_never_over_the_user(monkeypatch):
+    from pythia_forensics import cpus
+
+    monkeypatch.setattr(cpus, "_policy_at_import", cpus._policy_at_import)  # restored afterwards
+
+    env: dict[str, str] = {}
+    assert cpus.set_wait_policy(env, {}) == "PASSIVE" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert cpus.set_wait_policy(env, {}) == "ACTIVE" and env["OMP_WAIT_POLICY"] == "ACTIVE"
+    env = {}
+    assert cpus.set_wait_policy(env, {"torch": object()}) is None and "OMP_WAIT_POLICY" not in env
+    assert cpus.wait_policy() == "unknown"  # torch came first: libgomp read an unknown policy
+
+
+@pytest.mark.slow
+def test_fresh_interpreter_scores_under_the_passive_policy_and_records_it(tiny_checkpoint):
+    """Importing pythia_forensics before torch sets the policy libgomp reads; score records it."""
+    import subprocess
+    import sys
+
+    ckpt = tiny_checkpoint
+    code = ("import os, pythia_forensics as pf\n"
+            "import torch\n"
+            "from pythia_forensics.probes import ProbeSet, probe_set_sha256\n"
+            "items = (pf.ProbeItem(item_id='a', rule='r', condition='agree', split='train', "
+            "prefix='Mia cried because', target=' she', foil=' he'),)\n"
+            "f = pf.score(%r, ProbeSet('t', items, probe_set_sha256(items), 'memory'), threads=1)\n"
+            "print(os.environ['OMP_WAIT_POLICY'], f.attrs['omp_wait_policy'], f.attrs['threads'])\n") % str(ckpt)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["PASSIVE", "PASSIVE", "1"]

@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
         vocab_rows: str = typer.Option(DEFAULT_VOCAB_ROWS, help=f"{' | '.join(VOCAB_ROWS)}: log-sum-exp over every "
                                        "output row (the model's distribution, as minicons/lm-eval) or over the "
                                        "tokenizer's rows only (Pythia: 50277 of 50304)."),
+        threads: str = typer.Option("auto", help="CPU threads for scoring, or auto ($PF_THREADS, else "
+                                    "$OMP_NUM_THREADS, else the CPUs this process may use); recorded with results."),
     ) -> None:
         """Score a checkpoint: log p(target) vs log p(foil) per item; summary per rule, condition, split."""
         from rich.table import Table
@@ -57,7 +59,8 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             _check_out(out)  # before the (long) scoring, not after
         options = ScoreOptions(dtype=dtype, device=device, bos=bos, vocab_rows=vocab_rows,
-                               batch_size=parse_batch_size(batch_size))
+                               batch_size=parse_batch_size(batch_size),
+                               threads=int(threads) if threads.isascii() and threads.isdigit() else threads)
         frame = score(model, probes, revision=revision, options=options, progress=True)
         table = Table(title=f"{model}" + (f" @ {revision}" if revision else "") +
                       f"  ({frame.attrs['dtype']}, {frame.attrs['device']}, bos={frame.attrs['bos']})")

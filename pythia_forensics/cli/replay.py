@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
         chunk: int = typer.Option(DEFAULT_REPLAY_CHUNK, help="Revisions per array task (slurm executors)."),
         slurm: list[str] = typer.Option([], "--slurm", help="submitit parameter KEY=VALUE, e.g. "
                                         "slurm_partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)."),
+        threads: str = typer.Option("auto", help="CPU threads for scoring, or auto ($PF_THREADS, else "
+                                    "$OMP_NUM_THREADS, else the CPUs this process may use); recorded with results."),
     ) -> None:
         """Replay checkpoints: fetch within a disk budget, score, store; reruns resume.
 
@@ -57,6 +59,7 @@ def register(app: typer.Typer) -> None:
                          disk_budget=disk_budget, dtype=dtype, device=device,
                          batch_size=batch, bos=bos,
                          vocab_rows=vocab_rows, step_pattern=step_pattern,
+                         threads=int(threads) if threads.isascii() and threads.isdigit() else threads,
                          executor=executor, health=health, cache_dir=cache_dir, chunk=chunk,
                          slurm=parse_params(slurm))
         console.print(summary.render(), highlight=False)

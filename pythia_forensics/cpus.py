@@ -1,0 +1,124 @@
+"""How many CPUs this process may really use, and the OpenMP wait policy scoring runs under.
+
+Why this matters (issue #17, measured on 2 cores at load average 11-19): torch's OpenMP
+threads (libgomp) spin-wait between parallel regions by default. A scorer of a small model runs
+thousands of short regions, so on a machine where other jobs want the cores its idle threads
+burn the CPU that its working thread, and the other jobs, need: two threads then scored the four
+shipped batteries 8-17x slower than one. With ``OMP_WAIT_POLICY=PASSIVE`` idle threads sleep,
+and two threads cost the same as one on the busy machine. libgomp reads the policy once, when
+torch is first imported, so `set_wait_policy` runs when `pythia_forensics` is imported.
+
+Pure functions take what they read as arguments, so tests inject quotas and affinities.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+from pythia_forensics.constants import OMP_WAIT_POLICY_DEFAULT, THREADS_ENV
+
+__all__ = ["available_cpus", "cgroup_cpu_limit", "set_wait_policy", "wait_policy", "threads_from_env"]
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+# what `set_wait_policy` found: the policy libgomp read, or None when torch came first and
+# the policy it read is not known from here
+_policy_at_import: str | None = None
+
+
+def set_wait_policy(environ: dict[str, str] | None = None, modules: dict | None = None) -> str | None:
+    """Set ``OMP_WAIT_POLICY`` to `OMP_WAIT_POLICY_DEFAULT` unless the user chose one.
+
+    Only before torch is imported (afterwards libgomp has read its environment and a changed
+    variable would be recorded without having taken effect).
+
+    Args:
+        environ: the environment to edit (default ``os.environ``).
+        modules: the imported modules (default ``sys.modules``).
+
+    Returns:
+        The policy in force (``"PASSIVE"``, the user's value, or ``"default"`` when unset), or
+        None when torch was imported first and the policy is unknown.
+    """
+    global _policy_at_import
+    env = os.environ if environ is None else environ
+    mods = sys.modules if modules is None else modules
+    if "torch" in mods:
+        value = env.get("OMP_WAIT_POLICY")
+        _policy_at_import = None if value is None else value
+        return _policy_at_import
+    env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY_DEFAULT)
+    _policy_at_import = env["OMP_WAIT_POLICY"]
+    return _policy_at_import
+
+
+def wait_policy() -> str:
+    """The OpenMP wait policy this process's torch threads run under, for the records:
+    ``PASSIVE``/``ACTIVE`` (or the user's spelling), ``default`` (libgomp spins, then sleeps),
+    or ``unknown`` (torch was imported before pythia_forensics, with the variable unset)."""
+    if _policy_at_import is not None:
+        return _policy_at_import
+    return "unknown"
+
+
+def cgroup_cpu_limit(root: Path = _CGROUP_ROOT) -> int | None:
+    """CPUs the cgroup CPU quota allows (rounded up), None when there is no quota.
+
+    Reads cgroup v2 ``cpu.max`` (``"200000 100000"`` or ``"max 100000"``), else cgroup v1
+    ``cpu/cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1: none). Unreadable files count
+    as no quota.
+    """
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
+
+
+def available_cpus(affinity: int | None = None, quota: int | None = -1) -> int:
+    """CPUs this process may run on: its affinity mask, capped by the cgroup CPU quota.
+
+    Args:
+        affinity: CPUs in the affinity mask (default: read it; ``os.cpu_count()`` where the
+            platform has no affinity call).
+        quota: the cgroup limit (`cgroup_cpu_limit`); -1 (default) reads it, None = no quota.
+
+    Returns:
+        At least 1.
+    """
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            affinity = os.cpu_count() or 1
+    if quota == -1:
+        quota = cgroup_cpu_limit()
+    return max(1, min(affinity, quota) if quota is not None else affinity)
+
+
+def threads_from_env(environ: dict[str, str] | None = None) -> tuple[int, str] | None:
+    """The thread count the environment asks for: ``$PF_THREADS``, else ``$OMP_NUM_THREADS``
+    (a positive integer each), as ``(count, variable name)``; None when neither is set.
+
+    Raises:
+        ValueError: ``$PF_THREADS`` is set but is not a positive integer (names the value).
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(THREADS_ENV, "").strip()
+    if text:
+        if not (text.isascii() and text.isdigit() and int(text) >= 1):
+            raise ValueError(f"{THREADS_ENV}={text!r} is not a positive integer")
+        return int(text), THREADS_ENV
+    text = env.get("OMP_NUM_THREADS", "").strip()
+    if text.isascii() and text.isdigit() and int(text) >= 1:
+        return int(text), "OMP_NUM_THREADS"
+    return None
