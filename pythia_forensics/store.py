@@ -86,9 +86,10 @@ _ITEM_TYPES: dict[str, pa.DataType] = {
         "model", "revision", "item_id", "rule", "condition", "split", "prefix", "target", "foil",
         "target_ids", "foil_ids", "template", "repo", "commit", "weights_sha256", "dtype", "device",
         "probeset", "probeset_sha256", "work_key", "pf_version", "torch_version", "transformers_version",
-        "content_key", "vocab_rows", "code_version")},
+        "content_key", "vocab_rows", "code_version", "omp_wait_policy")},
     **{c: pa.float64() for c in ("logp_target", "logp_foil", "margin", "mean_logp_target", "mean_logp_foil")},
-    **{c: pa.int64() for c in ("n_target_tokens", "n_foil_tokens", "step", "tokens", "batch_size", "written_at")},
+    **{c: pa.int64() for c in ("n_target_tokens", "n_foil_tokens", "step", "tokens", "batch_size", "written_at",
+                               "threads")},
     **{c: pa.bool_() for c in ("correct", "bos")},
 }
 # margin is logp_target - logp_foil computed in at least fp32: a stored margin further from
