@@ -279,8 +279,13 @@ def _peak(conflict_s: np.ndarray, gate: np.ndarray, tol: float) -> tuple[float, 
     Ties are judged with `tol`: cumulative-sum smoothing gives three 0.9s slightly different
     means, and float noise must not move the peak to a later checkpoint.
     """
-    pool = np.where(gate, conflict_s, -np.inf) if gate.any() else np.where(np.isnan(conflict_s), -np.inf, conflict_s)
+    finite = np.where(np.isnan(conflict_s), -np.inf, conflict_s)
+    # A checkpoint with no conflict value (a split or probe set without conflict items there)
+    # can be gated by its agree control; it must not count as the peak, nor leave no peak at all.
+    pool = np.where(gate, finite, -np.inf) if (gate & ~np.isnan(conflict_s)).any() else finite
     best = pool.max()
+    if not np.isfinite(best):
+        return float("nan"), 0
     idx = int(np.flatnonzero(pool >= best - tol)[0])
     return float(best), idx
 

@@ -99,6 +99,16 @@ def test_never():
     assert res["depth"] == pytest.approx(0.0) and (verdict, void) == ("NEVER", False)
 
 
+def test_peak_ignores_checkpoints_without_conflict_items():
+    """Agree items gate checkpoints that have no conflict value: those are never the peak, and
+    a trajectory with no conflict value at all has no peak instead of crashing."""
+    conflict = np.array([np.nan, np.nan, 0.9, 0.9, 0.9, 0.9, 0.3, 0.0, 0.0, 0.0])
+    res, _ = metrics(conflict)
+    assert res["peak_acc"] == pytest.approx(0.9) and res["emerged"]
+    res, _ = metrics(np.full(10, np.nan), cm=np.full(10, np.nan))
+    assert not res["emerged"] and (res["peak_acc"] is None or math.isnan(res["peak_acc"]))
+
+
 def test_unstable_tail_wins_over_displaced():
     # final raw 1, 0, 0 -> final 1/3; smoothed last three .6333 .3333 0 -> range .6333 >= .2
     res, (verdict, _, _) = metrics([0.9] * 7 + [1.0, 0.0, 0.0])
