@@ -272,14 +272,17 @@ def test_killed_worker_hold_expires_others_finish_rerun_completes(hub, suite, pr
     cache, results = tmp_path / "cache", tmp_path / "res"
     cache.mkdir()
     # the fault hook: the first worker SIGKILLs itself right after its 2nd fetch, holding a
-    # revision in the ledger and a claim in the results folder
+    # revision in the ledger and a claim in the results folder. It runs alone until it dies, so
+    # the kill happens whatever the machine's speed (started together, the others could take
+    # every revision before it fetched twice); the others then meet its hold and its claim.
     victim = subprocess.Popen(_replay_cmd(probes, results, cache, budget), env=_env(hub, PF_TEST_KILL_AFTER_FETCHES="2"),
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim.communicate(timeout=900)
+    assert victim.returncode == -9
+    assert ledger_for(cache).holds(), "the killed worker left no hold: the test would prove nothing"
     others = [subprocess.Popen(_replay_cmd(probes, results, cache, budget), env=_env(hub), cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    victim.communicate(timeout=900)
     outs = [p.communicate(timeout=900) for p in others]
-    assert victim.returncode == -9
     for p, (_, err) in zip(others, outs):
         assert p.returncode == 0, err[-3000:]
     # its hold expires by itself: after the timeout the ledger counts it as dead
