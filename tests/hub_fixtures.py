@@ -8,6 +8,9 @@ Import the pieces a test file needs and define fixtures there (conftest.py is sh
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 from hubserver import HubServer
@@ -56,3 +59,38 @@ def publish_to_hub(hub: HubServer, model_dir: Path, *, repo: str = TINY_REPO, ma
         source = step_dirs[-1] if main == "last" else Path(model_dir) / main
         commits["main"] = hub.add_branch(repo, "main", source)
     return commits
+
+
+class DiskPoller:
+    """Peak bytes of regular files under a folder, polled in a thread (independent of replay)."""
+
+    def __init__(self, folder: Path, period_s: float = 0.002) -> None:
+        self.folder, self.period_s, self.peak = folder, period_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _size(self) -> int:
+        total = 0
+        for dirpath, _, files in os.walk(self.folder):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    if not os.path.islink(path):
+                        total += os.stat(path).st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._size())
+            time.sleep(self.period_s)
+
+    def __enter__(self) -> "DiskPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._size())

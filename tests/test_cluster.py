@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hub_fixtures import DiskPoller
 from tinymodels import save_checkpoint, tiny_neox
 
 from pythia_forensics.store import ResultsStore
@@ -95,41 +95,6 @@ def _assert_same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
     # the fp32 resolution of a margin of a few nats
     np.testing.assert_allclose(a["margin"], b["margin"], rtol=0, atol=8 * 2.0**-23 * 8)
     assert (a["weights_sha256"] == b["weights_sha256"]).all()
-
-
-class _DiskPoller:
-    """Peak bytes of regular files under a folder, polled in a thread (independent of replay)."""
-
-    def __init__(self, folder: Path, period_s: float = 0.005) -> None:
-        self.folder, self.period_s, self.peak = folder, period_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _size(self) -> int:
-        total = 0
-        for dirpath, _, files in os.walk(self.folder):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                try:
-                    if not os.path.islink(path):
-                        total += os.stat(path).st_size
-                except FileNotFoundError:
-                    pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._size())
-            time.sleep(self.period_s)
-
-    def __enter__(self) -> "_DiskPoller":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._size())
 
 
 def _env(hub, **extra) -> dict[str, str]:
@@ -224,7 +189,7 @@ def test_three_concurrent_replays_share_one_cache_and_one_budget(hub, suite, pro
     budget = int(2.5 * ckpt)
     cache, results = tmp_path / "cache", tmp_path / "res"
     cache.mkdir()
-    with _DiskPoller(cache) as disk:
+    with DiskPoller(cache) as disk:
         procs = [subprocess.Popen(_replay_cmd(probes, results, cache, budget), env=_env(hub), cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
         outs = [p.communicate(timeout=900) for p in procs]
@@ -252,7 +217,7 @@ def test_submitit_local_array_of_three_tasks_shares_one_budget(hub, suite, probe
     budget = int(2.5 * ckpt)
     cache, results = tmp_path / "cache", tmp_path / "res"
     cache.mkdir()
-    with _DiskPoller(cache) as disk:
+    with DiskPoller(cache) as disk:
         summary = replay(list(HUB_REPOS), [str(probes)], results=results, cache_dir=cache, disk_budget=budget,
                          hub_options={"endpoint": hub.endpoint, "token": False}, executor="submitit-local",
                          chunk=len(STEPS), device="cpu", dtype="float32", progress=False)

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hub_fixtures import DiskPoller
 from numerics import assert_fp32_close
 from tinymodels import save_checkpoint, tiny_neox
 
@@ -557,41 +557,6 @@ HUB_REPO = "EleutherAI/pythia-tiny-a"
 CDN_DELAY_S = 0.25  # per LFS object: makes downloads slow enough to overlap with scoring
 
 
-class _DiskPoller:
-    """Peak bytes of regular files under a folder, polled in a thread (independent of replay)."""
-
-    def __init__(self, folder: Path, period_s: float = 0.002) -> None:
-        self.folder, self.period_s, self.peak = folder, period_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _size(self) -> int:
-        total = 0
-        for dirpath, _, files in os.walk(self.folder):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                try:
-                    if not os.path.islink(path):
-                        total += os.stat(path).st_size
-                except FileNotFoundError:
-                    pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._size())
-            time.sleep(self.period_s)
-
-    def __enter__(self) -> "_DiskPoller":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._size())
-
-
 @pytest.fixture()
 def slow_hub(suite, monkeypatch):
     """The loopback hub serving the suite's 3 models x 10 revisions (+ main), with a slow CDN."""
@@ -622,7 +587,7 @@ def test_hub_sweep_respects_disk_budget_and_prefetch_overlaps(slow_hub, suite, p
     cache = tmp_path / "hf-cache"
     cache.mkdir()
     hub = {"endpoint": slow_hub.endpoint, "token": False}
-    with _DiskPoller(cache) as disk:
+    with DiskPoller(cache) as disk:
         summary = replay(list(HUB_REPOS), [str(p) for p in probe_files], results=tmp_path / "res", cache_dir=cache,
                          disk_budget=budget, hub_options=hub, progress=False)
     print(f"\nhub sweep: checkpoint {checkpoint} B, budget {budget} B, 30 revisions = {30 * checkpoint} B; "
