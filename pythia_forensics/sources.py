@@ -821,7 +821,15 @@ def _scan(cache_dir: str | Path, repo: str) -> Any:
     if not any(str(storage) in str(w) for w in info.warnings):
         return info
     for ref in (storage / "refs").rglob("*"):
-        if ref.is_file() and not (storage / "snapshots" / ref.read_text().strip()).is_dir():
+        # `*.tmp` is a ref another process is writing right now (huggingface_hub writes refs
+        # through a temp file): never read or delete it; a ref renamed away meanwhile is gone.
+        if ref.name.endswith(".tmp") or not ref.is_file():
+            continue
+        try:
+            target = ref.read_text().strip()
+        except FileNotFoundError:
+            continue
+        if not (storage / "snapshots" / target).is_dir():
             ref.unlink(missing_ok=True)
     info = scan_cache_dir(cache_dir)
     damaged = [w for w in info.warnings if str(storage) in str(w)]

@@ -605,9 +605,9 @@ def test_hub_sweep_respects_disk_budget_and_prefetch_overlaps(slow_hub, suite, p
              and not r.range]
     assert sum(r.bytes_sent for r in whole) == sum(
         (suite / m / f"step{s}" / "model.safetensors").stat().st_size for m in MODELS for s in STEPS)
-    # prefetch: downloads ran while revisions were being scored
-    assert summary.prefetch_overlap_s > 0.2 * min(summary.fetch_s, summary.score_s), summary.render()
-    assert summary.wall_s < summary.fetch_s + summary.score_s
+    # How much fetching overlapped scoring is a timing, reported in the summary (and measured by
+    # `make bench`), never asserted: on a loaded machine any ratio of it can fail. What prefetch
+    # guarantees structurally is asserted above: a second revision on disk while one is held.
     # same numbers as the local replay of the same checkpoints
     hub_rows = ResultsStore(tmp_path / "res").items()
     local = ResultsStore(reference_run[0]).items()
