@@ -37,7 +37,7 @@ experiments: setup
 	$(PF) experiment all --out results/experiments
 
 bench: setup
-	$(PF) bench --out results/bench
+	$(PY) -m benchmarks --out results/bench
 
 clean:
 	rm -rf results/demo results/bench results/sweep results/experiments

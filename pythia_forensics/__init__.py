@@ -15,29 +15,29 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# before torch is imported: libgomp reads its wait policy once, at load (see cpus.py)
-from pythia_forensics.cpus import set_wait_policy as _set_wait_policy  # noqa: E402
+# before torch is imported: libgomp reads its wait policy once, at load (see scoring/cpus.py)
+from pythia_forensics.scoring.cpus import set_wait_policy as _set_wait_policy  # noqa: E402
 
 _set_wait_policy()
 
 # public name -> module that defines it
 _API = {
-    "load_probes": "probes",
-    "ProbeItem": "probes",
-    "ProbeSet": "probes",
-    "score": "scoring",
-    "ScoreOptions": "scoring",
-    "load_model": "scoring",
-    "get_suite": "registry",
-    "replay": "replay",
-    "ResultsStore": "store",
-    "analyze": "dynamics",
-    "render_figures": "figures",
-    "count_support": "support",
-    "check_health": "health",
-    "audit": "audit",
-    "Monitor": "monitor",
-    "MonitorCallback": "monitor_hf",
+    "load_probes": "scoring.probes",
+    "ProbeItem": "scoring.probes",
+    "ProbeSet": "scoring.probes",
+    "score": "scoring.score",
+    "ScoreOptions": "scoring.score",
+    "load_model": "scoring.score",
+    "get_suite": "checkpoints.registry",
+    "replay": "sweep.replay",
+    "ResultsStore": "sweep.store",
+    "analyze": "analysis.dynamics",
+    "render_figures": "analysis.figures",
+    "count_support": "corpus.support",
+    "check_health": "checkpoints.health",
+    "audit": "scoring.audit",
+    "Monitor": "sweep.monitor",
+    "MonitorCallback": "sweep.monitor_hf",
 }
 
 __all__ = ["__version__", *_API]

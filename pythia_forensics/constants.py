@@ -34,7 +34,7 @@ def package_file(*parts: str) -> Path:
     pip unpacks wheels, so the resource is a real file and its path is returned as a `Path`.
 
     Args:
-        parts: path components below the package folder, e.g. ``("suites", "pythia.yaml")``.
+        parts: path components below the package folder, e.g. ``("data", "suites", "pythia.yaml")``.
 
     Returns:
         The path (it may not exist: callers report what is missing).
@@ -128,7 +128,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 ENV_STEP_PATTERN = "PF_STEP_PATTERN"
 
 # --- registry / sources (issue #4) -------------------------------------------------------
-SUITES_SUBDIR = "suites"  # <package>/suites/<name>.yaml: suite facts (data)
+SUITES_SUBDIR = ("data", "suites")  # <package>/data/suites/<name>.yaml: suite facts (data)
 MAIN_REVISION = "main"
 # What a revision fetch downloads: config, tokenizer and weights, nothing else.
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -267,7 +267,7 @@ HEALTH_SKIP_STATUSES = ("bad",)
 
 # --- analysis outputs (dynamics.py, prereg.py, figures.py, report.py; #5) -------------------
 # Thresholds are NOT here: they live in analysis.yaml (hash recorded in every output).
-ANALYSIS_CONFIG_NAME = "analysis.yaml"  # in the package: constants.package_file(ANALYSIS_CONFIG_NAME)
+ANALYSIS_CONFIG = ("data", "analysis.yaml")  # in the package: constants.package_file(*ANALYSIS_CONFIG)
 DYNAMICS_FILE = "dynamics.parquet"  # + dynamics.csv: one row per (model, probeset, rule, split)
 DYNAMICS_CSV = "dynamics.csv"
 TRAJECTORIES_FILE = "trajectories.parquet"  # per step: accuracies, CM, smoothed, CIs, used/dropped

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 
 class PFError(Exception):
-    """Base class: a user-facing error whose message is the whole story."""
+    """Base class: a user-facing error whose message is the whole story.
+
+    The message speaks of values, not of a command line (a notebook caller never typed
+    ``--steps``). ``param`` names the API argument the message is about; the CLI prefixes the
+    message with that argument's flag (``--steps``), so both callers read their own words.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 # --- probes -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ PAIRS = [("Mia cried because", " she", " he"), ("Tom cried because", " he", " sh
 
 
 def _probes():
-    from pythia_forensics.probes import ProbeItem, ProbeSet, probe_set_sha256
+    from pythia_forensics.scoring.probes import ProbeItem, ProbeSet, probe_set_sha256
 
     items = [ProbeItem(f"i{k}", "r", ("agree", "conflict")[k % 2], "train", p + (" and" * (k // 8)), t, f)
              for k, (p, t, f) in enumerate(PAIRS * 6)]
@@ -48,7 +48,7 @@ def _model(hidden: int):
 
 
 def _score(hidden: int, *, threads: int | str = "auto", batch_size: int | str = "auto") -> np.ndarray:
-    from pythia_forensics import scoring
+    from pythia_forensics.scoring import score as scoring
 
     model, tok = _model(hidden)
     frame = scoring.score(model, _probes(), tokenizer=tok, batch_size=batch_size, threads=threads)

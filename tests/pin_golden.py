@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true", help="rebuild the tiny checkpoint too")
     args = ap.parse_args()
     sys.path[:0] = [str(ROOT), str(HERE)]
-    from pythia_forensics import scoring
+    from pythia_forensics.scoring import score as scoring
     from pythia_forensics.constants import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
 
     if args.rebuild or not (CHECKPOINT / "config.json").exists():

@@ -63,11 +63,11 @@ def write_store(root: Path, items: pd.DataFrame, models: pd.DataFrame | None = N
     """Write item rows (one file per model/revision) and side tables through ResultsStore."""
     from unittest import mock
 
-    from pythia_forensics.store import ResultsStore, WorkKey
+    from pythia_forensics.sweep.store import ResultsStore, WorkKey
 
     store = ResultsStore(root)
     # tmp_path needs no durability: skipping fsync makes the ~120 small writes fast on a busy disk
-    with mock.patch("pythia_forensics.store.os.fsync"):
+    with mock.patch("pythia_forensics.sweep.store.os.fsync"):
         for (model, revision, probeset), frame in items.groupby(["model", "revision", "probeset"]):
             key = WorkKey(model=model, revision=revision, content_key=f"c-{model}-{revision}", probeset=probeset,
                           probeset_sha256="p" * 64, dtype="float32", bos=False, vocab_rows="tokenizer",

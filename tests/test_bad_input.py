@@ -124,7 +124,7 @@ def test_alias_bomb_is_refused_without_expanding(tmp_path):
     import tracemalloc
 
     from pythia_forensics.errors import ProbeFormatError
-    from pythia_forensics.probes import parse_probes
+    from pythia_forensics.scoring.probes import parse_probes
 
     tracemalloc.start()
     with pytest.raises(ProbeFormatError, match="alias"):
@@ -135,7 +135,7 @@ def test_alias_bomb_is_refused_without_expanding(tmp_path):
 
 
 def test_file_size_bound(tmp_path, monkeypatch):
-    from pythia_forensics import probes
+    from pythia_forensics.scoring import probes
     from pythia_forensics.errors import ProbeFormatError
 
     path = tmp_path / "big.jsonl"
@@ -147,7 +147,7 @@ def test_file_size_bound(tmp_path, monkeypatch):
 
 def test_u2028_inside_a_string_is_accepted_with_true_line_numbers(tmp_path):
     from pythia_forensics.errors import ProbeFormatError
-    from pythia_forensics.probes import load_probes
+    from pythia_forensics.scoring.probes import load_probes
 
     path = tmp_path / "sep.jsonl"
     text = _jsonl(item_id="x1", prefix="Mia\u2028cried\u0085because") + _jsonl(item_id="x2") + "\n"
@@ -386,8 +386,8 @@ def test_replay_refuses_a_bad_checkpoint(kind, position, suite, tmp_path, run_cl
     """A sweep never scores a damaged revision and never stops on one (#15): the revision is
     skipped with one warning line, recorded with its reason, the good one is still scored, and
     the exit status (1) says that something failed."""
-    from pythia_forensics.replay import read_failures
-    from pythia_forensics.store import ResultsStore
+    from pythia_forensics.sweep.replay import read_failures
+    from pythia_forensics.sweep.store import ResultsStore
 
     model = tmp_path / "tiny"
     shutil.copytree(suite, model)
@@ -419,7 +419,7 @@ def test_context_exactly_full_is_scored(checkpoint, tmp_path):
     """The bound is exact: context + candidate - 1 == 64 positions still scores."""
     from transformers import AutoTokenizer
 
-    from pythia_forensics.scoring import score
+    from pythia_forensics.scoring.score import score
 
     tok = AutoTokenizer.from_pretrained(checkpoint)
     words = "Mia cried because"
@@ -431,7 +431,7 @@ def test_context_exactly_full_is_scored(checkpoint, tmp_path):
     cand = len(tok(" she", add_special_tokens=False)["input_ids"])
     prefix = tok.decode(ids[len(ids) - (65 - cand):])
     assert len(tok(prefix, add_special_tokens=False)["input_ids"]) + cand - 1 == 64
-    from pythia_forensics.probes import parse_probes
+    from pythia_forensics.scoring.probes import parse_probes
 
     probes = parse_probes(_jsonl(prefix=prefix), fmt="jsonl")
     frame = score(str(checkpoint), probes, device="cpu")
@@ -443,7 +443,7 @@ def test_nan_log_prob_is_never_an_accuracy(checkpoint):
     import torch
 
     from pythia_forensics.errors import ScoringError
-    from pythia_forensics.scoring import load_model, score
+    from pythia_forensics.scoring.score import load_model, score
 
     model, tok = load_model(str(checkpoint), device="cpu")
     with torch.no_grad():
@@ -453,7 +453,7 @@ def test_nan_log_prob_is_never_an_accuracy(checkpoint):
 
 
 def test_health_deep_flags_nonfinite(suite, tmp_path):
-    from pythia_forensics.health import check_health
+    from pythia_forensics.checkpoints.health import check_health
 
     model = tmp_path / "tiny"
     shutil.copytree(suite, model)
@@ -494,7 +494,7 @@ def test_bad_manifest_is_one_line(name, command, suite, tmp_path, run_cli):
 
 # --- clean shutdown --------------------------------------------------------------------------
 def test_interrupt_is_one_line_exit_130(run_cli, monkeypatch, tmp_path):
-    from pythia_forensics import scoring
+    from pythia_forensics.scoring import score as scoring
 
     def interrupted(*_, **__):
         raise KeyboardInterrupt
@@ -517,7 +517,7 @@ def test_damaged_manifest_stops_mini_train_with_one_line(content, tmp_path, run_
 
 
 def test_describe_kept_counts_checkpoints(tmp_path):
-    from pythia_forensics.mini.train import describe_kept
+    from pythia_forensics.experiments.mini.train import describe_kept
 
     for step in (0, 64, 128):
         (tmp_path / "mini-s" / f"step{step}").mkdir(parents=True)
@@ -530,7 +530,7 @@ def test_describe_kept_counts_checkpoints(tmp_path):
 _ORPHAN_SCRIPT = r"""
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from pythia_forensics.mini.train import worker_init
+from pythia_forensics.experiments.mini.train import worker_init
 
 def work(path):
     with open(path, "w") as fh:
@@ -588,7 +588,7 @@ CASES_TRIED = (len(PROBE_FILES) + len(OPTION_CASES) + len(OUTPUT_CASES) + len(CH
 
 def test_mini_train_interrupt_says_what_was_kept(tmp_path, run_cli, monkeypatch):
     """Ctrl-C during `mini train`: one line naming the kept checkpoints and the rerun, exit 130."""
-    from pythia_forensics.mini import suite as mini_suite
+    from pythia_forensics.experiments.mini import suite as mini_suite
 
     def train_then_interrupt(out, **_):
         for step in (0, 64):

@@ -23,7 +23,7 @@ import pytest
 
 from tinymodels import save_checkpoint, tiny_neox
 
-from pythia_forensics.store import ResultsStore
+from pythia_forensics.sweep.store import ResultsStore
 
 pytestmark = pytest.mark.slow
 

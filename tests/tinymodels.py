@@ -25,7 +25,7 @@ TINY_TEXT = [
 
 def train_bpe_tokenizer(texts: list[str] | None = None, vocab_size: int = 320):
     """A byte-level BPE fast tokenizer with NeoX's special ids (<|endoftext|>=0, <|padding|>=1)."""
-    from pythia_forensics.mini.tokenizer import bpe_from_texts
+    from pythia_forensics.experiments.mini.tokenizer import bpe_from_texts
 
     return bpe_from_texts((texts or TINY_TEXT) * 20, vocab_size=vocab_size)
 

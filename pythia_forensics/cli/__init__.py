@@ -51,8 +51,8 @@ def version() -> None:
     print(f"pythia-forensics {__version__}  torch {torch.__version__}  transformers {transformers.__version__}")
 
 
-# Subcommand modules, in pipeline order. A module missing its register() is skipped so a
-# half-built stage never breaks the whole CLI.
+# Subcommand modules, in pipeline order; each defines register(app). (The benchmark is not a
+# command of the installed tool: `make bench` runs benchmarks/ from a clone.)
 _COMMAND_MODULES = (
     "probe",
     "suite",
@@ -66,19 +66,10 @@ _COMMAND_MODULES = (
     "mini",
     "demo",
     "experiment",
-    "bench",
 )
 
 for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as exc:  # stage not written yet
-        if exc.name != f"{__name__}.{_name}":
-            raise
-        continue
-    _register = getattr(_module, "register", None)
-    if _register is not None:
-        _register(app)
+    importlib.import_module(f"{__name__}.{_name}").register(app)
 
 
 # OS errors that mean "this location cannot be written/read as asked", not a bug: reported as one
@@ -96,8 +87,31 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _flag_of(typer_app: typer.Typer, argv: list[str] | None, param: str | None) -> str | None:
+    """The command-line spelling of API argument `param` in the command `argv` ran: its option
+    flag (``--steps``) or its argument's name (``MODEL``); None when it is not a parameter there."""
+    if param is None:
+        return None
+    # duck-typed: typer ships its own copy of click's classes, so no isinstance on click's
+    command = typer.main.get_command(typer_app)
+    for word in list(sys.argv[1:] if argv is None else argv):
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            break
+        command = sub
+    for p in getattr(command, "params", ()):
+        if p.name == param:
+            return max(p.opts, key=len) if p.param_type_name == "option" else p.human_readable_name
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point.
+    """Console-script entry point (see `run`)."""
+    run(app, argv)
+
+
+def run(typer_app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run a Typer app with the tool's exit contract (also used by the repo's benchmarks/).
 
     Every way a run can end is one of: exit 0 (or the status a command documents, e.g. 1 for a
     failed health check), one line on stderr with exit 2 (a user mistake or unusable input),
@@ -107,11 +121,14 @@ def main(argv: list[str] | None = None) -> None:
 
     debug = bool(os.environ.get("PF_DEBUG"))
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = typer_app(args=argv, standalone_mode=False)
     except PFError as exc:
         if debug:
             raise
-        _fail(str(exc) if isinstance(exc, Interrupted) else f"error: {exc}", exc.exit_code)
+        if isinstance(exc, Interrupted):
+            _fail(str(exc), exc.exit_code)
+        where = _flag_of(typer_app, argv, exc.param)
+        _fail(f"error: {where}: {exc}" if where else f"error: {exc}", exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         if debug:
             raise

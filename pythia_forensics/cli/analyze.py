@@ -47,11 +47,11 @@ def register(app: typer.Typer) -> None:
 
         from pythia_forensics.cli.common import console
         from pythia_forensics.cli.tables import Col, print_table
-        from pythia_forensics.dynamics import analyze as run, write_dynamics
-        from pythia_forensics.figures import model_order
-        from pythia_forensics.prereg import ledger
+        from pythia_forensics.analysis.dynamics import analyze as run, write_dynamics
+        from pythia_forensics.analysis.figures import model_order
+        from pythia_forensics.analysis.prereg import ledger
         from pythia_forensics.cli.common import check_output_dir
-        from pythia_forensics.store import ResultsStore
+        from pythia_forensics.sweep.store import ResultsStore
 
         check_output_dir(results, "--results")  # dynamics.parquet/.csv are written there
         analysis = run(results, config=config)
@@ -82,10 +82,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Regenerate every figure (PDF + PNG) and report.md from stored results only."""
         from pythia_forensics.cli.common import console
-        from pythia_forensics.dynamics import analyze as run
-        from pythia_forensics.figures import render_figures
+        from pythia_forensics.analysis.dynamics import analyze as run
+        from pythia_forensics.analysis.figures import render_figures
         from pythia_forensics.cli.common import check_output_dir
-        from pythia_forensics.report import write_report
+        from pythia_forensics.analysis.report import write_report
 
         check_output_dir(out, "--out")
         check_output_dir(results, "--results")  # report.md (and figures/ without --out)
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         """Record predictions + thresholds with hashes and the UTC time, before any result is read."""
         from pythia_forensics.cli.common import console
         from pythia_forensics.cli.common import check_output_dir
-        from pythia_forensics.prereg import lock as do_lock, read_lock
+        from pythia_forensics.analysis.prereg import lock as do_lock, read_lock
 
         check_output_dir(results, "--results")
 

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         """Re-score a sample in fp32 at batch size 1 and compare; exit status 1 unless it passes."""
         from rich.table import Table
 
-        from pythia_forensics.audit import audit
+        from pythia_forensics.scoring.audit import audit
         from pythia_forensics.cli.common import console
         from pythia_forensics.cli.health import check_out, write_report
         from pythia_forensics.errors import AuditError
@@ -48,9 +48,9 @@ def register(app: typer.Typer) -> None:
         kwargs = dict(dtype=dtype, batch_size=parse_batch_size(batch_size),
                       sample=sample or None, device=device, tolerance=tolerance)
         if revisions:
-            from pythia_forensics.audit import audit_revisions
+            from pythia_forensics.scoring.audit import audit_revisions
 
-            from pythia_forensics.replay import parse_size
+            from pythia_forensics.sweep.replay import parse_size
 
             reports = audit_revisions(model, probes=probes, n_revisions=revisions, suite_dir=suite_dir,
                                       cache_dir=cache_dir, disk_budget=parse_size(disk_budget), **kwargs)

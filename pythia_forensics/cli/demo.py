@@ -9,15 +9,15 @@ from typing import Optional
 import typer
 
 from pythia_forensics.cli.mini import SUPPORTS_DEFAULT, parse_supports
-from pythia_forensics.mini.suite import SWEEP_RULE
+from pythia_forensics.experiments.mini.suite import SWEEP_RULE
 
 
 def _print(result, title: str, started: float) -> None:
     from pythia_forensics.cli.analyze import _print_verdicts
     from pythia_forensics.cli.common import console
     from pythia_forensics.cli.tables import Col, print_table
-    from pythia_forensics.figures import model_order
-    from pythia_forensics.store import ResultsStore
+    from pythia_forensics.analysis.figures import model_order
+    from pythia_forensics.sweep.store import ResultsStore
 
     _print_verdicts(result.analysis, model_order(result.analysis.metrics["model"], ResultsStore(result.out).models()))
     print_table(title, [Col("claim", wrap=True), Col("measured", wrap=True), Col("result")],
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(None, help="Models trained in parallel (default min(2, CPUs))."),
     ) -> None:
         """Train (or reuse) the mini suite, replay the shipped probes, analyse, draw, report."""
-        from pythia_forensics.pipeline import run_demo
+        from pythia_forensics.experiments.demo import run_demo
 
         started = time.perf_counter()
         _print(run_demo(out, force=force, jobs=jobs), "what the demo shows (measured)", started)
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(None, help="Arms trained in parallel (default min(2, CPUs))."),
     ) -> None:
         """Support-knob sweep: train one arm per knob value, replay, analyse, draw the dose curve."""
-        from pythia_forensics.pipeline import run_sweep
+        from pythia_forensics.experiments.demo import run_sweep
 
         started = time.perf_counter()
         result = run_sweep(out, rule=rule, supports=parse_supports(supports), force=force, jobs=jobs)

@@ -10,7 +10,7 @@ import typer
 
 
 def _floats(text: str, what: str) -> list[float]:
-    from pythia_forensics.interventions import InterventionError
+    from pythia_forensics.experiments.interventions import InterventionError
 
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
                  out: Path = typer.Option(Path("results/experiments"), "--out")) -> None:
         """Flip ladder: final accuracy/CM per dose and seed, Spearman rho, off-target checks."""
         from pythia_forensics.cli.common import console
-        from pythia_forensics.interventions import load_config, run_kill
+        from pythia_forensics.experiments.interventions import load_config, run_kill
 
         cfg = load_config()
         base = cfg["kill"]["seeds"][0]
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
                    out: Path = typer.Option(Path("results/experiments"), "--out")) -> None:
         """Inject support after the collapse; report whether behaviour and margin move."""
         from pythia_forensics.cli.common import console
-        from pythia_forensics.interventions import load_config, run_rescue
+        from pythia_forensics.experiments.interventions import load_config, run_rescue
 
         cfg = load_config()
         rep = run_rescue(rule or cfg["rescue"]["rule"], _floats(doses, "--doses"), out)
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
     def all_cmd(out: Path = typer.Option(Path("results/experiments"), "--out")) -> None:
         """Kill ladder + rescue with the configured defaults (`make experiments`)."""
         from pythia_forensics.cli.common import console
-        from pythia_forensics.interventions import load_config, run_kill, run_rescue
+        from pythia_forensics.experiments.interventions import load_config, run_kill, run_rescue
 
         cfg = load_config()
         k = run_kill(cfg["kill"]["rule"], cfg["kill"]["doses"], cfg["kill"]["seeds"], out)

@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
         SAME_CACHE (the same models and --steps).
         """
         from pythia_forensics.cli.common import console
-        from pythia_forensics.fetch import stage
-        from pythia_forensics.replay import parse_size
+        from pythia_forensics.checkpoints.fetch import stage
+        from pythia_forensics.sweep.replay import parse_size
 
         summary = stage(models, steps=steps, suite_dir=suite_dir, cache_dir=cache_dir,
                         disk_budget=parse_size(disk_budget))

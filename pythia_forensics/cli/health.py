@@ -67,8 +67,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from pythia_forensics.cli.common import console
-        from pythia_forensics.health import check_health
-        from pythia_forensics.replay import parse_size
+        from pythia_forensics.checkpoints.health import check_health
+        from pythia_forensics.sweep.replay import parse_size
 
         from pythia_forensics.cli.common import check_output_dir
 
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
                       f"{counts['bad']} bad" + ("" if report.failed else " -- no unexplained problems"),
                       highlight=False)
         if results is not None:
-            from pythia_forensics.store import ResultsStore
+            from pythia_forensics.sweep.store import ResultsStore
 
             ResultsStore(results).write_health(report.to_frame())
         if out is not None:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from pythia_forensics.mini.suite import SWEEP_RULE, SWEEP_SUPPORTS
+from pythia_forensics.experiments.mini.suite import SWEEP_RULE, SWEEP_SUPPORTS
 
 SUPPORTS_DEFAULT = ",".join(f"{s:g}" for s in SWEEP_SUPPORTS)
 
@@ -28,7 +28,7 @@ def parse_supports(text: str) -> tuple[float, ...]:
 def _report_interrupt(suite_dir: Path, names: list[str]) -> Iterator[None]:
     """Ctrl-C while training: one line saying what is on disk and that a rerun resumes (exit 130)."""
     from pythia_forensics.errors import Interrupted
-    from pythia_forensics.mini.train import describe_kept
+    from pythia_forensics.experiments.mini.train import describe_kept
 
     try:
         yield
@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train the mini suite (corpus, tokenizer, every scale), or reuse it."""
         from pythia_forensics.cli.common import check_output_dir, console
-        from pythia_forensics.mini.config import demo_config
-        from pythia_forensics.mini.suite import build_suite, default_suite_dir
+        from pythia_forensics.experiments.mini.config import demo_config
+        from pythia_forensics.experiments.mini.suite import build_suite, default_suite_dir
 
         check_output_dir(out or default_suite_dir(), "--out")
         with _report_interrupt(out or default_suite_dir(), [m.name for m in demo_config().models]):
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train the support-knob sweep arms only: one scale, one arm per knob value."""
         from pythia_forensics.cli.common import check_output_dir, console
-        from pythia_forensics.mini.suite import build_sweep, sweep_configs
+        from pythia_forensics.experiments.mini.suite import build_sweep, sweep_configs
 
         check_output_dir(out, "--out")
 

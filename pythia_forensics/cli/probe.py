@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from pythia_forensics.cli.common import console
-        from pythia_forensics.scoring import ScoreOptions, score, summarize
+        from pythia_forensics.scoring.score import ScoreOptions, score, summarize
 
         if out is not None:
             _check_out(out)  # before the (long) scoring, not after

@@ -49,9 +49,9 @@ def register(app: typer.Typer) -> None:
         2: a usage error, nothing done.
         """
         from pythia_forensics.cli.common import check_output_dir, console, parse_batch_size
-        from pythia_forensics.replay import replay
+        from pythia_forensics.sweep.replay import replay
 
-        from pythia_forensics.replay import parse_params
+        from pythia_forensics.sweep.replay import parse_params
 
         batch = parse_batch_size(batch_size)
         check_output_dir(results, "--results")

@@ -21,7 +21,7 @@ def list_cmd(
 ) -> None:
     """List the known suites."""
     from pythia_forensics.cli.common import console
-    from pythia_forensics.registry import get_suite, known_suites
+    from pythia_forensics.checkpoints.registry import get_suite, known_suites
 
     suites = [get_suite(name) for name in known_suites()]
     if suite_dir is not None:
@@ -39,7 +39,7 @@ def show_cmd(
     from rich.table import Table
 
     from pythia_forensics.cli.common import console
-    from pythia_forensics.registry import describe_grid, get_suite
+    from pythia_forensics.checkpoints.registry import describe_grid, get_suite
 
     suite = get_suite(name)
     # by default the main line only: base models and their -deduped twins
@@ -87,7 +87,7 @@ def show_cmd(
 
 def _ranges(steps: list[int], spacing: int | None) -> str:
     """`0, 1000..5000 every 1000` style listing of parsed steps."""
-    from pythia_forensics.registry import describe_grid
+    from pythia_forensics.checkpoints.registry import describe_grid
 
     return describe_grid(steps).split(": ", 1)[-1] if steps else "none"
 
@@ -104,8 +104,8 @@ def discover_cmd(
     """List a hub repo's step branches from its refs alone (no file is downloaded): parsed
     steps, tokens seen, unparsed names and gaps in the grid."""
     from pythia_forensics.cli.common import console
-    from pythia_forensics.registry import count_label_tokens
-    from pythia_forensics.sources import discover_branches
+    from pythia_forensics.checkpoints.registry import count_label_tokens
+    from pythia_forensics.checkpoints.sources import discover_branches
 
     spec, grid = discover_branches(repo, step_pattern=step_pattern)
     steps = list(grid.steps)

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
         from pythia_forensics.cli.common import check_output_file, console, err_console
         from pythia_forensics.errors import UsageError
-        from pythia_forensics.support import BATTERY_MODE, SupportCueWarning, count_battery, count_support
+        from pythia_forensics.corpus.support import BATTERY_MODE, SupportCueWarning, count_battery, count_support
 
         if mode == BATTERY_MODE and probes is None:
             raise UsageError("--mode battery needs --probes (a probe set name, a file, or 'all')")

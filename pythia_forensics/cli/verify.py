@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         """Report intact / damaged / duplicate / missing counts, one line per problem; exit 1 if any remain."""
         from pythia_forensics.cli.common import console
         from pythia_forensics.errors import StoreError
-        from pythia_forensics.store import ResultsStore
+        from pythia_forensics.sweep.store import ResultsStore
 
         if not results.is_dir():
             raise StoreError(f"{results} is not a folder; pass the results folder `replay --results` wrote")

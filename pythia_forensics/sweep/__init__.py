@@ -1,0 +1,2 @@
+"""Sweeps: score every revision of a suite into the content-keyed results store (replay, store),
+or score live during training (monitor, monitor_hf)."""

@@ -1,0 +1,135 @@
+"""Probe files: the three formats, validation that reports every problem, names, hashes."""
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+
+from pythia_forensics.constants import CONDITIONS, SPLITS, probes_dir
+from pythia_forensics.errors import ProbeFormatError, UnknownProbeSetError
+from pythia_forensics.scoring.probes import ProbeItem, load_probes, parse_probes, probe_set_sha256
+from paths import DATA as TEST_DATA
+
+DATA = TEST_DATA / "probes"
+
+
+def test_yaml_items_keep_every_field():
+    probes = load_probes(DATA / "small.yaml")
+    assert probes.name == "small" and len(probes) == 3
+    first = probes.items[0]
+    assert first == ProbeItem("pron.c.1", "pronoun_gender", "conflict", "train", "Mia cried because", " she", " he",
+                              template="{name} cried because {pron}", meta={"cue": "Mia"})
+    # a trailing space in a prefix is kept as written (the scorer moves it, not the loader)
+    assert probes.items[1].prefix == "Tom laughed because " and probes.items[1].target == "he"
+    assert probes.rules == ("pronoun_gender", "indefinite_article")
+
+
+def test_jsonl_skips_blank_lines_and_names_set_after_file():
+    probes = load_probes(DATA / "small.jsonl")
+    assert [i.item_id for i in probes.items] == ["refl.c.1", "refl.a.1"]
+    assert probes.items[1].meta == {"cue": "John"} and probes.name == "small"
+
+
+def test_paper_battery_format_is_read_unchanged():
+    probes = load_probes(DATA / "paper_battery.jsonl")
+    raw = [json.loads(line) for line in (DATA / "paper_battery.jsonl").read_text().splitlines()]
+    for item, rec in zip(probes.items, raw):
+        assert (item.rule, item.target, item.foil, item.template) == (rec["family"], rec["correct"], rec["distractor"],
+                                                                      str(rec["template_id"]))
+        assert (item.condition, item.split, item.prefix, item.item_id) == (rec["condition"], rec["split"],
+                                                                           rec["prefix"], rec["item_id"])
+        assert item.meta == {"probe": rec["probe"], "category": rec["category"], "chance": json.dumps(rec["chance"])}
+
+
+def test_malformed_yaml_reports_every_problem_with_file_line_and_field():
+    with pytest.raises(ProbeFormatError) as info:
+        load_probes(DATA / "malformed.yaml")
+    problems = info.value.problems
+    where = str(DATA / "malformed.yaml")
+    assert len(problems) == 5
+    assert problems[0].startswith(f"{where}:10: field 'item_id': duplicate id 'ok.1' (first at line 3)")
+    assert problems[1].startswith(f"{where}:17: field 'prefix': missing")
+    assert problems[2].startswith(f"{where}:28: field 'target': empty string")
+    assert problems[3].startswith(f"{where}:36: field 'foil': equals the target")
+    assert problems[4].startswith(f"{where}:39: field 'condition': unknown condition 'conflcit'")
+    assert "\n" not in str(info.value) and "5 problem(s)" in str(info.value)
+
+
+def test_malformed_jsonl_reports_bad_json_and_unknown_split_by_line():
+    with pytest.raises(ProbeFormatError) as info:
+        load_probes(DATA / "malformed.jsonl")
+    problems = info.value.problems
+    assert ":2: field 'split': unknown split 'test'" in problems[0]
+    assert ":3: not valid JSON" in problems[1]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[]", "no probe items"),
+    ("items: 3", "must be a list"),
+    ("name: x\n", "field 'items': missing"),
+    ("- [1, 2]", "an item must be a mapping"),
+    ("items:\n- {item_id: 1, rule: r, condition: agree, split: train, prefix: p, target: a, foil: b}",
+     "field 'item_id': must be a string"),
+    ("items:\n- {item_id: a, rule: r, condition: agree, split: train, prefix: p, target: a, foil: b, colour: red}",
+     "field 'colour': unknown field"),
+    ("items: [unclosed", "not valid YAML"),
+])
+def test_other_format_problems(text, fragment):
+    with pytest.raises(ProbeFormatError, match=fragment):
+        parse_probes(text, fmt="yaml", source="t.yaml")
+
+
+def test_error_message_is_capped_but_all_problems_are_kept():
+    rows = [{"item_id": "same", "rule": "r", "condition": "agree", "split": "train", "prefix": "p",
+             "target": " a", "foil": " b"}] * 30
+    with pytest.raises(ProbeFormatError) as info:
+        parse_probes("\n".join(json.dumps(r) for r in rows), fmt="jsonl", source="t.jsonl")
+    assert len(info.value.problems) == 29 and "... and 21 more" in str(info.value)
+
+
+def test_sha256_ignores_order_and_sees_every_field():
+    items = list(load_probes(DATA / "small.yaml").items)
+    base = probe_set_sha256(items)
+    assert probe_set_sha256(items[::-1]) == base
+    changed = [ProbeItem(**{**items[0].canonical(), "foil": " it"})] + items[1:]
+    assert probe_set_sha256(changed) != base
+    meta_changed = [ProbeItem(**{**items[0].canonical(), "meta": {"cue": "Sue"}})] + items[1:]
+    assert probe_set_sha256(meta_changed) != base
+
+
+def test_names_resolve_in_probes_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PF_PROBES_DIR", str(tmp_path))
+    (tmp_path / "alpha.yaml").write_text((DATA / "small.yaml").read_text())
+    (tmp_path / "beta.jsonl").write_text((DATA / "small.jsonl").read_text())
+    (tmp_path / "lexicon.yaml").write_text("female_names: [Mia]\n")  # data, not a battery
+    assert len(load_probes("alpha")) == 3 and len(load_probes("beta")) == 2
+    everything = load_probes("all")
+    assert everything.name == "all" and len(everything) == 5
+    assert everything.sha256 == probe_set_sha256(load_probes("alpha").items + load_probes("beta").items)
+    with pytest.raises(UnknownProbeSetError, match="did you mean alpha"):
+        load_probes("alpah")
+    with pytest.raises(UnknownProbeSetError, match="does not exist"):
+        load_probes(tmp_path / "missing.yaml")
+
+
+def test_merging_sets_refuses_duplicate_ids():
+    with pytest.raises(ProbeFormatError, match="duplicate id 'pron.c.1'"):
+        load_probes([DATA / "small.yaml", DATA / "small.yaml"])
+    merged = load_probes([DATA / "small.yaml", DATA / "small.jsonl"])
+    assert len(merged) == 5 and merged.name == "small+small"
+
+
+def test_shipped_batteries_load_with_enough_items_per_cell():
+    shipped = [p for p in probes_dir().glob("*.yaml") if p.name != "lexicon.yaml"]
+    if not shipped:
+        pytest.skip(f"no shipped batteries in {probes_dir()}")
+    probes = load_probes("all")
+    cells = collections.Counter((i.rule, i.condition, i.split) for i in probes.items)
+    assert {r for r, _, _ in cells} >= {"pronoun_gender", "reflexive_gender", "indefinite_article",
+                                         "subject_verb_agreement"}
+    for rule in {r for r, _, _ in cells}:
+        for condition in CONDITIONS:
+            for split in SPLITS:
+                assert cells[(rule, condition, split)] >= 48, (rule, condition, split)
