@@ -101,7 +101,9 @@ def _flag_of(typer_app: typer.Typer, argv: list[str] | None, param: str | None) 
         command = sub
     for p in getattr(command, "params", ()):
         if p.name == param:
-            return max(p.opts, key=len) if p.param_type_name == "option" else p.human_readable_name
+            if p.param_type_name == "option":
+                return max(p.opts, key=len)
+            return getattr(p, "metavar", None) or p.name.upper()  # an argument: its metavar, as --help shows it
     return None
 
 
