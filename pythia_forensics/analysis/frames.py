@@ -10,6 +10,7 @@ status is in ``analysis.health_exclude`` stay in the table with ``used`` False a
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from pythia_forensics.analysis.config import AnalysisConfig, load_config
 from pythia_forensics.constants import STEP_DIR_PREFIX
 from pythia_forensics.errors import StoreError
 
-__all__ = ["GROUP_KEYS", "REQUIRED_ITEM_COLUMNS", "prepare_items", "step_table", "item_matrix", "load_items"]
+__all__ = ["GROUP_KEYS", "REQUIRED_ITEM_COLUMNS", "prepare_items", "step_table", "item_matrix", "load_items",
+           "sizes_numeric", "model_order", "unknown_size_models"]
 
 # One trajectory per (model, probe set, rule, split): two batteries of one rule never mix.
 GROUP_KEYS = ("model", "probeset", "rule", "split")
@@ -122,3 +124,36 @@ def load_items(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.
         raise StoreError(f"results folder {root} does not exist; give the folder replay wrote", param="results")
     store = ResultsStore(root)
     return store.require_items(), store.models(), store.health()
+
+
+# --- models.parquet sizes: the order every table and figure lists models in ----------------
+def sizes_numeric(sizes: pd.DataFrame | None) -> pd.DataFrame:
+    """models.parquet with size columns as float (pd.NA / None / missing -> NaN)."""
+    if sizes is None or sizes.empty or "model" not in sizes:
+        return pd.DataFrame(columns=["model", "params_total", "params_nonembedding"])
+    out = sizes.copy()
+    for col in ("params_total", "params_nonembedding", "tokens_per_step"):
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    return out
+
+
+def model_order(models: Sequence[str], sizes: pd.DataFrame | None = None) -> list[str]:
+    """Models by total parameter count when known (smallest first; unknown sizes last), else by name."""
+    names = sorted(set(models))
+    sizes = sizes_numeric(sizes)
+    if not sizes.empty and "params_total" in sizes:
+        size = {m: v for m, v in zip(sizes["model"], sizes["params_total"]) if np.isfinite(v)}
+        return sorted(names, key=lambda m: (size.get(m, np.inf), m))
+    return names
+
+
+def unknown_size_models(models: Sequence[str], sizes: pd.DataFrame | None) -> list[str]:
+    """Models (of `models`) whose total or non-embedding parameter count is unknown, sorted."""
+    sizes = sizes_numeric(sizes)
+    known = set()
+    if not sizes.empty:
+        cols = [c for c in ("params_total", "params_nonembedding") if c in sizes]
+        ok = np.isfinite(sizes[cols].to_numpy(float)).all(axis=1) if cols else np.zeros(len(sizes), bool)
+        known = set(sizes.loc[ok, "model"])
+    return sorted(set(models) - known)

@@ -5,6 +5,7 @@ depth, final accuracy), `scale_analysis` reduces the `analyze` metrics rows to o
 Spearman rho against parameter count, a permutation p-value and a bootstrap CI, or NaN and a
 note saying why no statistic is meaningful. Values equal within ``analysis.tolerance`` are
 ties (`snap_ties`) before anything is ranked, so rounding noise is never ranked (issue #12).
+`flip_point` does the same job for a support sweep: where along a knob a rule's fate flips.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from scipy import stats
 
 from pythia_forensics.analysis.config import AnalysisConfig
 
-__all__ = ["SIZE_COLUMNS", "SCALE_METRICS", "SCALE_COLUMNS", "snap_ties", "scale_analysis"]
+__all__ = ["SIZE_COLUMNS", "SCALE_METRICS", "SCALE_COLUMNS", "snap_ties", "scale_analysis", "flip_point"]
 
 SIZE_COLUMNS = ("params_total", "params_nonembedding")
 SCALE_METRICS = ("depth", "final_acc")
@@ -165,3 +166,22 @@ def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config
             for (probeset, rule, split), group in joined.groupby(["probeset", "rule", "split"], sort=True)
             for size in sizes for metric in SCALE_METRICS]
     return pd.DataFrame(rows, columns=cols)
+
+
+def flip_point(x: np.ndarray, survived: np.ndarray) -> tuple[float, float] | None:
+    """Where a sweep's fate flips: (largest x that did not survive, smallest x that did).
+
+    Args:
+        x: the swept value per arm (e.g. measured in-frame support).
+        survived: per arm, whether the rule survived (bool array, same length).
+
+    Returns:
+        The interval, or None when no single flip separates them (all survived, none did,
+        or a lost arm lies at or above a kept one).
+    """
+    x, survived = np.asarray(x, dtype=float), np.asarray(survived, dtype=bool)
+    lost, kept = x[~survived], x[survived]
+    if lost.size == 0 or kept.size == 0 or lost.max() >= kept.min():
+        return None
+    return float(lost.max()), float(kept.min())
+
