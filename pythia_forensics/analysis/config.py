@@ -92,7 +92,7 @@ class AnalysisConfig:
     source: str = ""
 
 
-def read_yaml(path: Path, *, what: str = "analysis config", param: str = "config",
+def read_yaml(path: Path, *, what: str = "analysis config", param: str | None = "config",
               missing_hint: str = "give an existing YAML file") -> Any:
     """Parse a user's YAML file; a missing or malformed file is a one-line ConfigError.
 
