@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
 
     @prereg.command("lock")
     def lock(
-        predictions: Path = typer.Argument(..., help="Predictions YAML (see pythia_forensics/prereg.py)."),
+        predictions: Path = typer.Argument(..., help="Predictions YAML (see pythia_forensics/analysis/prereg.py)."),
         results: Path = typer.Option(..., "--results", help="Results folder the predictions govern."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
     ) -> None:
