@@ -362,8 +362,18 @@ def test_all_sizes_unknown_is_a_note_not_a_crash():
     assert (scale["note"] == "n = 0: too few models for a rank correlation; sizes unknown for: m0, m1, m2").all()
 
 
-def test_analyze_results_folder_and_write(tmp_path):
-    root = write_store(tmp_path / "res", suite_items(rules=("pronoun_gender",)), models=suite_models())
+# dynamics.parquet / .csv columns as users and earlier releases read them (TrajectoryMetrics.to_row
+# must keep them, in this order)
+DYNAMICS_COLUMNS = [
+    "model", "probeset", "rule", "split", "n_checkpoints", "emerged", "emergence_step", "peak_acc", "peak_step",
+    "collapse_step", "final_points", "final_acc", "final_range", "depth", "agree_final", "agree_max", "agree_valid",
+    "cm_max", "cm_valid", "cm_cross_step", "lag_steps", "lag_checkpoints", "cm_within_lag", "final_lo", "final_hi",
+    "depth_lo", "depth_hi", "verdict", "void", "void_reason", "verdict_label", "n_items_conflict", "n_items_agree",
+    "n_excluded_health", "excluded_steps", "config_sha256"]
+
+
+def test_analyze_results_folder_and_write(pronoun_suite_store, copy_store):
+    root = copy_store(pronoun_suite_store)  # suite_items(rules=("pronoun_gender",)), suite_models()
     result = dyn.analyze(root)
     assert len(result.metrics) == 5 and not result.scale.empty
     written = dyn.write_dynamics(result, root)
@@ -372,11 +382,22 @@ def test_analyze_results_folder_and_write(tmp_path):
     back = pd.read_parquet(root / "dynamics.parquet")
     assert (back["config_sha256"] == CFG.sha256).all()
     assert list(back["verdict_label"]) == list(result.metrics["verdict_label"])
+    assert list(back.columns) == DYNAMICS_COLUMNS == list(pd.read_csv(root / "dynamics.csv").columns)
+
+
+def test_trajectory_metrics_is_a_frozen_record_whose_row_has_no_series():
+    res, _ = metrics(COLLAPSE)
+    with pytest.raises(AttributeError):
+        res.depth = 0.0  # frozen: a hand-off nobody edits on the way
+    row = res.to_row()
+    assert list(row) == DYNAMICS_COLUMNS[4:23]  # the metric columns, no smoothed series
+    np.testing.assert_allclose(res.conflict_smooth, [0.35, 1.6 / 3, 2.3 / 3, 0.9, 0.9, 0.7, 0.4, 0.1, 0.0, 0.0])
 
 
 def test_analyze_errors(tmp_path):
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(StoreError, match="does not exist") as missing:
         dyn.analyze(tmp_path / "nope")
+    assert missing.value.param == "results" and "--" not in str(missing.value)  # the CLI adds the flag
     (tmp_path / "empty").mkdir()
     with pytest.raises(StoreError, match="no results"):
         dyn.analyze(tmp_path / "empty")
