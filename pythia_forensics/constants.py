@@ -212,24 +212,9 @@ SUPPORT_BLOCK_TOKENS = 1 << 22
 SUPPORT_TEXT_BATCH = 1024  # documents tokenized per encode_batch call
 SUPPORT_STATE_EVERY_S = 30.0  # progress-file interval (an interrupted count resumes from it)
 
-# --- figures -----------------------------------------------------------------------------
-# Okabe-Ito: colour-blind-safe categorical palette.
-PALETTE = (
-    "#0072B2",  # blue
-    "#D55E00",  # vermillion
-    "#009E73",  # bluish green
-    "#CC79A7",  # reddish purple
-    "#E69F00",  # orange
-    "#56B4E9",  # sky blue
-    "#F0E442",  # yellow
-    "#000000",  # black
-)
-CONDITION_COLORS = {"conflict": PALETTE[1], "agree": PALETTE[0]}
-FIGURE_DPI = 200
-# Trajectory x axes (figures --x / --xscale): what x is, and how it is scaled ("auto" follows
-# the checkpoint grid: log for log-spaced grids, linear otherwise; step_axis.grid_scale).
-FIGURE_X_UNITS = ("steps", "tokens")
-FIGURE_X_SCALES = ("auto", "linear", "log", "symlog")
+# --- figures ---------------------------------------------------------------------------
+# Palette, DPI, formats and the x-axis choices live with the figures (analysis/figure_style.py,
+# analysis/config.py X_UNITS / X_SCALES); the figure folder's name is under "analysis outputs".
 
 # --- results store and replay (store.py, replay.py) ----------------------------------------
 ITEMS_DIR = "items"
@@ -277,7 +262,6 @@ PREREG_LOCK_FILE = "prereg.lock.json"
 SUPPORT_TABLE_FILES = ("support.parquet", "support.csv")
 REPORT_FILE = "report.md"
 FIGURES_SUBDIR = "figures"
-FIGURE_FORMATS = ("pdf", "png")
 
 # --- benchmark (bench.py, issue #9) ---------------------------------------------------------
 # Pythia shapes the CPU benchmark builds as random local suites (registry names).

@@ -1,14 +1,14 @@
-"""Trajectory metrics, verdicts and scale statistics: pure functions over tidy frames.
+"""Trajectory metrics and verdicts: pure functions over tidy frames; `analyze` runs the stage.
 
-Input is the results store's item rows (model, revision, step, rule, condition, split,
-item_id, margin, correct; ARCHITECTURE.md "Results store"). For every (model, probeset,
-rule, split) the per-checkpoint accuracy of the *conflict* items (rule and corpus prior
+Input is the step table (`frames.step_table`, built from the results store's item rows). For
+every (model, probeset, rule, split) the per-checkpoint accuracy of the *conflict* items (rule and corpus prior
 disagree) and the *agree* control is computed, smoothed, and reduced to the paper's
 metrics: emergence, peak, collapse onset, final value, collapse depth, the contrast margin
 (CM = mean logp(target) - logp(foil) over conflict items) and its zero crossing, and the lag
 between the two. A classifier turns the metrics into RECOVERED / UNSTABLE / DISPLACED /
 PARTIAL / NEVER, void when the agree control is invalid. Every threshold comes from
-`analysis.yaml` (`load_config`); every output row records the config's hash.
+`analysis.yaml` (`config.load_config`); every output row records the config's hash. Scale
+statistics over models live in `scale.py`.
 
 Definitions (thresholds named as in analysis.yaml):
 
@@ -40,182 +40,32 @@ out as 0.7999999999999999 still counts as 0.8.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import yaml
-from scipy import stats
 
-from pythia_forensics.constants import (
-    ANALYSIS_CONFIG,
-    DYNAMICS_CSV,
-    DYNAMICS_FILE,
-    SCALE_FILE,
-    STEP_DIR_PREFIX,
-    TRAJECTORIES_FILE,
-    package_file,
-)
-from pythia_forensics.errors import ConfigError, StoreError
+from pythia_forensics.analysis.config import VERDICTS, AnalysisConfig, load_config, read_yaml
+from pythia_forensics.analysis.frames import GROUP_KEYS, item_matrix, load_items, prepare_items, step_table
+from pythia_forensics.analysis.scale import SCALE_METRICS, SIZE_COLUMNS, scale_analysis, snap_ties
+from pythia_forensics.atomic import atomic_write
+from pythia_forensics.constants import DYNAMICS_CSV, DYNAMICS_FILE, SCALE_FILE, TRAJECTORIES_FILE
+from pythia_forensics.errors import StoreError
 
+# The names other stages import from here; config, frames and scale define some of them.
 __all__ = [
-    "AnalysisConfig", "Analysis", "VERDICTS", "VERDICT_LETTERS", "GROUP_KEYS",
-    "load_config", "smooth", "final_window_size", "trajectory_metrics", "classify",
-    "step_table", "analyze", "scale_analysis", "snap_ties", "write_dynamics", "load_items",
+    "AnalysisConfig", "Analysis", "TrajectoryMetrics", "VERDICTS", "VERDICT_LETTERS", "GROUP_KEYS",
+    "SIZE_COLUMNS", "SCALE_METRICS", "load_config", "read_yaml", "smooth", "final_window_size",
+    "trajectory_metrics", "classify", "step_table", "analyze", "scale_analysis", "snap_ties", "write_dynamics",
+    "load_items", "primary",
 ]
 
-VERDICTS = ("RECOVERED", "UNSTABLE", "DISPLACED", "PARTIAL", "NEVER")
 VERDICT_LETTERS = {"RECOVERED": "R", "UNSTABLE": "U", "DISPLACED": "D", "PARTIAL": "P", "NEVER": "N"}
 VOID = "VOID"
-# One trajectory per (model, probe set, rule, split): two batteries of one rule never mix.
-GROUP_KEYS = ("model", "probeset", "rule", "split")
-SIZE_COLUMNS = ("params_total", "params_nonembedding")
-SCALE_METRICS = ("depth", "final_acc")
-_REQUIRED_ITEM_COLUMNS = ("model", "revision", "step", "rule", "condition", "split", "item_id", "margin", "correct")
-
-# (section, key) in analysis.yaml -> AnalysisConfig field
-_CONFIG_FIELDS = {
-    ("smoothing", "window"): "smoothing_window",
-    ("steps", "min_step"): "min_step",
-    ("emergence", "conflict_min"): "emergence_conflict_min",
-    ("emergence", "agree_min"): "emergence_agree_min",
-    ("collapse", "onset_max_acc"): "collapse_onset",
-    ("final", "fraction"): "final_fraction",
-    ("final", "min_points"): "final_min_points",
-    ("verdicts", "recovered_final_min"): "recovered_final_min",
-    ("verdicts", "displaced_final_max"): "displaced_final_max",
-    ("verdicts", "unstable_range_min"): "unstable_range_min",
-    ("verdicts", "order"): "verdict_order",
-    ("agree_control", "final_min"): "agree_final_min",
-    ("agree_control", "max_drop"): "agree_max_drop",
-    ("contrast_margin", "zero"): "cm_zero",
-    ("contrast_margin", "valid_max_min"): "cm_valid_max_min",
-    ("contrast_margin", "lag_max_checkpoints"): "cm_lag_max_checkpoints",
-    ("scale", "min_models"): "scale_min_models",
-    ("scale", "permutations"): "scale_permutations",
-    ("bootstrap", "n"): "bootstrap_n",
-    ("bootstrap", "seed"): "bootstrap_seed",
-    ("bootstrap", "confidence"): "bootstrap_confidence",
-    ("analysis", "primary_split"): "primary_split",
-    ("analysis", "health_exclude"): "health_exclude",
-    ("analysis", "tolerance"): "tolerance",
-}
-
-
-# --- configuration ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """The effective analysis thresholds (analysis.yaml merged with user overrides).
-
-    Field meanings are documented in analysis.yaml; `sha256` hashes the canonical JSON of
-    `values` (the nested mapping), so formatting and key order never change it.
-    """
-
-    smoothing_window: int
-    min_step: int
-    emergence_conflict_min: float
-    emergence_agree_min: float
-    collapse_onset: float
-    final_fraction: float
-    final_min_points: int
-    recovered_final_min: float
-    displaced_final_max: float
-    unstable_range_min: float
-    verdict_order: tuple[str, ...]
-    agree_final_min: float
-    agree_max_drop: float
-    cm_zero: float
-    cm_valid_max_min: float
-    cm_lag_max_checkpoints: int
-    scale_min_models: int
-    scale_permutations: int
-    bootstrap_n: int
-    bootstrap_seed: int
-    bootstrap_confidence: float
-    primary_split: str
-    health_exclude: tuple[str, ...]
-    tolerance: float
-    values: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
-    sha256: str = ""
-    source: str = ""
-
-
-def read_yaml(path: Path, *, what: str = "analysis config",
-              missing_hint: str = "pass an existing YAML file to --config") -> Any:
-    """Parse a user's YAML file; a missing or malformed file is a one-line ConfigError."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist; {missing_hint}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML ({exc}); fix the file") from None
-
-
-def _read_yaml(path: Path) -> dict:
-    data = read_yaml(path)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"analysis config {path} must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def load_config(path: str | Path | None = None) -> AnalysisConfig:
-    """The shipped thresholds, with the sections of `path` (if given) overriding them.
-
-    Args:
-        path: a YAML file with any subset of analysis.yaml's sections/keys.
-
-    Returns:
-        The effective `AnalysisConfig`, with `sha256` of its canonical JSON.
-
-    Raises:
-        ConfigError: the file is missing, not YAML, names an unknown key, or a value is invalid.
-    """
-    shipped = package_file(*ANALYSIS_CONFIG)
-    values = _read_yaml(shipped)
-    source = str(shipped)
-    if path is not None:
-        user = _read_yaml(Path(path))
-        problems = []
-        for section, entries in user.items():
-            if section not in values or not isinstance(entries, dict):
-                problems.append(f"section {section!r}")
-                continue
-            for key, value in entries.items():
-                if (section, key) not in _CONFIG_FIELDS:
-                    problems.append(f"key {section}.{key}")
-                else:
-                    values[section][key] = value
-        if problems:
-            known = sorted(f"{s}.{k}" for s, k in _CONFIG_FIELDS)
-            raise ConfigError(f"analysis config {path}: unknown {', '.join(problems)}; known keys: {', '.join(known)}")
-        source = f"{shipped} + {path}"
-    kwargs: dict[str, Any] = {}
-    for (section, key), name in _CONFIG_FIELDS.items():
-        try:
-            kwargs[name] = values[section][key]
-        except (KeyError, TypeError):
-            raise ConfigError(f"analysis config lacks {section}.{key}; restore it from the shipped analysis.yaml") from None
-    kwargs["verdict_order"] = tuple(str(v).upper() for v in kwargs["verdict_order"])
-    kwargs["health_exclude"] = tuple(kwargs["health_exclude"] or ())
-    if sorted(kwargs["verdict_order"]) != sorted(VERDICTS):
-        raise ConfigError(f"verdicts.order must list each of {list(VERDICTS)} once, got {list(kwargs['verdict_order'])}")
-    window = kwargs["smoothing_window"]
-    if not isinstance(window, int) or window < 1 or window % 2 == 0:
-        raise ConfigError(f"smoothing.window must be an odd positive integer (centred window), got {window!r}")
-    for name in ("final_min_points", "bootstrap_n", "scale_min_models", "scale_permutations"):
-        if not isinstance(kwargs[name], int) or kwargs[name] < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {kwargs[name]!r}")
-    if not 0 < float(kwargs["bootstrap_confidence"]) < 1:
-        raise ConfigError(f"bootstrap.confidence must lie in (0, 1), got {kwargs['bootstrap_confidence']!r}")
-    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
-    return AnalysisConfig(**kwargs, values=values, sha256=hashlib.sha256(canonical.encode()).hexdigest(), source=source)
 
 
 # --- small pure helpers -------------------------------------------------------------------
@@ -290,6 +140,100 @@ def _peak(conflict_s: np.ndarray, gate: np.ndarray, tol: float) -> tuple[float, 
     return float(best), idx
 
 
+@dataclass(frozen=True)
+class TrajectoryMetrics:
+    """The metrics of one trajectory (`trajectory_metrics`); the analysis's typed hand-off.
+
+    Step fields are training steps (None: the event did not happen); accuracy fields are
+    fractions of items correct (None: not computable, e.g. no checkpoints); CM fields are in
+    nats. `to_row` gives the scalar fields as the columns of dynamics.parquet, in that file's
+    order; the smoothed series travel alongside for trajectories.parquet and the monitor.
+
+    Attributes:
+        n_checkpoints: checkpoints used (after min_step and health exclusion).
+        emerged, emergence_step: whether / where the rule emerged (agree control holding).
+        peak_acc, peak_step: maximum smoothed conflict accuracy over gated checkpoints.
+        collapse_step: last step at or above collapse.onset_max_acc before the fall.
+        final_points, final_acc, final_range: the final window's size, mean raw conflict
+            accuracy and smoothed range.
+        depth: peak_acc - final_acc.
+        agree_final, agree_max, agree_valid: the agree control's final value, smoothed maximum
+            and validity.
+        cm_max, cm_valid, cm_cross_step: smoothed CM maximum, whether it reaches the valid
+            minimum, the step of its downward zero crossing.
+        lag_steps, lag_checkpoints, cm_within_lag: CM crossing - collapse onset, and whether
+            it lies within contrast_margin.lag_max_checkpoints.
+        conflict_smooth, agree_smooth, cm_smooth: the smoothed series, one value per checkpoint.
+    """
+
+    n_checkpoints: int
+    emerged: bool = False
+    emergence_step: int | None = None
+    peak_acc: float | None = None
+    peak_step: int | None = None
+    collapse_step: int | None = None
+    final_points: int = 0
+    final_acc: float | None = None
+    final_range: float | None = None
+    depth: float | None = None
+    agree_final: float | None = None
+    agree_max: float | None = None
+    agree_valid: bool = False
+    cm_max: float | None = None
+    cm_valid: bool = False
+    cm_cross_step: int | None = None
+    lag_steps: int | None = None
+    lag_checkpoints: int | None = None
+    cm_within_lag: bool | None = None
+    conflict_smooth: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+    agree_smooth: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+    cm_smooth: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+
+    SERIES: ClassVar[tuple[str, ...]] = ("conflict_smooth", "agree_smooth", "cm_smooth")
+
+    @classmethod
+    def row_columns(cls) -> tuple[str, ...]:
+        """The scalar fields, in dynamics.parquet's column order."""
+        return tuple(f.name for f in fields(cls) if f.name not in cls.SERIES)
+
+    def to_row(self) -> dict[str, Any]:
+        """The scalar fields as one dynamics.parquet row (column -> value, file order)."""
+        return {name: getattr(self, name) for name in self.row_columns()}
+
+
+def _collapse_index(cs: np.ndarray, emerged: bool, config: AnalysisConfig) -> int | None:
+    """Last checkpoint at or above the collapse threshold, when the rule emerged and fell below it after."""
+    if not emerged:
+        return None
+    with np.errstate(invalid="ignore"):
+        above = np.flatnonzero(cs >= config.collapse_onset - config.tolerance)
+    return int(above[-1]) if above.size and above[-1] < len(cs) - 1 else None
+
+
+def _agree_control(a: np.ndarray, as_: np.ndarray, m: int, config: AnalysisConfig) -> dict[str, Any]:
+    if np.isnan(a).all():
+        return dict(agree_final=None, agree_max=None, agree_valid=False)
+    agree_final, agree_max = float(np.nanmean(a[-m:])), float(np.nanmax(as_))
+    valid = (_ge(agree_final, config.agree_final_min, config.tolerance)
+             and agree_max - agree_final < config.agree_max_drop - config.tolerance)
+    return dict(agree_final=agree_final, agree_max=agree_max, agree_valid=valid)
+
+
+def _cm_crossing(cm: np.ndarray, cms: np.ndarray, config: AnalysisConfig) -> tuple[dict[str, Any], int | None]:
+    """(cm_max, cm_valid) and the index of the downward zero crossing of a valid CM, if any."""
+    if np.isnan(cm).all():
+        return dict(cm_max=None, cm_valid=False), None
+    cm_max = float(np.nanmax(cms))
+    valid = _ge(cm_max, config.cm_valid_max_min, config.tolerance)
+    cross = None
+    if valid:
+        with np.errstate(invalid="ignore"):
+            nonneg = np.flatnonzero(cms >= config.cm_zero - config.tolerance)
+        if nonneg.size and nonneg[-1] < len(cms) - 1:
+            cross = int(nonneg[-1])
+    return dict(cm_max=cm_max, cm_valid=valid), cross
+
+
 def trajectory_metrics(
     steps: np.ndarray,
     conflict_acc: np.ndarray,
@@ -297,7 +241,7 @@ def trajectory_metrics(
     conflict_cm: np.ndarray,
     *,
     config: AnalysisConfig,
-) -> dict[str, Any]:
+) -> TrajectoryMetrics:
     """Metrics of one trajectory (already filtered: steps >= min_step, healthy checkpoints).
 
     Args:
@@ -308,79 +252,40 @@ def trajectory_metrics(
         config: thresholds.
 
     Returns:
-        A dict: n_checkpoints, emerged, emergence_step, peak_acc, peak_step, collapse_step,
-        final_acc, final_points, final_range, depth, agree_final, agree_max, agree_valid,
-        cm_max, cm_valid, cm_cross_step, lag_steps, lag_checkpoints, cm_within_lag, and the
-        smoothed series (conflict_smooth, agree_smooth, cm_smooth) as arrays.
+        The `TrajectoryMetrics` (definitions in this module's docstring); with no checkpoints,
+        every metric is None / False and the series are empty.
     """
     tol = config.tolerance
     steps = np.asarray(steps, dtype=np.int64)
-    c = np.asarray(conflict_acc, dtype=float)
-    a = np.asarray(agree_acc, dtype=float)
-    cm = np.asarray(conflict_cm, dtype=float)
+    c, a, cm = (np.asarray(v, dtype=float) for v in (conflict_acc, agree_acc, conflict_cm))
     n = len(steps)
-    out: dict[str, Any] = dict(n_checkpoints=n)
-    cs, as_, cms = smooth(c, config.smoothing_window), smooth(a, config.smoothing_window), smooth(cm, config.smoothing_window)
-    out.update(conflict_smooth=cs, agree_smooth=as_, cm_smooth=cms)
+    cs, as_, cms = (smooth(v, config.smoothing_window) for v in (c, a, cm))
+    series = dict(conflict_smooth=cs, agree_smooth=as_, cm_smooth=cms)
     if n == 0:
-        return out | dict(emerged=False, emergence_step=None, peak_acc=None, peak_step=None, collapse_step=None,
-                          final_acc=None, final_points=0, final_range=None, depth=None, agree_final=None,
-                          agree_max=None, agree_valid=False, cm_max=None, cm_valid=False, cm_cross_step=None,
-                          lag_steps=None, lag_checkpoints=None, cm_within_lag=None)
+        return TrajectoryMetrics(n_checkpoints=0, **series)
     gate = _gate(as_, config)
     with np.errstate(invalid="ignore"):
         emerged_at = np.flatnonzero((cs >= config.emergence_conflict_min - tol) & gate)
     emerged = emerged_at.size > 0
-    out["emerged"] = emerged
-    out["emergence_step"] = int(steps[emerged_at[0]]) if emerged else None
     peak, peak_idx = _peak(cs, gate, tol)
-    out["peak_acc"], out["peak_step"] = peak, int(steps[peak_idx])
-
-    collapse_idx = None
-    if emerged:
-        with np.errstate(invalid="ignore"):
-            above = np.flatnonzero(cs >= config.collapse_onset - tol)
-        if above.size and above[-1] < n - 1:  # it must fall below afterwards to have collapsed
-            collapse_idx = int(above[-1])
-    out["collapse_step"] = None if collapse_idx is None else int(steps[collapse_idx])
-
+    collapse_idx = _collapse_index(cs, emerged, config)
     m = final_window_size(n, config)
-    out["final_points"] = m
-    out["final_acc"] = float(np.nanmean(c[-m:]))
-    out["final_range"] = float(np.nanmax(cs[-m:]) - np.nanmin(cs[-m:]))
-    out["depth"] = float(peak - out["final_acc"])
-
-    if np.isnan(a).all():
-        out.update(agree_final=None, agree_max=None, agree_valid=False)
-    else:
-        agree_final = float(np.nanmean(a[-m:]))
-        agree_max = float(np.nanmax(as_))
-        out.update(agree_final=agree_final, agree_max=agree_max,
-                   agree_valid=_ge(agree_final, config.agree_final_min, tol)
-                   and agree_max - agree_final < config.agree_max_drop - tol)
-
-    cross_idx = None
-    if np.isnan(cm).all():
-        out.update(cm_max=None, cm_valid=False)
-    else:
-        out["cm_max"] = float(np.nanmax(cms))
-        out["cm_valid"] = _ge(out["cm_max"], config.cm_valid_max_min, tol)
-        if out["cm_valid"]:
-            with np.errstate(invalid="ignore"):
-                nonneg = np.flatnonzero(cms >= config.cm_zero - tol)
-            if nonneg.size and nonneg[-1] < n - 1:
-                cross_idx = int(nonneg[-1])
-    out["cm_cross_step"] = None if cross_idx is None else int(steps[cross_idx])
+    final = float(np.nanmean(c[-m:]))
+    cm_part, cross_idx = _cm_crossing(cm, cms, config)
+    lag = {}
     if cross_idx is not None and collapse_idx is not None:
-        out["lag_steps"] = int(steps[cross_idx] - steps[collapse_idx])
-        out["lag_checkpoints"] = int(cross_idx - collapse_idx)
-        out["cm_within_lag"] = abs(out["lag_checkpoints"]) <= config.cm_lag_max_checkpoints
-    else:
-        out.update(lag_steps=None, lag_checkpoints=None, cm_within_lag=None)
-    return out
+        lag = dict(lag_steps=int(steps[cross_idx] - steps[collapse_idx]), lag_checkpoints=int(cross_idx - collapse_idx),
+                   cm_within_lag=abs(cross_idx - collapse_idx) <= config.cm_lag_max_checkpoints)
+    step_at = lambda i: None if i is None else int(steps[i])  # noqa: E731
+    return TrajectoryMetrics(
+        n_checkpoints=n, emerged=emerged, emergence_step=step_at(emerged_at[0]) if emerged else None,
+        peak_acc=peak, peak_step=int(steps[peak_idx]), collapse_step=step_at(collapse_idx),
+        final_points=m, final_acc=final, final_range=float(np.nanmax(cs[-m:]) - np.nanmin(cs[-m:])),
+        depth=float(peak - final), **_agree_control(a, as_, m, config), **cm_part,
+        cm_cross_step=step_at(cross_idx), **lag, **series)
 
 
-def classify(metrics: Mapping[str, Any], config: AnalysisConfig) -> tuple[str | None, bool, str]:
+def classify(metrics: TrajectoryMetrics, config: AnalysisConfig) -> tuple[str | None, bool, str]:
     """Verdict of one trajectory's metrics.
 
     Checks run in ``verdicts.order``; the first that holds wins: UNSTABLE (smoothed range over
@@ -396,102 +301,29 @@ def classify(metrics: Mapping[str, Any], config: AnalysisConfig) -> tuple[str | 
         sees what the invalid control would have allowed; void_reason is "" when valid.
     """
     tol = config.tolerance
-    n = metrics.get("n_checkpoints", 0)
-    if n == 0 or metrics.get("final_acc") is None:
+    n = metrics.n_checkpoints
+    if n == 0 or metrics.final_acc is None:
         return None, True, "no checkpoints at or above the minimum step"
     checks = {
-        "UNSTABLE": _ge(metrics["final_range"], config.unstable_range_min, tol),
-        "RECOVERED": _ge(metrics["final_acc"], config.recovered_final_min, tol),
-        "DISPLACED": bool(metrics["emerged"]) and _le(metrics["final_acc"], config.displaced_final_max, tol),
-        "PARTIAL": bool(metrics["emerged"]),
-        "NEVER": not metrics["emerged"],
+        "UNSTABLE": _ge(metrics.final_range, config.unstable_range_min, tol),
+        "RECOVERED": _ge(metrics.final_acc, config.recovered_final_min, tol),
+        "DISPLACED": bool(metrics.emerged) and _le(metrics.final_acc, config.displaced_final_max, tol),
+        "PARTIAL": bool(metrics.emerged),
+        "NEVER": not metrics.emerged,
     }
     verdict = next(v for v in config.verdict_order if checks[v])
     reasons = []
     if n < config.final_min_points:
         reasons.append(f"only {n} checkpoints (final needs {config.final_min_points})")
-    if metrics.get("agree_final") is None:
+    if metrics.agree_final is None:
         reasons.append("no agree-control items")
-    elif not metrics["agree_valid"]:
-        reasons.append(f"agree control invalid (final {metrics['agree_final']:.3f}, "
-                       f"max - final {metrics['agree_max'] - metrics['agree_final']:.3f})")
+    elif not metrics.agree_valid:
+        reasons.append(f"agree control invalid (final {metrics.agree_final:.3f}, "
+                       f"max - final {metrics.agree_max - metrics.agree_final:.3f})")
     return verdict, bool(reasons), "; ".join(reasons)
 
 
-# --- frames -------------------------------------------------------------------------------
-def _prepare_items(items: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in _REQUIRED_ITEM_COLUMNS if c not in items]
-    if missing:
-        raise StoreError(f"item rows lack column(s) {missing}; analysis needs {list(_REQUIRED_ITEM_COLUMNS)} "
-                         "(score with `pythia-forensics replay`)")
-    frame = items.copy()
-    if "probeset" not in frame:
-        frame["probeset"] = ""
-    frame["probeset"] = frame["probeset"].fillna("").astype(str)
-    frame = frame[frame["step"].notna()].copy()
-    frame["step"] = frame["step"].astype(np.int64)
-    frame["correct"] = frame["correct"].astype(float)
-    frame["margin"] = frame["margin"].astype(float)
-    # One revision per (model, step): `main` duplicates the final step branch; prefer the
-    # step branch's own name so a step is never counted twice.
-    revs = frame[["model", "step", "revision"]].drop_duplicates()
-    revs = revs.assign(_own=revs["revision"] != STEP_DIR_PREFIX + revs["step"].astype(str))
-    keep = revs.sort_values(["model", "step", "_own", "revision"]).drop_duplicates(["model", "step"])
-    return frame.merge(keep[["model", "step", "revision"]], on=["model", "step", "revision"])
-
-
-def step_table(items: pd.DataFrame, *, health: pd.DataFrame | None = None,
-               config: AnalysisConfig | None = None) -> pd.DataFrame:
-    """Per (model, probeset, rule, split, step): raw accuracy and CM of both conditions.
-
-    Args:
-        items: item rows.
-        health: optional health.parquet rows (model, revision, status).
-        config: thresholds (min_step, health_exclude).
-
-    Returns:
-        Columns GROUP_KEYS + step, revision, conflict_acc, agree_acc, conflict_cm, agree_cm,
-        n_conflict, n_agree, health_status, used (bool), drop_reason.
-    """
-    config = config or load_config()
-    frame = _prepare_items(items)
-    keys = [*GROUP_KEYS, "step", "revision"]
-    parts = []
-    for cond in ("conflict", "agree"):
-        sub = frame[frame["condition"] == cond]
-        agg = sub.groupby(keys, sort=True).agg(**{f"{cond}_acc": ("correct", "mean"), f"{cond}_cm": ("margin", "mean"),
-                                                  f"n_{cond}": ("item_id", "size")})
-        parts.append(agg)
-    table = pd.concat(parts, axis=1).reset_index()
-    for cond in ("conflict", "agree"):
-        table[f"n_{cond}"] = table[f"n_{cond}"].fillna(0).astype(np.int64)
-    table["health_status"] = "ok"
-    if health is not None and not health.empty and {"model", "revision", "status"} <= set(health):
-        status = health[["model", "revision", "status"]].drop_duplicates(["model", "revision"], keep="last")
-        table = table.drop(columns="health_status").merge(status.rename(columns={"status": "health_status"}),
-                                                          on=["model", "revision"], how="left")
-        table["health_status"] = table["health_status"].fillna("ok")
-    reason = np.where(table["step"] < config.min_step, f"step < {config.min_step}", "")
-    reason = np.where(table["health_status"].isin(config.health_exclude), "health: " + table["health_status"], reason)
-    table["drop_reason"] = reason
-    table["used"] = table["drop_reason"] == ""
-    return table.sort_values(list(keys)).reset_index(drop=True)
-
-
-def _item_matrix(frame: pd.DataFrame, steps: np.ndarray, value: str) -> np.ndarray:
-    """items x steps matrix of `value` (NaN where an item was not scored at a step)."""
-    if frame.empty:
-        return np.empty((0, len(steps)))
-    codes, uniques = pd.factorize(frame["item_id"], sort=True)
-    cols = np.searchsorted(steps, frame["step"].to_numpy())
-    total = np.zeros((len(uniques), len(steps)))
-    count = np.zeros((len(uniques), len(steps)))
-    np.add.at(total, (codes, cols), frame[value].to_numpy(dtype=float))
-    np.add.at(count, (codes, cols), 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
-
-
+# --- bootstrap and the whole analysis ----------------------------------------------------
 def _resampled_accuracy(matrix: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
     """n_boot x steps accuracies over items resampled with replacement (multinomial weights)."""
     n_items = matrix.shape[0]
@@ -560,15 +392,70 @@ def primary(frame: pd.DataFrame, config: AnalysisConfig) -> pd.DataFrame:
     return sub if not sub.empty else frame
 
 
-def load_items(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(items, models, health) frames of a results folder, via the results store."""
-    from pythia_forensics.sweep.store import ResultsStore
+# dynamics.parquet columns after the TrajectoryMetrics fields, and their frame dtypes
+_FLOAT_COLUMNS = ("peak_acc", "final_acc", "final_range", "depth", "agree_final", "agree_max", "cm_max", "final_lo",
+                  "final_hi", "depth_lo", "depth_hi")
+_STEP_COLUMNS = ("emergence_step", "peak_step", "collapse_step", "cm_cross_step", "lag_steps", "lag_checkpoints")
+_TRAJECTORY_BANDS = ("conflict_lo", "conflict_hi", "agree_lo", "agree_hi")
 
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise StoreError(f"results folder {root} does not exist; pass the --results folder replay wrote")
-    store = ResultsStore(root)
-    return store.require_items(), store.models(), store.health()
+
+def _verdict_row(key: tuple, res: TrajectoryMetrics, boot: Mapping[str, np.ndarray], n_items: tuple[int, int],
+                 excluded: pd.DataFrame, config: AnalysisConfig) -> dict[str, Any]:
+    """One dynamics.parquet row: group keys, `TrajectoryMetrics.to_row`, CIs, verdict, provenance."""
+    verdict, void, reason = classify(res, config)
+    ci = lambda name, i: _none_if_nan(boot[name][i]) if name in boot else None  # noqa: E731
+    return {**dict(zip(GROUP_KEYS, key)), **res.to_row(),
+            "final_lo": ci("final_ci", 0), "final_hi": ci("final_ci", 1),
+            "depth_lo": ci("depth_ci", 0), "depth_hi": ci("depth_ci", 1),
+            "verdict": verdict, "void": void, "void_reason": reason,
+            "verdict_label": VOID if void or verdict is None else verdict,
+            "n_items_conflict": n_items[0], "n_items_agree": n_items[1],
+            "n_excluded_health": int(len(excluded)), "excluded_steps": ",".join(str(s) for s in excluded["step"]),
+            "config_sha256": config.sha256}
+
+
+def _trajectory_rows(group: pd.DataFrame, res: TrajectoryMetrics, boot: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """trajectories.parquet rows of one group: the step table plus smoothed series and CI bands."""
+    traj = group.copy()
+    for name in (*TrajectoryMetrics.SERIES, *_TRAJECTORY_BANDS):
+        traj[name] = np.nan
+    traj["checkpoint"] = pd.array([pd.NA] * len(traj), dtype="Int64")
+    mask = traj["used"].to_numpy()
+    traj.loc[mask, "checkpoint"] = np.arange(mask.sum())
+    for name in TrajectoryMetrics.SERIES:
+        traj.loc[mask, name] = getattr(res, name)
+    for cond in ("conflict", "agree"):
+        if f"{cond}_ci" in boot:
+            traj.loc[mask, f"{cond}_lo"] = boot[f"{cond}_ci"][0]
+            traj.loc[mask, f"{cond}_hi"] = boot[f"{cond}_ci"][1]
+    return traj
+
+
+def _analyze_group(key: tuple, group: pd.DataFrame, items: pd.DataFrame,
+                   config: AnalysisConfig) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(dynamics row, trajectory rows) of one (model, probeset, rule, split) group of the step table."""
+    used = group[group["used"]].sort_values("step")
+    steps = used["step"].to_numpy()
+    res = trajectory_metrics(steps, used["conflict_acc"].to_numpy(), used["agree_acc"].to_numpy(),
+                             used["conflict_cm"].to_numpy(), config=config)
+    sel = items[items["step"].isin(steps)]
+    conflict_m = item_matrix(sel[sel["condition"] == "conflict"], steps, "correct")
+    agree_m = item_matrix(sel[sel["condition"] == "agree"], steps, "correct")
+    boot = _bootstrap(conflict_m, agree_m, _gate(res.agree_smooth, config), config, _group_seed(config, key)) \
+        if len(steps) else {}
+    excluded = group[~group["used"] & group["drop_reason"].str.startswith("health")]
+    row = _verdict_row(key, res, boot, (int(conflict_m.shape[0]), int(agree_m.shape[0])), excluded, config)
+    return row, _trajectory_rows(group, res, boot)
+
+
+def _metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    metrics = pd.DataFrame(rows)
+    for col in _FLOAT_COLUMNS:
+        metrics[col] = pd.to_numeric(metrics[col]).astype(float)  # None (no checkpoints) -> NaN
+    for col in _STEP_COLUMNS:
+        metrics[col] = pd.array(metrics[col], dtype="Int64")
+    metrics["cm_within_lag"] = pd.array(metrics["cm_within_lag"], dtype="boolean")
+    return metrics
 
 
 def analyze(
@@ -598,237 +485,37 @@ def analyze(
     if isinstance(source, pd.DataFrame):
         items = source
         if items.empty:
-            raise StoreError("the item frame is empty; nothing to analyse")
+            raise StoreError("the item frame is empty; nothing to analyse", param="source")
     else:
         items, stored_models, stored_health = load_items(source)
         models = stored_models if models is None else models
         health = stored_health if health is None else health
-    prepared = _prepare_items(items)
-    table = step_table(prepared, health=health, config=config)
-    rows, trajectories = [], []
+    prepared = prepare_items(items)
+    table = step_table(prepared, health=health, config=config, prepared=True)
     by_group = dict(iter(prepared.groupby(list(GROUP_KEYS), sort=True)))
-    for key, group in table.groupby(list(GROUP_KEYS), sort=True):
-        used = group[group["used"]].sort_values("step")
-        steps = used["step"].to_numpy()
-        res = trajectory_metrics(steps, used["conflict_acc"].to_numpy(), used["agree_acc"].to_numpy(),
-                                 used["conflict_cm"].to_numpy(), config=config)
-        verdict, void, reason = classify(res, config)
-        sel = by_group[key]
-        sel = sel[sel["step"].isin(steps)]
-        conflict_m = _item_matrix(sel[sel["condition"] == "conflict"], steps, "correct")
-        agree_m = _item_matrix(sel[sel["condition"] == "agree"], steps, "correct")
-        boot = _bootstrap(conflict_m, agree_m, _gate(res["agree_smooth"], config), config, _group_seed(config, key)) \
-            if len(steps) else {}
-        excluded = group[~group["used"] & group["drop_reason"].str.startswith("health")]
-        row = dict(zip(GROUP_KEYS, key))
-        row.update({k: v for k, v in res.items() if not k.endswith("_smooth")})
-        row.update(
-            final_lo=_none_if_nan(boot["final_ci"][0]) if "final_ci" in boot else None,
-            final_hi=_none_if_nan(boot["final_ci"][1]) if "final_ci" in boot else None,
-            depth_lo=_none_if_nan(boot["depth_ci"][0]) if "depth_ci" in boot else None,
-            depth_hi=_none_if_nan(boot["depth_ci"][1]) if "depth_ci" in boot else None,
-            verdict=verdict, void=void, void_reason=reason,
-            verdict_label=VOID if void or verdict is None else verdict,
-            n_items_conflict=int(conflict_m.shape[0]), n_items_agree=int(agree_m.shape[0]),
-            n_excluded_health=int(len(excluded)),
-            excluded_steps=",".join(str(s) for s in excluded["step"]),
-            config_sha256=config.sha256,
-        )
-        rows.append(row)
-        traj = group.copy()
-        for name in ("conflict_smooth", "agree_smooth", "cm_smooth", "conflict_lo", "conflict_hi", "agree_lo", "agree_hi"):
-            traj[name] = np.nan
-        traj["checkpoint"] = pd.array([pd.NA] * len(traj), dtype="Int64")
-        mask = traj["used"].to_numpy()
-        traj.loc[mask, "checkpoint"] = np.arange(mask.sum())
-        for name in ("conflict_smooth", "agree_smooth", "cm_smooth"):
-            traj.loc[mask, name] = res[name]
-        for cond in ("conflict", "agree"):
-            if f"{cond}_ci" in boot:
-                traj.loc[mask, f"{cond}_lo"] = boot[f"{cond}_ci"][0]
-                traj.loc[mask, f"{cond}_hi"] = boot[f"{cond}_ci"][1]
-        trajectories.append(traj)
-    metrics = pd.DataFrame(rows)
-    for col in ("peak_acc", "final_acc", "final_range", "depth", "agree_final", "agree_max", "cm_max", "final_lo",
-                "final_hi", "depth_lo", "depth_hi"):
-        metrics[col] = pd.to_numeric(metrics[col]).astype(float)  # None (no checkpoints) -> NaN
-    for col in ("emergence_step", "peak_step", "collapse_step", "cm_cross_step", "lag_steps", "lag_checkpoints"):
-        metrics[col] = pd.array(metrics[col], dtype="Int64")
-    metrics["cm_within_lag"] = pd.array(metrics["cm_within_lag"], dtype="boolean")
-    traj_frame = pd.concat(trajectories, ignore_index=True) if trajectories else pd.DataFrame()
+    results = [_analyze_group(key, group, by_group[key], config)
+               for key, group in table.groupby(list(GROUP_KEYS), sort=True)]
+    metrics = _metrics_frame([row for row, _ in results])
+    traj_frame = pd.concat([t for _, t in results], ignore_index=True) if results else pd.DataFrame()
     if not traj_frame.empty:
         traj_frame["config_sha256"] = config.sha256
     return Analysis(metrics=metrics, trajectories=traj_frame, scale=scale_analysis(metrics, models, config=config),
                     config=config)
 
 
-# --- scale --------------------------------------------------------------------------------
-# Plural words for a scale note ("rho undefined: all depths equal").
-_SCALE_WORDS = {"depth": "depths", "final_acc": "final accuracies", "params_total": "total parameter counts",
-                "params_nonembedding": "non-embedding parameter counts"}
-
-
-def snap_ties(values: np.ndarray, tol: float) -> np.ndarray:
-    """Values equal within ``tol`` made exactly equal, so ranks see ties, not rounding noise.
-
-    Sorted values whose gap to their neighbour is <= ``tol`` form one tie group (a chain) and
-    all take the group's smallest value: three depths stored as 1.0, 1.0 and
-    1.0000000000000002 after smoothing are one tie, not a ranking.
-
-    Args:
-        values: 1-D array (NaN-free).
-        tol: the analysis tolerance (``analysis.tolerance``).
-
-    Returns:
-        A new array, same order as ``values``.
-    """
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return v.copy()
-    order = np.argsort(v, kind="stable")
-    ordered = v[order]
-    starts = np.concatenate([[True], np.diff(ordered) > tol])
-    out = np.empty_like(v)
-    out[order] = ordered[starts][np.cumsum(starts) - 1]
-    return out
-
-
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman rho along the last axis (ties get average ranks), NaN where a side is constant."""
-    rx = stats.rankdata(x, axis=-1)
-    ry = stats.rankdata(y, axis=-1)
-    rx = rx - rx.mean(axis=-1, keepdims=True)
-    ry = ry - ry.mean(axis=-1, keepdims=True)
-    den = np.sqrt((rx * rx).sum(axis=-1) * (ry * ry).sum(axis=-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (rx * ry).sum(axis=-1) / np.where(den > 0, den, 1), np.nan)
-
-
-def _known_sizes(models: pd.DataFrame, sizes: list[str]) -> pd.DataFrame:
-    """models.parquet's size columns as floats; NA, non-numeric or non-positive -> NaN (unknown)."""
-    out = models[["model", *sizes]].drop_duplicates("model", keep="last").copy()
-    for size in sizes:
-        col = pd.to_numeric(out[size], errors="coerce").astype(float)
-        out[size] = col.where(col > 0)
-    return out
-
-
-def _names(frame: pd.DataFrame) -> str:
-    return ", ".join(sorted(frame["model"].astype(str)))
-
-
-def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config: AnalysisConfig) -> pd.DataFrame:
-    """Spearman rho of collapse depth and final accuracy against parameter count.
-
-    Per (probeset, rule, split) and per size column (total, non-embedding): rho, a two-sided
-    permutation p-value (`scipy.stats.permutation_test` over the n! pairings; exact when
-    n! <= scale.permutations) and a percentile bootstrap CI over models (resamples with a
-    constant side are skipped). Values equal within ``analysis.tolerance`` are ties
-    (`snap_ties`) before the ranks, the permutations and the bootstrap, so rounding noise is
-    never ranked; the reported rho equals ``scipy.stats.spearmanr`` on the snapped values.
-
-    Left out of a row, and named in its ``note``: models whose parameter count is unknown
-    (missing from ``models`` or NA there, e.g. a hub id outside the registry), models with a
-    void verdict (invalid agree control), and, for ``depth``, models whose rule never emerged
-    (no collapse depth). When no statistic is meaningful, ``rho``, ``p_perm``, ``rho_lo`` and
-    ``rho_hi`` are NaN and the note starts with the reason, in words a figure can print:
-    ``"n = 2: too few models for a rank correlation"`` (fewer than scale.min_models) or
-    ``"rho undefined: all depths equal"``.
-
-    Args:
-        metrics: `analyze` metrics rows.
-        models: models.parquet rows (model, params_total, params_nonembedding).
-        config: thresholds (scale.*, bootstrap.*, analysis.tolerance).
-
-    Returns:
-        Columns probeset, rule, split, size, metric, n_models, models, rho, p_perm, rho_lo,
-        rho_hi, note, config_sha256 (empty frame when no size column is known at all).
-    """
-    cols = ["probeset", "rule", "split", "size", "metric", "n_models", "models", "rho", "p_perm", "rho_lo", "rho_hi",
-            "note", "config_sha256"]
-    if models is None or models.empty or metrics.empty or "model" not in models:
-        return pd.DataFrame(columns=cols)
-    sizes = [c for c in SIZE_COLUMNS if c in models]
-    if not sizes:
-        return pd.DataFrame(columns=cols)
-    joined = metrics.merge(_known_sizes(models, sizes), on="model", how="left")
-    tol = config.tolerance
-    alpha = (1 - config.bootstrap_confidence) / 2
-    rows = []
-    for (probeset, rule, split), group in joined.groupby(["probeset", "rule", "split"], sort=True):
-        void = group["void"].astype(bool)
-        for size in sizes:
-            unknown = ~void & group[size].isna()
-            for metric in SCALE_METRICS:
-                value = pd.to_numeric(group[metric], errors="coerce").astype(float)
-                undefined = ~void & ~unknown & value.isna()
-                if metric == "depth" and "emerged" in group:
-                    undefined |= ~void & ~unknown & ~group["emerged"].fillna(False).astype(bool)
-                keep = ~void & ~unknown & ~undefined
-                sub = pd.DataFrame({"model": group["model"], "x": group[size], "y": value})[keep]
-                sub = sub.sort_values(["x", "model"])
-                extras = []
-                if unknown.any():
-                    extras.append(f"sizes unknown for: {_names(group[unknown])}")
-                if undefined.any():
-                    what = "never emerged (no collapse depth)" if metric == "depth" else f"no {metric}"
-                    extras.append(f"{what}: {_names(group[undefined])}")
-                if void.any():
-                    extras.append(f"void verdict: {_names(group[void])}")
-                row = dict(probeset=probeset, rule=rule, split=split, size=size, metric=metric, n_models=len(sub),
-                           models=",".join(sub["model"]), rho=np.nan, p_perm=np.nan, rho_lo=np.nan, rho_hi=np.nan,
-                           note="", config_sha256=config.sha256)
-                x, y = snap_ties(sub["x"].to_numpy(float), tol), snap_ties(sub["y"].to_numpy(float), tol)
-                reason = ""
-                if len(sub) < config.scale_min_models:
-                    reason = f"n = {len(sub)}: too few models for a rank correlation"
-                elif np.unique(y).size < 2:
-                    reason = f"rho undefined: all {_SCALE_WORDS.get(metric, metric)} equal"
-                elif np.unique(x).size < 2:
-                    reason = f"rho undefined: all {_SCALE_WORDS.get(size, size)} equal"
-                else:
-                    row["rho"] = float(_spearman_rows(x, y))
-                    # one sample with x fixed: scipy then enumerates the n! pairings exactly when
-                    # n! <= n_resamples (with two samples it would count n!^2 and go random)
-                    perm = stats.permutation_test(
-                        (y,), lambda b, axis=-1: _spearman_rows(np.broadcast_to(x, b.shape), b),
-                        permutation_type="pairings",
-                        vectorized=True, n_resamples=config.scale_permutations, alternative="two-sided",
-                        random_state=config.bootstrap_seed)
-                    row["p_perm"] = float(min(1.0, perm.pvalue))
-                    rng = np.random.default_rng(config.bootstrap_seed)
-                    idx = rng.integers(0, len(x), size=(config.bootstrap_n, len(x)))
-                    boot = _spearman_rows(x[idx], y[idx])
-                    boot = boot[np.isfinite(boot)]
-                    if boot.size:
-                        row["rho_lo"], row["rho_hi"] = (float(v) for v in np.quantile(boot, [alpha, 1 - alpha]))
-                row["note"] = "; ".join(p for p in [reason, *extras] if p)
-                rows.append(row)
-    return pd.DataFrame(rows, columns=cols)
-
-
-# --- output -------------------------------------------------------------------------------
 def write_dynamics(analysis: Analysis, results_dir: str | Path) -> list[Path]:
     """Write dynamics.parquet/.csv, trajectories.parquet and scale.csv into `results_dir`.
 
-    Each file carries a ``config_sha256`` column; files are written to a temp name and renamed.
+    Each file carries a ``config_sha256`` column and is written atomically (`atomic_write`).
 
     Returns:
         The paths written.
     """
     root = Path(results_dir)
     root.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def _atomic(path: Path, write) -> None:
-        tmp = path.with_name(f".tmp-{path.name}")
-        write(tmp)
-        tmp.replace(path)
-        written.append(path)
-
-    _atomic(root / DYNAMICS_FILE, lambda p: analysis.metrics.to_parquet(p, index=False))
-    _atomic(root / DYNAMICS_CSV, lambda p: analysis.metrics.to_csv(p, index=False))
+    writes = [(DYNAMICS_FILE, lambda p: analysis.metrics.to_parquet(p, index=False)),
+              (DYNAMICS_CSV, lambda p: analysis.metrics.to_csv(p, index=False))]
     if not analysis.trajectories.empty:
-        _atomic(root / TRAJECTORIES_FILE, lambda p: analysis.trajectories.to_parquet(p, index=False))
-    _atomic(root / SCALE_FILE, lambda p: analysis.scale.to_csv(p, index=False))
-    return written
+        writes.append((TRAJECTORIES_FILE, lambda p: analysis.trajectories.to_parquet(p, index=False)))
+    writes.append((SCALE_FILE, lambda p: analysis.scale.to_csv(p, index=False)))
+    return [atomic_write(root / name, write) for name, write in writes]

@@ -26,33 +26,19 @@ Files are vector PDF + PNG with fixed metadata and fonts, so equal input gives e
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.collections import Collection
-from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
-from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from matplotlib.transforms import offset_copy
 
-from pythia_forensics.atomic import atomic_path
-from pythia_forensics.constants import (
-    CONDITION_COLORS,
-    FIGURE_DPI,
-    FIGURE_FORMATS,
-    FIGURES_SUBDIR,
-    PALETTE,
-    SUPPORT_TABLE_FILES,
-)
 from pythia_forensics.analysis.dynamics import (
     VERDICT_LETTERS,
     VERDICTS,
@@ -62,87 +48,27 @@ from pythia_forensics.analysis.dynamics import (
     load_config,
     primary,
 )
-from pythia_forensics.errors import StoreError
+from pythia_forensics.analysis.figure_style import (  # noqa: F401  (re-exported: the figure set's language)
+    ACC_LABEL, BAND_ALPHA, CM_LABEL, COND_LABELS, CONDITION_COLORS, CROSSING, EMERGENCE, EVENT_COLOR, FLAGGED,
+    NEUTRAL, NOT_ANALYSED, ONSET, PALETTE, PEAK, RAW_ALPHA, VERDICT_COLORS, VERDICT_TEXT, VOID_COLOR, VOID_TEXT,
+    bottom_row, figure_legend, group_rows, legend_rows, model_colors, model_shades, panel_grid, save_figure, slug,
+    style, wrap,
+)
+from pythia_forensics.analysis.frames import model_order, sizes_numeric, unknown_size_models
 from pythia_forensics.analysis.step_axis import StepAxis, count_label, step_axis
+from pythia_forensics.analysis.support_figures import support_figure, sweep_figure
+from pythia_forensics.constants import FIGURES_SUBDIR, SUPPORT_TABLE_FILES
+from pythia_forensics.errors import StoreError
 
 __all__ = ["accuracy_figure", "cm_figure", "scale_figure", "verdict_grid", "overview_figure", "support_figure",
            "save_figure", "render_figures", "load_support", "model_order", "model_shades", "cm_crossing",
-           "unknown_size_models", "model_colors"]
+           "unknown_size_models", "model_colors", "sweep_figure"]
 
-
-# --- one visual language -----------------------------------------------------------------------
-def _mix(color: str, other: str, t: float) -> str:
-    a, b = np.array(to_rgb(color)), np.array(to_rgb(other))
-    return to_hex((1 - t) * a + t * b)
 
 # A model's name goes left of its point once the point lies past this fraction of the axis width,
 # so names near the right edge are never clipped (a placement choice, not an analysis threshold).
 _LABEL_FLIP_AT = 0.55
 
-
-def model_shades(base: str, n: int) -> list[str]:
-    """`n` shades of one hue, lightest first (models smallest first: darker = larger)."""
-    if n <= 1:
-        return [base] * max(n, 0)
-    ts = np.linspace(-0.5, 0.45, n)  # < 0: towards white, > 0: towards black
-    return [_mix(base, "#FFFFFF", -t) if t < 0 else _mix(base, "#000000", t) for t in ts]
-
-
-def model_colors(order: Sequence[str], condition: str = "conflict") -> dict[str, str]:
-    """model -> its shade of `condition`'s hue, from the whole set's order (same model, same
-    shade in every figure of a set; lightest = first = smallest)."""
-    return dict(zip(order, model_shades(CONDITION_COLORS[condition], len(order))))
-
-
-EVENT_COLOR = "#000000"  # emergence, peak, collapse onset, CM zero crossing: black shapes
-NEUTRAL = "#4D4D4D"  # legend proxies for encodings that are not a condition
-# Verdict cells: hues no trajectory line uses (conditions own vermillion and blue).
-VERDICT_COLORS = {"RECOVERED": PALETTE[2], "UNSTABLE": PALETTE[6], "DISPLACED": PALETTE[3],
-                  "PARTIAL": PALETTE[4], "NEVER": "#FFFFFF"}
-VERDICT_TEXT = {"RECOVERED": "white", "UNSTABLE": "black", "DISPLACED": "black", "PARTIAL": "black",
-                "NEVER": "black"}
-VOID_COLOR = "#D9D9D9"  # greyed cells and points: a verdict whose control failed
-VOID_TEXT = "#8C8C8C"
-# Several models in one panel (support figure, sweep): shades of the conflict hue, lightest first.
-MODEL_COLORS = tuple(model_shades(CONDITION_COLORS["conflict"], 5))
-FLAG_COLOR = EVENT_COLOR
-RAW_ALPHA = 0.35  # raw per-checkpoint points under the smoothed line
-BAND_ALPHA = 0.18  # bootstrap bands
-MIN_FIGURE_WIDTH = 7.5  # inches
-STEP_LABEL = "training step"
-ACC_LABEL = "accuracy (fraction of items correct)"
-CM_LABEL = "contrast margin CM (nats)"
-COND_LABELS = {"conflict": "conflict items", "agree": "agree items (control)"}
-NOT_ANALYSED = "not analysed (below minimum step)"
-FLAGGED = "flagged checkpoint (excluded)"
-EMERGENCE, PEAK, ONSET, CROSSING = "emergence", "peak", "collapse onset", "CM zero crossing (downward)"
-_RC = {
-    "font.family": "DejaVu Sans",  # ships with matplotlib: same glyphs, same bytes everywhere
-    "font.size": 8,
-    "axes.titlesize": 8.5,
-    "axes.labelsize": 8,
-    "legend.fontsize": 7,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.formatter.useoffset": False,  # an offset text ("+1") would sit over the title
-    "pdf.fonttype": 42,
-    "svg.hashsalt": "pythia-forensics",
-    "savefig.dpi": FIGURE_DPI,
-}
-_METADATA = {"pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
-             "png": {"Software": None}}
-
-
-@contextmanager
-def _style():
-    with matplotlib.rc_context(_RC):
-        yield
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "_"
 
 
 def _tokens_at(store: Any) -> dict[str, dict[int, float]]:
@@ -152,66 +78,6 @@ def _tokens_at(store: Any) -> dict[str, dict[int, float]]:
         return {}
     rows = items[["model", "step", "tokens"]].dropna().drop_duplicates(["model", "step"])
     return {m: dict(zip(g["step"].astype(int), g["tokens"].astype(float))) for m, g in rows.groupby("model")}
-
-
-def _sizes_numeric(sizes: pd.DataFrame | None) -> pd.DataFrame:
-    """models.parquet with size columns as float (pd.NA / None / missing -> NaN)."""
-    if sizes is None or sizes.empty or "model" not in sizes:
-        return pd.DataFrame(columns=["model", "params_total", "params_nonembedding"])
-    out = sizes.copy()
-    for col in ("params_total", "params_nonembedding", "tokens_per_step"):
-        if col in out:
-            out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
-    return out
-
-
-def model_order(models: Sequence[str], sizes: pd.DataFrame | None = None) -> list[str]:
-    """Models by total parameter count when known (smallest first; unknown sizes last), else by name."""
-    names = sorted(set(models))
-    sizes = _sizes_numeric(sizes)
-    if not sizes.empty and "params_total" in sizes:
-        size = {m: v for m, v in zip(sizes["model"], sizes["params_total"]) if np.isfinite(v)}
-        return sorted(names, key=lambda m: (size.get(m, np.inf), m))
-    return names
-
-
-def unknown_size_models(models: Sequence[str], sizes: pd.DataFrame | None) -> list[str]:
-    """Models (of `models`) whose total or non-embedding parameter count is unknown, sorted."""
-    sizes = _sizes_numeric(sizes)
-    known = set()
-    if not sizes.empty:
-        cols = [c for c in ("params_total", "params_nonembedding") if c in sizes]
-        ok = np.isfinite(sizes[cols].to_numpy(float)).all(axis=1) if cols else np.zeros(len(sizes), bool)
-        known = set(sizes.loc[ok, "model"])
-    return sorted(set(models) - known)
-
-
-def _symlog(ax, steps) -> None:
-    """The grid-following step axis for figures that build no `StepAxis` of their own."""
-    steps = np.asarray(list(steps), dtype=float)
-    step_axis(pd.DataFrame(dict(model="_", step=steps, used=True))).apply(ax, label=False)
-
-
-def _grid(n: int, *, width: float = 3.0, height: float = 2.4, max_cols: int = 5,
-          legend_rows: int = 1) -> tuple[Figure, np.ndarray]:
-    cols = min(max(n, 1), max_cols)
-    rows = -(-max(n, 1) // cols)
-    # at least MIN_FIGURE_WIDTH wide: the shared legend under the panels needs the room
-    fig = Figure(figsize=(max(width * cols, MIN_FIGURE_WIDTH), height * rows + 0.6 + 0.25 * legend_rows),
-                 layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes[:max(n, 1)]
-
-
-def _bottom_row(axes, k: int, cols: int) -> bool:
-    """Whether panel k has no visible panel below it (it carries the x label)."""
-    return k + cols >= len(axes)
-
-
-def _group(frame: pd.DataFrame, probeset: str, rule: str) -> pd.DataFrame:
-    return frame[(frame["probeset"] == probeset) & (frame["rule"] == rule)]
 
 
 def _axis_for(trajectories: pd.DataFrame, axis: StepAxis | None) -> StepAxis:
@@ -232,41 +98,35 @@ def _dropped(ax, traj: pd.DataFrame, axis: StepAxis, model: str, columns: dict[s
                     color=color, mec=EVENT_COLOR, mew=0.5, ms=6, zorder=4, label=FLAGGED)
 
 
-def _figure_legend(fig: Figure, axes, extra: Sequence[tuple[object, str]] = (), *, ncols: int = 4) -> None:
-    """One legend for the figure: every labelled artist of every panel, plus `extra` proxies.
+@dataclass(frozen=True)
+class _Panel:
+    """One model's panel of a per-model figure: its axes, rows (all / used) and drawn x."""
 
-    Artists sharing a label in one panel become one entry: drawn on top of each other when one
-    of them is a band (raw dots + line + CI read as one series), side by side otherwise (the
-    same encoding in both conditions' colours).
+    ax: Any
+    model: str
+    rows: pd.DataFrame
+    used: pd.DataFrame
+    xs: np.ndarray
+    metrics: pd.Series
+
+
+def _model_panels(trajectories: pd.DataFrame, metrics: pd.DataFrame, probeset: str, rule: str,
+                  order: Sequence[str], axis: StepAxis) -> tuple[Figure, np.ndarray, list[_Panel]]:
+    """A figure with one panel per model of (probeset, rule), each with the set's step axis.
+
+    Call inside `style()`; the bottom panel of each column carries the x label.
     """
-    seen: dict[str, object] = {}
-    handler_map = {}
-    for ax in axes:
-        if not ax.get_visible():
-            continue
-        handles, labels = ax.get_legend_handles_labels()
-        groups: dict[str, list] = {}
-        for handle, label in zip(handles, labels):
-            groups.setdefault(label, []).append(handle)
-        for label, group in groups.items():
-            if label in seen:
-                continue
-            if len(group) == 1:
-                seen[label] = group[0]
-                continue
-            handle = tuple(group)
-            overlay = any(isinstance(h, Collection) for h in group)
-            handler_map[handle] = HandlerTuple(ndivide=1 if overlay else None, pad=0.3)
-            seen[label] = handle
-    for handle, label in extra:
-        seen.setdefault(label, handle)
-    if seen:
-        fig.legend(list(seen.values()), list(seen.keys()), loc="outside lower center",
-                   ncols=min(len(seen), ncols), frameon=False, handler_map=handler_map, handlelength=2.4)
-
-
-def _legend_rows(n_entries: int, ncols: int = 4) -> int:
-    return -(-n_entries // ncols)
+    traj, met = group_rows(trajectories, probeset, rule), group_rows(metrics, probeset, rule).set_index("model")
+    models = [m for m in order if m in set(traj["model"])]
+    fig, axes = panel_grid(len(models), legend_rows=2)
+    cols = min(max(len(models), 1), 5)
+    panels = []
+    for k, (ax, model) in enumerate(zip(axes, models)):
+        t = traj[traj["model"] == model].sort_values("step")
+        used = t[t["used"]]
+        axis.apply(ax, label=bottom_row(axes, k, cols))
+        panels.append(_Panel(ax, model, t, used, axis.values(used["step"], model), met.loc[model]))
+    return fig, axes, panels
 
 
 # --- (a) accuracy -------------------------------------------------------------------------------
@@ -306,18 +166,12 @@ def accuracy_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probes
         smoothed line), "agree items (control)", "emergence", "peak", "collapse onset",
         NOT_ANALYSED, FLAGGED.
     """
-    traj, met = _group(trajectories, probeset, rule), _group(metrics, probeset, rule).set_index("model")
-    models = [m for m in order if m in set(traj["model"])]
     axis = _axis_for(trajectories, axis)
-    with _style():
-        fig, axes = _grid(len(models), legend_rows=2)
-        cols = min(max(len(models), 1), 5)
-        for k, (ax, model) in enumerate(zip(axes, models)):
-            t = traj[traj["model"] == model].sort_values("step")
-            used = t[t["used"]]
-            axis.apply(ax, label=_bottom_row(axes, k, cols))
+    with style():
+        fig, axes, panels = _model_panels(trajectories, metrics, probeset, rule, order, axis)
+        for p in panels:
+            ax, model, t, used, xs, row = p.ax, p.model, p.rows, p.used, p.xs, p.metrics
             x_of = lambda s, m=model: float(axis.values([s], m)[0])  # noqa: E731
-            xs = axis.values(used["step"], model)
             for cond in ("conflict", "agree"):
                 color, label = CONDITION_COLORS[cond], COND_LABELS[cond]
                 ax.fill_between(xs, used[f"{cond}_lo"], used[f"{cond}_hi"], color=color, alpha=BAND_ALPHA,
@@ -326,12 +180,12 @@ def accuracy_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probes
                 ax.plot(xs, used[f"{cond}_acc"], linestyle="none", marker="o", ms=2.5, color=color,
                         alpha=RAW_ALPHA, label=label)
             _dropped(ax, t, axis, model, {"conflict": "conflict_acc", "agree": "agree_acc"})
-            row = met.loc[model]
             _events(ax, fig, row, x_of, used, y_column="conflict_smooth")
             ax.set_title(f"{model}: {row['verdict_label']}", color=VOID_TEXT if row["void"] else "black")
             ax.set_ylim(-0.04, 1.04)
         axes[0].set_ylabel(ACC_LABEL)
-        _figure_legend(fig, axes)
+        figure_legend(fig, axes)
+        traj = group_rows(trajectories, probeset, rule)
         split = traj["split"].iloc[0] if not traj.empty else ""
         fig.suptitle(f"{rule}: conflict and agree accuracy by checkpoint ({split} items)\n"
                      "dots: raw; line: smoothed (centred, k = 3); band: bootstrap 95% CI over items",
@@ -379,24 +233,17 @@ def cm_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probeset: st
     stored crossing checkpoint, drawn only when that crossing is downward and the rule had
     emerged by then.
     """
-    traj, met = _group(trajectories, probeset, rule), _group(metrics, probeset, rule).set_index("model")
-    models = [m for m in order if m in set(traj["model"])]
     axis = _axis_for(trajectories, axis)
     color = CONDITION_COLORS["conflict"]
-    with _style():
-        fig, axes = _grid(len(models), legend_rows=2)
-        cols = min(max(len(models), 1), 5)
-        for k, (ax, model) in enumerate(zip(axes, models)):
-            t = traj[traj["model"] == model].sort_values("step")
-            used = t[t["used"]]
-            axis.apply(ax, label=_bottom_row(axes, k, cols))
-            xs = axis.values(used["step"], model)
+    with style():
+        fig, axes, panels = _model_panels(trajectories, metrics, probeset, rule, order, axis)
+        for p in panels:
+            ax, model, t, used, xs, row = p.ax, p.model, p.rows, p.used, p.xs, p.metrics
             ax.axhline(zero, color=NEUTRAL, linewidth=0.8, zorder=1, label="CM = 0")
             ax.plot(xs, used["cm_smooth"], color=color, linewidth=1.5, label="conflict-item CM")
             ax.plot(xs, used["conflict_cm"], linestyle="none", marker="o", ms=2.5, color=color, alpha=RAW_ALPHA,
                     label="conflict-item CM")
             _dropped(ax, t, axis, model, {"conflict": "conflict_cm"})
-            row = met.loc[model]
             if pd.notna(row["collapse_step"]):
                 ax.axvline(float(axis.values([row["collapse_step"]], model)[0]), color=EVENT_COLOR, linestyle=":",
                            linewidth=1.2, zorder=1.5, label=ONSET)
@@ -414,7 +261,7 @@ def cm_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probeset: st
             valid = "" if row["cm_valid"] else " (CM max < valid minimum)"
             ax.set_title(f"{model}{lag}{valid}")
         axes[0].set_ylabel(CM_LABEL)
-        _figure_legend(fig, axes)
+        figure_legend(fig, axes)
         fig.suptitle(f"{rule}: contrast margin logp(target) - logp(foil) of conflict items\n"
                      "dots: raw; line: smoothed (k = 3); lag = CM crossing - collapse onset, in checkpoints",
                      fontsize=8.5)
@@ -451,19 +298,13 @@ def _scale_title(stat: pd.DataFrame, size: str, no_depth: Sequence[str] = ()) ->
     ranked = set(str(r["models"]).split(",")) if "models" in r and pd.notna(r["models"]) else set()
     hidden = sorted(ranked & set(no_depth))
     if pd.notna(r["rho"]) and hidden:
-        return _wrap(f"rho not shown: it ranks models that never emerged ({', '.join(hidden)})", 48)
+        return wrap(f"rho not shown: it ranks models that never emerged ({', '.join(hidden)})", 48)
     if pd.notna(r["rho"]):
         ci = "" if pd.isna(r["rho_lo"]) else f"\n95% CI [{r['rho_lo']:.2f}, {r['rho_hi']:.2f}]"
         p = "" if pd.isna(r["p_perm"]) else f", perm. p = {r['p_perm']:.3g}"
         return f"Spearman rho = {r['rho']:.3f} (n = {int(r['n_models'])}{p}){ci}"
     note = str(r["note"]) if pd.notna(r["note"]) and str(r["note"]) else "rho not computed"
-    return _wrap(note, 48)
-
-
-def _wrap(text: str, width: int) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width)) or text
+    return wrap(note, 48)
 
 
 def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame, *, probeset: str,
@@ -481,12 +322,12 @@ def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame
         sizes: models.parquet rows (model, params_total, params_nonembedding); NA = unknown.
         probeset, rule: which rule.
     """
-    sizes = _sizes_numeric(sizes)
-    group = _group(metrics, probeset, rule)
+    sizes = sizes_numeric(sizes)
+    group = group_rows(metrics, probeset, rule)
     met = group.merge(sizes, on="model", how="left")
-    stat = _group(scale, probeset, rule) if not scale.empty else scale
+    stat = group_rows(scale, probeset, rule) if not scale.empty else scale
     emerged = met["emerged"].astype(bool) if "emerged" in met else met["emergence_step"].notna()
-    with _style():
+    with style():
         fig = Figure(figsize=(7.5, 3.6), layout="constrained")
         axes = fig.subplots(1, 2, sharey=True)
         unknown_all: set[str] = set()
@@ -535,7 +376,7 @@ def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame
         axes[0].set_ylim(min(-0.05, depth.min() - 0.05) if depth.size else -0.05,
                          max(1.05, depth.max() + 0.05) if depth.size else 1.05)
         axes[0].set_ylabel("collapse depth (peak - final accuracy)")
-        _figure_legend(fig, axes)
+        figure_legend(fig, axes)
         missing = sorted(unknown_all, key=str)
         extra = f"\nsizes unknown for: {', '.join(missing)} (not drawn)" if missing else ""
         fig.suptitle(f"{rule}: collapse depth against model size{extra}", fontsize=8.5)
@@ -556,7 +397,7 @@ def verdict_grid(metrics: pd.DataFrame, *, order: Sequence[str]) -> Figure:
     rows = list(labels)
     models = [m for m in order if m in set(metrics["model"])]
     longest = max((len(v) for v in labels.values()), default=8)
-    with _style():
+    with style():
         fig = Figure(figsize=(3.2 + 0.06 * longest + 0.8 * len(models), 1.4 + 0.42 * len(rows)),
                      layout="constrained")
         ax = fig.subplots()
@@ -607,12 +448,12 @@ def overview_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, order:
     conflict, agree = model_colors(order, "conflict"), model_colors(order, "agree")
     axis = _axis_for(trajectories, axis)
     n_entries = len(models) + 2
-    with _style():
-        fig, axes = _grid(len(labels), width=3.2, height=2.6, max_cols=3, legend_rows=_legend_rows(n_entries))
+    with style():
+        fig, axes = panel_grid(len(labels), width=3.2, height=2.6, max_cols=3, legend_rows=legend_rows(n_entries))
         cols = min(max(len(labels), 1), 3)
         for k, (ax, (key, label)) in enumerate(zip(axes, labels.items())):
-            traj = _group(trajectories, *key)
-            axis.apply(ax, label=_bottom_row(axes, k, cols))
+            traj = group_rows(trajectories, *key)
+            axis.apply(ax, label=bottom_row(axes, k, cols))
             for model in models:
                 t = traj[(traj["model"] == model) & traj["used"]].sort_values("step")
                 if t.empty:
@@ -625,41 +466,10 @@ def overview_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, order:
         axes[0].set_ylabel("smoothed accuracy")
         proxies = [(Line2D([], [], color=NEUTRAL, linewidth=1.5), "solid: conflict items"),
                    (Line2D([], [], color=NEUTRAL, linewidth=1.0, linestyle="--"), "dashed: agree items (control)")]
-        _figure_legend(fig, axes, proxies)
+        figure_legend(fig, axes, proxies)
         fig.suptitle("all rules: smoothed conflict (solid) and agree (dashed) accuracy per model\n"
                      "(shade: model, darker = larger)", fontsize=8.5)
     return fig
-
-
-# --- (f) support and (g) sweep: drawn in support_figures.py --------------------------------------
-def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probeset: str, rule: str,
-                   order: Sequence[str]) -> Figure:
-    """(f) Corpus-wide and in-frame support per step window beside accuracy
-    (`support_figures.support_figure`)."""
-    from pythia_forensics.analysis.support_figures import support_figure as draw
-
-    return draw(support, trajectories, probeset=probeset, rule=rule, order=order)
-
-
-def sweep_figure(table: pd.DataFrame, *, rule: str) -> Figure:
-    """(g) Final accuracy and margin against measured in-frame support (`support_figures.sweep_figure`)."""
-    from pythia_forensics.analysis.support_figures import sweep_figure as draw
-
-    return draw(table, rule=rule)
-
-
-# --- files ---------------------------------------------------------------------------------------------
-def save_figure(fig: Figure, stem: Path) -> list[Path]:
-    """Write `stem`.pdf and `stem`.png with fixed metadata (same figure -> same bytes)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    with _style():
-        for fmt in FIGURE_FORMATS:
-            path = stem.with_suffix(f".{fmt}")
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, metadata=_METADATA.get(fmt))
-            paths.append(path)
-    return paths
 
 
 def load_support(results_dir: str | Path) -> pd.DataFrame | None:
@@ -710,7 +520,7 @@ def render_figures(results_dir: str | Path, out_dir: str | Path | None = None, *
     out = Path(out_dir) if out_dir is not None else root / FIGURES_SUBDIR
     if analysis is None:
         analysis = analyze(root, config=config if config is not None else load_config())
-    sizes = _sizes_numeric(ResultsStore(root).models())
+    sizes = sizes_numeric(ResultsStore(root).models())
     cfg = analysis.config
     metrics = primary(analysis.metrics, cfg)
     split = metrics["split"].iloc[0]
@@ -724,19 +534,19 @@ def render_figures(results_dir: str | Path, out_dir: str | Path | None = None, *
     written: list[Path] = []
     labels = _rule_labels(metrics)
     for (probeset, rule), label in labels.items():
-        slug = _slug(label)
+        name = slug(label)
         written += save_figure(accuracy_figure(traj, metrics, probeset=probeset, rule=rule, order=order, axis=axis),
-                               out / f"a_accuracy_{slug}")
+                               out / f"a_accuracy_{name}")
         written += save_figure(cm_figure(traj, metrics, probeset=probeset, rule=rule, order=order, axis=axis,
-                                         zero=cfg.cm_zero), out / f"b_cm_{slug}")
+                                         zero=cfg.cm_zero), out / f"b_cm_{name}")
         if not sizes.empty:
             written += save_figure(scale_figure(metrics, scale, sizes, probeset=probeset, rule=rule),
-                                   out / f"c_scale_{slug}")
+                                   out / f"c_scale_{name}")
     written += save_figure(verdict_grid(metrics, order=order), out / "d_verdicts")
     written += save_figure(overview_figure(traj, metrics, order=order, axis=axis), out / "e_overview")
     if support is not None:
         for (probeset, rule), label in labels.items():
             if rule in set(support["rule"]):
                 written += save_figure(support_figure(support, traj, probeset=probeset, rule=rule, order=order),
-                                       out / f"f_support_{_slug(label)}")
+                                       out / f"f_support_{slug(label)}")
     return written

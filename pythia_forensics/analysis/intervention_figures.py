@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pythia_forensics.constants import CONDITION_COLORS
-from pythia_forensics.analysis.figures import NEUTRAL, VOID_TEXT, _figure_legend, _style, model_shades, save_figure
+from pythia_forensics.analysis.figure_style import CONDITION_COLORS, NEUTRAL, VOID_TEXT, figure_legend, model_shades, \
+    save_figure, style
 from pythia_forensics.analysis.step_axis import step_axis
 
 __all__ = ["dose_response_figure", "trajectories_figure"]
@@ -32,7 +32,7 @@ def dose_response_figure(summary: pd.DataFrame, stem: str | Path, *, rule: str, 
     Returns:
         The files written.
     """
-    with _style():
+    with style():
         fig = Figure(figsize=(7.5, 3.2), layout="constrained")
         axes = fig.subplots(1, 2)
         for ax, col, label in ((axes[0], "final_acc", "final held-out conflict accuracy"),
@@ -48,7 +48,7 @@ def dose_response_figure(summary: pd.DataFrame, stem: str | Path, *, rule: str, 
             ax.set_xlabel(xlabel)
             ax.set_ylabel(label)
         axes[0].set_ylim(-0.05, 1.05)
-        _figure_legend(fig, axes)
+        figure_legend(fig, axes)
         fig.suptitle(f"{rule}: dose-response ({summary['seed'].nunique()} seeds)", fontsize=8.5)
         return save_figure(fig, Path(stem))
 
@@ -67,7 +67,7 @@ def trajectories_figure(traj: pd.DataFrame, stem: str | Path, *, rule: str) -> l
     doses = sorted(traj["dose"].unique())
     shade = dict(zip(doses, model_shades(CONDITION_COLORS["conflict"], len(doses))))
     axis = step_axis(traj.assign(model="_", used=True))
-    with _style():
+    with style():
         fig = Figure(figsize=(7.5, 3.2), layout="constrained")
         axes = fig.subplots(1, 2)
         for ax, col, label in ((axes[0], "conflict_acc", "held-out conflict accuracy"),
@@ -84,6 +84,6 @@ def trajectories_figure(traj: pd.DataFrame, stem: str | Path, *, rule: str) -> l
                 ax.axhline(0, color=NEUTRAL, linewidth=0.8, linestyle=":", label="CM = 0")
             ax.set_ylabel(label)
         axes[0].set_ylim(-0.04, 1.04)
-        _figure_legend(fig, axes, ncols=6)
+        figure_legend(fig, axes, ncols=6)
         fig.suptitle(f"{rule}: trajectories per arm (shade: dose, darker = higher)", fontsize=8.5)
         return save_figure(fig, Path(stem))

@@ -38,8 +38,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pythia_forensics.atomic import write_json
 from pythia_forensics.constants import ITEMS_DIR, PREREG_LOCK_FILE
-from pythia_forensics.analysis.dynamics import VERDICTS, Analysis, AnalysisConfig, load_config, primary, read_yaml
+from pythia_forensics.analysis.config import VERDICTS, AnalysisConfig, load_config, read_yaml
+from pythia_forensics.analysis.dynamics import Analysis, primary
 from pythia_forensics.errors import ConfigError, PreregError
 
 __all__ = ["Claim", "parse_predictions", "lock", "read_lock", "ledger", "LEDGER_STATUSES"]
@@ -105,7 +107,9 @@ def parse_predictions(path: str | Path) -> tuple[str | None, tuple[Claim, ...]]:
         ConfigError: the file is missing, not YAML, or a claim does not follow the grammar.
     """
     path = Path(path)
-    data = read_yaml(path, what="predictions file", missing_hint="pass the YAML file to lock")
+    # no param=: the CLI's PREDICTIONS is an argument, which cli._flag_of cannot name yet (it
+    # raises AttributeError on typer arguments); the message names the file itself
+    data = read_yaml(path, what="predictions file", param=None, missing_hint="give the predictions YAML file to lock")
     if not isinstance(data, dict) or not isinstance(data.get("predictions"), list) or not data["predictions"]:
         raise ConfigError(f"predictions file {path} needs a non-empty list under 'predictions:'")
     claims, seen = [], set()
@@ -204,10 +208,7 @@ def lock(predictions_yaml: str | Path, results_dir: str | Path, *,
                                 for m, r, t in times.itertuples(index=False)],
     )
     body["lock_sha256"] = _lock_hash(body)
-    tmp = target.with_name(f".tmp-{target.name}")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    tmp.replace(target)
-    return target
+    return write_json(target, body)
 
 
 def read_lock(results_dir: str | Path) -> dict | None:

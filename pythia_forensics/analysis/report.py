@@ -16,7 +16,7 @@ from pythia_forensics.atomic import write_text
 from pythia_forensics.constants import FIGURES_SUBDIR, REPORT_FILE
 from pythia_forensics.analysis.dynamics import VERDICT_LETTERS, Analysis, AnalysisConfig, analyze, primary
 from pythia_forensics.errors import PreregError
-from pythia_forensics.analysis.figures import model_order, unknown_size_models
+from pythia_forensics.analysis.frames import model_order, unknown_size_models
 from pythia_forensics.analysis.prereg import ledger as score_ledger
 
 __all__ = ["write_report", "render_report", "markdown_table"]

@@ -18,13 +18,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
-from pythia_forensics.constants import FIGURE_X_SCALES, FIGURE_X_UNITS
+from pythia_forensics.analysis.config import X_SCALES, X_UNITS
 from pythia_forensics.errors import ConfigError, StoreError
 
 __all__ = ["X_UNITS", "X_SCALES", "grid_scale", "count_label", "StepAxis", "step_axis"]
-
-X_UNITS = FIGURE_X_UNITS
-X_SCALES = FIGURE_X_SCALES
 
 # A grid is log-spaced when its analysed steps hold a run of LOG_RUN consecutive ratios of at
 # least LOG_RATIO (a doubling grid has 2) and span at least LOG_SPAN_MIN x, or when most of
@@ -244,9 +241,9 @@ def step_axis(trajectories: pd.DataFrame, *, x: str = "steps", xscale: str = "au
         StoreError: x is "tokens" and some model's tokens per step is unknown.
     """
     if x not in X_UNITS:
-        raise ConfigError(f"x axis {x!r} is not one of {', '.join(X_UNITS)}")
+        raise ConfigError(f"x axis {x!r} is not one of {', '.join(X_UNITS)}", param="x")
     if xscale not in X_SCALES:
-        raise ConfigError(f"x scale {xscale!r} is not one of {', '.join(X_SCALES)}")
+        raise ConfigError(f"x scale {xscale!r} is not one of {', '.join(X_SCALES)}", param="xscale")
     tps: dict[str, float] = {}
     at: dict[str, dict[int, float]] = {}
     frame = trajectories[["model", "step", "used"]]

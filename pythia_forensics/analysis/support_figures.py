@@ -8,7 +8,7 @@
     the arm's MEASURED in-frame support (log x, parity line), the knob value written at each
     point, the interval where the fate flips shaded.
 
-`figures.support_figure` / `figures.sweep_figure` call these (they share figures.py's style).
+figures.py re-exports both; they share the set's visual language (`figure_style`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pythia_forensics.analysis import figures as fg
+from pythia_forensics.analysis import figure_style as fg
+from pythia_forensics.analysis.scale import flip_point
 from pythia_forensics.corpus.support import CORPUS_FRAME
 
 __all__ = ["support_figure", "sweep_figure", "FRAME_STYLES"]
@@ -69,10 +70,10 @@ def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probese
         sup["frame"] = CORPUS_FRAME
     sup = sup.sort_values("window_start_step")
     corpora = sorted(sup["corpus"].unique()) if "corpus" in sup else [None]
-    traj = fg._group(trajectories, probeset, rule)
+    traj = fg.group_rows(trajectories, probeset, rule)
     models = [m for m in order if m in set(traj["model"])]
     colors = fg.model_colors(order)  # shades of the conflict hue, darker = larger (as figures.py)
-    with fg._style():
+    with fg.style():
         fig = Figure(figsize=(9.0, 3.6), layout="constrained")
         left, right = fig.subplots(1, 2, sharex=True)
         all_edges = []
@@ -105,7 +106,7 @@ def support_figure(support: pd.DataFrame, trajectories: pd.DataFrame, *, probese
         steps = traj.loc[traj["used"], "step"] if traj["used"].any() else (
             np.concatenate(all_edges) if all_edges else [1])
         for ax in (left, right):
-            fg._symlog(ax, steps)
+            fg.plain_step_axis(ax, steps)
             ax.set_xlabel(fg.STEP_LABEL)
         # legends under the panels: inside they would hide the parity line or a trajectory
         for ax in (left, right):
@@ -123,15 +124,13 @@ def sweep_figure(table: pd.DataFrame, *, rule: str) -> Figure:
         table: `pipeline.sweep_claims`'s table (``support, in_frame_ratio, final_acc, final_cm,
             verdict, survived``); without measured ratios the knob is the x axis.
     """
-    from pythia_forensics.experiments.demo import flip_point
-
     measured = "in_frame_ratio" in table and table["in_frame_ratio"].notna().all()
     key = "in_frame_ratio" if measured else "support"
     table = table.sort_values(key)
     x = table[key].to_numpy(float)
     survived = table["survived"].to_numpy(bool)
     flip = flip_point(x, survived)
-    with fg._style():
+    with fg.style():
         fig = Figure(figsize=(9.0, 3.6), layout="constrained")
         left, right = fig.subplots(1, 2, sharex=True)
         left.plot(x, table["final_acc"], marker="o", color=fg.CONDITION_COLORS["conflict"],
@@ -153,7 +152,7 @@ def sweep_figure(table: pd.DataFrame, *, rule: str) -> Figure:
         left.set_ylim(-0.05, 1.15)
         left.set_ylabel("final held-out conflict accuracy")
         right.set_ylabel(fg.CM_LABEL.replace("contrast margin", "final contrast margin"))
-        fg._figure_legend(fig, (left, right))
+        fg.figure_legend(fig, (left, right))
         fig.suptitle(f"{rule}: fate against measured in-frame support (rule wins + 1)/(prior wins + 1) "
                      "(letters: verdict)")
     return fig

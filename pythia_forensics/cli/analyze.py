@@ -7,13 +7,13 @@ from typing import Optional
 
 import typer
 
-from pythia_forensics.constants import FIGURE_X_SCALES, FIGURE_X_UNITS
+from pythia_forensics.analysis.config import X_SCALES, X_UNITS
 
 _VERDICT_STYLE = {"RECOVERED": "green", "UNSTABLE": "yellow", "DISPLACED": "red", "PARTIAL": "cyan",
                   "NEVER": "blue", "VOID": "dim"}
-# typer turns an Enum into a choice; the values live in constants.py only
-XUnit = Enum("XUnit", {v: v for v in FIGURE_X_UNITS}, type=str)
-XScale = Enum("XScale", {v: v for v in FIGURE_X_SCALES}, type=str)
+# typer turns an Enum into a choice; the values live in analysis/config.py only
+XUnit = Enum("XUnit", {v: v for v in X_UNITS}, type=str)
+XScale = Enum("XScale", {v: v for v in X_SCALES}, type=str)
 _STATUS_STYLE = {"pass": "green", "fail": "red", "void": "dim"}
 
 
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         from pythia_forensics.cli.common import console
         from pythia_forensics.cli.tables import Col, print_table
         from pythia_forensics.analysis.dynamics import analyze as run, write_dynamics
-        from pythia_forensics.analysis.figures import model_order
+        from pythia_forensics.analysis.frames import model_order
         from pythia_forensics.analysis.prereg import ledger
         from pythia_forensics.cli.common import check_output_dir
         from pythia_forensics.sweep.store import ResultsStore
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
 
     @prereg.command("lock")
     def lock(
-        predictions: Path = typer.Argument(..., help="Predictions YAML (see pythia_forensics/prereg.py)."),
+        predictions: Path = typer.Argument(..., help="Predictions YAML (see pythia_forensics/analysis/prereg.py)."),
         results: Path = typer.Option(..., "--results", help="Results folder the predictions govern."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
     ) -> None:

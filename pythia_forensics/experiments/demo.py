@@ -303,6 +303,8 @@ def sweep_claims(table: pd.DataFrame, *, rule: str, survive_min: float) -> tuple
     survived)."""
     from scipy import stats
 
+    from pythia_forensics.analysis.scale import flip_point
+
     key = "in_frame_ratio" if table["in_frame_ratio"].notna().all() else "support"
     table = table.sort_values([key, "support"]).reset_index(drop=True)
     table["survived"] = table["final_acc"] >= survive_min
@@ -325,14 +327,6 @@ def sweep_claims(table: pd.DataFrame, *, rule: str, survive_min: float) -> tuple
             f"fate flips between in-frame support {flip[0]:.2f} and {flip[1]:.2f}" if flip
             else "no single flip point"))
     return checks, table
-
-
-def flip_point(x: np.ndarray, survived: np.ndarray) -> tuple[float, float] | None:
-    """(largest x that did not survive, smallest x that did) when they are ordered that way."""
-    lost, kept = x[~survived], x[survived]
-    if lost.size == 0 or kept.size == 0 or lost.max() >= kept.min():
-        return None
-    return float(lost.max()), float(kept.min())
 
 
 def _final_margin(analysis, rule: str) -> dict[str, float]:

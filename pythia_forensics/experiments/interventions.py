@@ -390,7 +390,7 @@ def arm_metrics(scores: pd.DataFrame, rule: str) -> dict[str, Any]:
     from pythia_forensics.analysis.dynamics import final_window_size
 
     k = final_window_size(n, acfg)
-    return {"final_acc": float(m["final_acc"]), "final_cm": float(t["conflict_cm"].to_numpy()[-k:].mean()),
+    return {"final_acc": float(m.final_acc), "final_cm": float(t["conflict_cm"].to_numpy()[-k:].mean()),
             "verdict": verdict, "letter": VERDICT_LETTERS.get(verdict, "-") if verdict else "-"}
 
 

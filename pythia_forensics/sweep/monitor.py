@@ -39,13 +39,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from pythia_forensics.constants import DEFAULT_SUPPORT_WINDOW, DEFAULT_VOCAB_ROWS, STEP_DIR_PREFIX
 from pythia_forensics.errors import MonitorError
+
+if TYPE_CHECKING:
+    from pythia_forensics.analysis.dynamics import TrajectoryMetrics
 
 __all__ = ["Alert", "Monitor", "weights_fingerprint"]
 
@@ -513,41 +516,41 @@ class Monitor:
             steps = used["step"].to_numpy()
             m = trajectory_metrics(steps, used["conflict_acc"].to_numpy(), used["agree_acc"].to_numpy(),
                                    used["conflict_cm"].to_numpy(), config=cfg)
-            if not m["emerged"]:
+            if not m.emerged:
                 continue
-            agree_s = m["agree_smooth"]
+            agree_s = m.agree_smooth
             agree_now = float(agree_s[-1])
             holds = (np.isfinite(agree_now) and agree_now >= cfg.emergence_agree_min - tol
                      and float(np.nanmax(agree_s)) - agree_now < cfg.agree_max_drop - tol)
-            cs = m["conflict_smooth"]
+            cs = m.conflict_smooth
             # accuracy: the latest check's conflict accuracy (raw: the centred smoother needs the
             # next check to confirm) or the smoothed trajectory fell below the collapse threshold
-            fell = used["conflict_acc"].iloc[-1] < cfg.collapse_onset - tol or m["collapse_step"] is not None
+            fell = used["conflict_acc"].iloc[-1] < cfg.collapse_onset - tol or m.collapse_step is not None
             triggers = [name for name, hit in (("accuracy", fell),
-                                               ("contrast margin", m["cm_cross_step"] is not None)) if hit]
+                                               ("contrast margin", m.cm_cross_step is not None)) if hit]
             if not holds or not triggers:
                 continue
             self._alerted.add(key)
-            if m["collapse_step"] is not None:
-                onset = m["collapse_step"]
-            elif m["cm_cross_step"] is not None and not fell:
-                onset = m["cm_cross_step"]
+            if m.collapse_step is not None:
+                onset = m.collapse_step
+            elif m.cm_cross_step is not None and not fell:
+                onset = m.cm_cross_step
             else:  # the last earlier check still at or above the collapse threshold (smoothed)
                 above = np.flatnonzero(cs[:-1] >= cfg.collapse_onset - tol)
                 onset = int(steps[above[-1]]) if above.size else int(steps[-1])
             held = np.flatnonzero((cs >= cfg.emergence_conflict_min - tol) & (agree_s >= cfg.emergence_agree_min - tol)
                                   & (steps <= onset))
-            keep = int(steps[held[-1]]) if held.size else int(m["peak_step"])
-            cms = m["cm_smooth"]
+            keep = int(steps[held[-1]]) if held.size else int(m.peak_step)
+            cms = m.cm_smooth
             trend = tuple((int(s), float(v)) for s, v in zip(steps[-_TREND_POINTS:], cms[-_TREND_POINTS:]))
             fired.append(self._alert(key, step, onset, " + ".join(triggers), m, agree_now, trend, keep, support_now,
                                      float(used["conflict_acc"].iloc[-1])))
         return fired
 
-    def _alert(self, key: tuple, step: int, onset: int, trigger: str, m: Mapping[str, Any], agree_now: float,
+    def _alert(self, key: tuple, step: int, onset: int, trigger: str, m: TrajectoryMetrics, agree_now: float,
                trend: tuple, keep: int, support_now: Mapping[str, Any] | None, acc_raw: float) -> Alert:
         _, probeset, rule, split = key
-        acc_now, cm_now = float(m["conflict_smooth"][-1]), float(m["cm_smooth"][-1])
+        acc_now, cm_now = float(m.conflict_smooth[-1]), float(m.cm_smooth[-1])
         trend_text = " -> ".join(f"{v:+.2f}" for _, v in trend)
         where = rule if probeset == rule else f"{probeset}/{rule}"
         support = None
@@ -561,12 +564,12 @@ class Monitor:
                 support_text = (f"; data in steps {self._support.windows[-1]['window_start_step'] + 1}-{step}: "
                                 f"{s['rule_wins']} rule wins vs {s['prior_wins']} prior wins (ratio {ratio:.2f})")
         message = (f"rule {where} ({split}) is ungrokking at step {step} [{trigger}]: conflict accuracy "
-                   f"{acc_raw:.2f} (smoothed {acc_now:.2f}; peak {m['peak_acc']:.2f} at step {m['peak_step']}; "
+                   f"{acc_raw:.2f} (smoothed {acc_now:.2f}; peak {m.peak_acc:.2f} at step {m.peak_step}; "
                    f"onset step {onset}), "
                    f"contrast margin {trend_text} nats (steps {trend[0][0]}-{trend[-1][0]}), agree control "
                    f"{agree_now:.2f}; keep checkpoint {STEP_DIR_PREFIX}{keep}{support_text}")
         return Alert(run=self.run, probeset=probeset, rule=rule, split=split, step=step, onset_step=int(onset),
-                     trigger=trigger, peak_acc=float(m["peak_acc"]), peak_step=int(m["peak_step"]), acc_now=acc_now,
+                     trigger=trigger, peak_acc=float(m.peak_acc), peak_step=int(m.peak_step), acc_now=acc_now,
                      acc_raw=acc_raw,
                      cm_now=cm_now, agree_now=agree_now, cm_trend=trend, keep_step=keep, support=support,
                      message=message)

@@ -48,16 +48,16 @@ def test_final_window_size():
 
 def test_emerge_then_collapse():
     res, (verdict, void, _) = metrics(COLLAPSE)
-    assert res["emerged"] and res["emergence_step"] == 400  # first smoothed >= .8
-    assert res["peak_acc"] == pytest.approx(0.9) and res["peak_step"] == 400  # first of the tied maxima
-    assert res["collapse_step"] == 600  # last smoothed >= .5 (0.7 at step 600, 0.4 after)
-    assert res["final_acc"] == pytest.approx(0.0) and res["final_points"] == 3
-    assert res["depth"] == pytest.approx(0.9)
-    assert res["final_range"] == pytest.approx(0.1)
-    assert res["cm_valid"] and res["cm_max"] == pytest.approx(1.0)
-    assert res["cm_cross_step"] == 600 and res["lag_steps"] == 0 and res["lag_checkpoints"] == 0
-    assert res["cm_within_lag"] is True
-    assert res["agree_valid"] and (verdict, void) == ("DISPLACED", False)
+    assert res.emerged and res.emergence_step == 400  # first smoothed >= .8
+    assert res.peak_acc == pytest.approx(0.9) and res.peak_step == 400  # first of the tied maxima
+    assert res.collapse_step == 600  # last smoothed >= .5 (0.7 at step 600, 0.4 after)
+    assert res.final_acc == pytest.approx(0.0) and res.final_points == 3
+    assert res.depth == pytest.approx(0.9)
+    assert res.final_range == pytest.approx(0.1)
+    assert res.cm_valid and res.cm_max == pytest.approx(1.0)
+    assert res.cm_cross_step == 600 and res.lag_steps == 0 and res.lag_checkpoints == 0
+    assert res.cm_within_lag is True
+    assert res.agree_valid and (verdict, void) == ("DISPLACED", False)
 
 
 @pytest.mark.parametrize("cm, cross, lag_ckpt, within", [
@@ -67,36 +67,36 @@ def test_emerge_then_collapse():
 ])
 def test_cm_crossing_before_and_after_collapse(cm, cross, lag_ckpt, within):
     res, _ = metrics(COLLAPSE, cm=np.array(cm, float))
-    assert res["collapse_step"] == 600
-    assert res["cm_cross_step"] == cross
-    assert res["lag_checkpoints"] == lag_ckpt and res["lag_steps"] == lag_ckpt * 100
-    assert res["cm_within_lag"] is within
+    assert res.collapse_step == 600
+    assert res.cm_cross_step == cross
+    assert res.lag_checkpoints == lag_ckpt and res.lag_steps == lag_ckpt * 100
+    assert res.cm_within_lag is within
 
 
 def test_cm_invalid_when_its_maximum_stays_small():
     res, _ = metrics(COLLAPSE, cm=np.array([0.4] * 6 + [-0.4] * 4))  # smoothed max 0.4 < 0.5 nats
-    assert not res["cm_valid"] and res["cm_cross_step"] is None and res["lag_steps"] is None
+    assert not res.cm_valid and res.cm_cross_step is None and res.lag_steps is None
 
 
 def test_cm_exactly_zero_counts_as_not_yet_crossed():
     # smoothed i5 = (1 + 1 - 2)/3 = 0 exactly, i6 = (1 - 2 - 2)/3 < 0: the crossing is step 600
     res, _ = metrics(COLLAPSE, cm=np.array([1, 1, 1, 1, 1, 1, -2, -2, -2, -2], float))
-    assert res["cm_cross_step"] == 600
+    assert res.cm_cross_step == 600
 
 
 def test_survive_with_emergence_on_a_tie():
     # smoothed: .45 .6 .8 (=(.6+.9+.9)/3, a float tie) .9 ...; final .9
     res, (verdict, void, _) = metrics([0.3, 0.6, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], cm=ONES)
-    assert res["emergence_step"] == 300
-    assert res["peak_step"] == 400 and res["collapse_step"] is None and res["cm_cross_step"] is None
-    assert res["final_acc"] == pytest.approx(0.9) and res["depth"] == pytest.approx(0.0)
+    assert res.emergence_step == 300
+    assert res.peak_step == 400 and res.collapse_step is None and res.cm_cross_step is None
+    assert res.final_acc == pytest.approx(0.9) and res.depth == pytest.approx(0.0)
     assert (verdict, void) == ("RECOVERED", False)
 
 
 def test_never():
     res, (verdict, void, _) = metrics([0.3] * 10, cm=-ONES)
-    assert not res["emerged"] and res["emergence_step"] is None and res["collapse_step"] is None
-    assert res["depth"] == pytest.approx(0.0) and (verdict, void) == ("NEVER", False)
+    assert not res.emerged and res.emergence_step is None and res.collapse_step is None
+    assert res.depth == pytest.approx(0.0) and (verdict, void) == ("NEVER", False)
 
 
 def test_peak_ignores_checkpoints_without_conflict_items():
@@ -104,23 +104,23 @@ def test_peak_ignores_checkpoints_without_conflict_items():
     a trajectory with no conflict value at all has no peak instead of crashing."""
     conflict = np.array([np.nan, np.nan, 0.9, 0.9, 0.9, 0.9, 0.3, 0.0, 0.0, 0.0])
     res, _ = metrics(conflict)
-    assert res["peak_acc"] == pytest.approx(0.9) and res["emerged"]
+    assert res.peak_acc == pytest.approx(0.9) and res.emerged
     res, _ = metrics(np.full(10, np.nan), cm=np.full(10, np.nan))
-    assert not res["emerged"] and (res["peak_acc"] is None or math.isnan(res["peak_acc"]))
+    assert not res.emerged and (res.peak_acc is None or math.isnan(res.peak_acc))
 
 
 def test_unstable_tail_wins_over_displaced():
     # final raw 1, 0, 0 -> final 1/3; smoothed last three .6333 .3333 0 -> range .6333 >= .2
     res, (verdict, _, _) = metrics([0.9] * 7 + [1.0, 0.0, 0.0])
-    assert res["final_acc"] == pytest.approx(1 / 3) and res["final_range"] == pytest.approx(1.9 / 3)
-    assert res["collapse_step"] == 800
+    assert res.final_acc == pytest.approx(1 / 3) and res.final_range == pytest.approx(1.9 / 3)
+    assert res.collapse_step == 800
     assert verdict == "UNSTABLE"
 
 
 def test_ties_on_every_verdict_threshold():
     # range exactly .2: smoothed last three .8, .6667, .6 -> UNSTABLE
     res, (verdict, _, _) = metrics([0.8] * 9 + [0.4])
-    assert res["final_range"] == pytest.approx(0.2) and verdict == "UNSTABLE"
+    assert res.final_range == pytest.approx(0.2) and verdict == "UNSTABLE"
     # final exactly .6 -> DISPLACED; exactly .8 -> RECOVERED
     assert metrics([0.9] * 6 + [0.6] * 4)[1][0] == "DISPLACED"
     assert metrics([0.9] * 7 + [0.8] * 3)[1][0] == "RECOVERED"
@@ -128,18 +128,18 @@ def test_ties_on_every_verdict_threshold():
     assert metrics([0.9] * 6 + [0.7] * 4)[1][0] == "PARTIAL"
     # collapse: smoothed exactly .5 counts as still standing (i6 = (.9 + .6 + 0)/3 = .5)
     res, _ = metrics([0.9] * 6 + [0.6, 0.0, 0.0, 0.0])
-    assert res["collapse_step"] == 700
+    assert res.collapse_step == 700
 
 
 def test_invalid_agree_control_voids_the_verdict():
     res, (verdict, void, reason) = metrics(COLLAPSE, agree=[1.0] * 5 + [0.5] * 5)
-    assert res["agree_final"] == pytest.approx(0.5) and not res["agree_valid"]
+    assert res.agree_final == pytest.approx(0.5) and not res.agree_valid
     assert verdict == "DISPLACED" and void and "agree control invalid" in reason
     # drop exactly .15 (max 1.0, final .85) is not < .15: invalid
     res, (_, void, _) = metrics(COLLAPSE, agree=[1.0] * 7 + [0.85] * 3)
-    assert not res["agree_valid"] and void
+    assert not res.agree_valid and void
     res, (_, void, _) = metrics(COLLAPSE, agree=[1.0] * 7 + [0.9] * 3)
-    assert res["agree_valid"] and not void
+    assert res.agree_valid and not void
 
 
 def test_early_global_bias_is_not_emergence():
@@ -148,9 +148,9 @@ def test_early_global_bias_is_not_emergence():
     agree = [0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     # smoothed conflict 1, .833, .567, .3, .433, .667, .9...; smoothed agree 0, .167, .5, .833, 1...
     res, (verdict, void, _) = metrics(conflict, agree=agree, cm=ONES)
-    assert res["emergence_step"] == 700
-    assert res["peak_acc"] == pytest.approx(0.9) and res["peak_step"] == 700  # not the 1.0 at step 100
-    assert res["depth"] == pytest.approx(0.0)
+    assert res.emergence_step == 700
+    assert res.peak_acc == pytest.approx(0.9) and res.peak_step == 700  # not the 1.0 at step 100
+    assert res.depth == pytest.approx(0.0)
     assert (verdict, void) == ("RECOVERED", False)
 
 
@@ -362,8 +362,18 @@ def test_all_sizes_unknown_is_a_note_not_a_crash():
     assert (scale["note"] == "n = 0: too few models for a rank correlation; sizes unknown for: m0, m1, m2").all()
 
 
-def test_analyze_results_folder_and_write(tmp_path):
-    root = write_store(tmp_path / "res", suite_items(rules=("pronoun_gender",)), models=suite_models())
+# dynamics.parquet / .csv columns as users and earlier releases read them (TrajectoryMetrics.to_row
+# must keep them, in this order)
+DYNAMICS_COLUMNS = [
+    "model", "probeset", "rule", "split", "n_checkpoints", "emerged", "emergence_step", "peak_acc", "peak_step",
+    "collapse_step", "final_points", "final_acc", "final_range", "depth", "agree_final", "agree_max", "agree_valid",
+    "cm_max", "cm_valid", "cm_cross_step", "lag_steps", "lag_checkpoints", "cm_within_lag", "final_lo", "final_hi",
+    "depth_lo", "depth_hi", "verdict", "void", "void_reason", "verdict_label", "n_items_conflict", "n_items_agree",
+    "n_excluded_health", "excluded_steps", "config_sha256"]
+
+
+def test_analyze_results_folder_and_write(pronoun_suite_store, copy_store):
+    root = copy_store(pronoun_suite_store)  # suite_items(rules=("pronoun_gender",)), suite_models()
     result = dyn.analyze(root)
     assert len(result.metrics) == 5 and not result.scale.empty
     written = dyn.write_dynamics(result, root)
@@ -372,11 +382,22 @@ def test_analyze_results_folder_and_write(tmp_path):
     back = pd.read_parquet(root / "dynamics.parquet")
     assert (back["config_sha256"] == CFG.sha256).all()
     assert list(back["verdict_label"]) == list(result.metrics["verdict_label"])
+    assert list(back.columns) == DYNAMICS_COLUMNS == list(pd.read_csv(root / "dynamics.csv").columns)
+
+
+def test_trajectory_metrics_is_a_frozen_record_whose_row_has_no_series():
+    res, _ = metrics(COLLAPSE)
+    with pytest.raises(AttributeError):
+        res.depth = 0.0  # frozen: a hand-off nobody edits on the way
+    row = res.to_row()
+    assert list(row) == DYNAMICS_COLUMNS[4:23]  # the metric columns, no smoothed series
+    np.testing.assert_allclose(res.conflict_smooth, [0.35, 1.6 / 3, 2.3 / 3, 0.9, 0.9, 0.7, 0.4, 0.1, 0.0, 0.0])
 
 
 def test_analyze_errors(tmp_path):
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(StoreError, match="does not exist") as missing:
         dyn.analyze(tmp_path / "nope")
+    assert missing.value.param == "results" and "--" not in str(missing.value)  # the CLI adds the flag
     (tmp_path / "empty").mkdir()
     with pytest.raises(StoreError, match="no results"):
         dyn.analyze(tmp_path / "empty")

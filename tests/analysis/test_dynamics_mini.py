@@ -26,16 +26,17 @@ def replayed(tmp_path_factory):
     return root / "res", config
 
 
-def test_constructed_trajectories_get_their_hand_derived_verdicts_through_the_cli(tmp_path, run_cli):
+def test_constructed_trajectories_get_their_hand_derived_verdicts_through_the_cli(pronoun_suite_store, copy_store,
+                                                                                  run_cli):
     """synthetic_results' five-model suite, worked by hand (min_step 100 keeps steps 100..1000):
     raw conflict .3 .6 .9 1 1 1 f f f f, agree .6 .9 1 1 ...; smoothed conflict .45 .6 .833
     .967 1 (2+f)/3 (1+2f)/3 f f f, smoothed agree .75 .833 .967 1 ... Emergence at 300 (first
     smoothed conflict >= .8 with agree >= .8), peak 1.0 at 500, final f, depth 1 - f. Collapse
     onset (last smoothed >= .5 that falls below afterwards): 600 for f = 0 and .2; none for
     f >= .5 (the tail sits at f >= .5). Verdicts: final <= .6 DISPLACED, final >= .8 RECOVERED."""
-    from synthetic_results import SUITE_FINALS, suite_items, suite_models, write_store
+    from synthetic_results import SUITE_FINALS
 
-    root = write_store(tmp_path / "res", suite_items(rules=("pronoun_gender",)), models=suite_models())
+    root = copy_store(pronoun_suite_store)  # suite_items(rules=("pronoun_gender",)), suite_models()
     code, out, err = run_cli(["analyze", "--results", str(root)])
     assert code == 0, err
     metrics = pd.read_parquet(root / "dynamics.parquet").set_index("model")

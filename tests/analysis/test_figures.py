@@ -31,7 +31,8 @@ PYTHIA_SIZES = {"pythia-70m": (70426624, 18915328), "pythia-160m": (162322944, 8
 
 # --- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
+def stored(tmp_path_factory):
+    """The two-rule suite stored (one flagged checkpoint, a support table) and analysed."""
     root = write_store(tmp_path_factory.mktemp("fig") / "res", suite_items(RULES), models=suite_models(),
                        health=pd.DataFrame(dict(model=["mini-s"], revision=["step500"], step=[500],
                                                 status=["flagged"], reasons=["trend break"])))
@@ -39,9 +40,14 @@ def rendered(tmp_path_factory):
                                 window_end_step=[250, 500, 750, 1000], rule_wins=[8, 9, 3, 0], prior_wins=[2, 2, 6, 9]))
     support["ratio"] = (support["rule_wins"] + 1) / (support["prior_wins"] + 1)
     support.to_csv(root / "support.csv", index=False)
-    analysis = analyze(root)
-    paths = F.render_figures(root, root / "figures", analysis=analysis)
-    return root, analysis, paths
+    return root, analyze(root)
+
+
+@pytest.fixture(scope="module")
+def rendered(stored):
+    """The whole figure set rendered from the stored suite (end to end, as `figures` does)."""
+    root, analysis = stored
+    return root, analysis, F.render_figures(root, root / "figures", analysis=analysis)
 
 
 def pythia_items(models=PYTHIA_MODELS) -> pd.DataFrame:
@@ -216,8 +222,8 @@ def test_every_figure_written_and_opens(rendered):
             assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300
 
 
-def test_accuracy_figure_linear_grid(rendered):
-    _, analysis, _ = rendered
+def test_accuracy_figure_linear_grid(stored):
+    _, analysis = stored
     fig = F.accuracy_figure(analysis.trajectories, analysis.metrics, probeset="pronoun_gender", rule="pronoun_gender",
                             order=ORDER)
     axes = _panels(fig)
@@ -247,8 +253,8 @@ def test_accuracy_figure_linear_grid(rendered):
     assert_text_inside(fig)
 
 
-def test_peak_and_emergence_stay_visible_when_they_coincide(rendered):
-    _, analysis, _ = rendered
+def test_peak_and_emergence_stay_visible_when_they_coincide(stored):
+    _, analysis = stored
     fig = F.accuracy_figure(analysis.trajectories, analysis.metrics, probeset="pronoun_gender", rule="pronoun_gender",
                             order=ORDER)
     fig.draw_without_rendering()
@@ -261,8 +267,8 @@ def test_peak_and_emergence_stay_visible_when_they_coincide(rendered):
     assert drawn_y < data_y - 3
 
 
-def test_cm_figure_crossing_on_the_zero_line(rendered):
-    _, analysis, _ = rendered
+def test_cm_figure_crossing_on_the_zero_line(stored):
+    _, analysis = stored
     fig = F.cm_figure(analysis.trajectories, analysis.metrics, probeset="pronoun_gender", rule="pronoun_gender",
                       order=ORDER)
     ax = fig.axes[0]
@@ -293,8 +299,8 @@ def test_no_crossing_marker_before_emergence_or_upward():
     assert not _labelled(fig.axes[0], F.CROSSING)
 
 
-def test_scale_figure_rho_ticks_and_labels(rendered):
-    root, analysis, _ = rendered
+def test_scale_figure_rho_ticks_and_labels(stored):
+    root, analysis = stored
     fig = F.scale_figure(analysis.metrics, analysis.scale, suite_models(), probeset="reflexive_gender",
                          rule="reflexive_gender")
     total, nonemb = fig.axes[:2]
@@ -315,8 +321,8 @@ def test_scale_figure_rho_ticks_and_labels(rendered):
     assert_text_inside(fig)
 
 
-def test_verdict_grid_letters_and_void(rendered):
-    _, analysis, _ = rendered
+def test_verdict_grid_letters_and_void(stored):
+    _, analysis = stored
     fig = F.verdict_grid(analysis.metrics, order=ORDER)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "model (by parameter count)" and ax.get_ylabel() == "rule"
@@ -332,9 +338,9 @@ def test_verdict_grid_letters_and_void(rendered):
     assert_text_inside(fig)
 
 
-def test_one_colour_language_across_the_set(rendered):
+def test_one_colour_language_across_the_set(stored):
     """Condition hues never mean a model or a verdict; model shades stay in the condition's hue."""
-    _, analysis, _ = rendered
+    _, analysis = stored
     conflict, agree = F.CONDITION_COLORS["conflict"], F.CONDITION_COLORS["agree"]
     assert not {conflict, agree} & set(F.VERDICT_COLORS.values())
     fig = F.overview_figure(analysis.trajectories, analysis.metrics, order=ORDER)
@@ -361,8 +367,8 @@ def mpl_rgb(color):
     return np.array(to_rgb(color))
 
 
-def test_support_figure_series(rendered):
-    root, analysis, _ = rendered
+def test_support_figure_series(stored):
+    root, analysis = stored
     support = F.load_support(root)
     fig = F.support_figure(support, analysis.trajectories, probeset="pronoun_gender", rule="pronoun_gender",
                            order=ORDER)
@@ -377,13 +383,26 @@ def test_support_figure_series(rendered):
     assert_text_inside(fig)
 
 
-def test_same_input_same_bytes(rendered, tmp_path):
+def test_same_input_same_bytes(stored, tmp_path):
+    """Two figures built independently from the same frames save to identical PDF and PNG bytes
+    (the whole set through render_figures: test_every_figure_written_and_opens, slow)."""
+    _, analysis = stored
+    for make, stem in ((lambda: F.verdict_grid(analysis.metrics, order=ORDER), "d_verdicts"),
+                       (lambda: F.accuracy_figure(analysis.trajectories, analysis.metrics, probeset="pronoun_gender",
+                                                  rule="pronoun_gender", order=ORDER), "a_accuracy_pronoun_gender")):
+        first, again = F.save_figure(make(), tmp_path / "one" / stem), F.save_figure(make(), tmp_path / "two" / stem)
+        assert [p.suffix for p in first] == [".pdf", ".png"]
+        for a, b in zip(first, again):
+            assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+
+
+@pytest.mark.slow
+def test_rendered_set_has_the_bytes_of_the_figures_drawn_directly(rendered, tmp_path):
     root, analysis, _ = rendered
     for make, stem in ((lambda: F.verdict_grid(analysis.metrics, order=ORDER), "d_verdicts"),
                        (lambda: F.accuracy_figure(analysis.trajectories, analysis.metrics, probeset="pronoun_gender",
                                                   rule="pronoun_gender", order=ORDER), "a_accuracy_pronoun_gender")):
-        again = F.save_figure(make(), tmp_path / stem)
-        for path in again:
+        for path in F.save_figure(make(), tmp_path / stem):
             original = root / "figures" / path.name
             assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(original.read_bytes()).digest()
 

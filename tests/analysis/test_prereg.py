@@ -27,14 +27,23 @@ predictions:
 
 
 @pytest.fixture(scope="module")
-def built_store(tmp_path_factory):
-    """The synthetic suite written once; tests copy it (its rows keep their write times)."""
-    return write_store(tmp_path_factory.mktemp("suite") / "res", suite_items(), models=suite_models())
+def locked_store(tmp_path_factory):
+    """PREDICTIONS locked into an empty folder, then the suite written after the lock (replay
+    runs after the lock), once for the module. Read-only: tests that write copy it."""
+    root = tmp_path_factory.mktemp("locked")
+    path = root / "predictions.yaml"
+    path.write_text(PREDICTIONS)
+    lock_file = lock(path, root / "res")
+    write_store(root / "res", suite_items(), models=suite_models())
+    return root / "res", lock_file
 
 
 @pytest.fixture
-def old_results(tmp_path, built_store):
-    return shutil.copytree(built_store, tmp_path / "res")
+def old_results(tmp_path, locked_store):
+    """The suite's results without a lock: a lock made now is newer than every stored row."""
+    results = shutil.copytree(locked_store[0], tmp_path / "res")
+    (results / locked_store[1].name).unlink()
+    return results
 
 
 @pytest.fixture
@@ -44,11 +53,9 @@ def predictions(tmp_path):
     return path
 
 
-def test_honest_lock_is_scored(tmp_path, predictions):
-    results = tmp_path / "res"
-    lock_file = lock(predictions, results)
+def test_honest_lock_is_scored(locked_store):
+    results, lock_file = locked_store
     assert read_lock(results)["config_sha256"] == load_config().sha256
-    write_store(results, suite_items(), models=suite_models())  # replay runs after the lock
     table = ledger(analyze(results), results).set_index("id")
     # finals: xs 0 (displaced), xl .9 (recovered), l .8 (recovered); reflexive mini-m: void control
     assert table.loc["p1", "status"] == "pass" and table.loc["p1", "observed"] == "DISPLACED"

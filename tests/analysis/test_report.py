@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 
 import pandas as pd
 import pytest
@@ -16,15 +15,9 @@ from synthetic_results import suite_items, suite_models, write_store
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def built_store(tmp_path_factory):
-    return write_store(tmp_path_factory.mktemp("rep") / "res", suite_items(rules=("pronoun_gender",)),
-                       models=suite_models())
-
-
 @pytest.fixture
-def results(tmp_path, built_store):
-    return shutil.copytree(built_store, tmp_path / "res")
+def results(pronoun_suite_store, copy_store):
+    return copy_store(pronoun_suite_store)
 
 
 def test_analyze_cli_writes_dynamics_and_prints_verdicts(results):

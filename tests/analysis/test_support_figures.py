@@ -24,10 +24,7 @@ def trajectories():
                              conflict_smooth=[0.0, 1.0, 1.0, 0.0]))
 
 
-def test_support_figure_draws_each_frame_on_a_log_axis_with_parity(monkeypatch):
-    import pythia_forensics.analysis.figures as fg
-
-    monkeypatch.setattr(fg, "_group", lambda t, p, r: t[(t.probeset == p) & (t.rule == r)])
+def test_support_figure_draws_each_frame_on_a_log_axis_with_parity():
     fig = support_figure(support_rows(), trajectories(), probeset="r", rule="r", order=["m"])
     left = fig.axes[0]
     assert left.get_yscale() == "log"
