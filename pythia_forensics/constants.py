@@ -64,8 +64,6 @@ PROBE_SET_ALL = "all"
 PROBE_NON_BATTERY_FILES = ("lexicon.yaml",)
 # Spellings of the held-out split other tools write; read as "heldout".
 SPLIT_ALIASES = {"held_out": "heldout", "held-out": "heldout"}
-# How many individual problems a ProbeFormatError message lists before "... and N more".
-PROBE_ERRORS_SHOWN = 8
 
 # --- scoring defaults --------------------------------------------------------------------
 # fp32 up to this many parameters even on GPU: bf16/fp16 move small Pythias' margins
