@@ -154,13 +154,7 @@ EMBEDDING_TENSOR_KEYS = ("embed_in.weight", "wte.weight", "embed_tokens.weight")
 OUTPUT_EMBEDDING_TENSOR_KEYS = ("embed_out.weight", "lm_head.weight")
 # Non-parameter buffers old .bin files pickle (causal masks); ignored when comparing formats.
 IGNORED_TENSOR_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
-# Audit: re-score a seeded sample of items in fp32 at batch size 1 and compare with the
-# configured dtype/batch size; |delta margin| <= AUDIT_MAX_DELTA nats and no flips is a pass.
-AUDIT_SAMPLE = 64
-AUDIT_SEED = 0
-AUDIT_MAX_DELTA = 1e-4
-AUDIT_REFERENCE_DTYPE = "float32"
-AUDIT_REVISIONS = 3  # revisions a sampled audit spreads over the grid (first, middle, last)
+# (the numerical audit's knobs live in scoring/audit.py)
 
 # --- support counters (support.py, issue #7) ------------------------------------------------
 DEFAULT_SUPPORT_WINDOW = 16  # W: tokens after (or before) a cue where a target/competitor counts

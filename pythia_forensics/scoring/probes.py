@@ -499,7 +499,7 @@ def _read_file(path: Path) -> ProbeSet:
         size = path.stat().st_size
         if size > PROBE_MAX_BYTES:
             raise ProbeFormatError(f"probe file {path} is {size:,} bytes, more than {PROBE_MAX_BYTES:,}; "
-                                   "split it into several files (--probes is repeatable)")
+                                   "split it into several files (a list of probe specs loads as one set)")
         data = path.read_bytes()
     except OSError as exc:
         raise ProbeFormatError(f"cannot read probe file {path}: {exc.strerror or exc}; check the path and "
@@ -535,16 +535,18 @@ def _resolve(spec: str | Path) -> list[Path]:
     text = str(spec)
     if text == PROBE_SET_ALL:
         if not shipped:
-            raise UnknownProbeSetError(f"no shipped probe sets in {probes_dir()}; set PF_PROBES_DIR or pass a file")
+            raise UnknownProbeSetError(f"no shipped probe sets in {probes_dir()}; set PF_PROBES_DIR or pass a file",
+                                       param="probes")
         return list(shipped.values())
     if text in shipped:
         return [shipped[text]]
     if path.suffix.lower() in PROBE_SUFFIXES or path.parent != Path("."):
-        raise UnknownProbeSetError(f"probe file {spec} does not exist; check the path")
+        raise UnknownProbeSetError(f"probe file {spec} does not exist; check the path", param="probes")
     close = difflib.get_close_matches(text, list(shipped), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     known = ", ".join([PROBE_SET_ALL, *shipped]) or "(none)"
-    raise UnknownProbeSetError(f"unknown probe set {text!r}: {hint}known sets in {probes_dir()}: {known}; or pass a file path")
+    raise UnknownProbeSetError(f"unknown probe set {text!r}: {hint}known sets in {probes_dir()}: {known}; "
+                               "or pass a file path", param="probes")
 
 
 def load_probes(spec: str | Path | ProbeSet | Sequence[str | Path | ProbeSet]) -> ProbeSet:
@@ -575,7 +577,7 @@ def load_probes(spec: str | Path | ProbeSet | Sequence[str | Path | ProbeSet]) -
         else:
             sets.extend(_read_file(p) for p in _resolve(one))
     if not sets:
-        raise UnknownProbeSetError("no probe sets given; pass a file or a name (or 'all')")
+        raise UnknownProbeSetError("no probe sets given; pass a file or a name (or 'all')", param="probes")
     if len(sets) == 1:
         return sets[0]
     seen: dict[str, str] = {}

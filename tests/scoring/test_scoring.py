@@ -201,6 +201,29 @@ def test_prepared_plan_reused_across_weights_gives_the_same_numbers(model, tiny_
         score(other, probes, tokenizer=tiny_tokenizer, batch_size=7)[cols].to_numpy())
 
 
+def test_stage_timings_are_recorded_and_a_prepared_plan_costs_no_planning(model, tiny_tokenizer):
+    """frame.attrs["timings"]: every stage's seconds (structure only, never a magnitude): all
+    keys, non-negative floats, the parts within the total; reuse of `prepare` plans nothing."""
+    import json
+
+    from pythia_forensics.scoring import score as scoring
+
+    probes = _set(_items())
+    fresh = score(model, probes, tokenizer=tiny_tokenizer, batch_size=7)
+    prepared = scoring.prepare(model, probes, tokenizer=tiny_tokenizer)
+    reused = score(model, probes, tokenizer=tiny_tokenizer, batch_size=7, prepared=prepared)
+    for frame in (fresh, reused):
+        t = frame.attrs["timings"]
+        assert tuple(t) == scoring.TIMING_KEYS == ("load_s", "tokenize_s", "plan_s", "forward_s", "head_s", "total_s")
+        assert all(isinstance(v, float) and v >= 0.0 for v in t.values()), t
+        assert sum(v for k, v in t.items() if k != "total_s") <= t["total_s"], t
+        assert t["forward_s"] > 0.0 and t["head_s"] > 0.0 and t["load_s"] == 0.0  # both stages ran, timed
+        assert frame.attrs["wall_s"] == round(t["total_s"], 4)
+        json.dumps(frame.attrs)  # JSON-able, as the store records it
+    assert fresh.attrs["timings"]["tokenize_s"] > 0.0 and fresh.attrs["timings"]["plan_s"] > 0.0
+    assert reused.attrs["timings"]["tokenize_s"] == 0.0 and reused.attrs["timings"]["plan_s"] == 0.0
+
+
 def test_candidate_that_tokenizes_to_nothing_names_the_item(model, tiny_tokenizer):
     bad = ProbeItem("empty.1", "r", "agree", "train", "Mia cried because", "", " he")
     with pytest.raises(TokenizationError, match="item 'empty.1': target '' tokenizes to no tokens"):
@@ -258,6 +281,7 @@ def test_load_weights_into_equals_fresh_load(revisions, tiny_tokenizer):
     fresh = score(b, probes)
     model, tok = load_model(a)
     before = score(model, probes, tokenizer=tok)
+    assert fresh.attrs["timings"]["load_s"] > 0.0 and before.attrs["timings"]["load_s"] == 0.0  # loaded here or not
     assert np.abs(before["logp_target"] - fresh["logp_target"]).max() > 0.1  # different weights
     load_weights_into(model, b)
     assert np.abs(score(model, probes, tokenizer=tok)["logp_target"] - fresh["logp_target"]).max() < 1e-6
