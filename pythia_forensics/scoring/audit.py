@@ -213,6 +213,27 @@ def _model_ref(model: str | Path, suite_dir: str | Path | None) -> str:
     return str(spec.path) if spec.path is not None else str(spec.repo)
 
 
+def _reference_model(model: Any, revision: str | None, tokenizer: Any, device: str,
+                     suite_dir: str | Path | None) -> tuple[str, Any, Any]:
+    """(name, the model in the reference dtype, tokenizer): loaded, or a loaded model copied
+    into the reference dtype (never modified)."""
+    import torch
+
+    from pythia_forensics.scoring import score as scoring
+
+    if isinstance(model, (str, Path)):
+        reference_model, tok = scoring.load_model(_model_ref(model, suite_dir), revision=revision,
+                                                  dtype=AUDIT_REFERENCE_DTYPE, device=device)
+        return str(model), reference_model, tokenizer or tok
+    if tokenizer is None:
+        raise AuditError("audit() was given a loaded model without a tokenizer; pass its tokenizer",
+                         param="tokenizer")
+    reference_model = model
+    if next(model.parameters()).dtype != getattr(torch, AUDIT_REFERENCE_DTYPE):
+        reference_model = copy.deepcopy(model).to(getattr(torch, AUDIT_REFERENCE_DTYPE))
+    return str(getattr(model, "name_or_path", "") or type(model).__name__), reference_model, tokenizer
+
+
 def audit(model: Any, *, revision: str | None = None, probes: Any, dtype: str = "auto",
           batch_size: int | str = "auto", sample: int | float | None = AUDIT_SAMPLE, tokenizer: Any = None,
           device: str = "auto", bos: bool = False, vocab_rows: str | None = None,
@@ -260,20 +281,7 @@ def audit(model: Any, *, revision: str | None = None, probes: Any, dtype: str = 
     chosen = sample_items(probe_set.items, sample, seed=seed)
     subset = replace(probe_set, items=tuple(chosen))
     dev = scoring.resolve_device(device)
-
-    if isinstance(model, (str, Path)):
-        name = str(model)
-        reference_model, tok = scoring.load_model(_model_ref(model, suite_dir), revision=revision,
-                                                  dtype=AUDIT_REFERENCE_DTYPE, device=dev)
-        tokenizer = tokenizer or tok
-    else:
-        if tokenizer is None:
-            raise AuditError("audit() was given a loaded model without a tokenizer; pass its tokenizer",
-                             param="tokenizer")
-        name = str(getattr(model, "name_or_path", "") or type(model).__name__)
-        reference_model = model
-        if next(model.parameters()).dtype != getattr(torch, AUDIT_REFERENCE_DTYPE):
-            reference_model = copy.deepcopy(model).to(getattr(torch, AUDIT_REFERENCE_DTYPE))
+    name, reference_model, tokenizer = _reference_model(model, revision, tokenizer, dev, suite_dir)
     params = sum(p.numel() for p in reference_model.parameters())
     configured_dtype = scoring.resolve_dtype(dtype, params=params, device=dev)
     # Same weights, cast: what loading the checkpoint in that dtype gives (fp16/bf16 storage

@@ -58,7 +58,10 @@ def test_equals_plain_fp32_loop(model, tiny_tokenizer, references, batch_size, b
 
 
 @pytest.mark.parametrize("bos", [False, True])
-@pytest.mark.parametrize("batch_size", [1, 7, 64])
+# batch 7 (several batches, padding on both sides) in the fast suite; our batch-size
+# independence is checked against the plain loop above, minicons' own at 1 and 64 in `make test`
+@pytest.mark.parametrize("batch_size", [pytest.param(1, marks=pytest.mark.slow), 7,
+                                        pytest.param(64, marks=pytest.mark.slow)])
 def test_equals_minicons(model, tiny_tokenizer, batch_size, bos):
     from minicons import scorer
 
