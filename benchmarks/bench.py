@@ -386,7 +386,7 @@ def plan_stats(probes: Any, tokenizer: Any, *, batch_size: int | None = None) ->
     ``*_padded``: with the batching `scoring._run_plan` does (longest first, at most
     `batch_size` rows and `batch_size x SCORING_BATCH_ROW_TOKENS` padded tokens a batch).
     """
-    from pythia_forensics import constants
+    from pythia_forensics.scoring import plan as constants
     from pythia_forensics.scoring import score as scoring
 
     bs = batch_size or constants.DEFAULT_BATCH_SIZE_CPU

@@ -64,46 +64,10 @@ PROBE_SET_ALL = "all"
 PROBE_NON_BATTERY_FILES = ("lexicon.yaml",)
 # Spellings of the held-out split other tools write; read as "heldout".
 SPLIT_ALIASES = {"held_out": "heldout", "held-out": "heldout"}
-# How many individual problems a ProbeFormatError message lists before "... and N more".
-PROBE_ERRORS_SHOWN = 8
 
 # --- scoring defaults --------------------------------------------------------------------
-# fp32 up to this many parameters even on GPU: bf16/fp16 move small Pythias' margins
-# (pythia-160m: >10% of token probabilities change between batch 1 and 8 in bf16).
-FP32_MAX_PARAMS = 3_000_000_000
-DEFAULT_BATCH_SIZE_CPU = 64
-DEFAULT_BATCH_SIZE_CUDA = 256
-# Tree rows (scoring._make_tree_plan, issue #9): a battery's token trie is packed into rows of
-# at most this many tokens (or the longest history, if longer). On the bench battery 96 leaves
-# ~30% above the trie's distinct tokens; longer rows add attention work faster than they save.
-SCORING_TREE_ROW_TOKENS = 96
-# Architectures whose forward honours a custom 4D attention mask with explicit position ids;
-# others (ALiBi, flash-attention) run one plain causal sequence per history.
-SCORING_TREE_MODEL_TYPES = ("gpt_neox", "llama", "olmo", "olmo2")
-# A batch of B sequences holds at most B x this many tokens, padding included (sequences run
-# longest first): on the bench battery a plain B=64 split padded 6,652 tokens to 10,734.
-SCORING_BATCH_ROW_TOKENS = 32
-# batch_size="auto" (scoring._auto_batch_size): DEFAULT_BATCH_SIZE_* x SCORING_BATCH_ROW_TOKENS
-# tokens per batch, fewer when the batch's estimated working memory (body activations, attention
-# scores, fp32 logits rows over the vocabulary) would pass this many bytes. A constant, not the
-# free memory: the batches, hence the numbers, stay a function of model config and options.
-SCORING_AUTO_BATCH_BYTES = {"cpu": 2 * 2**30, "cuda": 8 * 2**30}
-# Padded batch inputs (ids, tree masks) a plan keeps for its next run (scoring._batch_inputs):
-# at most this many bytes per plan; building them was ~15% of a prepared mini-s revision.
-SCORING_INPUT_CACHE_BYTES = 256 * 2**20
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-# CPU threads (cpus.py, issue #17). libgomp's default spin-wait made 2 threads 8-17x slower
-# than 1 beside other jobs (2 cores, load 11-19); PASSIVE idle threads sleep instead. Set when
-# pythia_forensics is imported (before torch), unless the user set OMP_WAIT_POLICY.
-OMP_WAIT_POLICY_DEFAULT = "PASSIVE"
-THREADS_ENV = "PF_THREADS"  # intra-op threads for scoring; beats OMP_NUM_THREADS, loses to --threads
-DEVICES = ("auto", "cpu", "cuda")
-# Log-sum-exp over every row the model emits ("all": the model's own output distribution, as
-# minicons, lm-eval and the Pythia paper's scorer compute it) or over the tokenizer's rows only
-# ("tokenizer"). Pythia pads its 50277-token vocabulary to 50304 rows; on early checkpoints the
-# untrained padding rows move per-item log-probs by ~2e-3 nats, so the default matches peers.
-VOCAB_ROWS = ("all", "tokenizer")
-DEFAULT_VOCAB_ROWS = "all"
+# (the scoring knobs live with their stage: scoring/options.py, plan.py, model.py, cpus.py)
+THREADS_ENV = "PF_THREADS"  # intra-op threads for scoring; beats OMP_NUM_THREADS, loses to threads=
 
 # --- Pythia ------------------------------------------------------------------------------
 PYTHIA_TOKENS_PER_STEP = 1024 * 2048  # 1024 sequences x 2048 tokens
@@ -190,13 +154,7 @@ EMBEDDING_TENSOR_KEYS = ("embed_in.weight", "wte.weight", "embed_tokens.weight")
 OUTPUT_EMBEDDING_TENSOR_KEYS = ("embed_out.weight", "lm_head.weight")
 # Non-parameter buffers old .bin files pickle (causal masks); ignored when comparing formats.
 IGNORED_TENSOR_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
-# Audit: re-score a seeded sample of items in fp32 at batch size 1 and compare with the
-# configured dtype/batch size; |delta margin| <= AUDIT_MAX_DELTA nats and no flips is a pass.
-AUDIT_SAMPLE = 64
-AUDIT_SEED = 0
-AUDIT_MAX_DELTA = 1e-4
-AUDIT_REFERENCE_DTYPE = "float32"
-AUDIT_REVISIONS = 3  # revisions a sampled audit spreads over the grid (first, middle, last)
+# (the numerical audit's knobs live in scoring/audit.py)
 
 # --- support counters (support.py, issue #7) ------------------------------------------------
 DEFAULT_SUPPORT_WINDOW = 16  # W: tokens after (or before) a cue where a target/competitor counts

@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     sys.path[:0] = [str(ROOT), str(HERE)]
     from pythia_forensics.scoring import score as scoring
-    from pythia_forensics.constants import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
+    from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
 
     if args.rebuild or not (CHECKPOINT / "config.json").exists():
         build_checkpoint()

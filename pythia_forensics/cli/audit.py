@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from pythia_forensics.cli.common import step_pattern_option
-from pythia_forensics.constants import AUDIT_MAX_DELTA, AUDIT_SAMPLE
+from pythia_forensics.scoring.audit import AUDIT_MAX_DELTA, AUDIT_SAMPLE
 
 _VERDICT_STYLE = {"pass": "green", "drift": "yellow", "fail": "bold red"}
 _WORST_SHOWN = 10
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
         check_out(out)
         if sample < 0:
-            raise AuditError(f"--sample must be a positive item count or 0 for all, got {sample}")
+            raise AuditError(f"sample must be a positive item count or 0 for all, got {sample}", param="sample")
         from pythia_forensics.cli.common import parse_batch_size
 
         kwargs = dict(dtype=dtype, batch_size=parse_batch_size(batch_size),

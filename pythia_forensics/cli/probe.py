@@ -8,7 +8,7 @@ import typer
 
 from pythia_forensics.atomic import atomic_write
 from pythia_forensics.cli.common import check_output_file, parse_batch_size
-from pythia_forensics.constants import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
+from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
 from pythia_forensics.errors import UsageError
 
 OUT_SUFFIXES = (".parquet", ".csv", ".jsonl")

@@ -10,10 +10,9 @@ from pythia_forensics.cli.common import step_pattern_option
 from pythia_forensics.constants import (
     DEFAULT_REPLAY_CHUNK,
     DEFAULT_RESULTS_DIR,
-    DEFAULT_VOCAB_ROWS,
     REPLAY_EXIT_SOME_FAILED,
-    VOCAB_ROWS,
 )
+from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
 
 
 def register(app: typer.Typer) -> None:

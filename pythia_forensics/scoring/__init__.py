@@ -1,2 +1,4 @@
-"""Scoring: probe sets in (probes), exact per-item log-probs out (score), the thread settings
-that keep them reproducible (cpus) and the numerical audit against an independent loop (audit)."""
+"""Scoring: probe sets in (probes), exact per-item log-probs out (score), in the order a call
+runs them: options (ScoreOptions), encode (tokenization), plan (which rows run, how batched),
+model (loading, weights into a reused skeleton), score (running the plan, the frame, prepare);
+cpus holds the thread settings that keep numbers reproducible, audit the numerical audit."""

@@ -25,19 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from pythia_forensics.constants import (
-    AUDIT_MAX_DELTA,
-    AUDIT_REFERENCE_DTYPE,
-    AUDIT_REVISIONS,
-    AUDIT_SAMPLE,
-    AUDIT_SEED,
-)
 from pythia_forensics.errors import AuditError
 
 __all__ = ["AuditItem", "AuditReport", "audit", "audit_revisions", "pick_revisions", "sample_items",
            "compare_frames"]
 
 VERDICTS = ("pass", "drift", "fail")
+# Re-score a seeded sample of items in fp32 at batch size 1 and compare with the configured
+# dtype/batch size; |delta margin| <= AUDIT_MAX_DELTA nats and no flips is a pass.
+AUDIT_SAMPLE = 64
+AUDIT_SEED = 0
+AUDIT_MAX_DELTA = 1e-4
+AUDIT_REFERENCE_DTYPE = "float32"
+AUDIT_REVISIONS = 3  # revisions a sampled audit spreads over the grid (first, middle, last)
 REFERENCE_BATCH_SIZE = 1  # one item per forward pass: no padding, no batch-shape effects
 
 
@@ -141,10 +141,12 @@ def sample_items(items: Sequence[Any], sample: int | float | None, *, seed: int 
     if sample is None:
         return list(items)
     if isinstance(sample, bool) or not isinstance(sample, (int, float)) or sample <= 0:
-        raise AuditError(f"sample must be a positive item count or a fraction in (0, 1], got {sample!r}")
+        raise AuditError(f"sample must be a positive item count or a fraction in (0, 1], got {sample!r}",
+                         param="sample")
     if isinstance(sample, float):
         if sample > 1:
-            raise AuditError(f"a fractional sample must be in (0, 1], got {sample}; pass an integer for a count")
+            raise AuditError(f"a fractional sample must be in (0, 1], got {sample}; use an integer for a count",
+                             param="sample")
         n = max(1, int(round(sample * n_all)))
     else:
         n = int(sample)
@@ -211,6 +213,27 @@ def _model_ref(model: str | Path, suite_dir: str | Path | None) -> str:
     return str(spec.path) if spec.path is not None else str(spec.repo)
 
 
+def _reference_model(model: Any, revision: str | None, tokenizer: Any, device: str,
+                     suite_dir: str | Path | None) -> tuple[str, Any, Any]:
+    """(name, the model in the reference dtype, tokenizer): loaded, or a loaded model copied
+    into the reference dtype (never modified)."""
+    import torch
+
+    from pythia_forensics.scoring import score as scoring
+
+    if isinstance(model, (str, Path)):
+        reference_model, tok = scoring.load_model(_model_ref(model, suite_dir), revision=revision,
+                                                  dtype=AUDIT_REFERENCE_DTYPE, device=device)
+        return str(model), reference_model, tokenizer or tok
+    if tokenizer is None:
+        raise AuditError("audit() was given a loaded model without a tokenizer; pass its tokenizer",
+                         param="tokenizer")
+    reference_model = model
+    if next(model.parameters()).dtype != getattr(torch, AUDIT_REFERENCE_DTYPE):
+        reference_model = copy.deepcopy(model).to(getattr(torch, AUDIT_REFERENCE_DTYPE))
+    return str(getattr(model, "name_or_path", "") or type(model).__name__), reference_model, tokenizer
+
+
 def audit(model: Any, *, revision: str | None = None, probes: Any, dtype: str = "auto",
           batch_size: int | str = "auto", sample: int | float | None = AUDIT_SAMPLE, tokenizer: Any = None,
           device: str = "auto", bos: bool = False, vocab_rows: str | None = None,
@@ -253,23 +276,12 @@ def audit(model: Any, *, revision: str | None = None, probes: Any, dtype: str = 
                          **({"vocab_rows": vocab_rows} if vocab_rows else {}))
     probe_set = load_probes(probes)
     if not probe_set.items:
-        raise AuditError(f"probe set {probe_set.name!r} has no items to audit; pass a non-empty --probes")
+        raise AuditError(f"probe set {probe_set.name!r} has no items to audit; give a probe set with items",
+                         param="probes")
     chosen = sample_items(probe_set.items, sample, seed=seed)
     subset = replace(probe_set, items=tuple(chosen))
     dev = scoring.resolve_device(device)
-
-    if isinstance(model, (str, Path)):
-        name = str(model)
-        reference_model, tok = scoring.load_model(_model_ref(model, suite_dir), revision=revision,
-                                                  dtype=AUDIT_REFERENCE_DTYPE, device=dev)
-        tokenizer = tokenizer or tok
-    else:
-        if tokenizer is None:
-            raise AuditError("audit() was given a loaded model without tokenizer=; pass its tokenizer")
-        name = str(getattr(model, "name_or_path", "") or type(model).__name__)
-        reference_model = model
-        if next(model.parameters()).dtype != getattr(torch, AUDIT_REFERENCE_DTYPE):
-            reference_model = copy.deepcopy(model).to(getattr(torch, AUDIT_REFERENCE_DTYPE))
+    name, reference_model, tokenizer = _reference_model(model, revision, tokenizer, dev, suite_dir)
     params = sum(p.numel() for p in reference_model.parameters())
     configured_dtype = scoring.resolve_dtype(dtype, params=params, device=dev)
     # Same weights, cast: what loading the checkpoint in that dtype gives (fp16/bf16 storage
@@ -302,7 +314,7 @@ def pick_revisions(revisions: Sequence[str], n: int) -> list[str]:
         AuditError: n < 1.
     """
     if n < 1:
-        raise AuditError(f"the number of revisions to audit must be at least 1, got {n}")
+        raise AuditError(f"the number of revisions to audit must be at least 1, got {n}", param="n_revisions")
     if n >= len(revisions):
         return list(revisions)
     idx = sorted({int(round(x)) for x in np.linspace(0, len(revisions) - 1, n)})
@@ -340,10 +352,10 @@ def audit_revisions(model: Any, *, probes: Any, revisions: Sequence[str] | None 
 
     from pythia_forensics.constants import MAIN_REVISION
     from pythia_forensics.checkpoints.fetch import Fetcher
-    from pythia_forensics.checkpoints.registry import resolve_model
+    from pythia_forensics.checkpoints.registry import ModelSpec, resolve_model
     from pythia_forensics.checkpoints.sources import open_source
 
-    spec = model if hasattr(model, "steps") and hasattr(model, "source") else resolve_model(model, suite_dir=suite_dir)
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model, suite_dir=suite_dir)
     src = open_source(spec, **({"cache_dir": str(cache_dir)} if cache_dir and spec.source != "local" else {}))
     chosen = list(revisions) if revisions else pick_revisions(
         [r for r in src.revisions() if r != MAIN_REVISION], n_revisions)

@@ -15,11 +15,22 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from pythia_forensics.constants import OMP_WAIT_POLICY_DEFAULT, THREADS_ENV
+from pythia_forensics.constants import THREADS_ENV
+from pythia_forensics.errors import ScoringError
+from pythia_forensics.scoring.options import check_count
 
-__all__ = ["available_cpus", "cgroup_cpu_limit", "set_wait_policy", "wait_policy", "threads_from_env"]
+__all__ = ["available_cpus", "cgroup_cpu_limit", "pinned_kernels", "resolve_threads", "set_wait_policy",
+           "threads_from_env", "wait_policy"]
+
+# libgomp's default spin-wait made 2 threads 8-17x slower than 1 beside other jobs (2 cores,
+# load 11-19); PASSIVE idle threads sleep instead. Set when pythia_forensics is imported
+# (before torch), unless the user set OMP_WAIT_POLICY.
+OMP_WAIT_POLICY_DEFAULT = "PASSIVE"
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 # what `set_wait_policy` found: the policy libgomp read, or None when torch came first and
@@ -122,3 +133,65 @@ def threads_from_env(environ: dict[str, str] | None = None) -> tuple[int, str] |
     if text.isascii() and text.isdigit() and int(text) >= 1:
         return int(text), "OMP_NUM_THREADS"
     return None
+
+
+def resolve_threads(threads: int | str = "auto") -> int:
+    """The intra-op thread count ``auto`` means: ``$PF_THREADS``, else ``$OMP_NUM_THREADS`` if
+    it is a positive integer, else the CPUs this process may run on (its affinity mask, capped
+    by a cgroup CPU quota: `available_cpus`).
+
+    A function of the environment only, never of what ran earlier in the process (a test or a
+    trainer calling ``torch.set_num_threads``) nor of the machine's momentary load, so every
+    process started the same way on the same machine scores with the same kernels. A busy
+    machine is handled by the OpenMP wait policy instead (idle threads sleep).
+
+    Raises:
+        ScoringError: ``threads`` is neither ``auto`` nor a positive integer, or
+            ``$PF_THREADS`` is set to something else.
+    """
+    check_count(threads, what="threads", param="threads")
+    if threads != "auto":
+        return int(threads)
+    try:
+        env = threads_from_env()
+    except ValueError as exc:
+        raise ScoringError(f"{exc}; set it to a thread count such as 2, or unset it") from exc
+    return env[0] if env is not None else available_cpus()
+
+
+@contextmanager
+def pinned_kernels(threads: int, device_type: str) -> Iterator[dict[str, Any]]:
+    """Fix the process-wide torch settings that change scores, restore them afterwards.
+
+    Deterministic algorithms are enabled on CPU, and on CUDA only when
+    ``CUBLAS_WORKSPACE_CONFIG`` is set (cuBLAS needs it before its first call; without it
+    torch would warn on every matmul).
+
+    Args:
+        threads: torch intra-op threads for the block.
+        device_type: ``cpu`` or ``cuda``.
+
+    Yields:
+        The settings that ran (for ``frame.attrs``): ``threads, deterministic_algorithms,
+        float32_matmul_precision, interop_threads, omp_wait_policy``.
+    """
+    import torch
+
+    deterministic = device_type != "cuda" or bool(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision())
+    if before[0] != threads:
+        torch.set_num_threads(threads)
+    # warn_only: an op without a deterministic kernel warns instead of failing a long sweep
+    torch.use_deterministic_algorithms(deterministic or before[1], warn_only=True if deterministic else before[2])
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield {"threads": threads, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+               "float32_matmul_precision": "highest", "interop_threads": torch.get_num_interop_threads(),
+               "omp_wait_policy": wait_policy()}
+    finally:
+        if torch.get_num_threads() != before[0]:
+            torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.set_float32_matmul_precision(before[3])

@@ -38,13 +38,13 @@ from pythia_forensics.constants import (
     DEFAULT_ARRAY_TIMEOUT_MIN,
     DEFAULT_REPLAY_CHUNK,
     DEFAULT_RESULTS_DIR,
-    DEFAULT_VOCAB_ROWS,
     FAILURES_DIR,
     HEALTH_FILE,
     REPLAY_EXIT_SOME_FAILED,
     HEALTH_SKIP_STATUSES,
 )
 from pythia_forensics.errors import DiskBudgetError, PFError
+from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS
 from pythia_forensics.checkpoints.fetch import check_fits, format_size, select_revisions
 from pythia_forensics.sweep.store import ResultsStore, WorkKey
 

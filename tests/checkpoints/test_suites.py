@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from hubserver import HubServer
-from pythia_forensics.constants import SCORING_TREE_MODEL_TYPES, package_file
+from pythia_forensics.constants import package_file
+from pythia_forensics.scoring.plan import SCORING_TREE_MODEL_TYPES
 from pythia_forensics.checkpoints.registry import (
     ModelSpec,
     branch_grid,

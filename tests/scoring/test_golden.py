@@ -17,7 +17,7 @@ from numerics import assert_fp32_close
 from pin_golden import CHECKPOINT, GOLDEN_FILE, ITEMS
 
 from pythia_forensics.scoring import score as scoring
-from pythia_forensics.constants import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
+from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS, VOCAB_ROWS
 from pythia_forensics.scoring.probes import ProbeItem, ProbeSet, probe_set_sha256
 
 REPIN = "python tests/pin_golden.py"

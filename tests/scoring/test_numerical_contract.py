@@ -15,7 +15,7 @@ from numerics import assert_fp32_close
 from pin_golden import CHECKPOINT
 
 from pythia_forensics.scoring import score as scoring
-from pythia_forensics.constants import SCORING_BATCH_ROW_TOKENS
+from pythia_forensics.scoring.plan import SCORING_BATCH_ROW_TOKENS, batches as plan_batches
 from pythia_forensics.errors import ScoringError
 from pythia_forensics.scoring.probes import ProbeItem, ProbeSet, probe_set_sha256
 
@@ -51,12 +51,12 @@ def _record_forwards(model, *, fail_above: int | None = None):
 
 def test_batches_depend_on_lengths_and_batch_size_only():
     lengths = [40, 33, 20, 20, 9, 9, 9, 3, 3, 2, 1]
-    got = scoring._batches(lengths, 4)
+    got = plan_batches(lengths, 4)
     # budget 4 x 32 = 128 padded tokens: width 40 -> 3 rows, width 20 -> 4 rows, ...
     assert got == [(0, 3), (3, 4), (7, 4)]
-    assert scoring._batches(lengths, 4) == got and scoring._batches(lengths, 1) == [(k, 1) for k in range(11)]
+    assert plan_batches(lengths, 4) == got and plan_batches(lengths, 1) == [(k, 1) for k in range(11)]
     for bs in (1, 2, 7, 64):
-        batches = scoring._batches(lengths, bs)
+        batches = plan_batches(lengths, bs)
         assert [s for s, _ in batches] == list(np.cumsum([0] + [c for _, c in batches])[:-1])
         assert sum(c for _, c in batches) == len(lengths)
         assert all(c <= bs and (c == 1 or c * lengths[s] <= bs * SCORING_BATCH_ROW_TOKENS) for s, c in batches)

@@ -133,3 +133,26 @@ def test_shipped_batteries_load_with_enough_items_per_cell():
         for condition in CONDITIONS:
             for split in SPLITS:
                 assert cells[(rule, condition, split)] >= 48, (rule, condition, split)
+
+
+def test_shipped_yaml_reads_as_the_pure_python_parser_reads_it():
+    """The libyaml path (issue #17) gives the items PyYAML's pure-Python SafeLoader gives."""
+    import yaml
+
+    path = probes_dir() / "indefinite_article.yaml"
+    pure = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    records = pure["items"] if isinstance(pure, dict) else pure
+    loaded = load_probes(path)
+    assert len(loaded.items) == len(records) > 0
+    for item, rec in zip(loaded.items, records):
+        assert (item.item_id, item.rule, item.condition, item.prefix, item.target, item.foil) == \
+            (str(rec["item_id"]), rec["rule"], rec["condition"], rec["prefix"], rec["target"], rec["foil"])
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("items:\n- " + "[" * 40 + "]" * 40 + "\n", "nested more than"),               # past our depth bound
+    ("a: &a [1, 2]\nitems: [" + ", ".join(["*a"] * 1001) + "]\n", "alias uses"),  # past the alias budget
+])
+def test_bounds_are_checked_before_composition(text, needle):
+    with pytest.raises(ProbeFormatError, match=needle):
+        parse_probes(text, fmt="yaml", source="bounds.yaml")

@@ -58,7 +58,10 @@ def test_equals_plain_fp32_loop(model, tiny_tokenizer, references, batch_size, b
 
 
 @pytest.mark.parametrize("bos", [False, True])
-@pytest.mark.parametrize("batch_size", [1, 7, 64])
+# batch 7 (several batches, padding on both sides) in the fast suite; our batch-size
+# independence is checked against the plain loop above, minicons' own at 1 and 64 in `make test`
+@pytest.mark.parametrize("batch_size", [pytest.param(1, marks=pytest.mark.slow), 7,
+                                        pytest.param(64, marks=pytest.mark.slow)])
 def test_equals_minicons(model, tiny_tokenizer, batch_size, bos):
     from minicons import scorer
 
@@ -92,21 +95,21 @@ def test_shared_prefixes_cost_one_forward_row(model, tiny_tokenizer):
 
 
 @pytest.mark.slow
-def test_tree_rows_equal_plain_causal_sequences(model, tiny_tokenizer, monkeypatch):
+def test_tree_rows_equal_plain_causal_sequences(model, tiny_tokenizer):
     """The tree-row plan (GPT-NeoX) and the causal-sequence plan (other architectures) give
     the same numbers, and the tree runs fewer body tokens on items that share prefixes."""
-    from pythia_forensics.scoring import score as scoring
+    from pythia_forensics.scoring.plan import make_plan, make_tree_plan
 
     items = _items() + [ProbeItem(f"m{k}", "r", "agree", "train", p, " she was", " he was")
                         for k, p in enumerate(PREFIXES)]
+    encoded = encode_items(items, tiny_tokenizer)
+    kw = {"n_rows": len(tiny_tokenizer), "pad_id": 0}
     for batch_size in (1, 7, 64):
-        tree = score(model, _set(items), tokenizer=tiny_tokenizer, batch_size=batch_size)
-        with monkeypatch.context() as m:
-            m.setattr(scoring, "_tree_ok", lambda _model: False)
-            plain = score(model, _set(items), tokenizer=tiny_tokenizer, batch_size=batch_size)
+        tree = score_encoded(model, encoded, batch_size=batch_size, plan=make_tree_plan(encoded), **kw)
+        plain = score_encoded(model, encoded, batch_size=batch_size, plan=make_plan(encoded), **kw)
         for column in ("logp_target", "logp_foil"):
-            assert np.abs(tree[column].to_numpy() - plain[column].to_numpy()).max() < 1e-5
-        assert tree.attrs["forward_tokens"] < plain.attrs["forward_tokens"]
+            assert np.abs(tree[column] - plain[column]).max() < 1e-5
+        assert tree["tokens"] < plain["tokens"]
 
 
 def test_padding_token_never_reaches_real_positions(model, tiny_tokenizer):
@@ -118,10 +121,16 @@ def test_padding_token_never_reaches_real_positions(model, tiny_tokenizer):
 
 
 def test_full_forward_path_gives_the_same_numbers(model, tiny_tokenizer, references, monkeypatch):
-    import pythia_forensics.scoring.score as scoring
-
-    monkeypatch.setattr(scoring, "_head_is_plain", lambda m: False)
-    frame = score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size=7)
+    """A config field that scales logits sends the model down the full-forward path (logits
+    from the model itself); GPT-NeoX's forward ignores the field, so the numbers must not move."""
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(model.config, "logit_scale", 0.5, raising=False)
+    try:
+        frame = score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size=7)
+    finally:
+        hook.remove()
+    assert calls, "the full forward did not run"
     assert np.abs(frame["logp_target"].to_numpy() - references[False][0]).max() < TOL
 
 
@@ -145,8 +154,8 @@ def test_auto_batch_backs_off_on_out_of_memory(model, tiny_tokenizer, references
 def test_auto_batch_follows_a_memory_budget_deterministically(model, tiny_tokenizer, references, monkeypatch):
     """batch_size=auto: a token budget per batch, lowered by the batch's estimated memory; the
     same options give the same batches (never the free memory), and the numbers stay exact."""
-    from pythia_forensics.scoring import score as scoring
-    from pythia_forensics.constants import SCORING_BATCH_ROW_TOKENS
+    from pythia_forensics.scoring import plan
+    from pythia_forensics.scoring.plan import SCORING_BATCH_ROW_TOKENS
 
     rows: list[tuple[int, int]] = []
     hook = model.base_model.register_forward_pre_hook(
@@ -160,7 +169,7 @@ def test_auto_batch_follows_a_memory_budget_deterministically(model, tiny_tokeni
         per_token = 4 * (8 * cfg.hidden_size + 2 * cfg.intermediate_size + cfg.num_attention_heads * width) \
             + 8 * roomy.attrs["vocab_rows_n"]
         budget = 3 * SCORING_BATCH_ROW_TOKENS * per_token  # room for 3 rows of the token budget
-        monkeypatch.setitem(scoring.SCORING_AUTO_BATCH_BYTES, "cpu", budget)
+        monkeypatch.setitem(plan.SCORING_AUTO_BATCH_BYTES, "cpu", budget)
         tight = [score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size="auto") for _ in range(2)]
         tight_rows = list(rows)
     finally:
@@ -193,6 +202,29 @@ def test_prepared_plan_reused_across_weights_gives_the_same_numbers(model, tiny_
     np.testing.assert_array_equal(
         score(other, probes, tokenizer=tiny_tokenizer, batch_size=7, prepared=prepared)[cols].to_numpy(),
         score(other, probes, tokenizer=tiny_tokenizer, batch_size=7)[cols].to_numpy())
+
+
+def test_stage_timings_are_recorded_and_a_prepared_plan_costs_no_planning(model, tiny_tokenizer):
+    """frame.attrs["timings"]: every stage's seconds (structure only, never a magnitude): all
+    keys, non-negative floats, the parts within the total; reuse of `prepare` plans nothing."""
+    import json
+
+    from pythia_forensics.scoring import score as scoring
+
+    probes = _set(_items())
+    fresh = score(model, probes, tokenizer=tiny_tokenizer, batch_size=7)
+    prepared = scoring.prepare(model, probes, tokenizer=tiny_tokenizer)
+    reused = score(model, probes, tokenizer=tiny_tokenizer, batch_size=7, prepared=prepared)
+    for frame in (fresh, reused):
+        t = frame.attrs["timings"]
+        assert tuple(t) == scoring.TIMING_KEYS == ("load_s", "tokenize_s", "plan_s", "forward_s", "head_s", "total_s")
+        assert all(isinstance(v, float) and v >= 0.0 for v in t.values()), t
+        assert sum(v for k, v in t.items() if k != "total_s") <= t["total_s"], t
+        assert t["forward_s"] > 0.0 and t["head_s"] > 0.0 and t["load_s"] == 0.0  # both stages ran, timed
+        assert frame.attrs["wall_s"] == round(t["total_s"], 4)
+        json.dumps(frame.attrs)  # JSON-able, as the store records it
+    assert fresh.attrs["timings"]["tokenize_s"] > 0.0 and fresh.attrs["timings"]["plan_s"] > 0.0
+    assert reused.attrs["timings"]["tokenize_s"] == 0.0 and reused.attrs["timings"]["plan_s"] == 0.0
 
 
 def test_candidate_that_tokenizes_to_nothing_names_the_item(model, tiny_tokenizer):
@@ -252,6 +284,7 @@ def test_load_weights_into_equals_fresh_load(revisions, tiny_tokenizer):
     fresh = score(b, probes)
     model, tok = load_model(a)
     before = score(model, probes, tokenizer=tok)
+    assert fresh.attrs["timings"]["load_s"] > 0.0 and before.attrs["timings"]["load_s"] == 0.0  # loaded here or not
     assert np.abs(before["logp_target"] - fresh["logp_target"]).max() > 0.1  # different weights
     load_weights_into(model, b)
     assert np.abs(score(model, probes, tokenizer=tok)["logp_target"] - fresh["logp_target"]).max() < 1e-6
@@ -293,7 +326,7 @@ def test_reduced_precision_keeps_fp32_log_sum_exp(revisions):
     assert frame.attrs["dtype"] == "bfloat16" and np.isfinite(frame["logp_target"]).all()
     # bf16 weights move the numbers a little, not wholesale
     assert np.abs(frame["logp_target"] - ref["logp_target"]).median() < 0.5
-    with pytest.raises(ScoringError, match="loaded in bfloat16 but dtype='float32'"):
+    with pytest.raises(ScoringError, match="loaded in bfloat16 but dtype 'float32'"):
         score(half, probes, tokenizer=tok, dtype="float32")
 
 
