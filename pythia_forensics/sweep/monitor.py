@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pythia_forensics.constants import DEFAULT_SUPPORT_WINDOW, DEFAULT_VOCAB_ROWS, STEP_DIR_PREFIX
+from pythia_forensics.constants import DEFAULT_VOCAB_ROWS, STEP_DIR_PREFIX
+from pythia_forensics.corpus.windows import DEFAULT_SUPPORT_WINDOW
 from pythia_forensics.errors import MonitorError
 
 __all__ = ["Alert", "Monitor", "weights_fingerprint"]
