@@ -202,6 +202,7 @@ AUDIT_REVISIONS = 3  # revisions a sampled audit spreads over the grid (first, m
 # File names only; the counters' knobs live in their modules (corpus/windows.py, streams.py,
 # counting.py).
 SUPPORT_RULES_SUBDIR = "rules"  # probes/rules/<rule>.yaml
+LEXICON_FILE = "lexicon.yaml"  # probes/lexicon.yaml: the word classes (corpus/lexicon.py reads it)
 # Mini-suite corpus folder layout (docs/ARCHITECTURE.md): written by experiments/mini/corpus.py,
 # read by the support counter.
 CORPUS_TOKENS_FILE = "tokens"  # tokens.bin / tokens.idx

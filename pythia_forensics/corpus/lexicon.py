@@ -21,10 +21,8 @@ import os
 
 import yaml
 
-from pythia_forensics.constants import probes_dir
+from pythia_forensics.constants import LEXICON_FILE, probes_dir
 from pythia_forensics.errors import CorpusError
-
-LEXICON_FILE = "lexicon.yaml"
 
 
 @dataclass(frozen=True)

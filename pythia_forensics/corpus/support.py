@@ -52,9 +52,8 @@ import pandas as pd
 
 from pythia_forensics.corpus.battery import (BATTERY_COLUMNS, BATTERY_MODE, BatteryCell, battery_cells,
                                              battery_pattern, count_battery)
-from pythia_forensics.corpus.counting import (NO_EVENTS, Tally, counts_frame, rules_spec, run_count, state_key,
-                                              support_ratio)
-from pythia_forensics.corpus.lexicon import Lexicon, load_lexicon
+from pythia_forensics.corpus.counting import NO_EVENTS, Tally, counts_frame, rules_spec, run_count, support_ratio
+from pythia_forensics.corpus.counting import state_key as count_key  # `state_key` is an argument below
 from pythia_forensics.corpus.matching import Matcher, count_block
 from pythia_forensics.corpus.rules import (CORPUS_FRAME, FRAME_CANDIDATE, FRAME_CUE, FRAME_GAP, ROLES, Frame,
                                            SupportRule, WordClass, load_rules)
@@ -76,8 +75,6 @@ __all__ = [
     "UnmatchedCue",
     "Vocab",
     "SupportCueWarning",
-    "Lexicon",
-    "load_lexicon",
     "load_rules",
     "load_tokenizer",
     "compile_rules",
@@ -167,7 +164,7 @@ def _count_windowed(source: TokenSource, rules: Sequence[CompiledRule], vocab: V
     def block_fn(block, tallies: list[Tally], limit: int | None) -> None:
         count_block(matcher, block, window=window, tallies=tallies, window_tokens=window_tokens, limit=limit)
 
-    key = state_key(rules_spec(rules), source.identity, window, window_tokens)
+    key = count_key(rules_spec(rules), source.identity, window, window_tokens)
     n_tallies = sum(1 + len(r.frames) for r in rules)
     tallies, n_tokens = run_count(source, block_fn, n_tallies, key=key, halo=halo, token_limit=token_limit,
                                   state_file=state_file, progress=progress, on_block=on_block)
@@ -271,17 +268,25 @@ def count_support(
                        window_tokens=window_tokens, token_limit=token_limit)
     tok = load_tokenizer(inp.tokenizer)
     compiled, vocab = compile_rules(rule_defs, tok, multi_token=multi_token)
-    unmatched = [u for r in compiled for u in r.unmatched]
-    if unmatched:
-        msg = "; ".join(str(u) for u in unmatched)
-        if strict:
-            raise TokenizationError(f"unmatched rule words: {msg}; fix the rule file or the tokenizer", param="rules")
-        warnings.warn(f"unmatched rule words (they count zero): {msg}", SupportCueWarning, stacklevel=2)
+    unmatched = _report_unmatched(compiled, strict=strict)
     source = open_stream(inp, tokenizer=tok, text_field=text_field, block_tokens=block_tokens,
                          token_limit=spec.token_limit, eod_id=eod_id)
     counts = _count_windowed(source, compiled, vocab, window=w, window_tokens=spec.window_tokens,
                              token_limit=spec.token_limit, state_file=state_file, progress=progress, on_block=on_block)
     return _frame(compiled, counts, spec, mode=mode, window=w, unmatched=unmatched)
+
+
+def _report_unmatched(compiled: Sequence[CompiledRule], *, strict: bool) -> list[UnmatchedCue]:
+    """Every word the counter cannot match: a `SupportCueWarning` naming them (``strict``: a
+    `TokenizationError`)."""
+    unmatched = [u for r in compiled for u in r.unmatched]
+    if unmatched:
+        msg = "; ".join(str(u) for u in unmatched)
+        if strict:
+            raise TokenizationError(f"unmatched rule words: {msg}; fix the rule file or the tokenizer", param="rules")
+        # stacklevel 3: the warning points at count_support's caller
+        warnings.warn(f"unmatched rule words (they count zero): {msg}", SupportCueWarning, stacklevel=3)
+    return unmatched
 
 
 def _frame(compiled: Sequence[CompiledRule], counts: dict[str, dict[str, Any]], spec: WindowSpec, *, mode: str,

@@ -124,8 +124,14 @@ def brute_force(docs, rules, vocab, window):
         framed = {fr.name: [0, 0, 0] for fr in r.frames}
         for doc in docs:
             n = len(doc)
+            seen = {}  # forms -> occurrences in this document (frames ask again per event)
 
             def occurrences(forms):
+                if forms not in seen:
+                    seen[forms] = occurrences_of(forms)
+                return seen[forms]
+
+            def occurrences_of(forms):
                 found = set()
                 for f in forms:
                     L = len(f.ids)
