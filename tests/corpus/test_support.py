@@ -644,24 +644,27 @@ def make_mini_corpus(out, *, demo: bool):
 
 def reference_battery(corpus):
     """The paper's battery bigram counter written from its description, independently of the
-    module: plain Python n-gram counts per document, per step window, over the trained tokens."""
+    module: the shipped batteries read as plain YAML (libyaml, not the package's probe parser),
+    plain Python n-gram counts per document, per step window, over the trained tokens."""
     from collections import Counter
 
     from transformers import PreTrainedTokenizerFast
 
     from pythia_forensics.corpus.indexed import IndexedDataset
-    from pythia_forensics.scoring.probes import load_probes
 
     meta = json.loads((corpus / "corpus.json").read_text())
     tok = PreTrainedTokenizerFast.from_pretrained(corpus)
     width = meta["tokens_per_step"] * meta["window_steps"]
     limit = meta["train_tokens"]
     cells = {}
-    for item in load_probes("all").items:
-        last = item.prefix.split()[-1]
-        cell = cells.setdefault((item.rule, item.condition), (set(), set()))
-        cell[0].add(tuple(tok(" " + last + item.target, add_special_tokens=False)["input_ids"]))
-        cell[1].add(tuple(tok(" " + last + item.foil, add_special_tokens=False)["input_ids"]))
+    batteries = sorted(p for p in probes_dir().glob("*.yaml") if p.name != "lexicon.yaml")
+    assert len(batteries) == 4
+    for path in batteries:
+        for item in yaml.load(path.read_text(), Loader=yaml.CSafeLoader)["items"]:
+            last = item["prefix"].split()[-1]
+            cell = cells.setdefault((item["rule"], item["condition"]), (set(), set()))
+            cell[0].add(tuple(tok(" " + last + item["target"], add_special_tokens=False)["input_ids"]))
+            cell[1].add(tuple(tok(" " + last + item["foil"], add_special_tokens=False)["input_ids"]))
     lengths = {len(p) for t, f in cells.values() for p in t | f}
     wanted = {p for t, f in cells.values() for p in t | f}
     found = Counter()  # (pattern, window) -> count
