@@ -99,11 +99,12 @@ class Matcher:
         cand_ids = ids[cand]
         cand_bits = self.lut[cand_ids]
         out = []
+        none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         for cat, groups in enumerate(self.forms):
-            if not groups:
-                out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            sel = ((cand_bits >> cand_bits.dtype.type(cat)) & 1) != 0 if groups else None
+            if sel is None or not sel.any():  # most classes have no candidate in a small block
+                out.append(none)
                 continue
-            sel = ((cand_bits >> cand_bits.dtype.type(cat)) & 1) != 0
             pos_all, first_all = cand[sel], cand_ids[sel]
             # group candidates by first token once (sort), instead of one scan per form
             order = np.argsort(first_all, kind="stable")
@@ -117,6 +118,8 @@ class Matcher:
                     p = pos[pos + L <= n]
                     for j in range(1, L):
                         p = p[ids[p + j] == seq[j]]
+                    if p.size == 0:
+                        continue
                     e = p + (L - 1)
                     # the match stays inside one document
                     seg_p = np.searchsorted(seg_starts, p, side="right")
@@ -131,7 +134,7 @@ class Matcher:
                         ok &= at_start | self.ends_nonword[ids[np.maximum(prv, 0)]]
                     starts_l.append(p[ok])
                     ends_l.append(e[ok])
-            out.append(_drop_contained(np.concatenate(starts_l), np.concatenate(ends_l)))
+            out.append(_drop_contained(np.concatenate(starts_l), np.concatenate(ends_l)) if starts_l else none)
         return out
 
 
