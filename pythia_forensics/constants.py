@@ -156,19 +156,16 @@ OUTPUT_EMBEDDING_TENSOR_KEYS = ("embed_out.weight", "lm_head.weight")
 IGNORED_TENSOR_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
 # (the numerical audit's knobs live in scoring/audit.py)
 
-# --- support counters (support.py, issue #7) ------------------------------------------------
-DEFAULT_SUPPORT_WINDOW = 16  # W: tokens after (or before) a cue where a target/competitor counts
-SUPPORT_DIRECTIONS = ("after", "before")
-SUPPORT_MODES = ("windowed", "bigram")  # bigram = windowed with W = 1
+# --- support counters (corpus/, issue #7) ------------------------------------------------
+# File names only; the counters' knobs live in their modules (corpus/windows.py, streams.py,
+# counting.py).
 SUPPORT_RULES_SUBDIR = "rules"  # probes/rules/<rule>.yaml
-# Step windows of the per-window counts: Pythia's checkpoints are 1000 steps apart.
-DEFAULT_SUPPORT_WINDOW_STEPS = 1000
-# Stream windows when no tokens_per_step is known.
-DEFAULT_SUPPORT_WINDOW_TOKENS = 10_000_000
-# Tokens per processing block (memory: ~20 bytes per token of scratch at this size).
-SUPPORT_BLOCK_TOKENS = 1 << 22
-SUPPORT_TEXT_BATCH = 1024  # documents tokenized per encode_batch call
-SUPPORT_STATE_EVERY_S = 30.0  # progress-file interval (an interrupted count resumes from it)
+LEXICON_FILE = "lexicon.yaml"  # probes/lexicon.yaml: the word classes (corpus/lexicon.py reads it)
+# Mini-suite corpus folder layout (docs/ARCHITECTURE.md): written by experiments/mini/corpus.py,
+# read by the support counter.
+CORPUS_TOKENS_FILE = "tokens"  # tokens.bin / tokens.idx
+CORPUS_META_FILE = "corpus.json"
+CORPUS_TOKENIZER_FILE = "tokenizer.json"  # what save_pretrained writes
 
 # --- figures ---------------------------------------------------------------------------
 # Palette, DPI, formats and the x-axis choices live with the figures (analysis/figure_style.py,

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from pythia_forensics.constants import DEFAULT_SUPPORT_WINDOW, PYTHIA_STORED_TOKENS_PER_STEP
+from pythia_forensics.constants import PYTHIA_STORED_TOKENS_PER_STEP
+from pythia_forensics.corpus.windows import DEFAULT_SUPPORT_WINDOW
 
 
 def register(app: typer.Typer) -> None:

@@ -45,6 +45,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import tempfile
@@ -53,6 +54,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pythia_forensics.atomic import atomic_path, atomic_write
 from pythia_forensics.errors import CorpusError
 
 __all__ = [
@@ -313,7 +315,10 @@ class IndexedDatasetWriter:
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self._info = np.iinfo(self.dtype)
         tmp = dict(dir=self.prefix.parent, prefix=f".{self.prefix.name}.")
-        self._bin_tmp = Path(tempfile.mkstemp(suffix=".bin.tmp", **tmp)[1])
+        # .bin is written in place under its temporary name for the writer's whole life:
+        # close() lets atomic_path move it over PREFIX.bin, abort() lets it remove it
+        self._stack = contextlib.ExitStack()
+        self._bin_tmp = self._stack.enter_context(atomic_path(data_path(self.prefix)))
         self._sizes_tmp = Path(tempfile.mkstemp(suffix=".sizes.tmp", **tmp)[1])
         self._docs_tmp = Path(tempfile.mkstemp(suffix=".docs.tmp", **tmp)[1])
         self._bin = open(self._bin_tmp, "wb")
@@ -371,7 +376,13 @@ class IndexedDatasetWriter:
             self.end_document()
         for f in (self._bin, self._sizes, self._docs):
             f.close()
-        idx_tmp = self.prefix.parent / f".{self.prefix.name}.idx.tmp"
+        self._stack.close()  # PREFIX.bin into place first: an index never names a missing .bin
+        atomic_write(index_path(self.prefix), self._write_index)
+        for p in (self._sizes_tmp, self._docs_tmp):
+            p.unlink(missing_ok=True)
+        self._closed = True
+
+    def _write_index(self, idx_tmp: Path) -> None:
         itemsize = self.dtype.itemsize
         with open(idx_tmp, "wb") as out:
             out.write(INDEX_MAGIC)
@@ -389,11 +400,6 @@ class IndexedDatasetWriter:
             with open(self._docs_tmp, "rb") as docs:
                 while block := docs.read(8 * _COPY_CHUNK):
                     out.write(block)
-        os.replace(self._bin_tmp, data_path(self.prefix))
-        os.replace(idx_tmp, index_path(self.prefix))
-        for p in (self._sizes_tmp, self._docs_tmp):
-            p.unlink(missing_ok=True)
-        self._closed = True
 
     def abort(self) -> None:
         """Discard everything written (no dataset appears)."""
@@ -401,7 +407,9 @@ class IndexedDatasetWriter:
             return
         for f in (self._bin, self._sizes, self._docs):
             f.close()
-        for p in (self._bin_tmp, self._sizes_tmp, self._docs_tmp):
+        aborted = CorpusError(f"writing {self.prefix} was aborted")
+        self._stack.__exit__(type(aborted), aborted, None)  # atomic_path removes the .bin temp file
+        for p in (self._sizes_tmp, self._docs_tmp):
             p.unlink(missing_ok=True)
         self._closed = True
 

@@ -1,5 +1,9 @@
 """The shared lexicon (`probes/lexicon.yaml`) and how each rule fills its frames.
 
+`load_lexicon` is the one reader of a lexicon file: the corpus generator, the probe-battery
+generator and the support counter's rule files (``{lexicon: female_names}``,
+``{lexicon: forms.pronoun_gender.female}``, through `Lexicon.lookup`) all get a `Lexicon`.
+
 One table, `RULE_SLOTS`, says for every rule which lexicon class is the support cue, which
 class is its agree-side contrast, which frame slot holds that word and which slot holds the
 chosen form. The corpus generator, the probe-battery generator and the ground-truth counts
@@ -12,12 +16,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+import difflib
+import os
+
 import yaml
 
-from pythia_forensics.constants import probes_dir
+from pythia_forensics.constants import LEXICON_FILE, probes_dir
 from pythia_forensics.errors import CorpusError
-
-LEXICON_FILE = "lexicon.yaml"
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,38 @@ RULE_SLOTS: Mapping[str, RuleSlots] = {
 
 @dataclass(frozen=True)
 class Lexicon:
-    """The parsed lexicon file."""
+    """The parsed lexicon file.
+
+    Attributes:
+        classes: every top-level word list (``female_names``, ``vowel_nouns_heldout``, ...).
+        forms: ``forms[rule][key]``, each rule's forms (empty when the file has none).
+        templates: the generator's sentence templates (empty when the file has none).
+        path: the file read.
+        entries: the whole file as read (what `lookup` walks).
+    """
 
     classes: Mapping[str, tuple[str, ...]]
     forms: Mapping[str, Mapping[str, str]]
     templates: Mapping[str, Any]
     path: Path
+    entries: Mapping[str, Any]
+
+    def lookup(self, ref: str) -> Any:
+        """The entry a dotted reference names: ``"female_names"`` (a word list) or
+        ``"forms.pronoun_gender.female"`` (one word).
+
+        Raises:
+            KeyError: no such entry; the message suggests close class names.
+        """
+        node: Any = self.entries
+        for part in ref.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                known = [k for k, v in self.entries.items() if isinstance(v, (list, dict))]
+                close = difflib.get_close_matches(ref, known, n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise KeyError(f"lexicon has no {ref!r}{hint}; known classes: {', '.join(known)}")
+            node = node[part]
+        return node
 
     def words(self, cls: str, *, heldout: bool | None = None) -> tuple[str, ...]:
         """Words of a class; heldout=True only the held-out subset, False only the rest."""
@@ -95,28 +126,43 @@ class Lexicon:
 
 
 @lru_cache(maxsize=8)
-def _load(path: str) -> Lexicon:
+def _load(path: str, mtime_ns: int) -> Lexicon:  # the mtime: an edited file is read again
     p = Path(path)
-    if not p.exists():
-        raise CorpusError(f"lexicon file not found: {p}; set PF_PROBES_DIR to the folder holding lexicon.yaml")
-    raw = yaml.safe_load(p.read_text())
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise CorpusError(f"lexicon {p}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CorpusError(f"lexicon {p}: must be a YAML mapping of word classes")
     classes = {k: tuple(v) for k, v in raw.items() if isinstance(v, list)}
     problems = [f"{k}_heldout is not a subset of {k}" for k in classes
                 if f"{k}_heldout" in classes and not set(classes[f"{k}_heldout"]) <= set(classes[k])]
-    if len(classes.get("singular_nouns", ())) != len(classes.get("plural_nouns", ())):
+    paired = ("singular_nouns", "plural_nouns")
+    if any(k in classes for k in paired) and len(classes.get(paired[0], ())) != len(classes.get(paired[1], ())):
         problems.append("singular_nouns and plural_nouns must be paired lists of equal length")
     if problems:
         raise CorpusError(f"lexicon {p}: " + "; ".join(problems))
-    return Lexicon(classes=classes, forms=raw["forms"], templates=raw["templates"], path=p)
+    return Lexicon(classes=classes, forms=raw.get("forms") or {}, templates=raw.get("templates") or {}, path=p,
+                   entries=raw)
 
 
-def load_lexicon(path: str | Path | None = None) -> Lexicon:
-    """Load `probes/lexicon.yaml` (or `path`).
+def load_lexicon(path: str | os.PathLike | None = None) -> Lexicon:
+    """Read `probes/lexicon.yaml` (or `path`): the one lexicon reader.
+
+    Args:
+        path: a lexicon YAML file; default the shipped one (``PF_PROBES_DIR`` moves it).
+
+    Returns:
+        The parsed `Lexicon` (cached per file and modification time).
 
     Raises:
-        CorpusError: the file is missing or inconsistent.
+        CorpusError: the file is missing, not a YAML mapping, or inconsistent.
     """
-    return _load(str(Path(path) if path else probes_dir() / LEXICON_FILE))
+    p = Path(path) if path else probes_dir() / LEXICON_FILE
+    if not p.is_file():
+        raise CorpusError(f"lexicon file not found: {p}; set PF_PROBES_DIR to the folder holding "
+                          f"{LEXICON_FILE}, or give the rule a `lexicon:` path")
+    return _load(str(p), p.stat().st_mtime_ns)
 
 
 def with_opener(opener: str, frame: str) -> str:

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pythia_forensics.constants import DEFAULT_SUPPORT_WINDOW, STEP_DIR_PREFIX
+from pythia_forensics.constants import STEP_DIR_PREFIX
+from pythia_forensics.corpus.windows import DEFAULT_SUPPORT_WINDOW
 from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS
 from pythia_forensics.errors import MonitorError
 

@@ -23,14 +23,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from pythia_forensics.atomic import atomic_path, write_json
+from pythia_forensics.constants import CORPUS_META_FILE, CORPUS_TOKENS_FILE as TOKENS_FILE
 from pythia_forensics.errors import CorpusError
 from pythia_forensics.experiments.mini.config import CorpusConfig, TrainConfig
 from pythia_forensics.corpus.lexicon import RULE_SLOTS, Lexicon, load_lexicon, with_opener
 
 EOD_ID = 0  # <|endoftext|>, as GPT-NeoX
-TOKENS_FILE = "tokens"  # tokens.bin / tokens.idx
 GROUND_TRUTH_FILE = "ground_truth.csv"
-CORPUS_META_FILE = "corpus.json"
 # rule_wins / prior_wins: every support event; conflict_*: the events of conflict-frame sentences
 # (the frame where rule and prior conflict, named `conflict` in probes/rules/<rule>.yaml).
 GROUND_TRUTH_COLUMNS = ("rule", "window_start_step", "window_end_step", "rule_wins", "prior_wins",
