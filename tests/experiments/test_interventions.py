@@ -103,14 +103,10 @@ def test_bad_doses_are_refused():
 @pytest.mark.parametrize("args", [["experiment", "kill", "--doses", "0,2"],
                                   ["experiment", "kill", "--doses", "0,x"],
                                   ["experiment", "kill", "--doses", "0.5"]])
-def test_cli_user_mistakes_are_one_line_exit_2(args, tmp_path, capsys):
-    from pythia_forensics.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args + ["--out", str(tmp_path)])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err
+def test_cli_user_mistakes_are_one_line_exit_2(args, tmp_path, run_cli):
+    code, _out, err = run_cli(args + ["--out", str(tmp_path)])
+    err = err.strip()
+    assert code == 2 and err.startswith("error: --doses: ") and "\n" not in err, err
     assert not (tmp_path / "suite").exists() or not any((tmp_path / "suite").iterdir())
 
 
