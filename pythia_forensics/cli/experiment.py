@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
 
     @exp.command("rescue")
     def rescue_cmd(rule: Optional[str] = typer.Option(None, help="Collapsed rule to rescue."),
-                   doses: str = typer.Option("0,3,10", help="Injected density as multiples of the surviving level."),
+                   multiples: str = typer.Option("0,3,10", "--doses",
+                                                 help="Injected density as multiples of the surviving level."),
                    out: Path = OUT) -> None:
         """Inject support after the collapse; report whether behaviour and margin move."""
         from pythia_forensics.cli.common import console
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
         _check_out(out)
         cfg = load_config()
-        rep = run_rescue(rule or cfg["rescue"]["rule"], _floats(doses, "doses"), out)
+        rep = run_rescue(rule or cfg["rescue"]["rule"], _floats(multiples, "multiples"), out)
         console.print(json.dumps(rep["arms"], indent=1))
 
     @exp.command("all")

@@ -295,6 +295,14 @@ class ArmSpec:
     edits: tuple[Any, ...]
 
 
+def _check_rule(rule: str) -> None:
+    """Refuse, before any arm trains, a rule the mini suite does not have."""
+    from pythia_forensics.experiments.mini.config import RULES
+
+    if rule not in RULES:
+        raise InterventionError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}", param="rule")
+
+
 def _tag(x: float) -> str:
     return f"{x:g}".replace(".", "p")
 
@@ -450,19 +458,22 @@ def run_kill(rule: str, doses: Sequence[float], seeds: Sequence[int], out: str |
         The report (also written to OUT/kill/report.json, per-arm rows to OUT/kill/summary.csv).
 
     Raises:
-        InterventionError: a dose outside [0, 1], fewer than 2 doses, or an arm whose counted
-            support differs from the requested.
+        InterventionError: an unknown rule, a dose outside [0, 1], fewer than 2 doses, or an
+            arm whose counted support differs from the requested.
     """
     from scipy.stats import spearmanr
 
     cfg = config or load_config()
+    _check_rule(rule)
     if len(set(doses)) < 2:
         raise InterventionError(f"a kill ladder needs at least 2 distinct doses, got {list(doses)}", param="doses")
-    try:
-        specs = [ArmSpec(f"kill-{rule}-p{_tag(d)}-s{sd}", "kill", float(d), int(sd), (flip(rule, d),))
-                 for sd in seeds for d in doses]
-    except InterventionError as exc:  # a dose outside [0, 1]: the caller passed it as `doses`
-        raise InterventionError(str(exc), param="doses") from None
+    bad = [d for d in doses if not 0.0 <= d <= 1.0]
+    if bad:
+        raise InterventionError(f"flip fractions must be in [0, 1], got {bad}; use e.g. 0,0.5,1", param="doses")
+    if not seeds:
+        raise InterventionError("a kill ladder needs at least one seed", param="seeds")
+    specs = [ArmSpec(f"kill-{rule}-p{_tag(d)}-s{sd}", "kill", float(d), int(sd), (flip(rule, d),))
+             for sd in seeds for d in doses]
     out = Path(out)
     scores = _run_arms(specs, out, cfg, progress)
     summary = _summarise(specs, scores, rule)
@@ -501,6 +512,10 @@ def run_rescue(rule: str, multiples: Sequence[float], out: str | Path, *, seeds:
 
     Returns:
         The report (also OUT/rescue/report.json).
+
+    Raises:
+        InterventionError: an unknown rule, a negative multiple or one whose dose exceeds 1,
+            or an arm whose counted support differs from the requested.
     """
     from pythia_forensics.experiments.mini.config import demo_config
 
@@ -510,6 +525,11 @@ def run_rescue(rule: str, multiples: Sequence[float], out: str | Path, *, seeds:
     start = int(start_step if start_step is not None else rc["start_step"])
     k = demo_config().corpus.knobs(rc["surviving_rule"])
     level = 0.5 * k.conflict_share * k.support
+    _check_rule(rule)
+    bad = [m for m in multiples if m < 0 or m * level > 1]
+    if bad:
+        raise InterventionError(f"rescue multiples must be in [0, {1 / level:.4g}] (a dose of 1 document in 1 at "
+                                f"the surviving level {level:.4g}), got {bad}", param="multiples")
     specs = [ArmSpec(f"rescue-{rule}-x{_tag(m)}-s{sd}", "rescue", float(m), int(sd),
                      (inject(rule, m * level, start),) if m > 0 else ())
              for sd in seeds for m in multiples]

@@ -65,3 +65,17 @@ def test_library_errors_name_the_flag_only_on_the_command_line(run_cli):
     assert exc.value.param == "doses" and "--" not in str(exc.value)
     code, _stdout, err = run_cli(["experiment", "kill", "--doses", "0,2", "--out", "/tmp/pf-never-written-18"])
     assert code == 2 and err.startswith("error: --doses: flip fraction"), err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["experiment", "kill", "--rule", "nope"], "error: --rule: unknown rule 'nope'"),
+    (["experiment", "rescue", "--rule", "nope"], "error: --rule: unknown rule 'nope'"),
+    (["experiment", "kill", "--seeds", "0"], "error: --seeds: a kill ladder needs at least one seed"),
+    (["experiment", "kill", "--doses", "0,x"], "error: --doses: values must be comma-separated numbers"),
+    (["experiment", "rescue", "--doses", "0,-1"], "error: --doses: rescue multiples must be in [0, "),
+    (["experiment", "rescue", "--doses", "0,1e6"], "error: --doses: rescue multiples must be in [0, "),
+], ids=lambda x: x if isinstance(x, str) else " ".join(x))
+def test_experiment_mistakes_are_refused_before_any_arm_trains(argv, says, tmp_path, run_cli):
+    code, _stdout, err = run_cli(argv + ["--out", str(tmp_path / "exp")])
+    assert code == 2 and err.startswith(says) and "\n" not in err.strip(), err
+    assert not (tmp_path / "exp" / "suite").exists()
