@@ -249,12 +249,6 @@ BENCH_GPU_CHECKPOINT_DTYPES = ("float32", "bfloat16")
 BENCH_GPU_SHAPES = ("pythia-12b", "pythia-6.9b", "pythia-2.8b", "pythia-1.4b", "pythia-410m", "pythia-160m", "pythia-70m")
 BENCH_FILES = ("bench.md", "bench.csv")
 
-# --- demo acceptance checks (issue #3, "what the demo must show") --------------------------
-# What the printed demo table calls a collapse and a held control. Emergence and survival use
-# the registered thresholds in analysis.yaml; these are the demo's own stricter bars.
-DEMO_COLLAPSE_FINAL_MAX = 0.2   # low-support rule ends at or below this held-out conflict acc
-DEMO_AGREE_MIN = 0.9            # its agree control ends at or above this
-
 # --- bounded input parsing, checkpoint validation, shutdown (issue #14) ----------------------
 # A probe file is data a person wrote or a tool generated; these bounds are far above any real
 # battery (the shipped ones: < 1 MiB, depth 3, no aliases) and far below what exhausts memory.

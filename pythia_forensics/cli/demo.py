@@ -1,5 +1,6 @@
 """`pythia-forensics demo` and `pythia-forensics sweep`: the whole pipeline on the mini suite
-(thin shells over `pipeline.run_demo` / `pipeline.run_sweep`)."""
+(thin shells over `experiments.demo.run_demo` / `run_sweep`). The output folder is checked
+before any training starts."""
 from __future__ import annotations
 
 import time
@@ -8,8 +9,7 @@ from typing import Optional
 
 import typer
 
-from pythia_forensics.cli.mini import SUPPORTS_DEFAULT, parse_supports
-from pythia_forensics.experiments.mini.suite import SWEEP_RULE
+from pythia_forensics.cli.mini import FORCE_ARMS, JOBS, RULE, SUPPORTS, SWEEP_OUT, parse_supports
 
 
 def _print(result, title: str, started: float) -> None:
@@ -32,25 +32,24 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Path = typer.Option(Path("results/demo"), "--out", help="Results folder; the suite is trained into OUT/suite."),
         force: bool = typer.Option(False, "--force", help="Retrain the mini suite even if it exists."),
-        jobs: Optional[int] = typer.Option(None, help="Models trained in parallel (default min(2, CPUs))."),
+        jobs: Optional[int] = JOBS,
     ) -> None:
         """Train (or reuse) the mini suite, replay the shipped probes, analyse, draw, report."""
+        from pythia_forensics.cli.common import check_output_dir
         from pythia_forensics.experiments.demo import run_demo
 
+        check_output_dir(out, "--out")
         started = time.perf_counter()
         _print(run_demo(out, force=force, jobs=jobs), "what the demo shows (measured)", started)
 
     @app.command()
-    def sweep(
-        out: Path = typer.Option(Path("results/sweep"), "--out", help="Results folder; arms go to OUT/suite."),
-        supports: str = typer.Option(SUPPORTS_DEFAULT, help="Support knob values (>= 4)."),
-        rule: str = typer.Option(SWEEP_RULE, help="Rule whose support knob varies."),
-        force: bool = typer.Option(False, "--force", help="Retrain arms even if present."),
-        jobs: Optional[int] = typer.Option(None, help="Arms trained in parallel (default min(2, CPUs))."),
-    ) -> None:
+    def sweep(out: Path = SWEEP_OUT, supports: str = SUPPORTS, rule: str = RULE, force: bool = FORCE_ARMS,
+              jobs: Optional[int] = JOBS) -> None:
         """Support-knob sweep: train one arm per knob value, replay, analyse, draw the dose curve."""
+        from pythia_forensics.cli.common import check_output_dir
         from pythia_forensics.experiments.demo import run_sweep
 
+        check_output_dir(out, "--out")
         started = time.perf_counter()
         result = run_sweep(out, rule=rule, supports=parse_supports(supports), force=force, jobs=jobs)
         _print(result, f"support sweep of {rule} (measured)", started)

@@ -1,6 +1,7 @@
 """`pythia-forensics mini train` and `pythia-forensics mini sweep`: train the mini suite / the
 support-knob sweep arms (thin shells over `mini.suite.build_suite` / `build_sweep`). The
-top-level `demo` and `sweep` commands run the whole pipeline on them (cli/demo.py)."""
+top-level `demo` and `sweep` commands run the whole pipeline on them (cli/demo.py) and share
+the sweep's options defined here."""
 from __future__ import annotations
 
 import contextlib
@@ -14,14 +15,27 @@ from pythia_forensics.experiments.mini.suite import SWEEP_RULE, SWEEP_SUPPORTS
 
 SUPPORTS_DEFAULT = ",".join(f"{s:g}" for s in SWEEP_SUPPORTS)
 
+# The options `mini sweep` and the top-level `sweep` share (one definition, one help text).
+SWEEP_OUT = typer.Option(Path("results/sweep"), "--out", help="Sweep folder; the arms are trained into OUT/suite.")
+SUPPORTS = typer.Option(SUPPORTS_DEFAULT, help="Support knob values (>= 4).")
+RULE = typer.Option(SWEEP_RULE, help="Rule whose support knob varies.")
+FORCE_ARMS = typer.Option(False, "--force", help="Retrain arms even if present.")
+JOBS = typer.Option(None, help="Models trained in parallel (default min(2, CPUs)).")
+
 
 def parse_supports(text: str) -> tuple[float, ...]:
+    """Comma-separated support knob values.
+
+    Raises:
+        CorpusError: a value that is not a number (param ``supports``).
+    """
     from pythia_forensics.errors import CorpusError
 
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise CorpusError(f"--supports must be comma-separated numbers in [0, 1], got {text!r}") from None
+        raise CorpusError(f"support values must be comma-separated numbers in [0, 1], got {text!r}",
+                          param="supports") from None
 
 
 @contextlib.contextmanager
@@ -46,7 +60,7 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         out: Optional[Path] = typer.Option(None, "--out", help="Suite folder (default $PF_MINI_DIR or results/demo/suite)."),
         force: bool = typer.Option(False, "--force", help="Retrain even if a matching suite exists."),
-        jobs: Optional[int] = typer.Option(None, help="Models trained in parallel (default min(2, CPUs))."),
+        jobs: Optional[int] = JOBS,
     ) -> None:
         """Train the mini suite (corpus, tokenizer, every scale), or reuse it."""
         from pythia_forensics.cli.common import check_output_dir, console
@@ -59,19 +73,13 @@ def register(app: typer.Typer) -> None:
         console.print(f"mini suite ready: {path}")
 
     @mini_app.command("sweep")
-    def sweep_cmd(
-        out: Path = typer.Option(Path("results/sweep"), "--out", help="Sweep folder; the arms go to OUT/suite."),
-        supports: str = typer.Option(SUPPORTS_DEFAULT, help="Support knob values (>= 4)."),
-        rule: str = typer.Option(SWEEP_RULE, help="Rule whose support knob varies."),
-        force: bool = typer.Option(False, "--force", help="Retrain arms even if present."),
-        jobs: Optional[int] = typer.Option(None, help="Arms trained in parallel (default min(2, CPUs))."),
-    ) -> None:
+    def sweep_cmd(out: Path = SWEEP_OUT, supports: str = SUPPORTS, rule: str = RULE, force: bool = FORCE_ARMS,
+                  jobs: Optional[int] = JOBS) -> None:
         """Train the support-knob sweep arms only: one scale, one arm per knob value."""
         from pythia_forensics.cli.common import check_output_dir, console
         from pythia_forensics.experiments.mini.suite import build_sweep, sweep_configs
 
         check_output_dir(out, "--out")
-
         values = parse_supports(supports)
         names = [a.model.name for a in sweep_configs(rule=rule, supports=values)]
         with _report_interrupt(out / "suite", names):

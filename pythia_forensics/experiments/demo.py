@@ -20,8 +20,14 @@ import numpy as np
 import pandas as pd
 
 from pythia_forensics.atomic import atomic_write
-from pythia_forensics.constants import DEMO_AGREE_MIN, DEMO_COLLAPSE_FINAL_MAX, SUPPORT_PARITY_CONFIDENCE
+from pythia_forensics.constants import SUPPORT_PARITY_CONFIDENCE
 from pythia_forensics.checkpoints.manifest import Manifest, has_manifest, read_manifest
+
+# What the printed demo table calls a collapse and a held control (issue #3, "what the demo must
+# show"). Emergence and survival use the registered thresholds in analysis.yaml; these are the
+# demo's own stricter bars.
+DEMO_COLLAPSE_FINAL_MAX = 0.2  # the low-support rule ends at or below this held-out conflict accuracy
+DEMO_AGREE_MIN = 0.9  # its agree control ends at or above this
 
 SUPPORT_TABLE = "support.csv"
 IN_FRAME_TABLE = "support_in_frame.csv"
@@ -192,8 +198,16 @@ def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
     distance outside the frame emerge before the rules it shows there only inside the frame
     (which is why subject_verb_agreement, whose rule frames put the verb next to the subject,
     emerges late or never).
+
+    Args:
+        metrics: `dynamics.analyze(...).metrics` rows of one split.
+        cfg: the analysis config (thresholds).
+        knobs: each rule's support knob (used to pick the low/high rules without `in_frame`).
+        in_frame: `in_frame_support` rows of one corpus, or None.
+
+    Returns:
+        The checks, in the order above.
     """
-    checks: list[Check] = []
     frame_rows = {} if in_frame is None else {r.rule: r for r in in_frame.itertuples()}
     if frame_rows:
         measured = {r: row.ratio for r, row in frame_rows.items() if pd.notna(row.ratio)}
@@ -202,12 +216,20 @@ def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
     else:
         low, high = min(knobs, key=knobs.get), max(knobs, key=knobs.get)
         how = {r: f"support knob {knobs[r]}" for r in (low, high)}
+    return (_low_support_claims(metrics, cfg, low, how[low]) + _high_support_claims(metrics, cfg, high, how[high])
+            + _fate_claims(metrics, cfg, frame_rows) + _emergence_order_claims(metrics, frame_rows))
+
+
+def _low_support_claims(metrics: pd.DataFrame, cfg, low: str, how: str) -> list[Check]:
+    """Per model: the low-support rule emerges then collapses, agree control held; its CM
+    crosses zero near the collapse onset."""
+    checks = []
     for row in metrics[metrics["rule"] == low].sort_values("model").itertuples():
         emerged = pd.notna(row.emergence_step)
         collapsed = bool(row.final_acc <= DEMO_COLLAPSE_FINAL_MAX)
         agree_ok = bool(row.agree_final >= DEMO_AGREE_MIN)
         checks.append(Check(
-            f"{row.model}: low-support rule {low} ({how[low]}) emerges then collapses",
+            f"{row.model}: low-support rule {low} ({how}) emerges then collapses",
             bool(emerged and collapsed and agree_ok),
             f"peak {row.peak_acc:.2f} @ {row.peak_step}, emerged @ {row.emergence_step}, final {row.final_acc:.2f}, "
             f"agree final {row.agree_final:.2f}"))
@@ -216,11 +238,21 @@ def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
             f"{row.model}: CM zero crossing within {cfg.cm_lag_max_checkpoints} checkpoint of collapse onset",
             bool(pd.notna(row.collapse_step) and pd.notna(lag) and abs(lag) <= cfg.cm_lag_max_checkpoints),
             f"CM=0 @ {row.cm_cross_step}, onset @ {row.collapse_step}, lag {lag} checkpoints"))
-    for row in metrics[metrics["rule"] == high].sort_values("model").itertuples():
-        checks.append(Check(
-            f"{row.model}: high-support rule {high} ({how[high]}) survives",
-            bool(row.final_acc >= cfg.recovered_final_min),
-            f"final {row.final_acc:.2f}, verdict {row.verdict_label}"))
+    return checks
+
+
+def _high_support_claims(metrics: pd.DataFrame, cfg, high: str, how: str) -> list[Check]:
+    """Per model: the high-support rule survives."""
+    return [Check(f"{row.model}: high-support rule {high} ({how}) survives",
+                  bool(row.final_acc >= cfg.recovered_final_min),
+                  f"final {row.final_acc:.2f}, verdict {row.verdict_label}")
+            for row in metrics[metrics["rule"] == high].sort_values("model").itertuples()]
+
+
+def _fate_claims(metrics: pd.DataFrame, cfg, frame_rows: dict) -> list[Check]:
+    """Per rule decisively off parity in its frame: below parity it collapses in every model
+    where it emerged, above parity it does not."""
+    checks = []
     for rule, fr in sorted(frame_rows.items()):
         rows = metrics[metrics["rule"] == rule].sort_values("model")
         side, (lo, hi) = parity_side(int(fr.rule_wins), int(fr.prior_wins))
@@ -230,13 +262,25 @@ def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
         said = ", ".join(f"{m} {f} ({v})" for m, f, v in zip(fates, fates.values(), rows["verdict_label"]))
         want = "collapses" if side == "below" else "does not collapse"
         emerged = [f for f in fates.values() if f != "never emerged"]
-        if not emerged:  # nothing to follow; the emergence claim below speaks for it
+        if not emerged:  # nothing to follow; the emergence claim speaks for it
             continue
         ok = all((f == "collapsed") == (side == "below") for f in emerged)
         checks.append(Check(
             f"{rule}: fate follows in-frame support ({side} parity -> {want})",
             ok, f"in-frame {fr.rule_wins}:{fr.prior_wins} rule:prior wins, ratio {fr.ratio:.2f}, rule share "
                 f"{SUPPORT_PARITY_CONFIDENCE:.0%} CI [{lo:.2f}, {hi:.2f}]; {said}"))
+    return checks
+
+
+def _emergence_order_claims(metrics: pd.DataFrame, frame_rows: dict) -> list[Check]:
+    """Per model: rules shown at their frame's cue-to-form distance outside the frame emerge
+    before the rules shown there only inside it (never-emerged counts as infinitely late)."""
+    def say(items):
+        return ", ".join(f"{rule} @ {'never' if step == float('inf') else int(step)} ({verdict}; "
+                         f"{fr.rule_wins_at_distance_outside_frame:,} outside, in-frame {fr.ratio:.2f})"
+                         for step, rule, fr, verdict in sorted(items, key=lambda x: (x[0], x[1])))
+
+    checks = []
     for model, rows in metrics.groupby("model"):
         shown, hidden = [], []
         for r in rows.itertuples():
@@ -244,15 +288,10 @@ def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
             if fr is None:
                 continue
             step = float(r.emergence_step) if pd.notna(r.emergence_step) else float("inf")
-            (shown if fr.rule_wins_at_distance_outside_frame > 0 else hidden).append((step, r.rule, fr,
-                                                                                     r.verdict_label))
+            side = shown if fr.rule_wins_at_distance_outside_frame > 0 else hidden
+            side.append((step, r.rule, fr, r.verdict_label))
         if not shown or not hidden:
             continue
-
-        def say(items):
-            return ", ".join(f"{rule} @ {'never' if step == float('inf') else int(step)} ({verdict}; "
-                             f"{fr.rule_wins_at_distance_outside_frame:,} outside, in-frame {fr.ratio:.2f})"
-                             for step, rule, fr, verdict in sorted(items, key=lambda x: (x[0], x[1])))
         checks.append(Check(
             f"{model}: rules the corpus shows at their conflict frame's cue-to-form distance outside the frame "
             "emerge before rules it shows there only inside the frame",

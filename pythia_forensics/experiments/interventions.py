@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pythia_forensics.atomic import atomic_write, write_json
 from pythia_forensics.constants import STEP_DIR_PREFIX, package_file
 from pythia_forensics.errors import CorpusError
 from pythia_forensics.checkpoints.manifest import read_manifest, write_manifest
@@ -49,6 +50,7 @@ EDITS_FILE = "interventions.json"
 SCORES_FILE = "scores.csv"
 SUMMARY_FILE = "summary.csv"
 REPORT_FILE = "report.json"
+TRAJECTORIES_FILE = "trajectories.csv"
 
 
 class InterventionError(CorpusError):
@@ -81,7 +83,7 @@ def flip(rule: str, p: float) -> Flip:
         InterventionError: p outside [0, 1].
     """
     if not 0.0 <= p <= 1.0:
-        raise InterventionError(f"flip fraction for {rule} must be in [0, 1], got {p}; pass e.g. 0.5")
+        raise InterventionError(f"flip fraction for {rule} must be in [0, 1], got {p}; use e.g. 0.5", param="p")
     return Flip(rule, float(p))
 
 
@@ -92,8 +94,9 @@ def inject(rule: str, dose: float, start_step: int) -> Inject:
         InterventionError: dose outside [0, 1] or a negative start step.
     """
     if not 0.0 <= dose <= 1.0 or start_step < 0:
+        bad = "dose" if not 0.0 <= dose <= 1.0 else "start_step"
         raise InterventionError(f"inject needs dose in [0, 1] and start_step >= 0, got dose={dose}, "
-                                f"start_step={start_step}")
+                                f"start_step={start_step}", param=bad)
     return Inject(rule, float(dose), int(start_step))
 
 
@@ -277,7 +280,7 @@ def build_edited_corpus(corpus_dir: str | Path, edits: Sequence[Flip | Inject], 
     checked = verify_support(cdir, requested, tolerance=tolerance)
     record = {"seed": seed, "edits": realised, "baseline": baseline, "support": checked,
               "n_tokens": int(lengths.sum()), "tokens_per_step": train.tokens_per_step}
-    (cdir / EDITS_FILE).write_text(json.dumps(record, indent=2))
+    write_json(cdir / EDITS_FILE, record, sort_keys=False)
     return record
 
 
@@ -292,6 +295,14 @@ class ArmSpec:
     edits: tuple[Any, ...]
 
 
+def _check_rule(rule: str) -> None:
+    """Refuse, before any arm trains, a rule the mini suite does not have."""
+    from pythia_forensics.experiments.mini.config import RULES
+
+    if rule not in RULES:
+        raise InterventionError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}", param="rule")
+
+
 def _tag(x: float) -> str:
     return f"{x:g}".replace(".", "p")
 
@@ -304,13 +315,15 @@ def _suite(cfg: dict[str, Any]):
     return base, ModelConfig(s["name"], d_model=s["d_model"], layers=s["layers"], heads=s["heads"], lr=s["lr"])
 
 
+def _same_edits(spec: ArmSpec, recorded: list[dict[str, Any]]) -> bool:
+    """Whether recorded edits (realised-count dicts of `apply_edits`) are the spec's edits."""
+    keys = ("rule", "p", "dose", "start_step", "kind")
+    return [asdict(e) for e in spec.edits] == [{k: v for k, v in e.items() if k in keys} for e in recorded]
+
+
 def _arm_done(model_dir: Path, spec: ArmSpec) -> bool:
     man = read_manifest(model_dir)
-    if man is None:
-        return False
-    return [asdict(e) for e in spec.edits] == [
-        {k: v for k, v in e.items() if k in ("rule", "p", "dose", "start_step", "kind")}
-        for e in (man.intervention or {}).get("edits", [])]
+    return man is not None and _same_edits(spec, (man.intervention or {}).get("edits", []))
 
 
 def _run_arm(spec: ArmSpec, suite_dir: str, cfg: dict[str, Any], progress: bool, position: int) -> pd.DataFrame:
@@ -331,8 +344,7 @@ def _run_arm(spec: ArmSpec, suite_dir: str, cfg: dict[str, Any], progress: bool,
         record = None
         if (cdir / EDITS_FILE).is_file():
             record = json.loads((cdir / EDITS_FILE).read_text())
-            if [{k: v for k, v in e.items() if k in ("rule", "p", "dose", "start_step", "kind")}
-                    for e in record["edits"]] != [asdict(e) for e in spec.edits]:
+            if not _same_edits(spec, record["edits"]):
                 record = None
         if record is None:
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -349,8 +361,7 @@ def _run_arm(spec: ArmSpec, suite_dir: str, cfg: dict[str, Any], progress: bool,
     if scores.is_file():
         return pd.read_csv(scores)
     frame = score_arm(model_dir)
-    frame.to_csv(scores.with_suffix(".tmp"), index=False)
-    os.replace(scores.with_suffix(".tmp"), scores)
+    atomic_write(scores, lambda tmp: frame.to_csv(tmp, index=False))
     return frame
 
 
@@ -447,14 +458,20 @@ def run_kill(rule: str, doses: Sequence[float], seeds: Sequence[int], out: str |
         The report (also written to OUT/kill/report.json, per-arm rows to OUT/kill/summary.csv).
 
     Raises:
-        InterventionError: a dose outside [0, 1], fewer than 2 doses, or an arm whose counted
-            support differs from the requested.
+        InterventionError: an unknown rule, a dose outside [0, 1], fewer than 2 doses, or an
+            arm whose counted support differs from the requested.
     """
     from scipy.stats import spearmanr
 
     cfg = config or load_config()
+    _check_rule(rule)
     if len(set(doses)) < 2:
-        raise InterventionError(f"a kill ladder needs at least 2 distinct doses, got {list(doses)}")
+        raise InterventionError(f"a kill ladder needs at least 2 distinct doses, got {list(doses)}", param="doses")
+    bad = [d for d in doses if not 0.0 <= d <= 1.0]
+    if bad:
+        raise InterventionError(f"flip fractions must be in [0, 1], got {bad}; use e.g. 0,0.5,1", param="doses")
+    if not seeds:
+        raise InterventionError("a kill ladder needs at least one seed", param="seeds")
     specs = [ArmSpec(f"kill-{rule}-p{_tag(d)}-s{sd}", "kill", float(d), int(sd), (flip(rule, d),))
              for sd in seeds for d in doses]
     out = Path(out)
@@ -495,6 +512,10 @@ def run_rescue(rule: str, multiples: Sequence[float], out: str | Path, *, seeds:
 
     Returns:
         The report (also OUT/rescue/report.json).
+
+    Raises:
+        InterventionError: an unknown rule, a negative multiple or one whose dose exceeds 1,
+            or an arm whose counted support differs from the requested.
     """
     from pythia_forensics.experiments.mini.config import demo_config
 
@@ -504,6 +525,11 @@ def run_rescue(rule: str, multiples: Sequence[float], out: str | Path, *, seeds:
     start = int(start_step if start_step is not None else rc["start_step"])
     k = demo_config().corpus.knobs(rc["surviving_rule"])
     level = 0.5 * k.conflict_share * k.support
+    _check_rule(rule)
+    bad = [m for m in multiples if m < 0 or m * level > 1]
+    if bad:
+        raise InterventionError(f"rescue multiples must be in [0, {1 / level:.4g}] (a dose of 1 document in 1 at "
+                                f"the surviving level {level:.4g}), got {bad}", param="multiples")
     specs = [ArmSpec(f"rescue-{rule}-x{_tag(m)}-s{sd}", "rescue", float(m), int(sd),
                      (inject(rule, m * level, start),) if m > 0 else ())
              for sd in seeds for m in multiples]
@@ -538,10 +564,10 @@ def _write(folder: Path, summary: pd.DataFrame, report: dict[str, Any], scores: 
     from pythia_forensics.analysis.intervention_figures import dose_response_figure, trajectories_figure
 
     folder.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(folder / SUMMARY_FILE, index=False)
-    (folder / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    atomic_write(folder / SUMMARY_FILE, lambda tmp: summary.to_csv(tmp, index=False))
+    write_json(folder / REPORT_FILE, report, sort_keys=False)
     traj = pd.concat([scores[s.name].assign(arm=s.name, dose=s.dose, seed=s.seed) for s in specs])
-    traj.to_csv(folder / "trajectories.csv", index=False)
+    atomic_write(folder / TRAJECTORIES_FILE, lambda tmp: traj.to_csv(tmp, index=False))
     dose_response_figure(summary[summary["target"]], folder / "dose_response", rule=rule,
                          xlabel="flip fraction p" if report["experiment"] == "kill"
                          else "injected density (x surviving level)")

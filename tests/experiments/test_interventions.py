@@ -24,18 +24,32 @@ def setup():
     return cfg, train, build_tokenizer(vocab_size=cfg.tokenizer_vocab), load_lexicon()
 
 
+@pytest.fixture(scope="module")
+def base_corpus(setup, tmp_path_factory):
+    """The unedited corpus (seed 7) and its record; shared, read only."""
+    cfg, train, tok, lex = setup
+    path = tmp_path_factory.mktemp("base")
+    return path, build_edited_corpus(path, [], corpus_config=cfg.corpus, train=train, tokenizer=tok, seed=7,
+                                     tolerance=1, lexicon=lex)
+
+
+@pytest.fixture(scope="module")
+def flipped_corpus(setup, tmp_path_factory):
+    """The same stream with half of RULE's rule wins flipped, and its record; shared, read only."""
+    cfg, train, tok, lex = setup
+    path = tmp_path_factory.mktemp("flip")
+    return path, build_edited_corpus(path, [flip(RULE, 0.5)], corpus_config=cfg.corpus, train=train, tokenizer=tok,
+                                     seed=7, tolerance=1, lexicon=lex)
+
+
 def _tokens(path):
     ds = IndexedDataset(path / TOKENS_FILE)
     return [np.asarray(ds[i]) for i in range(len(ds))]
 
 
-def test_flip_keeps_every_position_and_realises_support(setup, tmp_path):
-    cfg, train, tok, lex = setup
-    base = build_edited_corpus(tmp_path / "base", [], corpus_config=cfg.corpus, train=train, tokenizer=tok,
-                               seed=7, tolerance=1, lexicon=lex)
-    rec = build_edited_corpus(tmp_path / "flip", [flip(RULE, 0.5)], corpus_config=cfg.corpus, train=train,
-                              tokenizer=tok, seed=7, tolerance=1, lexicon=lex)
-    a, b = _tokens(tmp_path / "base"), _tokens(tmp_path / "flip")
+def test_flip_keeps_every_position_and_realises_support(base_corpus, flipped_corpus):
+    (base_dir, base), (flip_dir, rec) = base_corpus, flipped_corpus
+    a, b = _tokens(base_dir), _tokens(flip_dir)
     assert [len(x) for x in a] == [len(x) for x in b]  # same documents, same lengths: same positions
     changed = [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
     e = rec["edits"][0]
@@ -64,14 +78,12 @@ def test_flip_is_deterministic_and_full_flip_leaves_no_rule_wins(setup):
     assert event_counts(full, n, train_tokens=kw["train_tokens"])[RULE][0] == 0
 
 
-def test_inject_keeps_tokens_per_step_and_adds_events_after_start(setup, tmp_path):
+def test_inject_keeps_tokens_per_step_and_adds_events_after_start(setup, base_corpus, tmp_path):
     cfg, train, tok, lex = setup
     start = 30
     rec = build_edited_corpus(tmp_path / "inj", [inject("pronoun_gender", 0.05, start)], corpus_config=cfg.corpus,
                               train=train, tokenizer=tok, seed=7, tolerance=1, lexicon=lex)
-    build_edited_corpus(tmp_path / "base", [], corpus_config=cfg.corpus, train=train, tokenizer=tok, seed=7,
-                        tolerance=1, lexicon=lex)
-    a, b = _tokens(tmp_path / "base"), _tokens(tmp_path / "inj")
+    a, b = _tokens(base_corpus[0]), _tokens(tmp_path / "inj")
     assert [len(x) for x in a] == [len(x) for x in b]
     offsets = np.cumsum([0] + [len(x) for x in a])[:-1]
     changed = [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
@@ -83,14 +95,13 @@ def test_inject_keeps_tokens_per_step_and_adds_events_after_start(setup, tmp_pat
     assert abs(got - e["n_injected"]) <= 1
 
 
-def test_refuses_when_counted_support_differs(setup, tmp_path):
-    cfg, train, tok, lex = setup
-    rec = build_edited_corpus(tmp_path / "c", [flip(RULE, 0.5)], corpus_config=cfg.corpus, train=train,
-                              tokenizer=tok, seed=7, tolerance=1, lexicon=lex)
+def test_refuses_when_counted_support_differs(flipped_corpus):
+    path, rec = flipped_corpus
     want = {r: list(v["counted"]) for r, v in rec["support"].items()}
+    verify_support(path, want, tolerance=0)  # the counts it recorded are what it holds
     want[RULE][0] += 5  # ask for five more rule wins than the corpus holds
     with pytest.raises(InterventionError, match="differ from the requested"):
-        verify_support(tmp_path / "c", want, tolerance=1)
+        verify_support(path, want, tolerance=1)
 
 
 def test_bad_doses_are_refused():
@@ -103,14 +114,10 @@ def test_bad_doses_are_refused():
 @pytest.mark.parametrize("args", [["experiment", "kill", "--doses", "0,2"],
                                   ["experiment", "kill", "--doses", "0,x"],
                                   ["experiment", "kill", "--doses", "0.5"]])
-def test_cli_user_mistakes_are_one_line_exit_2(args, tmp_path, capsys):
-    from pythia_forensics.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args + ["--out", str(tmp_path)])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err
+def test_cli_user_mistakes_are_one_line_exit_2(args, tmp_path, run_cli):
+    code, _out, err = run_cli(args + ["--out", str(tmp_path)])
+    err = err.strip()
+    assert code == 2 and err.startswith("error: --doses: ") and "\n" not in err, err
     assert not (tmp_path / "suite").exists() or not any((tmp_path / "suite").iterdir())
 
 

@@ -249,8 +249,9 @@ def test_same_seed_gives_identical_weights_and_reuse_skips(suite, tmp_path):
     assert _weights_hash(suite / name / "step0") != _weights_hash(suite / name / final)
 
     other = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + 1))
-    with pytest.raises(CorpusError, match="--force"):
+    with pytest.raises(CorpusError, match=r"other knobs.*\(force\)") as exc:
         build_suite(suite, config=other, progress=False)
+    assert exc.value.param == "force" and "--" not in str(exc.value)
 
 
 def test_sweep_arms_and_refusals(tmp_path):
@@ -263,44 +264,48 @@ def test_sweep_arms_and_refusals(tmp_path):
         sweep_configs(rule="nope")
 
 
-def test_cli_user_error_is_one_line_exit_2(capsys):
-    from pythia_forensics.cli import main
+@pytest.mark.parametrize("supports, says", [("0.1,0.2", "at least 4"), ("0.1,x", "comma-separated numbers")])
+def test_cli_user_error_is_one_line_exit_2(supports, says, tmp_path, run_cli):
+    code, _out, err = run_cli(["sweep", "--out", str(tmp_path / "sweep"), "--supports", supports])
+    err = err.strip()
+    assert code == 2 and err.startswith("error: --supports: ") and says in err and "\n" not in err, err
+    assert not (tmp_path / "sweep").exists()
 
-    with pytest.raises(SystemExit) as exc:
-        main(["sweep", "--out", "/tmp/pf-never-written", "--supports", "0.1,0.2"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "at least 4" in err and "\n" not in err
+
+class _Killed(Exception):
+    pass
 
 
 @pytest.mark.slow
-def test_interrupted_training_resumes_to_the_same_weights(suite, tmp_path, monkeypatch):
-    import pythia_forensics.experiments.mini.train as train_mod
+def test_interrupted_training_resumes_to_the_same_weights(suite, tmp_path):
+    """A run stopped right after its middle checkpoint (by the public `on_step` hook, at a
+    deterministic step) resumes to the weights and log of the uninterrupted run."""
+    from pythia_forensics.experiments.mini.train import train_model
 
     cfg = reduced_config()
-    name = cfg.models[0].name
+    m = cfg.models[0]
     grid = cfg.train.checkpoint_steps()
     mid = grid[len(grid) // 2]
-    real_save = train_mod._save_resume
+    assert mid + 1 < cfg.train.steps and mid + 1 not in grid
 
-    def killed_after_mid(model, opt, model_dir, step):
-        real_save(model, opt, model_dir, step)
-        if step == mid:
-            raise KeyboardInterrupt  # a kill right after the middle checkpoint
+    def kill_after_mid(model, step, batch):
+        if step == mid + 1:  # checkpoint `mid` and its resume state are on disk, `mid + 1` is not
+            raise _Killed
 
-    monkeypatch.setattr(train_mod, "_save_resume", killed_after_mid)
-    with pytest.raises(KeyboardInterrupt):
-        build_suite(tmp_path, config=cfg, progress=False, jobs=1)
-    model_dir = tmp_path / name
+    kwargs = dict(corpus_dir=suite / "corpus", out_dir=tmp_path, train=cfg.train, corpus=cfg.corpus, progress=False)
+    with pytest.raises(_Killed):
+        train_model(m, on_step=kill_after_mid, **kwargs)
+    model_dir = tmp_path / m.name
     assert not (model_dir / MANIFEST_FILE).exists() and (model_dir / "resume.safetensors").exists()
     assert not (model_dir / f"step{cfg.train.steps}").exists()
-    monkeypatch.setattr(train_mod, "_save_resume", real_save)
-
-    build_suite(tmp_path, config=cfg, progress=False, jobs=1)  # resumes at `mid`
+    steps_seen = []
+    train_model(m, on_step=lambda model, step, batch: steps_seen.append(step), **kwargs)  # resumes at `mid`
+    assert steps_seen == list(range(mid + 1, cfg.train.steps + 1))
     final = f"step{cfg.train.steps}"
-    assert _weights_hash(model_dir / final) == _weights_hash(suite / name / final)
+    assert _weights_hash(model_dir / final) == _weights_hash(suite / m.name / final)
     assert not (model_dir / "resume.safetensors").exists()
+    assert not list(model_dir.glob(".tmp-*"))
     with open(model_dir / "train_log.csv") as fh:
         rows = list(csv.DictReader(fh))
-    with open(suite / name / "train_log.csv") as fh:
+    with open(suite / m.name / "train_log.csv") as fh:
         assert rows == list(csv.DictReader(fh))

@@ -165,54 +165,86 @@ def write_corpus(records: Sequence[SentenceRecord], out_dir: Path, *, tokenizer,
     lex = lexicon or load_lexicon()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The corpus repeats a few thousand distinct sentences: tokenise each once.
     texts = [r.text(lex) for r in records]
-    unique = sorted(set(texts))
-    ids_of = {t: np.array(e.ids + [EOD_ID], dtype=np.uint16)
-              for t, e in zip(unique, tokenizer.backend_tokenizer.encode_batch(unique, add_special_tokens=False))}
-    cue_pos: dict[tuple[str, str], int] = {}
-    cue_ids = {rule: _word_ids(tokenizer, lex.classes[s.cue_class]) for rule, s in RULE_SLOTS.items()}
-    tps = train.tokens_per_step
-    n_windows = -(-train.steps // config.window_steps)
-    # columns: rule wins, prior wins, then the same for conflict-frame sentences only
-    counts = {rule: np.zeros((n_windows, 4), dtype=np.int64) for rule, _ in config.rules}
+    ids_of = _document_ids(texts, tokenizer)
+    events = _EventCounter(config, train, {rule: _word_ids(tokenizer, lex.classes[s.cue_class])
+                                           for rule, s in RULE_SLOTS.items()})
     offset = 0
     with IndexedDatasetWriter(out_dir / TOKENS_FILE, dtype=np.uint16) as writer:
         for rec, text in zip(records, texts):
             doc = ids_of[text]
-            if rec.is_cue and rec.rule in counts:
-                key = (rec.rule, text)
-                if key not in cue_pos:
-                    pos = [j for j, t in enumerate(doc.tolist()) if t in cue_ids[rec.rule]]
-                    if len(pos) != 1:  # the design guarantees one cue per sentence
-                        raise CorpusError(f"sentence {text!r} has {len(pos)} cue tokens, expected 1")
-                    cue_pos[key] = pos[0]
-                step = (offset + cue_pos[key]) // tps
-                if step < train.steps:
-                    col = 0 if rec.outcome == "rule" else 1
-                    counts[rec.rule][step // config.window_steps, col] += 1
-                    if rec.frame == "conflict":
-                        counts[rec.rule][step // config.window_steps, 2 + col] += 1
+            events.add(rec, text, doc, offset)
             writer.add_document(doc)
             offset += len(doc)
     if offset < tokens_needed(train):
         raise CorpusError(f"corpus holds {offset} tokens but training needs {tokens_needed(train)}; "
                           "sample more sentences")
-    with atomic_path(out_dir / GROUND_TRUTH_FILE) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(GROUND_TRUTH_COLUMNS)
-        for rule, c in counts.items():
-            for k in range(n_windows):
-                w.writerow([rule, k * config.window_steps, min((k + 1) * config.window_steps, train.steps),
-                            *(int(x) for x in c[k])])
+    events.write(out_dir / GROUND_TRUTH_FILE)
     tokenizer.save_pretrained(out_dir)
-    meta = {
+    write_json(out_dir / CORPUS_META_FILE, _corpus_meta(out_dir, config, train, lex, n_documents=len(records),
+                                                        n_tokens=offset), indent=2)
+    return out_dir
+
+
+def _document_ids(texts: Sequence[str], tokenizer) -> dict[str, np.ndarray]:
+    """Token ids + EOD per distinct text: the corpus repeats a few thousand distinct sentences,
+    so each is tokenised once."""
+    unique = sorted(set(texts))
+    encoded = tokenizer.backend_tokenizer.encode_batch(unique, add_special_tokens=False)
+    return {t: np.array(e.ids + [EOD_ID], dtype=np.uint16) for t, e in zip(unique, encoded)}
+
+
+class _EventCounter:
+    """Ground truth from construction: each cue-class sentence is one support event at its cue
+    token, counted per rule and step window (rule wins, prior wins, then the same for
+    conflict-frame sentences only); events at or after `train.steps` are not trained on."""
+
+    def __init__(self, config: CorpusConfig, train: TrainConfig, cue_ids: dict[str, set[int]]) -> None:
+        self.config, self.train, self.cue_ids = config, train, cue_ids
+        self.n_windows = -(-train.steps // config.window_steps)
+        self.counts = {rule: np.zeros((self.n_windows, 4), dtype=np.int64) for rule, _ in config.rules}
+        self._cue_pos: dict[tuple[str, str], int] = {}
+
+    def add(self, rec: SentenceRecord, text: str, doc: np.ndarray, offset: int) -> None:
+        """Count `rec` if it is a support event; `offset` = its document's first stream position."""
+        if not rec.is_cue or rec.rule not in self.counts:
+            return
+        key = (rec.rule, text)
+        if key not in self._cue_pos:
+            pos = [j for j, t in enumerate(doc.tolist()) if t in self.cue_ids[rec.rule]]
+            if len(pos) != 1:  # the design guarantees one cue per sentence
+                raise CorpusError(f"sentence {text!r} has {len(pos)} cue tokens, expected 1")
+            self._cue_pos[key] = pos[0]
+        step = (offset + self._cue_pos[key]) // self.train.tokens_per_step
+        if step >= self.train.steps:
+            return
+        col = 0 if rec.outcome == "rule" else 1
+        window = self.counts[rec.rule][step // self.config.window_steps]
+        window[col] += 1
+        if rec.frame == "conflict":
+            window[2 + col] += 1
+
+    def write(self, path: Path) -> None:
+        """ground_truth.csv: one row per rule and step window (`GROUND_TRUTH_COLUMNS`)."""
+        ws, steps = self.config.window_steps, self.train.steps
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(GROUND_TRUTH_COLUMNS)
+            for rule, c in self.counts.items():
+                for k in range(self.n_windows):
+                    w.writerow([rule, k * ws, min((k + 1) * ws, steps), *(int(x) for x in c[k])])
+
+
+def _corpus_meta(out_dir: Path, config: CorpusConfig, train: TrainConfig, lex: Lexicon, *,
+                 n_documents: int, n_tokens: int) -> dict:
+    """corpus.json: the knobs, the stream's shape and the sha256 of tokens.bin."""
+    return {
         "knobs": config.to_dict(),
         "seed": config.seed,
-        "n_documents": len(records),
-        "n_tokens": offset,
+        "n_documents": n_documents,
+        "n_tokens": n_tokens,
         "train_tokens": tokens_needed(train),
-        "tokens_per_step": tps,
+        "tokens_per_step": train.tokens_per_step,
         "seq_len": train.seq_len,
         "steps": train.steps,
         "window_steps": config.window_steps,
@@ -222,8 +254,6 @@ def write_corpus(records: Sequence[SentenceRecord], out_dir: Path, *, tokenizer,
                  for rule, s in RULE_SLOTS.items()},
         "sha256": _sha256(out_dir / f"{TOKENS_FILE}.bin"),
     }
-    write_json(out_dir / CORPUS_META_FILE, meta, indent=2)
-    return out_dir
 
 
 def _word_ids(tokenizer, words: Iterable[str]) -> set[int]:

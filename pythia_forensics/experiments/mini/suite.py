@@ -61,8 +61,8 @@ def build_suite(out_dir: str | Path | None = None, *, config: SuiteConfig | None
         The suite folder.
 
     Raises:
-        CorpusError: the folder holds a suite trained with other knobs (pass force=True or
-            another folder).
+        CorpusError: the folder holds a suite trained with other knobs (retrain with force=True,
+            or choose another folder).
     """
     cfg = config or demo_config()
     arms = [Arm(m, cfg.corpus, "corpus") for m in cfg.models]
@@ -78,11 +78,12 @@ def sweep_configs(*, base: SuiteConfig | None = None, rule: str = SWEEP_RULE,
     """
     cfg = base or demo_config()
     if rule not in dict(cfg.corpus.rules):
-        raise CorpusError(f"unknown rule {rule!r} for the sweep; choose one of {[r for r, _ in cfg.corpus.rules]}")
+        raise CorpusError(f"unknown rule {rule!r} for the sweep; choose one of {[r for r, _ in cfg.corpus.rules]}",
+                          param="rule")
     scale = next((m for m in cfg.models if m.name == model), None)
     if scale is None:
         raise CorpusError(f"sweep model {model!r} is not a scale of the suite; "
-                          f"choose one of {[m.name for m in cfg.models]}")
+                          f"choose one of {[m.name for m in cfg.models]}", param="model")
     arms = []
     for s in supports:
         tag = f"s{round(s * 100):03d}"
@@ -109,7 +110,8 @@ def build_sweep(out_dir: str | Path, *, config: SuiteConfig | None = None, rule:
         CorpusError: fewer than 4 knob values, or a value outside [0, 1].
     """
     if len(set(supports)) < 4:
-        raise CorpusError(f"a sweep needs at least 4 distinct support values, got {list(supports)}")
+        raise CorpusError(f"a sweep needs at least 4 distinct support values, got {list(supports)}",
+                          param="supports")
     cfg = config or demo_config()
     return _build(Path(out_dir), sweep_configs(base=cfg, rule=rule, supports=tuple(supports)), cfg,
                   force=force, progress=progress, jobs=jobs)
@@ -129,8 +131,8 @@ def _is_done(model_dir: Path, arm: Arm, train: TrainConfig) -> bool:
     got_train = {k: v for k, v in man.train.items() if k != "tokens_per_step"}
     if got_corpus != want["corpus"] or got_train != want["train"] or man.d_model != arm.model.d_model \
             or man.layers != arm.model.layers:
-        raise CorpusError(f"{model_dir} was trained with other knobs than requested; pass --force to "
-                          "retrain it or choose another --out folder")
+        raise CorpusError(f"{model_dir} was trained with other knobs than requested; retrain it (force) or "
+                          "choose another folder", param="force")
     return True
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from pythia_forensics.atomic import atomic_path
+from pythia_forensics.atomic import TMP_PREFIX, atomic_path
 from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX, WORKER_WATCHDOG_S
 from pythia_forensics.checkpoints.manifest import Manifest, remove_manifest, write_manifest
 from pythia_forensics.experiments.mini.config import CorpusConfig, ModelConfig, TrainConfig
@@ -73,13 +73,50 @@ def count_params(model) -> tuple[int, int]:
 
 
 def _save(model, tokenizer, directory: Path) -> None:
-    """save_pretrained into a temp folder, then rename: a kill never leaves a half checkpoint."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+    """save_pretrained into a temporary folder, then rename: a kill never leaves a half checkpoint."""
+    with atomic_path(directory) as tmp:
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # atomic_path removes files, not folders
+            raise
+        shutil.rmtree(directory, ignore_errors=True)  # a rename cannot replace a non-empty folder
+
+
+def make_optimizer(model, model_cfg: ModelConfig, train: TrainConfig):
+    """Pythia's AdamW: betas (0.9, 0.95), eps 1e-8; no weight decay on biases and LayerNorm weights."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=model_cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def train_step(model, opt, x, *, lr: float, grad_clip: float) -> float:
+    """One update on input ids `x` (batch x seq_len) at learning rate `lr`; returns the loss."""
+    import torch
+
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = model(input_ids=x, labels=x).loss  # HF shifts the labels inside
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item()
+
+
+def _batch(stream, step: int, train: TrainConfig):
+    """Step `step`'s input ids: tokens [step*T, (step+1)*T) of the stream, batch x seq_len."""
+    import numpy as np
+    import torch
+
+    T = train.tokens_per_step
+    x = torch.from_numpy(np.asarray(stream[step * T:(step + 1) * T], dtype=np.int64))
+    return x.view(train.batch_size, train.seq_len)
 
 
 def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, train: TrainConfig,
@@ -99,39 +136,37 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
             which gives the same weights as an uninterrupted run; False starts at step 0.
         on_step: optional ``on_step(model, step, batch)`` called after every update (step =
             updates done, as checkpoint folders count; batch = that update's input ids), e.g.
-            a `pythia_forensics.sweep.monitor.Monitor`'s ``step``.
+            a `pythia_forensics.sweep.monitor.Monitor`'s ``step``. What it raises stops
+            training; the checkpoints and resume state written so far stay.
 
     Returns:
         The model folder.
     """
-    import numpy as np
     import torch
     from tqdm.auto import tqdm
     from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
     from pythia_forensics.corpus.indexed import IndexedDataset
-
-    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(train.threads)
     hf_logging.disable_progress_bar()  # one bar per checkpoint write would drown our own
     model_dir = Path(out_dir) / model_cfg.name
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_manifest(model_dir)  # unfinished until written again
+    # A killed run's half-written checkpoint folders (one trainer per model folder at a time).
+    for left in model_dir.glob(f"{TMP_PREFIX}*"):
+        if left.is_dir():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(corpus_dir)
     stream = IndexedDataset(Path(corpus_dir) / TOKENS_FILE).tokens
-    T = train.tokens_per_step
-
     model = build_model(model_cfg, vocab_size=len(tokenizer), seq_len=train.seq_len, seed=train.seed)
     model.train()
-    # Pythia: AdamW betas (0.9, 0.95); no decay on biases and LayerNorm weights.
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=model_cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    opt = make_optimizer(model, model_cfg, train)
     grid = set(train.checkpoint_steps())
-    log_rows: list[tuple] = []
+    log_rows: list[tuple] = []  # (step, loss, lr, tokens seen)
     start = _resume(model, opt, model_dir, log_rows) if resume else 0
     if start == 0:
         _clear_resume(model_dir)
@@ -140,35 +175,35 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
     for step in tqdm(range(start, train.steps), desc=model_cfg.name, disable=not progress, mininterval=2,
                      position=position, initial=start, total=train.steps):
         lr = get_lr(step, peak=model_cfg.lr, train=train)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x = torch.from_numpy(np.asarray(stream[step * T:(step + 1) * T], dtype=np.int64))
-        x = x.view(train.batch_size, train.seq_len)
-        loss = model(input_ids=x, labels=x).loss  # HF shifts labels inside
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        opt.step()
-        log_rows.append((step + 1, loss.item(), lr, (step + 1) * T))
+        x = _batch(stream, step, train)
+        loss = train_step(model, opt, x, lr=lr, grad_clip=train.grad_clip)
+        log_rows.append((step + 1, loss, lr, (step + 1) * train.tokens_per_step))
         if on_step is not None:
             on_step(model, step + 1, x)
         if step + 1 in grid:
             _save(model, tokenizer, model_dir / f"{STEP_DIR_PREFIX}{step + 1}")
             _write_log(model_dir / TRAIN_LOG_FILE, log_rows)
             _save_resume(model, opt, model_dir, step + 1)
-
     _write_log(model_dir / TRAIN_LOG_FILE, log_rows)
     _clear_resume(model_dir)
+    _write_final_manifest(model, model_dir, model_cfg, corpus_dir=Path(corpus_dir), train=train, corpus=corpus,
+                          vocab_size=len(tokenizer), steps=tuple(sorted(grid)))
+    return model_dir
+
+
+def _write_final_manifest(model, model_dir: Path, model_cfg: ModelConfig, *, corpus_dir: Path,
+                          train: TrainConfig, corpus: CorpusConfig, vocab_size: int, steps: tuple[int, ...]) -> None:
+    """The manifest, written last: its presence marks a finished model (suite readers rely on it)."""
     total, non_emb = count_params(model)
-    corpus_meta = json.loads((Path(corpus_dir) / CORPUS_META_FILE).read_text())
+    corpus_meta = json.loads((corpus_dir / CORPUS_META_FILE).read_text())
+    T = train.tokens_per_step
     write_manifest(model_dir, Manifest(
         model=model_cfg.name, params_total=total, params_nonembedding=non_emb, tokens_per_step=T,
         layers=model_cfg.layers, d_model=model_cfg.d_model, heads=model_cfg.heads,
-        vocab_size=len(tokenizer), seed=train.seed, steps=tuple(sorted(grid)),
-        corpus={**corpus.to_dict(), "path": str(Path(corpus_dir).resolve()), "sha256": corpus_meta["sha256"]},
+        vocab_size=vocab_size, seed=train.seed, steps=steps,
+        corpus={**corpus.to_dict(), "path": str(corpus_dir.resolve()), "sha256": corpus_meta["sha256"]},
         train={**train.__dict__, "lr": model_cfg.lr, "tokens_per_step": T},
     ))
-    return model_dir
 
 
 RESUME_FILE = "resume.safetensors"  # AdamW state at the last checkpoint; removed when done
