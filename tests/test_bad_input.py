@@ -610,3 +610,37 @@ def test_pf_debug_keeps_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("PF_DEBUG", "1")
     with pytest.raises(ProbeFormatError, match="must be a JSON object"):
         main(["probe", str(tmp_path), "--probes", str(path)])
+
+
+def test_library_messages_speak_of_values_and_the_cli_names_the_flag(tmp_path, run_cli, monkeypatch):
+    """A Python caller never typed `--steps`: the API message names the value (and `param`),
+    the CLI line prefixes the flag the user did type."""
+    from huggingface_hub import constants as hf_constants
+    from hubserver import HubServer
+
+    from pythia_forensics.checkpoints.fetch import check_fits, format_size
+    from pythia_forensics.checkpoints.registry import parse_steps
+    from pythia_forensics.errors import DiskBudgetError, StepSpecError
+
+    with pytest.raises(StepSpecError) as steps_error:
+        parse_steps("1:x", [0, 1, 2])
+    assert steps_error.value.param == "steps" and "--" not in str(steps_error.value)
+    with pytest.raises(DiskBudgetError) as budget_error:
+        check_fits("tiny", "step0", 5000, 1000)
+    assert budget_error.value.param == "disk_budget" and "--" not in str(budget_error.value)
+    assert f"must be at least {format_size(5000)}" in str(budget_error.value)
+
+    with HubServer() as hub:
+        # no config.json: the census then reads nothing through the download path
+        for rev in ("step0", "step1"):
+            hub.add_branch("org/tiny-msg", rev, {"model.safetensors": b"w" * 5000})
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        code, _, err = run_cli(["health", "org/tiny-msg", "--deep", "--disk-budget", "1kB"])
+        line = err.replace("\r", "\n").strip().splitlines()[-1]   # after the listing's progress bar
+        assert code == 2 and "Traceback" not in err and line.startswith("error: --disk-budget: disk budget "), err
+        assert "the disk budget must be at least" in line and line.count("--") == 1, line
+        code, _, err = run_cli(["health", "org/tiny-msg", "--steps", "1:x"])
+        line = _assert_clean(code, err, fragment="error: --steps: ")
+        assert line.count("--") == 1, line
+        assert hub.bytes_sent(file="*.safetensors") == 0

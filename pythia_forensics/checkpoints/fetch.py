@@ -48,7 +48,8 @@ def check_fits(model: str, revision: str, need: int, budget: int | None) -> None
     if budget is not None and need > budget:
         raise DiskBudgetError(
             f"disk budget {format_size(budget)} is smaller than one checkpoint: {model}@{revision} "
-            f"needs {format_size(need)}; raise --disk-budget to at least {format_size(need)}"
+            f"needs {format_size(need)}; the disk budget must be at least {format_size(need)}",
+            param="disk_budget",
         )
 
 
@@ -325,7 +326,8 @@ def stage(models: Sequence[str], *, steps: str | Sequence[int] | None = "all", s
     download = sum(s.download_bytes for s in sizes)
     if disk_budget is not None and total > disk_budget:
         raise DiskBudgetError(f"staging {len(plan)} revisions needs {format_size(total)} in the cache, more than the "
-                              f"disk budget {format_size(disk_budget)}; stage fewer --steps or raise --disk-budget")
+                              f"disk budget {format_size(disk_budget)}; stage fewer steps or allow a larger disk budget",
+                              param="disk_budget")
     fetcher = Fetcher(None, evict=False)
     try:
         records = fetcher.fetch_all(tqdm(plan, desc="fetch", unit="rev", disable=not progress))

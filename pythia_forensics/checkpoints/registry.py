@@ -702,7 +702,8 @@ def checkpoint_folders(model_dir: str | Path, *, step_pattern: str | None = None
                 step = int(group)
             if step in by_step:
                 raise UnknownModelError(f"{directory}: folders {by_step[step]} and {path.name} both hold step {step}; "
-                                        "move one away or pass a --step-pattern that matches only one naming")
+                                        "move one away or give a step pattern that matches only one naming",
+                                        param="step_pattern")
             by_step[step] = path.name
             found[path.name] = step
             break
@@ -735,7 +736,9 @@ def load_local_model(model_dir: str | Path, *, suite: str | None = None,
     if not folders:
         raise UnknownModelError(
             f"{model_dir} holds no checkpoint folders: expected {STEP_DIR_PREFIX}<N>/ (save_pretrained) or "
-            "checkpoint-<N>/ (Trainer) subfolders; for other names pass --step-pattern REGEX"
+            "checkpoint-<N>/ (Trainer) subfolders; for other names give a step pattern (a regex whose "
+            "group 1 is the step)",
+            param="step_pattern",
         )
     recorded = read_manifest(model_dir)
     facts = infer_manifest(model_dir / next(reversed(folders)), model=model_dir.name)
@@ -838,7 +841,7 @@ def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | Non
     known = local_names + tuple(n for s in known_suites() for n in get_suite(s).names)
     raise UnknownModelError(_unknown_message(text, known, where="the registry", hint=(
         "pass a registry name, a hub id (org/name) or a local model folder"
-        + ("" if suite_dir is not None else "; for a local suite add --suite-dir DIR")
+        + ("" if suite_dir is not None else "; for a model of a local suite, also give the suite folder")
     )))
 
 

@@ -178,7 +178,7 @@ def test_local_suite_reads_manifest(tmp_path):
 
 def test_local_folder_errors(tmp_path):
     (tmp_path / "nocheckpoints" / "logs").mkdir(parents=True)
-    with pytest.raises(UnknownModelError, match="holds no checkpoint folders.*--step-pattern"):
+    with pytest.raises(UnknownModelError, match="holds no checkpoint folders.*give a step pattern"):
         resolve_model(tmp_path / "nocheckpoints")
     with pytest.raises(UnknownModelError, match="did you mean 'mini-s'"):
         _fake_local(tmp_path)
