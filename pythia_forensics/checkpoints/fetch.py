@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pythia_forensics.constants import ENV_KILL_AFTER_FETCHES, LEDGER_DIR, LEASE_POLL_MAX_S
+from pythia_forensics.checkpoints.lease import LEASE_POLL_MAX_S, Lease, Ledger
+from pythia_forensics.constants import ENV_KILL_AFTER_FETCHES, LEDGER_DIR
 from pythia_forensics.errors import DiskBudgetError
-from pythia_forensics.checkpoints.lease import Lease, Ledger
 
 __all__ = ["Fetcher", "Hold", "StageSummary", "stage", "select_revisions", "format_size", "check_fits", "ledger_for"]
 

@@ -131,53 +131,6 @@ def _fingerprints(files: Iterable[ListedFile]) -> dict[str, tuple[str, ...]]:
     return {fmt: tuple(sorted(f.sha256 for f in fs)) for fmt, fs in weight_sets(files).items()}
 
 
-def cluster_blobs(listings: Sequence[RevisionFiles]) -> list[tuple[str, ...]]:
-    """Group revisions that share at least one weight blob (same sha256), transitively.
-
-    Returns:
-        Clusters with two or more revisions, members in step order, clusters in order of
-        their first member.
-    """
-    parent: dict[str, str] = {x.revision: x.revision for x in listings}
-
-    def find(r: str) -> str:
-        while parent[r] != r:
-            parent[r] = parent[parent[r]]
-            r = parent[r]
-        return r
-
-    owner: dict[str, str] = {}
-    for x in listings:
-        for f in x.files:
-            if format_of(Path(f.name).name) is None or not f.sha256:
-                continue
-            if f.sha256 in owner:
-                parent[find(x.revision)] = find(owner[f.sha256])
-            else:
-                owner[f.sha256] = x.revision
-    groups: dict[str, list[RevisionFiles]] = defaultdict(list)
-    for x in listings:
-        groups[find(x.revision)].append(x)
-    clusters = [tuple(m.revision for m in sorted(g, key=lambda m: order_key(m.step, m.revision)))
-                for g in groups.values() if len(g) > 1]
-    order = {x.revision: order_key(x.step, x.revision) for x in listings}
-    return sorted(clusters, key=lambda c: order[c[0]])
-
-
-def _relation(a: RevisionFiles, b: RevisionFiles) -> tuple[str, str] | None:
-    """How `a` relates to `b`: ("duplicate", what) for an identical set, ("shared_blob", files)."""
-    fa, fb = _fingerprints(a.files), _fingerprints(b.files)
-    same = [fmt for fmt in fa if fa[fmt] == fb.get(fmt)]
-    if same:
-        return "duplicate", "/".join(sorted(same))
-    shas_b = {f.sha256: f.name for f in b.files if f.sha256}
-    shared = sorted(f.name for f in a.files if f.sha256 in shas_b and format_of(Path(f.name).name))
-    if shared:
-        return "shared_blob", ", ".join(shared)
-    return None
-
-
-
 # --- the checks ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CensusInput:

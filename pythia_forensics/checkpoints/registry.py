@@ -43,6 +43,7 @@ from pythia_forensics.constants import (
     package_file,
 )
 from pythia_forensics.errors import StepSpecError, UnknownModelError
+from pythia_forensics.checkpoints.architecture import Architecture
 from pythia_forensics.checkpoints.manifest import infer_manifest, read_manifest
 
 __all__ = [
@@ -748,12 +749,7 @@ def load_local_model(model_dir: str | Path, *, suite: str | None = None,
         suite=suite or model_dir.parent.name,
         source="local",
         path=model_dir,
-        layers=manifest.layers,
-        d_model=manifest.d_model,
-        heads=manifest.heads,
-        vocab_size=manifest.vocab_size,
-        params_total=manifest.params_total,
-        params_nonembedding=manifest.params_nonembedding,
+        **Architecture.of(manifest).as_dict(),
         tokens_per_step=manifest.tokens_per_step,
         steps=tuple(sorted(set(folders.values()))),
         data_seed=manifest.seed,

@@ -7,6 +7,7 @@ truncating files.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -140,8 +141,10 @@ STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512] + list(range(1000, 10001, 100
 FINAL = STEPS[-1]
 
 
+@functools.lru_cache(maxsize=None)
 def _tiny_states(seed: int):
-    """(theta_0, delta) for a seed: a tiny GPT-NeoX init and a training direction."""
+    """(theta_0, delta) for a seed: a tiny GPT-NeoX init and a training direction (built once
+    per seed: `write_model` reads them, never writes into them)."""
     import torch
     from tinymodels import tiny_neox
 
