@@ -103,24 +103,14 @@ TOKENIZER_FILES = (
 # Weight formats in order of preference (safetensors never unpickles anything).
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 BIN_WEIGHTS = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json")
-# Transient hub failures retried with exponential backoff (huggingface_hub retries only some
-# of its calls itself: downloads yes, refs / paths-info / model info no).
-HUB_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
-HUB_MAX_RETRIES = 5
-HUB_BACKOFF_BASE_S = 1.0
-HUB_BACKOFF_MAX_S = 16.0
+# Retry policy for transient hub failures: `checkpoints/sources_hub.py` (HUB_RETRY_STATUS, ...).
 # Workers sharing one hub cache (fetch.py, lease.py): every hold on a revision and the
 # ledger lock are files created atomically (O_CREAT|O_EXCL, safe on NFS/Lustre where flock
 # may silently succeed for everyone) whose mtime a heartbeat thread refreshes. A lease whose
-# mtime is older than the timeout belongs to a dead worker and is broken. Hosts sharing a
-# cache need clocks within a small fraction of the timeout (NTP). Env vars override both
-# (tests use short ones).
-LEASE_TIMEOUT_S = 120.0
-LEASE_HEARTBEAT_S = 10.0
+# mtime is older than the timeout belongs to a dead worker and is broken (timeouts and polls:
+# `checkpoints/lease.py`). These variables override the timeout and heartbeat (tests use short ones).
 ENV_LEASE_TIMEOUT = "PF_LEASE_TIMEOUT_S"
 ENV_LEASE_HEARTBEAT = "PF_LEASE_HEARTBEAT_S"
-LEASE_POLL_S = 0.05            # first wait between tries for a busy lock (doubles, capped)
-LEASE_POLL_MAX_S = 1.0
 # Beside the cache: CACHE/.pf-ledger/{ledger.lock, holds/}; in the results folder: claims.
 LEDGER_DIR = ".pf-ledger"
 CLAIMS_DIR = ".pf-claims"
@@ -129,25 +119,14 @@ ENV_KILL_AFTER_FETCHES = "PF_TEST_KILL_AFTER_FETCHES"
 # Where LocalSource keeps sha256 hashes keyed by (path, size, mtime_ns) so rescans are cheap.
 ENV_HASH_CACHE = "PF_HASH_CACHE"
 HASH_CACHE_FILE = ".pf-sha256.json"
-HASH_CHUNK_BYTES = 8 * 1024 * 1024
 
 # --- checkpoint health and numerical audit (health.py, audit.py; #6) ----------------------
 # health.parquet (HEALTH_FILE above): model, revision, step, status, reasons.
 HEALTH_STATUSES = ("ok", "flagged", "bad")  # worst last
 # Weight files a revision may carry; a sharded set is "<stem>-00001-of-00003.<ext>".
 WEIGHT_SUFFIXES = {".safetensors": "safetensors", ".bin": "bin"}
-# Revisions expected to hold the same weights: the final step branch and MAIN_REVISION.
-# Known upstream faults: reported and flagged, but not counted as a failure (exit status 0).
-KNOWN_IDENTICAL = {("step0", "step1"): "known upstream fault EleutherAI/pythia#83"}
-# A weight file whose size differs from the same-named file in most revisions by more than
-# this fraction is reported (a truncated upload); a model's shards are the same size.
-HEALTH_SIZE_TOLERANCE = 0.01
-HEALTH_SIZE_MIN_PEERS = 3  # same-named files needed before a size counts as the norm
-# Trend breaks: a point is a spike when it sits above (or below) BOTH neighbours by more than
-# HEALTH_SPIKE_FACTOR times the larger of the adjacent steps' own changes, and by more than
-# HEALTH_SPIKE_REL_FLOOR of the series' range (so float noise on a flat series never fires).
-HEALTH_SPIKE_FACTOR = 3.0
-HEALTH_SPIKE_REL_FLOOR = 0.05
+# Health thresholds live with their checks: size tolerance in `checkpoints/health_census.py`,
+# spike factors in `checkpoints/health_deep.py`, known upstream faults in `health_records.py`.
 # Input-embedding tensor names (GPT-NeoX, GPT-2, Llama/OLMo) for the embedding-norm series.
 EMBEDDING_TENSOR_KEYS = ("embed_in.weight", "wte.weight", "embed_tokens.weight")
 # Output-embedding (unembedding) tensor names, when stored separately from the input one.

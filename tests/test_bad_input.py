@@ -380,31 +380,57 @@ REPLAY_KINDS = ("zero_byte", "truncated", "bad_header", "wrong_shape", "missing_
                 "nan_weights", "malicious_bin", "bert_config")
 
 
-@pytest.mark.parametrize("position", ["first", "later"])
 @pytest.mark.parametrize("kind", REPLAY_KINDS)
-def test_replay_refuses_a_bad_checkpoint(kind, position, suite, tmp_path, run_cli):
+def test_replay_refuses_a_bad_first_checkpoint(kind, suite, tmp_path, run_cli):
     """A sweep never scores a damaged revision and never stops on one (#15): the revision is
     skipped with one warning line, recorded with its reason, the good one is still scored, and
-    the exit status (1) says that something failed."""
+    the exit status (1) says that something failed. Here the damaged revision is the one the
+    skeleton is built from (load_model)."""
     from pythia_forensics.sweep.replay import read_failures
     from pythia_forensics.sweep.store import ResultsStore
 
     model = tmp_path / "tiny"
     shutil.copytree(suite, model)
     marker = tmp_path / "PAYLOAD_RAN"
-    bad, good = ("step100", "step200") if position == "first" else ("step200", "step100")
-    _break(kind, model / bad, marker)
+    _break(kind, model / "step100", marker)
     code, _, err = run_cli(["replay", str(model), "-p", SMALL, "--results", str(tmp_path / "r"), "--device", "cpu"])
     assert code == 1 and "Traceback" not in err, err[-3000:]
     skipped = [line for line in _stderr_lines(err) if line.startswith("warning: ") and " skipped " in line]
-    assert len(skipped) == 1 and f"tiny@{bad} skipped" in skipped[0], err[-3000:]
-    if kind != "bert_config" or position == "first":
-        assert CHECKPOINT_CASES[kind] in skipped[0]
+    assert len(skipped) == 1 and "tiny@step100 skipped" in skipped[0], err[-3000:]
+    assert CHECKPOINT_CASES[kind] in skipped[0]
     assert not marker.exists()
-    failures = read_failures(tmp_path / "r")
-    assert list(failures["revision"]) == [bad]
-    stored = set(ResultsStore(tmp_path / "r").items()["revision"])
-    assert stored == {good}
+    assert list(read_failures(tmp_path / "r")["revision"]) == ["step100"]
+    assert set(ResultsStore(tmp_path / "r").items()["revision"]) == {"step200"}
+
+
+def test_replay_refuses_every_bad_later_checkpoint(checkpoint, tmp_path, run_cli):
+    """The same for revisions copied into an existing skeleton (load_weights_into): one good
+    first revision, then one revision per kind of damage, in ONE sweep: each is skipped with
+    its own warning line and reason, none stops the sweep, only the good one is scored."""
+    from pythia_forensics.sweep.replay import read_failures
+    from pythia_forensics.sweep.store import ResultsStore
+
+    model = tmp_path / "tiny"
+    bad = {f"step{200 + 100 * i}": kind for i, kind in enumerate(REPLAY_KINDS)}
+    for revision in ("step100", *bad):
+        shutil.copytree(checkpoint, model / revision)
+    (model / "manifest.json").write_text(json.dumps({"model": "tiny", "layers": 2, "d_model": 32, "heads": 4,
+                                                     "tokens_per_step": 1024,
+                                                     "steps": [int(r[4:]) for r in ("step100", *bad)]}))
+    marker = tmp_path / "PAYLOAD_RAN"
+    for revision, kind in bad.items():
+        _break(kind, model / revision, marker)
+    code, _, err = run_cli(["replay", str(model), "-p", SMALL, "--results", str(tmp_path / "r"), "--device", "cpu"])
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    skipped = [line for line in _stderr_lines(err) if line.startswith("warning: ") and " skipped " in line]
+    assert len(skipped) == len(bad), err[-3000:]
+    for revision, kind in bad.items():
+        line = next(x for x in skipped if f"tiny@{revision} skipped" in x)
+        if kind != "bert_config":   # a later BERT config fails on the architecture, not the class name
+            assert CHECKPOINT_CASES[kind] in line, line
+    assert not marker.exists()
+    assert sorted(read_failures(tmp_path / "r")["revision"]) == sorted(bad)
+    assert set(ResultsStore(tmp_path / "r").items()["revision"]) == {"step100"}
 
 
 def test_context_overflow_names_the_item(checkpoint, tmp_path, run_cli):
@@ -610,3 +636,37 @@ def test_pf_debug_keeps_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("PF_DEBUG", "1")
     with pytest.raises(ProbeFormatError, match="must be a JSON object"):
         main(["probe", str(tmp_path), "--probes", str(path)])
+
+
+def test_library_messages_speak_of_values_and_the_cli_names_the_flag(tmp_path, run_cli, monkeypatch):
+    """A Python caller never typed `--steps`: the API message names the value (and `param`),
+    the CLI line prefixes the flag the user did type."""
+    from huggingface_hub import constants as hf_constants
+    from hubserver import HubServer
+
+    from pythia_forensics.checkpoints.fetch import check_fits, format_size
+    from pythia_forensics.checkpoints.registry import parse_steps
+    from pythia_forensics.errors import DiskBudgetError, StepSpecError
+
+    with pytest.raises(StepSpecError) as steps_error:
+        parse_steps("1:x", [0, 1, 2])
+    assert steps_error.value.param == "steps" and "--" not in str(steps_error.value)
+    with pytest.raises(DiskBudgetError) as budget_error:
+        check_fits("tiny", "step0", 5000, 1000)
+    assert budget_error.value.param == "disk_budget" and "--" not in str(budget_error.value)
+    assert f"must be at least {format_size(5000)}" in str(budget_error.value)
+
+    with HubServer() as hub:
+        # no config.json: the census then reads nothing through the download path
+        for rev in ("step0", "step1"):
+            hub.add_branch("org/tiny-msg", rev, {"model.safetensors": b"w" * 5000})
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        code, _, err = run_cli(["health", "org/tiny-msg", "--deep", "--disk-budget", "1kB"])
+        line = err.replace("\r", "\n").strip().splitlines()[-1]   # after the listing's progress bar
+        assert code == 2 and "Traceback" not in err and line.startswith("error: --disk-budget: disk budget "), err
+        assert "the disk budget must be at least" in line and line.count("--") == 1, line
+        code, _, err = run_cli(["health", "org/tiny-msg", "--steps", "1:x"])
+        line = _assert_clean(code, err, fragment="error: --steps: ")
+        assert line.count("--") == 1, line
+        assert hub.bytes_sent(file="*.safetensors") == 0

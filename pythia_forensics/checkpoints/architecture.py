@@ -18,16 +18,17 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from pythia_forensics.constants import EMBEDDING_TENSOR_KEYS, IGNORED_TENSOR_SUFFIXES
+from pythia_forensics.constants import EMBEDDING_TENSOR_KEYS, IGNORED_TENSOR_SUFFIXES, OUTPUT_EMBEDDING_TENSOR_KEYS
 
-__all__ = ["Architecture", "from_shapes", "from_config", "read_safetensors_shapes", "of_folder", "mismatches"]
+__all__ = ["ARCHITECTURE_FIELDS", "Architecture", "CONFIG_KEYS", "config_value", "from_shapes", "from_config",
+           "read_safetensors_shapes", "of_folder", "mismatches"]
 
-_OUTPUT_KEYS = ("embed_out.weight", "lm_head.weight")
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
-# registry field -> config.json keys (GPT-NeoX first, then GPT-2 / Llama spellings)
-_CONFIG_KEYS = {
+# field -> config.json key spellings (GPT-NeoX / Llama / OLMo first, GPT-2 after): the one
+# table the registry, the manifest and health read a config with
+CONFIG_KEYS = {
     "layers": ("num_hidden_layers", "n_layer"),
-    "d_model": ("hidden_size", "n_embd"),
+    "d_model": ("hidden_size", "n_embd", "d_model"),
     "heads": ("num_attention_heads", "n_head"),
     "vocab_size": ("vocab_size",),
 }
@@ -54,6 +55,16 @@ class Architecture:
     def as_dict(self) -> dict[str, int | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @classmethod
+    def of(cls, record: Any) -> Architecture:
+        """The architecture fields of any record that carries them under the same names
+        (`Manifest`, `registry.ModelSpec`); a field the record lacks is None."""
+        return cls(**{name: getattr(record, name, None) for name in ARCHITECTURE_FIELDS})
+
+
+# The size facts every record of a model carries under these names (ModelSpec, Manifest).
+ARCHITECTURE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Architecture))
+
 
 def _find(shapes: Mapping[str, Sequence[int]], suffixes: Iterable[str]) -> Sequence[int] | None:
     for name, shape in shapes.items():
@@ -73,7 +84,7 @@ def from_shapes(shapes: Mapping[str, Sequence[int]]) -> Architecture:
         return Architecture()
     total = sum(prod(s) for s in params.values())
     emb_in = _find(params, EMBEDDING_TENSOR_KEYS)
-    emb_out = _find(params, _OUTPUT_KEYS)
+    emb_out = _find(params, OUTPUT_EMBEDDING_TENSOR_KEYS)
     embedding = (prod(emb_in) if emb_in else 0) + (prod(emb_out) if emb_out else 0)
     layers = {int(m.group(1)) for k in params if (m := _LAYER_RE.search(k))}
     rows = (emb_out or emb_in or (None,))[0]
@@ -86,13 +97,19 @@ def from_shapes(shapes: Mapping[str, Sequence[int]]) -> Architecture:
     )
 
 
+def config_value(config: Mapping[str, Any], field: str) -> int | None:
+    """The first integer a config states for `field` under any of its spellings (`CONFIG_KEYS`);
+    None when none is an integer (a bool is not)."""
+    for key in CONFIG_KEYS[field]:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def from_config(config: Mapping[str, Any]) -> Architecture:
     """Architecture fields `config.json` states (no parameter counts: those come from tensors)."""
-    out = {}
-    for field, keys in _CONFIG_KEYS.items():
-        value = next((config[k] for k in keys if isinstance(config.get(k), int)), None)
-        out[field] = value
-    return Architecture(**out)
+    return Architecture(**{field: config_value(config, field) for field in CONFIG_KEYS})
 
 
 def read_safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:

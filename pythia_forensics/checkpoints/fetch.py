@@ -22,11 +22,16 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pythia_forensics.constants import ENV_KILL_AFTER_FETCHES, LEDGER_DIR, LEASE_POLL_MAX_S
+from pythia_forensics.checkpoints.lease import LEASE_POLL_MAX_S, Lease, Ledger
+from pythia_forensics.constants import ENV_KILL_AFTER_FETCHES, LEDGER_DIR
 from pythia_forensics.errors import DiskBudgetError
-from pythia_forensics.checkpoints.lease import Lease, Ledger
+
+if TYPE_CHECKING:
+    from pythia_forensics.checkpoints.registry import ModelSpec
+    from pythia_forensics.checkpoints.source_records import CheckpointRecord, CheckpointSource
+    from pythia_forensics.checkpoints.sources_hub import HubSource
 
 __all__ = ["Fetcher", "Hold", "StageSummary", "stage", "select_revisions", "format_size", "check_fits", "ledger_for"]
 
@@ -48,7 +53,8 @@ def check_fits(model: str, revision: str, need: int, budget: int | None) -> None
     if budget is not None and need > budget:
         raise DiskBudgetError(
             f"disk budget {format_size(budget)} is smaller than one checkpoint: {model}@{revision} "
-            f"needs {format_size(need)}; raise --disk-budget to at least {format_size(need)}"
+            f"needs {format_size(need)}; the disk budget must be at least {format_size(need)}",
+            param="disk_budget",
         )
 
 
@@ -61,13 +67,13 @@ def ledger_for(cache_dir: str | Path) -> Ledger:
 class Hold:
     """A revision this worker holds: admitted by the ledger, fetched or being fetched."""
 
-    source: Any                # sources.HubSource | sources.LocalSource
+    source: CheckpointSource
     revision: str
     total: int = 0             # bytes of the revision's files
     download: int = 0          # of which the cache lacked when sized
     lease: Lease | None = None
     extra: tuple[str, ...] = ()    # further files (health: the other weight format)
-    record: Any = None
+    record: CheckpointRecord | None = None
     released: bool = False
     started: float = field(default=0.0, repr=False)
 
@@ -102,13 +108,13 @@ class Fetcher:
         self._kill_after = int(os.environ.get(ENV_KILL_AFTER_FETCHES) or 0)
 
     # -- admission
-    def _ledger(self, source: Any) -> Ledger:
+    def _ledger(self, source: HubSource) -> Ledger:
         root = Path(source.cache_dir)
         if root not in self._ledgers:
             self._ledgers[root] = ledger_for(root)
         return self._ledgers[root]
 
-    def _evictor(self, source: Any):
+    def _evictor(self, source: HubSource):
         from pythia_forensics.checkpoints.sources import evict_cached
 
         def evict(repo: str, commit: str, keep: frozenset[str] = frozenset()) -> int:
@@ -119,7 +125,7 @@ class Fetcher:
 
         return evict
 
-    def acquire(self, source: Any, revision: str, *, wait: bool = True, extra: Sequence[str] = ()) -> Hold | None:
+    def acquire(self, source: CheckpointSource, revision: str, *, wait: bool = True, extra: Sequence[str] = ()) -> Hold | None:
         """Size `revision` and take a hold on it once the shared budget has room.
 
         Args:
@@ -163,7 +169,7 @@ class Fetcher:
         return hold
 
     # -- fetching
-    def fetch(self, hold: Hold) -> Any:
+    def fetch(self, hold: Hold) -> CheckpointRecord:
         """Fetch a held revision now (in this thread). Returns its `CheckpointRecord`."""
         start = time.perf_counter()
         try:
@@ -223,7 +229,7 @@ class Fetcher:
         self.pool.shutdown(wait=wait, cancel_futures=True)
         self.release_all()
 
-    def fetch_all(self, items: Iterable[tuple[Any, str]]) -> list[Any]:
+    def fetch_all(self, items: Iterable[tuple[CheckpointSource, str]]) -> list[CheckpointRecord]:
         """Fetch each (source, revision) in turn, keeping them (no eviction): staging."""
         out = []
         for source, revision in items:
@@ -238,7 +244,7 @@ class Fetcher:
 
 
 # --- choosing revisions and staging them ------------------------------------------------------
-def select_revisions(spec: Any, names: Sequence[str], steps: str | Sequence[int] | None) -> list[str]:
+def select_revisions(spec: ModelSpec, names: Sequence[str], steps: str | Sequence[int] | None) -> list[str]:
     """The revision names a `--steps` spec picks from what a source lists (one per step: the
     grid's own branch -- `step<N>`, `step<N>-tokens<T>B`, `ckpt_359` -- wins over an alias of
     it such as `main`).
@@ -254,7 +260,7 @@ def select_revisions(spec: Any, names: Sequence[str], steps: str | Sequence[int]
     by_step: dict[int, str] = {}
     for name in names:
         step = spec.step_of(name)
-        aliases = getattr(spec, "aliases", {}) or {}
+        aliases = spec.aliases or {}
         if step is not None and (step not in by_step or (by_step[step] in aliases and name not in aliases)):
             by_step[step] = name
     text = steps if isinstance(steps, (str, type(None))) else ",".join(str(int(x)) for x in steps)
@@ -313,7 +319,7 @@ def stage(models: Sequence[str], *, steps: str | Sequence[int] | None = "all", s
     if offline():
         raise PFError("HF_HUB_OFFLINE is set: `fetch` stages revisions from the hub, so run it where the hub is "
                       "reachable (a login node) without HF_HUB_OFFLINE")
-    plan: list[tuple[Any, str]] = []
+    plan: list[tuple[HubSource, str]] = []
     for name in dict.fromkeys(models):
         spec = resolve_model(name, suite_dir=suite_dir)
         if spec.source == "local":
@@ -325,7 +331,8 @@ def stage(models: Sequence[str], *, steps: str | Sequence[int] | None = "all", s
     download = sum(s.download_bytes for s in sizes)
     if disk_budget is not None and total > disk_budget:
         raise DiskBudgetError(f"staging {len(plan)} revisions needs {format_size(total)} in the cache, more than the "
-                              f"disk budget {format_size(disk_budget)}; stage fewer --steps or raise --disk-budget")
+                              f"disk budget {format_size(disk_budget)}; stage fewer steps or allow a larger disk budget",
+                              param="disk_budget")
     fetcher = Fetcher(None, evict=False)
     try:
         records = fetcher.fetch_all(tqdm(plan, desc="fetch", unit="rev", disable=not progress))

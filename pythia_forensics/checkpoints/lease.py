@@ -14,7 +14,7 @@ Three users:
   revision is evicted only by the last worker holding it;
 * `Claim` -- a work claim (replay: one revision scored once however many workers run).
 
-Timeouts and the heartbeat period are `constants.LEASE_TIMEOUT_S` / `LEASE_HEARTBEAT_S`,
+Timeouts and the heartbeat period are `LEASE_TIMEOUT_S` / `LEASE_HEARTBEAT_S` (below),
 overridable with `PF_LEASE_TIMEOUT_S` / `PF_LEASE_HEARTBEAT_S` (read at each use).
 """
 from __future__ import annotations
@@ -33,16 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pythia_forensics.constants import (
-    ENV_LEASE_HEARTBEAT,
-    ENV_LEASE_TIMEOUT,
-    LEASE_HEARTBEAT_S,
-    LEASE_POLL_MAX_S,
-    LEASE_POLL_S,
-    LEASE_TIMEOUT_S,
-)
+from pythia_forensics.constants import ENV_LEASE_HEARTBEAT, ENV_LEASE_TIMEOUT
 
 __all__ = ["Lease", "LeaseLock", "Ledger", "HoldInfo", "Claim", "timeout_s", "heartbeat_s", "worker_id"]
+
+# A lease whose mtime is older than the timeout belongs to a dead worker and is broken. Hosts
+# sharing a cache need clocks within a small fraction of the timeout (NTP). The env vars
+# above override both (tests use short ones).
+LEASE_TIMEOUT_S = 120.0
+LEASE_HEARTBEAT_S = 10.0
+LEASE_POLL_S = 0.05            # first wait between tries for a busy lock (doubles, capped)
+LEASE_POLL_MAX_S = 1.0
 
 _WORKER: tuple[int, str] = (0, "")
 

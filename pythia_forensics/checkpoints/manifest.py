@@ -23,24 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from pythia_forensics.atomic import write_json
-from pythia_forensics.constants import (
-    EMBEDDING_TENSOR_KEYS,
-    IGNORED_TENSOR_SUFFIXES,
-    MANIFEST_FILE,
-    OUTPUT_EMBEDDING_TENSOR_KEYS,
-)
+from pythia_forensics.checkpoints.architecture import ARCHITECTURE_FIELDS, from_config, from_shapes
+from pythia_forensics.constants import MANIFEST_FILE
 from pythia_forensics.errors import UnknownModelError
 
 __all__ = ["Manifest", "has_manifest", "infer_manifest", "read_manifest", "remove_manifest", "write_manifest"]
-
-# config.json key spellings per fact (GPT-NeoX / Llama / OLMo first, GPT-2 after).
-_CONFIG_KEYS = {
-    "layers": ("num_hidden_layers", "n_layer"),
-    "d_model": ("hidden_size", "n_embd", "d_model"),
-    "heads": ("num_attention_heads", "n_head"),
-    "vocab_size": ("vocab_size",),
-}
-
 
 @dataclass(frozen=True)
 class Manifest:
@@ -79,8 +66,7 @@ class Manifest:
         """
         known = {f.name for f in fields(cls)} - {"extra"}
         values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
-        for key in ("layers", "d_model", "heads", "vocab_size", "params_total", "params_nonembedding",
-                    "tokens_per_step", "seed"):
+        for key in (*ARCHITECTURE_FIELDS, "tokens_per_step", "seed"):
             if values.get(key) is not None:
                 values[key] = int(values[key])
         for key in ("model", "precision"):
@@ -106,7 +92,7 @@ class Manifest:
 
     def fill(self, other: "Manifest") -> "Manifest":
         """This record with its unknown size fields taken from `other` (known ones win)."""
-        names = ("model", "layers", "d_model", "heads", "vocab_size", "params_total", "params_nonembedding")
+        names = ("model", *ARCHITECTURE_FIELDS)
         return replace(self, **{n: getattr(other, n) for n in names if getattr(self, n) is None})
 
 
@@ -149,14 +135,6 @@ def write_manifest(model_dir: str | Path, manifest: Manifest) -> Path:
 def remove_manifest(model_dir: str | Path) -> None:
     """Delete `model_dir/manifest.json` if present (a writer marks a model unfinished)."""
     (Path(model_dir) / MANIFEST_FILE).unlink(missing_ok=True)
-
-
-def _config_value(config: Mapping[str, Any], fact: str) -> int | None:
-    for key in _CONFIG_KEYS[fact]:
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
 
 
 def _weight_shapes(checkpoint_dir: Path) -> dict[str, tuple[int, ...]]:
@@ -205,33 +183,8 @@ def infer_manifest(checkpoint_dir: str | Path, *, model: str | None = None) -> M
         shapes = _weight_shapes(folder)
     except loading_errors():  # unreadable weights (SafetensorError, a refused pickle): scoring refuses them
         shapes = {}
-    params = {k: s for k, s in shapes.items() if not k.endswith(IGNORED_TENSOR_SUFFIXES)}
-
-    def numel(shape: tuple[int, ...]) -> int:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        return n
-
-    def find(keys: tuple[str, ...]) -> tuple[int, ...] | None:
-        for name, shape in params.items():
-            if name.endswith(keys):
-                return shape
-        return None
-
-    total = sum(numel(s) for s in params.values()) if params else None
-    emb_in, emb_out = find(EMBEDDING_TENSOR_KEYS), find(OUTPUT_EMBEDDING_TENSOR_KEYS)
-    non_emb = None
-    if total is not None and emb_in is not None:
-        # a tied unembedding is stored once (as the input embedding): subtracted once
-        non_emb = total - numel(emb_in) - (numel(emb_out) if emb_out is not None else 0)
-    rows = (emb_out or emb_in or (None,))[0]
-    return Manifest(
-        model=model,
-        layers=_config_value(config, "layers"),
-        d_model=_config_value(config, "d_model"),
-        heads=_config_value(config, "heads"),
-        vocab_size=int(rows) if rows is not None else _config_value(config, "vocab_size"),
-        params_total=total,
-        params_nonembedding=non_emb,
-    )
+    found, stated = from_shapes(shapes), from_config(config)
+    # the config's layers / width / heads (the tensors' where it is silent); the output rows
+    # the tensors hold (the config's where there are none); parameter counts from tensors only
+    arch = replace(stated, vocab_size=None).merged(found).merged(stated)
+    return Manifest(model=model, **arch.as_dict())

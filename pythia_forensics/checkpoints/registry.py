@@ -7,7 +7,10 @@ or names matched by `--step-pattern`; `manifest.json` optional, see docs/ARCHITE
 suite folders (folders of model folders) into the same `ModelSpec` shape, and resolves what a
 user typed (`pythia-160m`, `org/name`, a folder).
 
-No network and no torch here: `sources.py` turns a `ModelSpec` into checkpoints.
+Reading a suite's YAML file is `suite_yaml.py`; local folder layouts (which subfolders are
+checkpoints, a model or suite folder as a `ModelSpec` / `Suite`) are `local_layout.py`, whose
+names are importable from here too. No network and no torch here: `sources.py` turns a
+`ModelSpec` into checkpoints.
 
 Example::
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import math
 import os
 import re
@@ -34,16 +36,12 @@ from typing import Any
 import yaml
 
 from pythia_forensics.constants import (
-    CHECKPOINT_DIR_PATTERNS,
     ENV_STEP_PATTERN,
-    PYTHIA_TOKENS_PER_STEP,
     STEP_DIR_PREFIX,
-    TRAINER_STATE_FILE,
     SUITES_SUBDIR,
     package_file,
 )
 from pythia_forensics.errors import StepSpecError, UnknownModelError
-from pythia_forensics.checkpoints.manifest import infer_manifest, read_manifest
 
 __all__ = [
     "ModelSpec",
@@ -66,6 +64,19 @@ __all__ = [
     "step_of_revision",
     "tokens_of_revision",
 ]
+
+# Local folder layouts live in `local_layout` (which imports this module's records); their
+# names stay importable from here.
+_LOCAL_LAYOUT = ("checkpoint_folders", "load_local_model", "load_local_suite", "looks_like_path")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOCAL_LAYOUT:
+        from pythia_forensics.checkpoints import local_layout
+
+        return getattr(local_layout, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _STEP_RE = re.compile(rf"^{STEP_DIR_PREFIX}(\d+)$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -144,12 +155,12 @@ class ModelSpec:
         if revision in self.folders:
             return self.folders[revision]
         if self.branch_patterns:
-            return _parse_branch(revision, self.branch_patterns)[0]
+            return parse_branch(revision, self.branch_patterns)[0]
         return step_of_revision(revision)
 
     def tokens_of(self, revision: str) -> int | None:
         """Tokens seen that the revision's own name states (None when the grammar has none)."""
-        return _parse_branch(revision, self.branch_patterns)[1] if self.branch_patterns else None
+        return parse_branch(revision, self.branch_patterns)[1] if self.branch_patterns else None
 
     def optimizer_step(self, step: int) -> float:
         """Optimizer steps taken at a named step (differs from `step` only for v0)."""
@@ -219,7 +230,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _parse_branch(name: str, patterns: Sequence[str]) -> tuple[int | None, int | None]:
+def parse_branch(name: str, patterns: Sequence[str]) -> tuple[int | None, int | None]:
     """(step, tokens) of a branch name under the first grammar that matches it wholly."""
     for pattern in patterns:
         regex = _compiled(pattern)
@@ -246,7 +257,7 @@ def tokens_of_revision(name: str, pattern: str) -> int | None:
         >>> tokens_of_revision("step20000-tokens84B", r"step(?P<step>\\d+)-tokens(?P<tokens>\\d+)(?P<unit>[BMT])")
         84000000000
     """
-    return _parse_branch(name, (pattern,))[1]
+    return parse_branch(name, (pattern,))[1]
 
 
 # --- step specifications -----------------------------------------------------------------
@@ -377,6 +388,8 @@ def get_suite(name: str = "pythia", *, step_pattern: str | None = None) -> Suite
     Raises:
         UnknownModelError: unknown suite name ("did you mean" + the known list).
     """
+    from pythia_forensics.checkpoints.local_layout import load_local_suite, looks_like_path
+
     path = Path(name).expanduser()
     if path.is_dir():
         return load_local_suite(path, step_pattern=step_pattern)
@@ -392,136 +405,9 @@ def _shipped_suite(name: str) -> Suite:
         raise UnknownModelError(_unknown_message(name, known_suites(), where="suites", what="suite"))
     with open(yaml_path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh)
-    return _suite_from_yaml(data, yaml_path)
+    from pythia_forensics.checkpoints.suite_yaml import suite_from_yaml
 
-
-def _grid_from_yaml(grid: Mapping[str, Any]) -> tuple[int, ...]:
-    steps = set(int(s) for s in grid.get("explicit", ()))
-    every = grid.get("every")
-    if every:
-        steps.update(range(int(every["start"]), int(every["stop"]) + 1, int(every["step"])))
-    return tuple(sorted(steps))
-
-
-def _suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
-    if isinstance(data.get("models"), list):
-        return _listed_suite_from_yaml(data, path)
-    suite = data["suite"]
-    org = data["hub_org"]
-    grid = _grid_from_yaml(data["grid"])
-    final = int(data["final_step"])
-    if grid[-1] != final:
-        raise ValueError(f"{path}: final_step {final} is not the last grid step {grid[-1]}")
-    aliases = {str(k): int(v) for k, v in (data.get("aliases") or {}).items()}
-    tokens = int(data.get("tokens_per_step", PYTHIA_TOKENS_PER_STEP))
-    default_seed = int(data["default_seed"])
-    shapes = data["models"]
-    variants = data.get("variants") or {}
-
-    def spec(size: str, suffix: str, **over: Any) -> ModelSpec:
-        row = shapes[size]
-        name = f"{suite}-{size}{suffix}"
-        base: dict[str, Any] = dict(
-            name=name, suite=suite, source="hub", repo=f"{org}/{name}", size=size,
-            layers=int(row["layers"]), d_model=int(row["d_model"]), heads=int(row["heads"]),
-            vocab_size=int(row["vocab_size"]), params_total=int(row["params_total"]),
-            params_nonembedding=int(row["params_nonembedding"]), tokens_per_step=tokens,
-            steps=grid, aliases=dict(aliases), data_seed=default_seed, weight_seed=default_seed,
-            precision=row.get("precision"),
-        )
-        base.update(over)
-        return ModelSpec(**base)
-
-    models: list[ModelSpec] = []
-    for size in shapes:
-        models.append(spec(size, ""))
-        if size in variants.get("deduped", {}).get("sizes", ()):
-            models.append(spec(size, "-deduped", deduped=True))
-    for key, suffix, fields_ in (
-        ("seeds", "-seed{}", ("data_seed", "weight_seed")),
-        ("data_seeds", "-data-seed{}", ("data_seed",)),
-        ("weight_seeds", "-weight-seed{}", ("weight_seed",)),
-    ):
-        group = variants.get(key)
-        if not group:
-            continue
-        for size in group["sizes"]:
-            for seed in group["seeds"]:
-                models.append(spec(size, suffix.format(seed), **{f: int(seed) for f in fields_}))
-    v0 = variants.get("v0")
-    if v0:
-        for size in v0["sizes"]:
-            models.append(spec(
-                size, "-v0", release="v0", tokens_per_step=int(v0["tokens_per_step"]),
-                optimizer_steps_per_named_step=float(v0["optimizer_steps_per_named_step"]),
-            ))
-    return Suite(name=suite, description=str(data.get("description", "")), models=tuple(models), path=path)
-
-
-def _cite(entry: Mapping[str, Any], sources: Mapping[str, str], path: Path, what: str) -> None:
-    """Every fact group of a listed suite names its source; an unknown key is a broken file."""
-    keys = entry.get("cite")
-    keys = [keys] if isinstance(keys, str) else list(keys or ())
-    if not keys:
-        raise ValueError(f"{path}: {what} cites no source")
-    unknown = [k for k in keys if k not in sources]
-    if unknown:
-        raise ValueError(f"{path}: {what} cites unknown source(s) {unknown}; add them under `sources`")
-
-
-def _listed_suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
-    """A suite file listing its models one by one (OLMo, LLM360, ...), every fact cited.
-
-    Shape: `sources` (key -> URL), `branch_grammar` {pattern, cite}, optional `notes`
-    [{text, cite}], `models` [{name, repo, cite, layers?, d_model?, heads?, vocab_size?,
-    params_total?, params_nonembedding?, tokens_per_step?, model_type?, arch?, notes?}].
-    Facts a file leaves out stay None: sizes then come from the checkpoint's config and tensors.
-    """
-    suite = str(data["suite"])
-    sources = {str(k): str(v) for k, v in (data.get("sources") or {}).items()}
-    grammar = data.get("branch_grammar") or {}
-    pattern = grammar.get("pattern")
-    if pattern is not None:
-        _cite(grammar, sources, path, "branch_grammar")
-        regex = re.compile(pattern)
-        if "step" not in regex.groupindex:
-            raise ValueError(f"{path}: branch_grammar {pattern!r} has no (?P<step>...) group")
-    patterns = (str(pattern),) if pattern else ()
-    if grammar.get("format") is not None:
-        named = str(grammar["format"]).format(step=7)
-        if _parse_branch(named, patterns)[0] != 7:
-            raise ValueError(f"{path}: branch_grammar format {grammar['format']!r} names step 7 {named!r}, "
-                             "which its pattern does not read back as step 7")
-
-    def notes_of(entry: Mapping[str, Any], what: str) -> tuple[str, ...]:
-        out = []
-        for note in entry.get("notes") or ():
-            _cite(note, sources, path, f"{what} note {note.get('text', '')[:30]!r}")
-            cites = note["cite"] if isinstance(note["cite"], list) else [note["cite"]]
-            out.append(f"{note['text']} ({', '.join(sources[c] for c in cites)})")
-        return tuple(out)
-
-    suite_notes = notes_of(data, "suite")
-    models = []
-    for row in data["models"]:
-        _cite(row, sources, path, f"model {row.get('name')!r}")
-
-        def opt(key: str, row: Mapping[str, Any] = row) -> int | None:
-            return None if row.get(key) is None else int(row[key])
-
-        steps = _grid_from_yaml(row["grid"]) if row.get("grid") else ()
-        models.append(ModelSpec(
-            name=str(row["name"]), suite=suite, source="hub", repo=str(row["repo"]),
-            size=row.get("size"), layers=opt("layers"), d_model=opt("d_model"), heads=opt("heads"),
-            vocab_size=opt("vocab_size"), params_total=opt("params_total"),
-            params_nonembedding=opt("params_nonembedding"), tokens_per_step=opt("tokens_per_step"),
-            steps=steps, aliases={str(k): int(v) for k, v in (row.get("aliases") or {}).items()},
-            precision=row.get("precision"), branch_patterns=patterns, model_type=row.get("model_type"),
-            branch_format=grammar.get("format"),
-            arch=dict(row.get("arch") or {}), notes=notes_of(row, f"model {row['name']!r}"),
-        ))
-    return Suite(name=suite, description=str(data.get("description", "")), models=tuple(models), path=path,
-                 sources=sources, branch_grammar=patterns[0] if patterns else None, notes=suite_notes)
+    return suite_from_yaml(data, yaml_path)
 
 
 def hub_branch_patterns(step_pattern: str | None = None) -> tuple[str, ...]:
@@ -535,7 +421,9 @@ def hub_branch_patterns(step_pattern: str | None = None) -> tuple[str, ...]:
     """
     text = step_pattern if step_pattern is not None else os.environ.get(ENV_STEP_PATTERN) or None
     if text is not None:
-        return tuple(r.pattern for r in _step_regexes(text))
+        from pythia_forensics.checkpoints.local_layout import step_regexes
+
+        return tuple(r.pattern for r in step_regexes(text))
     patterns = [_STEP_RE.pattern]
     for name in known_suites():
         grammar = _shipped_suite(name).branch_grammar
@@ -643,153 +531,6 @@ def decoder_params(model_type: str, *, vocab_size: int, d_model: int, layers: in
     return nonemb + emb, nonemb
 
 
-# --- local suites ------------------------------------------------------------------------
-def _step_regexes(step_pattern: str | None) -> tuple[re.Pattern[str], ...]:
-    text = step_pattern if step_pattern is not None else os.environ.get(ENV_STEP_PATTERN) or None
-    if text is None:
-        return tuple(re.compile(p) for p in CHECKPOINT_DIR_PATTERNS)
-    try:
-        regex = re.compile(text)
-    except re.error as exc:
-        raise UnknownModelError(f"step pattern {text!r} is not a regular expression ({exc})") from exc
-    if regex.groups < 1:
-        raise UnknownModelError(f"step pattern {text!r} has no group: put the step number in one, "
-                                r"e.g. 'ckpt_(\d+)' or '(?P<step>\d+)k'")
-    return (regex,)
-
-
-def _trainer_step(folder: Path) -> int | None:
-    try:
-        state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    step = state.get("global_step") if isinstance(state, Mapping) else None
-    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
-
-
-def checkpoint_folders(model_dir: str | Path, *, step_pattern: str | None = None) -> dict[str, int]:
-    """The checkpoint subfolders of a model folder and the step each one holds.
-
-    A subfolder counts when its whole name matches a pattern: `step<N>` (save_pretrained) and
-    `checkpoint-<N>` (Hugging Face Trainer) by default, or `step_pattern` (default
-    `$PF_STEP_PATTERN`), whose group `step` or first group is the step. A folder holding a
-    Trainer's `trainer_state.json` takes its step from `global_step` instead.
-
-    Args:
-        model_dir: the model folder.
-        step_pattern: a regular expression for the folder names.
-
-    Returns:
-        Folder name -> step, in step order (empty when no subfolder matches).
-
-    Raises:
-        UnknownModelError: the pattern is invalid, or two folders hold the same step.
-    """
-    regexes = _step_regexes(step_pattern)
-    directory = Path(model_dir)
-    found: dict[str, int] = {}
-    by_step: dict[int, str] = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else ():
-        for regex in regexes:
-            match = regex.fullmatch(path.name)
-            if match is None:
-                continue
-            group = match.group("step") if "step" in regex.groupindex else match.group(1)
-            step = _trainer_step(path)
-            if step is None:
-                if group is None or not (group.isascii() and group.isdigit()):
-                    continue
-                step = int(group)
-            if step in by_step:
-                raise UnknownModelError(f"{directory}: folders {by_step[step]} and {path.name} both hold step {step}; "
-                                        "move one away or pass a --step-pattern that matches only one naming")
-            by_step[step] = path.name
-            found[path.name] = step
-            break
-    return {name: found[name] for name in sorted(found, key=found.__getitem__)}
-
-
-def load_local_model(model_dir: str | Path, *, suite: str | None = None,
-                     step_pattern: str | None = None) -> ModelSpec:
-    """Read one local model folder: checkpoint subfolders, `manifest.json` optional.
-
-    The grid is the set of checkpoint folders actually present (`checkpoint_folders`); a
-    manifest's `steps` list is only a record of what training intended (health compares the
-    two). Sizes come from the manifest; those it lacks (all, without one) from the newest
-    checkpoint's `config.json` and weight headers (`manifest.infer_manifest`).
-
-    Args:
-        model_dir: the `DIR/<model>` folder.
-        suite: suite name to record (default: the parent folder's name).
-        step_pattern: checkpoint folder names (see `checkpoint_folders`).
-
-    Returns:
-        A `ModelSpec` with `source="local"` and `path=model_dir`.
-
-    Raises:
-        UnknownModelError: the folder has no checkpoint subfolders, or its manifest or the
-            step pattern is invalid.
-    """
-    model_dir = Path(model_dir).expanduser().resolve()
-    folders = checkpoint_folders(model_dir, step_pattern=step_pattern)
-    if not folders:
-        raise UnknownModelError(
-            f"{model_dir} holds no checkpoint folders: expected {STEP_DIR_PREFIX}<N>/ (save_pretrained) or "
-            "checkpoint-<N>/ (Trainer) subfolders; for other names pass --step-pattern REGEX"
-        )
-    recorded = read_manifest(model_dir)
-    facts = infer_manifest(model_dir / next(reversed(folders)), model=model_dir.name)
-    manifest = facts if recorded is None else recorded.fill(facts)
-    return ModelSpec(
-        name=manifest.model or model_dir.name,
-        suite=suite or model_dir.parent.name,
-        source="local",
-        path=model_dir,
-        layers=manifest.layers,
-        d_model=manifest.d_model,
-        heads=manifest.heads,
-        vocab_size=manifest.vocab_size,
-        params_total=manifest.params_total,
-        params_nonembedding=manifest.params_nonembedding,
-        tokens_per_step=manifest.tokens_per_step,
-        steps=tuple(sorted(set(folders.values()))),
-        data_seed=manifest.seed,
-        weight_seed=manifest.seed,
-        precision=manifest.precision,
-        folders=folders,
-    )
-
-
-def load_local_suite(directory: str | Path, *, step_pattern: str | None = None) -> Suite:
-    """Read every model folder (a subfolder holding checkpoint folders) of a suite folder.
-
-    Raises:
-        UnknownModelError: the folder holds no model folder.
-    """
-    directory = Path(directory).expanduser().resolve()
-    model_dirs = sorted(p for p in directory.iterdir() if p.is_dir()
-                        and checkpoint_folders(p, step_pattern=step_pattern)) if directory.is_dir() else []
-    if not model_dirs:
-        raise UnknownModelError(
-            f"{directory} holds no local suite: expected DIR/<model>/{STEP_DIR_PREFIX}<N>/ or "
-            "DIR/<model>/checkpoint-<N>/ folders (train one with `pythia-forensics mini`, see docs/ARCHITECTURE.md)"
-        )
-    models = tuple(load_local_model(p, suite=directory.name, step_pattern=step_pattern) for p in model_dirs)
-    return Suite(name=directory.name, description=f"local suite in {directory}", models=models, path=directory)
-
-
-def looks_like_path(text: str | Path) -> bool:
-    """True when what a user typed can only be a path, never a hub id (`org/name`).
-
-    A path starts with `.`, `~` or `/`, or holds a backslash (or the platform's separator),
-    an empty part (`a//b`, `a/`) or more than one `/`.
-    """
-    text = str(text)
-    parts = text.split("/")
-    return (text.startswith((".", "~", "/")) or "\\" in text or (os.sep != "/" and os.sep in text)
-            or len(parts) > 2 or any(not part for part in parts[1:]))
-
-
 # --- resolving what a user typed ---------------------------------------------------------
 def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | None = None,
                   step_pattern: str | None = None) -> ModelSpec:
@@ -813,6 +554,8 @@ def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | Non
         UnknownModelError: nothing matches; the message suggests close names and lists the
             known ones.
     """
+    from pythia_forensics.checkpoints.local_layout import load_local_model, load_local_suite, looks_like_path
+
     text = str(name_or_id_or_path).strip()
     path = Path(text).expanduser()
     if path.is_dir():
@@ -838,7 +581,7 @@ def resolve_model(name_or_id_or_path: str | Path, *, suite_dir: str | Path | Non
     known = local_names + tuple(n for s in known_suites() for n in get_suite(s).names)
     raise UnknownModelError(_unknown_message(text, known, where="the registry", hint=(
         "pass a registry name, a hub id (org/name) or a local model folder"
-        + ("" if suite_dir is not None else "; for a local suite add --suite-dir DIR")
+        + ("" if suite_dir is not None else "; for a model of a local suite, also give the suite folder")
     )))
 
 

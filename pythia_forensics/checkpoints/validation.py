@@ -165,7 +165,7 @@ def check_finite(model: Any, where: str) -> None:
                 bad.append(f"{name} ({int((~torch.isfinite(tensor)).sum())} of {tensor.numel()} values)")
     if bad:
         raise CheckpointError(f"{where}: non-finite weights (NaN or inf) in {len(bad)} tensor(s): {_names(bad)}; "
-                              "every score would be NaN: use an intact checkpoint (health --deep finds them)")
+                              "every score would be NaN: use an intact checkpoint (a deep health check finds them)")
 
 
 def context_length(model: Any) -> int | None:

@@ -7,6 +7,7 @@ truncating files.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -140,8 +141,10 @@ STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512] + list(range(1000, 10001, 100
 FINAL = STEPS[-1]
 
 
+@functools.lru_cache(maxsize=None)
 def _tiny_states(seed: int):
-    """(theta_0, delta) for a seed: a tiny GPT-NeoX init and a training direction."""
+    """(theta_0, delta) for a seed: a tiny GPT-NeoX init and a training direction (built once
+    per seed: `write_model` reads them, never writes into them)."""
     import torch
     from tinymodels import tiny_neox
 
@@ -376,7 +379,7 @@ def test_hub_deep_checks_within_disk_budget(hub, tmp_path):
     src = _hub_source(hub, spec, tmp_path)
     from pythia_forensics.errors import DiskBudgetError
 
-    with pytest.raises(DiskBudgetError, match="raise --disk-budget"):
+    with pytest.raises(DiskBudgetError, match="disk budget must be at least"):
         check_health(spec, source=src, deep=True, disk_budget=one // 2, progress=False)
     report = check_health(spec, source=src, deep=True, disk_budget=3 * one,
                           peers=[_hub_source(hub, resolve_model("org/tiny-peer"), tmp_path)], progress=False)
@@ -440,7 +443,7 @@ def test_deep_findings_tensor_equal_neighbours_and_main_mismatch():
     """Re-saved copies (different bytes, same tensors) and a `main` that is not the final step."""
     import torch
 
-    from pythia_forensics.checkpoints.health import _DeepInput, deep_findings
+    from pythia_forensics.checkpoints.health import DeepInput, deep_findings
 
     gen = torch.Generator().manual_seed(0)
     theta0 = {"gpt_neox.embed_in.weight": torch.randn(16, 8, generator=gen),
@@ -455,7 +458,7 @@ def test_deep_findings_tensor_equal_neighbours_and_main_mismatch():
     states["step16"] = {k: v.clone() for k, v in states["step8"].items()}   # stale: step8 re-saved
     states["step2"] = {k: v.clone() for k, v in at(32).items()}               # the final model, re-saved
     states["main"] = at(31)                                                   # main != step32
-    inputs = [_DeepInput(rev, int(rev[4:]) if rev != "main" else 32, {"safetensors": (lambda s=s: s)})
+    inputs = [DeepInput(rev, int(rev[4:]) if rev != "main" else 32, {"safetensors": (lambda s=s: s)})
               for rev, s in states.items()]
     findings, stats = deep_findings(inputs, final_revision="step32")
     got = sorted((f.revision, f.code, f.status) for f in findings)

@@ -178,7 +178,7 @@ def test_local_suite_reads_manifest(tmp_path):
 
 def test_local_folder_errors(tmp_path):
     (tmp_path / "nocheckpoints" / "logs").mkdir(parents=True)
-    with pytest.raises(UnknownModelError, match="holds no checkpoint folders.*--step-pattern"):
+    with pytest.raises(UnknownModelError, match="holds no checkpoint folders.*give a step pattern"):
         resolve_model(tmp_path / "nocheckpoints")
     with pytest.raises(UnknownModelError, match="did you mean 'mini-s'"):
         _fake_local(tmp_path)
@@ -273,13 +273,20 @@ def test_manifest_round_trip_keeps_unknown_keys(tmp_path):
     assert read_manifest(tmp_path / "absent") is None and Manifest().to_dict()["steps"] == []
 
 
-@pytest.mark.parametrize("typed", ["./no-such-run", "../nope/run", "~/no-such-run-xyz", "/no/such/run",
-                                   "runs/a/b", "runs\\a"])
-def test_path_like_model_that_does_not_exist_never_calls_the_hub(typed, tmp_path, monkeypatch, run_cli):
+PATH_LIKE = ["./no-such-run", "../nope/run", "~/no-such-run-xyz", "/no/such/run", "runs/a/b", "runs\\a"]
+PATH_COMMANDS = (["replay", "{typed}", "-p", "pronoun_gender"], ["health", "{typed}"],
+                 ["probe", "{typed}", "-p", "pronoun_gender"])
+
+
+@pytest.mark.parametrize("i", range(len(PATH_LIKE)))
+def test_path_like_model_that_does_not_exist_never_calls_the_hub(i, tmp_path, monkeypatch, run_cli):
+    """Every spelling through the API and one command, each command with two spellings (the
+    commands share the model lookup, so 6 x 3 CLI runs would repeat one path)."""
     import huggingface_hub
 
     from pythia_forensics.checkpoints import registry
 
+    typed = PATH_LIKE[i]
     assert registry.looks_like_path(typed)
 
     def no_hub(*a, **k):
@@ -289,10 +296,12 @@ def test_path_like_model_that_does_not_exist_never_calls_the_hub(typed, tmp_path
         monkeypatch.setattr(huggingface_hub, name, no_hub)
         monkeypatch.setattr(huggingface_hub.HfApi, name, no_hub, raising=False)
     monkeypatch.chdir(tmp_path)
-    for command in (["replay", typed, "-p", "pronoun_gender"], ["health", typed],
-                    ["probe", typed, "-p", "pronoun_gender"]):
-        code, out, err = run_cli(command)
-        assert code == 2 and err.startswith(f"error: no such folder: {typed}") and err.count("\n") == 1, err
+    with pytest.raises(UnknownModelError, match="no such folder") as info:
+        registry.resolve_model(typed)
+    assert str(info.value).startswith(f"no such folder: {typed}")
+    command = [w.format(typed=typed) for w in PATH_COMMANDS[i % len(PATH_COMMANDS)]]
+    code, out, err = run_cli(command)
+    assert code == 2 and err.startswith(f"error: no such folder: {typed}") and err.count("\n") == 1, err
     assert not (tmp_path / "results").exists()
 
 

@@ -138,14 +138,41 @@ def test_resume_after_dropped_connection(hub, cache, local_model, monkeypatch):
     assert _sha(record.path / WEIGHTS) == _sha(local_model / "step1" / WEIGHTS)
 
 
-@pytest.mark.parametrize("on,status", [("refs", 503), ("refs", 429), ("tree", 500), ("resolve", 502), ("cdn", 503),
-                                       ("cdn", 429)])
-def test_retries_transient_errors(hub, cache, local_model, on, status):
+@pytest.fixture()
+def hf_waits(monkeypatch):
+    """huggingface_hub's own retry waits (its `http_backoff`: 1 s, 2 s, ...; Retry-After + 1 s)
+    recorded instead of slept. Its retries still happen, in order, against the loopback hub;
+    only the clock is skipped (our `HubSource` backoff is `backoff_base_s`, set in `_source`)."""
+    import time as real_time
+
+    from huggingface_hub.utils import _http
+
+    waits: list[float] = []
+
+    class _Clock:
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+        @staticmethod
+        def sleep(seconds):
+            waits.append(seconds)
+
+    monkeypatch.setattr(_http, "time", _Clock())
+    return waits
+
+
+# who retries: our `retrying` (refs, the resolve HEAD, cdn 5xx) or huggingface_hub's own backoff (tree pages,
+# a 429 on the CDN); either way two faults, then the right bytes
+@pytest.mark.parametrize("on,status,hf_retries", [("refs", 503, False), ("refs", 429, False), ("tree", 500, True),
+                                                  ("resolve", 502, False), ("cdn", 503, False), ("cdn", 429, True)])
+def test_retries_transient_errors(hub, cache, local_model, hf_waits, on, status, hf_retries):
     hub.add_fault("status", on=on, status=status, times=2)
     record = _source(hub, cache).fetch("step2")
     failed = [e for e in hub.log if e.status == status]
     assert len(failed) == 2 and all(e.kind == on for e in failed)
     assert _sha(record.path / WEIGHTS) == _sha(local_model / "step2" / WEIGHTS)
+    # huggingface_hub waited twice (once per fault) exactly when it is the one retrying
+    assert (len(hf_waits) == 2) == hf_retries, hf_waits
 
 
 def test_persistent_errors_give_a_source_error(hub, cache):

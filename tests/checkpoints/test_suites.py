@@ -90,15 +90,15 @@ def test_every_fact_group_cites_a_url(name):
 
 
 def test_a_fact_without_source_is_refused(tmp_path):
-    from pythia_forensics.checkpoints.registry import _suite_from_yaml
+    from pythia_forensics.checkpoints.suite_yaml import suite_from_yaml
 
     data = {"suite": "x", "sources": {"a": "https://huggingface.co/x"}, "branch_grammar": {"pattern": r"s(?P<step>\d+)",
             "cite": "a"}, "models": [{"name": "m", "repo": "o/m", "layers": 2}]}
     with pytest.raises(ValueError, match="cites no source"):
-        _suite_from_yaml(data, tmp_path / "x.yaml")
+        suite_from_yaml(data, tmp_path / "x.yaml")
     data["models"][0]["cite"] = "nope"
     with pytest.raises(ValueError, match="unknown source"):
-        _suite_from_yaml(data, tmp_path / "x.yaml")
+        suite_from_yaml(data, tmp_path / "x.yaml")
 
 
 def _meta_count(model_type: str, spec: ModelSpec) -> tuple[int, int]:
