@@ -262,7 +262,7 @@ class Monitor:
                  tokens_per_step: int | None = None) -> None:
         from pythia_forensics.analysis import dynamics
         from pythia_forensics.scoring import score as scoring
-        from pythia_forensics.sweep.replay import _load_probe_sets
+        from pythia_forensics.sweep.plan import load_probe_sets
 
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise MonitorError(f"every must be a positive number of steps, got {every!r}")
@@ -281,7 +281,7 @@ class Monitor:
         self.tokenizer = tokenizer
         self.config = config if isinstance(config, dynamics.AnalysisConfig) else dynamics.load_config(config)
         self.options = scoring.ScoreOptions(batch_size=batch_size, bos=bos, vocab_rows=vocab_rows)
-        self.probe_sets = _load_probe_sets(probes)
+        self.probe_sets = load_probe_sets(probes)
         self.on_alert = on_alert
         self.tokens_per_step = tokens_per_step
         self.alerts: list[Alert] = []
@@ -443,7 +443,8 @@ class Monitor:
 
     def _check(self, model: Any, step: int, tokenizer: Any) -> dict[str, float]:
         from pythia_forensics.analysis import dynamics
-        from pythia_forensics.sweep.replay import _code_version, _provenance
+        from pythia_forensics.sweep.plan import code_version
+        from pythia_forensics.sweep.run import provenance
         from pythia_forensics.sweep.store import WorkKey
 
         model = getattr(model, "module", model)       # DDP / DataParallel
@@ -465,8 +466,8 @@ class Monitor:
             if self.store is not None:
                 key = WorkKey(model=self.run, revision=revision, content_key=fingerprint, probeset=ps.name,
                               probeset_sha256=ps.sha256, dtype=frame.attrs["dtype"], bos=self.options.bos,
-                              vocab_rows=self.options.vocab_rows, code_version=_code_version())
-                self.store.write(key, frame, provenance=_provenance(record, frame))
+                              vocab_rows=self.options.vocab_rows, code_version=code_version())
+                self.store.write(key, frame, provenance=provenance(record, frame))
         if self.store is not None and not self._models_written:
             self._write_models(model)
         new = dynamics.step_table(pd.concat(self._items[-len(frames):], ignore_index=True), config=self.config)
