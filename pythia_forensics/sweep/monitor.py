@@ -333,7 +333,7 @@ class Monitor:
 
     def observe(self, batch: Any, *, tokenizer: Any = None) -> None:
         """Count one training batch's support events into the current window (no-op without
-        support rules). `step(batch=)` calls it; a Trainer user can call it from a collator.
+        support rules). `step(batch=)` calls it; under a Trainer, `MonitorCallback.collator` does.
 
         Args:
             batch: input ids, rows x tokens (torch tensor or array); 1-D is one row.
