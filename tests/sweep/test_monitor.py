@@ -218,6 +218,15 @@ def _reduced_corpus(tmp_path):
     return cfg, tok, out
 
 
+def _assert_windows_equal_truth(got: pd.DataFrame, truth: pd.DataFrame) -> None:
+    """Every ground-truth window has the monitor's window with the same counts (and some events)."""
+    merged = truth.merge(got, on=["rule", "window_start_step", "window_end_step"], suffixes=("_truth", ""))
+    assert len(merged) == len(truth) > 0
+    np.testing.assert_array_equal(merged["rule_wins"], merged["rule_wins_truth"])
+    np.testing.assert_array_equal(merged["prior_wins"], merged["prior_wins_truth"])
+    assert merged["rule_wins"].sum() > 0 and merged["prior_wins"].sum() > 0
+
+
 def test_support_per_window_equals_the_corpus_ground_truth(tmp_path, tiny_set):
     """Batches shown to the monitor are the mini stream, step by step; its per-window counts
     must equal the generator's own ground truth (ground_truth.csv), an independent count."""
@@ -241,12 +250,7 @@ def test_support_per_window_equals_the_corpus_ground_truth(tmp_path, tiny_set):
     monitor.close()
     got = monitor.support_frame()
     assert got[got["window_end_step"] <= cfg.train.steps]["final"].all()
-    truth = pd.read_csv(corpus / GROUND_TRUTH_FILE)
-    merged = truth.merge(got, on=["rule", "window_start_step", "window_end_step"], suffixes=("_truth", ""))
-    assert len(merged) == len(truth) > 0
-    np.testing.assert_array_equal(merged["rule_wins"], merged["rule_wins_truth"])
-    np.testing.assert_array_equal(merged["prior_wins"], merged["prior_wins_truth"])
-    assert merged["rule_wins"].sum() > 0 and merged["prior_wins"].sum() > 0
+    _assert_windows_equal_truth(got, pd.read_csv(corpus / GROUND_TRUTH_FILE))
 
 
 # --- end to end on the mini suite -----------------------------------------------------------
@@ -435,9 +439,4 @@ def test_trainer_callback_support_windows_equal_the_corpus_ground_truth(tmp_path
     # the Trainer trained on exactly the stream, in order
     np.testing.assert_array_equal(torch.cat(shown).reshape(-1).numpy()[:steps * T], stream[:steps * T])
     got = monitor.support_frame()
-    truth = pd.read_csv(corpus / GROUND_TRUTH_FILE)
-    merged = truth.merge(got, on=["rule", "window_start_step", "window_end_step"], suffixes=("_truth", ""))
-    assert len(merged) == len(truth) > 0
-    np.testing.assert_array_equal(merged["rule_wins"], merged["rule_wins_truth"])
-    np.testing.assert_array_equal(merged["prior_wins"], merged["prior_wins_truth"])
-    assert merged["rule_wins"].sum() > 0 and merged["prior_wins"].sum() > 0
+    _assert_windows_equal_truth(got, pd.read_csv(corpus / GROUND_TRUTH_FILE))
