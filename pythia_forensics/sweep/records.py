@@ -45,9 +45,16 @@ class UnitTiming:
 class ReplaySummary:
     """What a replay did. Bytes are on-disk bytes; times are wall-clock seconds.
 
-    `prefetch_overlap_s` is the time during which a download ran while a revision was being
-    scored (I/O hidden behind compute); `prefetch_overlap_fraction` divides it by total
-    fetch time.
+    `score_s` is the wall time of the revisions' compute phase (load + score + write of
+    each, from loading its weights to its last write); `prefetch_overlap_s` is the time
+    during which a download ran meanwhile (I/O hidden behind compute), and
+    `prefetch_overlap_fraction` divides it by total fetch time.
+
+    `units` breaks the compute phase down per stored (revision, probe set), one `UnitTiming`
+    each (``load_s``, ``score_s``, ``write_s``), in the order written; array tasks' units are
+    concatenated by `merge`. The `load_s` and `write_s` properties sum them; the units'
+    ``score_s`` sum is the scoring proper. A benchmark reads these instead of timing the
+    store or the scorer from outside.
     """
 
     models: tuple[str, ...] = ()
