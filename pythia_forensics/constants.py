@@ -150,7 +150,7 @@ CORPUS_TOKENIZER_FILE = "tokenizer.json"  # what save_pretrained writes
 # Palette, DPI, formats and the x-axis choices live with the figures (analysis/figure_style.py,
 # analysis/config.py X_UNITS / X_SCALES); the figure folder's name is under "analysis outputs".
 
-# --- results store and replay (store.py, replay.py) ----------------------------------------
+# --- results store and replay (sweep/) --------------------------------------------------
 ITEMS_DIR = "items"
 SUMMARY_FILE = "summary.parquet"
 MODELS_FILE = "models.parquet"
@@ -158,8 +158,6 @@ HEALTH_FILE = "health.parquet"
 # Summary grain: ARCHITECTURE's (model, step, rule, condition, split), refined by revision and
 # probe set so that `main` next to `step143000`, or two batteries of one rule, never mix.
 SUMMARY_KEYS = ("model", "step", "revision", "probeset", "rule", "condition", "split")
-# A temp file this old is a dead writer's leftover even when its host cannot be checked.
-STORE_TEMP_MAX_AGE_S = 24 * 3600
 # Damaged store files are moved here (outside items/, so no Parquet reader picks them up),
 # each next to a `<name>.reason.txt` saying what was wrong.
 QUARANTINE_DIR = "quarantine"
@@ -167,22 +165,16 @@ QUARANTINE_DIR = "quarantine"
 # content sha256, work key); STORE_FORMAT 2 = per-model folders without `model=`, checksums.
 STORE_METADATA_KEY = "pythia_forensics"
 STORE_FORMAT = 2
-# Deterministic fault injection for interruption tests (store.py): PF_FAULT="store-write:N"
+# Deterministic fault injection for interruption tests (sweep/itemfile.py): PF_FAULT="store-write:N"
 # exits the process hard (os._exit) right after the N-th durable store write of the process
 # completes; "store-write-mid:N" exits in the middle of the N-th write, leaving a partial temp
 # file. Unset in normal use. FAULT_EXIT_STATUS is the status such an exit returns.
 FAULT_ENV = "PF_FAULT"
 FAULT_EXIT_STATUS = 86
-# Revisions per work unit for array executors (one Slurm task scores one chunk).
-DEFAULT_REPLAY_CHUNK = 8
-# Wall-clock limit of one array task unless --slurm timeout_min=N says otherwise.
-DEFAULT_ARRAY_TIMEOUT_MIN = 240
 # Revisions a sweep could not use (unreadable, truncated, mismatched, non-finite): one JSON
 # record per revision under RESULTS/failures/, read back as one table; replay exits 1.
 FAILURES_DIR = "failures"
 REPLAY_EXIT_SOME_FAILED = 1
-# Health statuses replay acts on with `--health skip` (health.py writes health.parquet).
-HEALTH_SKIP_STATUSES = ("bad",)
 
 # --- analysis outputs (dynamics.py, prereg.py, figures.py, report.py; #5) -------------------
 # Thresholds are NOT here: they live in analysis.yaml (hash recorded in every output).

@@ -8,7 +8,6 @@ import typer
 
 from pythia_forensics.cli.common import step_pattern_option
 from pythia_forensics.constants import (
-    DEFAULT_REPLAY_CHUNK,
     DEFAULT_RESULTS_DIR,
     REPLAY_EXIT_SOME_FAILED,
 )
@@ -35,7 +34,7 @@ def register(app: typer.Typer) -> None:
         executor: str = typer.Option("local", help="local | slurm | submitit-local"),
         health: str = typer.Option("off", help="off | skip | flag (reads RESULTS/health.parquet)"),
         cache_dir: Optional[Path] = typer.Option(None, help="Hub cache folder (default: huggingface_hub's)."),
-        chunk: int = typer.Option(DEFAULT_REPLAY_CHUNK, help="Revisions per array task (slurm executors)."),
+        chunk: Optional[int] = typer.Option(None, help="Revisions per array task (slurm executors; default 8)."),
         slurm: list[str] = typer.Option([], "--slurm", help="submitit parameter KEY=VALUE, e.g. "
                                         "slurm_partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)."),
         threads: str = typer.Option("auto", help="CPU threads for scoring, or auto ($PF_THREADS, else "
@@ -48,9 +47,7 @@ def register(app: typer.Typer) -> None:
         2: a usage error, nothing done.
         """
         from pythia_forensics.cli.common import check_output_dir, console, parse_batch_size
-        from pythia_forensics.sweep.replay import replay
-
-        from pythia_forensics.sweep.replay import parse_params
+        from pythia_forensics.sweep.replay import parse_params, replay
 
         batch = parse_batch_size(batch_size)
         check_output_dir(results, "--results")

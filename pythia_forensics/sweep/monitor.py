@@ -267,7 +267,7 @@ class Monitor:
                  tokens_per_step: int | None = None) -> None:
         from pythia_forensics.analysis import dynamics
         from pythia_forensics.scoring import score as scoring
-        from pythia_forensics.sweep.replay import _load_probe_sets
+        from pythia_forensics.sweep.plan import load_probe_sets
 
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise MonitorError(f"every must be a positive number of steps, got {every!r}")
@@ -286,7 +286,7 @@ class Monitor:
         self.tokenizer = tokenizer
         self.config = config if isinstance(config, dynamics.AnalysisConfig) else dynamics.load_config(config)
         self.options = scoring.ScoreOptions(batch_size=batch_size, bos=bos, vocab_rows=vocab_rows)
-        self.probe_sets = _load_probe_sets(probes)
+        self.probe_sets = load_probe_sets(probes)
         self.on_alert = on_alert
         self.tokens_per_step = tokens_per_step
         self.alerts: list[Alert] = []
@@ -338,7 +338,7 @@ class Monitor:
 
     def observe(self, batch: Any, *, tokenizer: Any = None) -> None:
         """Count one training batch's support events into the current window (no-op without
-        support rules). `step(batch=)` calls it; a Trainer user can call it from a collator.
+        support rules). `step(batch=)` calls it; under a Trainer, `MonitorCallback.collator` does.
 
         Args:
             batch: input ids, rows x tokens (torch tensor or array); 1-D is one row.
@@ -423,6 +423,7 @@ class Monitor:
         import torch
 
         from pythia_forensics.scoring import score as scoring
+        from pythia_forensics.scoring.plan import uses_tree
 
         modes = {m: m.training for m in model.modules()}
         cpu_rng = torch.random.get_rng_state()
@@ -433,7 +434,7 @@ class Monitor:
             frames = []
             with torch.no_grad():
                 for ps in self.probe_sets:
-                    key = (ps.name, id(tok), scoring._tree_ok(model))
+                    key = (ps.name, id(tok), uses_tree(model))
                     if key not in self._prepared:
                         self._prepared[key] = scoring.prepare(model, ps, tokenizer=tok, bos=self.options.bos)
                     frames.append(scoring.score(model, ps, tokenizer=tok, revision=f"{STEP_DIR_PREFIX}{step}",
@@ -448,7 +449,8 @@ class Monitor:
 
     def _check(self, model: Any, step: int, tokenizer: Any) -> dict[str, float]:
         from pythia_forensics.analysis import dynamics
-        from pythia_forensics.sweep.replay import _code_version, _provenance
+        from pythia_forensics.sweep.plan import code_version
+        from pythia_forensics.sweep.run import provenance
         from pythia_forensics.sweep.store import WorkKey
 
         model = getattr(model, "module", model)       # DDP / DataParallel
@@ -470,8 +472,8 @@ class Monitor:
             if self.store is not None:
                 key = WorkKey(model=self.run, revision=revision, content_key=fingerprint, probeset=ps.name,
                               probeset_sha256=ps.sha256, dtype=frame.attrs["dtype"], bos=self.options.bos,
-                              vocab_rows=self.options.vocab_rows, code_version=_code_version())
-                self.store.write(key, frame, provenance=_provenance(record, frame))
+                              vocab_rows=self.options.vocab_rows, code_version=code_version())
+                self.store.write(key, frame, provenance=provenance(record, frame))
         if self.store is not None and not self._models_written:
             self._write_models(model)
         new = dynamics.step_table(pd.concat(self._items[-len(frames):], ignore_index=True), config=self.config)

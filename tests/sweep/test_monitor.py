@@ -218,6 +218,15 @@ def _reduced_corpus(tmp_path):
     return cfg, tok, out
 
 
+def _assert_windows_equal_truth(got: pd.DataFrame, truth: pd.DataFrame) -> None:
+    """Every ground-truth window has the monitor's window with the same counts (and some events)."""
+    merged = truth.merge(got, on=["rule", "window_start_step", "window_end_step"], suffixes=("_truth", ""))
+    assert len(merged) == len(truth) > 0
+    np.testing.assert_array_equal(merged["rule_wins"], merged["rule_wins_truth"])
+    np.testing.assert_array_equal(merged["prior_wins"], merged["prior_wins_truth"])
+    assert merged["rule_wins"].sum() > 0 and merged["prior_wins"].sum() > 0
+
+
 def test_support_per_window_equals_the_corpus_ground_truth(tmp_path, tiny_set):
     """Batches shown to the monitor are the mini stream, step by step; its per-window counts
     must equal the generator's own ground truth (ground_truth.csv), an independent count."""
@@ -241,12 +250,7 @@ def test_support_per_window_equals_the_corpus_ground_truth(tmp_path, tiny_set):
     monitor.close()
     got = monitor.support_frame()
     assert got[got["window_end_step"] <= cfg.train.steps]["final"].all()
-    truth = pd.read_csv(corpus / GROUND_TRUTH_FILE)
-    merged = truth.merge(got, on=["rule", "window_start_step", "window_end_step"], suffixes=("_truth", ""))
-    assert len(merged) == len(truth) > 0
-    np.testing.assert_array_equal(merged["rule_wins"], merged["rule_wins_truth"])
-    np.testing.assert_array_equal(merged["prior_wins"], merged["prior_wins_truth"])
-    assert merged["rule_wins"].sum() > 0 and merged["prior_wins"].sum() > 0
+    _assert_windows_equal_truth(got, pd.read_csv(corpus / GROUND_TRUTH_FILE))
 
 
 # --- end to end on the mini suite -----------------------------------------------------------
@@ -383,3 +387,56 @@ def test_trainer_callback_logs_metrics_through_the_trainer(tmp_path, tiny_tokeni
         assert entry["pf/tiny_pronoun/pronoun_gender/contrast_margin"] == pytest.approx(conflict["margin"].mean(), rel=1e-9)
         assert "pf/tiny_pronoun/reflexive_gender/agree_acc" in entry
     assert (tmp_path / "res" / "summary.parquet").exists()  # on_train_end closed the monitor
+
+
+@pytest.mark.slow
+def test_trainer_callback_support_windows_equal_the_corpus_ground_truth(tmp_path, tiny_set):
+    """Inside a real Trainer: the mini stream in order (an IterableDataset, so no shuffling),
+    MonitorCallback.collator queues each batch, the callback shows the monitor each step's
+    batches and closes a window every W steps. Per-window counts must equal the generator's ground truth (ground_truth.csv), an
+    independent count over the same tokens; a batch counted into the wrong window (the data
+    loader fetching ahead of the step) shows up as a mismatch."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments
+
+    from tinymodels import tiny_neox
+
+    from pythia_forensics.corpus.indexed import IndexedDataset
+    from pythia_forensics.experiments.mini.corpus import EOD_ID, GROUND_TRUTH_FILE, TOKENS_FILE
+    from pythia_forensics.sweep.monitor import Monitor
+    from pythia_forensics.sweep.monitor_hf import MonitorCallback
+
+    cfg, _, corpus = _reduced_corpus(tmp_path)
+    tok = PreTrainedTokenizerFast.from_pretrained(corpus)
+    stream = np.asarray(IndexedDataset(corpus / TOKENS_FILE).tokens, dtype=np.int64)
+    T, W, B = cfg.train.tokens_per_step, cfg.corpus.window_steps, cfg.train.batch_size
+    steps = cfg.train.steps + 1  # one step past the end gives the last window its look-ahead
+    rows = stream[:steps * T].reshape(steps * B, T // B)
+
+    class Rows(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for row in rows:
+                yield {"input_ids": torch.from_numpy(row.copy())}
+
+    monitor = Monitor(tiny_set, every=W, tokenizer=tok, support="all", rows="stream", eod_id=EOD_ID,
+                      results=tmp_path / "res", run="hf-support")
+    shown = []
+
+    def collate(examples):
+        x = torch.stack([e["input_ids"] for e in examples])
+        shown.append(x.clone())
+        return {"input_ids": x, "labels": x}
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=B, max_steps=steps,
+                             logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True,
+                             disable_tqdm=True, learning_rate=1e-3, dataloader_num_workers=0)
+    callback = MonitorCallback(monitor)
+    trainer = Trainer(model=tiny_neox(len(tok), seed=2), args=args, train_dataset=Rows(),
+                      data_collator=callback.collator(collate))
+    callback.trainer = trainer
+    trainer.add_callback(callback)
+    trainer.train()
+    # the Trainer trained on exactly the stream, in order
+    np.testing.assert_array_equal(torch.cat(shown).reshape(-1).numpy()[:steps * T], stream[:steps * T])
+    got = monitor.support_frame()
+    _assert_windows_equal_truth(got, pd.read_csv(corpus / GROUND_TRUTH_FILE))

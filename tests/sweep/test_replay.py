@@ -531,8 +531,20 @@ def test_parse_size_and_params():
         with pytest.raises(DiskBudgetError, match="malformed disk budget"):
             parse_size(bad)
     assert parse_params(["slurm_partition=gpu", "gpus_per_node=1"]) == {"slurm_partition": "gpu", "gpus_per_node": 1}
-    with pytest.raises(PFError, match="KEY=VALUE"):
+    with pytest.raises(PFError, match="KEY=VALUE") as exc:
         parse_params(["oops"])
+    assert exc.value.param == "slurm" and "--" not in str(exc.value)  # the library names no flag
+
+
+@pytest.mark.parametrize("kwargs, param", [({"chunk": 0}, "chunk"), ({"executor": "cloud"}, "executor"),
+                                           ({"health": "maybe"}, "health"), ({"disk_budget": "0GB"}, "disk_budget")])
+def test_library_errors_name_the_argument_not_a_flag(kwargs, param, tmp_path):
+    from pythia_forensics.errors import PFError
+    from pythia_forensics.sweep.replay import replay
+
+    with pytest.raises(PFError) as exc:
+        replay("nowhere", "all", results=tmp_path / "r", progress=False, **kwargs)
+    assert exc.value.param == param and "--" not in str(exc.value), str(exc.value)
 
 
 # --- bad input: one line, exit status 2 -----------------------------------------------------------
@@ -540,7 +552,11 @@ def test_parse_size_and_params():
     (["pythia-160mm"], "unknown model 'pythia-160mm'"),
     (["{suite}/mini-a", "--steps", "1:x"], "error: --steps: mini-a ({suite}/mini-a): malformed step selection '1:x'"),
     (["{suite}/mini-a", "--steps", "3"], "error: --steps: mini-a ({suite}/mini-a): step selection '3': not on the checkpoint grid"),
-    (["{suite}/mini-a", "--disk-budget", "lots"], "malformed disk budget"),
+    (["{suite}/mini-a", "--disk-budget", "lots"], "error: --disk-budget: malformed disk budget 'lots'"),
+    (["{suite}/mini-a", "--chunk", "0"], "error: --chunk: chunk size must be at least 1"),
+    (["{suite}/mini-a", "--slurm", "oops"], "error: --slurm: malformed executor parameter 'oops'"),
+    (["{suite}/mini-a", "--executor", "cloud"], "error: --executor: unknown executor 'cloud'"),
+    (["{suite}/mini-a", "--health", "maybe"], "error: --health: unknown health mode 'maybe'"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(extra, expect, suite, probe_files, tmp_path, capsys):
     from pythia_forensics.cli import main

@@ -162,8 +162,19 @@ def test_killed_writer_leaves_no_partial_file(tmp_path):
 
 # --- a store that checks itself -------------------------------------------------------------
 def _filled(tmp_path, n_rev: int = 3) -> tuple[ResultsStore, list[WorkKey]]:
-    """Two models x n_rev revisions x two probe sets, with a models table."""
-    store = ResultsStore(tmp_path)
+    """Two models x n_rev revisions x two probe sets, with a models table: written once per
+    session and size into a pristine folder, copied into `tmp_path` (files, metadata, mtimes)."""
+    pristine = tmp_path.parent / f"_filled_store_{n_rev}"
+    if not (pristine / "summary.parquet").exists():
+        _fill(pristine.with_name(pristine.name + ".tmp"), n_rev)
+        os.replace(pristine.with_name(pristine.name + ".tmp"), pristine)
+    shutil.copytree(pristine, tmp_path, dirs_exist_ok=True)
+    return ResultsStore(tmp_path), [_key(model=m, revision=f"step{r}", probeset=p)
+                                    for m in ("m", "EleutherAI/x") for r in range(n_rev) for p in ("p", "q")]
+
+
+def _fill(root, n_rev: int) -> None:
+    store = ResultsStore(root)
     store.write_models(pd.DataFrame({"model": ["m", "EleutherAI/x"], "params_total": pd.array([10, 20], dtype="Int64"),
                                      "source": ["local", "hub"]}))
     keys = []
@@ -176,7 +187,6 @@ def _filled(tmp_path, n_rev: int = 3) -> tuple[ResultsStore, list[WorkKey]]:
                     "commit": None if model == "m" else "ab" * 20})
                 keys.append(key)
     store.refresh_summary()
-    return store, keys
 
 
 def _truncate(p):
