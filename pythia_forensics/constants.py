@@ -219,18 +219,3 @@ BENCH_GPU_CHECKPOINT_SHAPE = "pythia-1.4b"
 BENCH_GPU_CHECKPOINT_DTYPES = ("float32", "bfloat16")
 BENCH_GPU_SHAPES = ("pythia-12b", "pythia-6.9b", "pythia-2.8b", "pythia-1.4b", "pythia-410m", "pythia-160m", "pythia-70m")
 BENCH_FILES = ("bench.md", "bench.csv")
-
-# --- bounded input parsing, checkpoint validation, shutdown (issue #14) ----------------------
-# A probe file is data a person wrote or a tool generated; these bounds are far above any real
-# battery (the shipped ones: < 1 MiB, depth 3, no aliases) and far below what exhausts memory.
-PROBE_MAX_BYTES = 64 * 2**20        # file size
-PROBE_MAX_DEPTH = 32                # nesting of lists/mappings inside one file
-PROBE_MAX_INT_DIGITS = 64           # an integer literal longer than this is refused, not parsed
-PROBE_MAX_YAML_ALIASES = 1000       # alias uses per YAML file
-PROBE_MAX_YAML_NODES = 2_000_000    # nodes after alias expansion (an alias bomb exceeds it fast)
-# Worker processes (mini train) poll their parent this often and exit when it is gone.
-WORKER_WATCHDOG_S = 0.5
-
-# In-frame support is "below/above parity" only when the Clopper-Pearson interval of the rule's
-# share of in-frame events excludes 1/2 at this confidence (else: indistinguishable from parity)
-SUPPORT_PARITY_CONFIDENCE = 0.99

@@ -20,8 +20,11 @@ import numpy as np
 import pandas as pd
 
 from pythia_forensics.atomic import atomic_write
-from pythia_forensics.constants import SUPPORT_PARITY_CONFIDENCE
 from pythia_forensics.checkpoints.manifest import Manifest, has_manifest, read_manifest
+
+# In-frame support is "below/above parity" only when the Clopper-Pearson interval of the rule's
+# share of in-frame events excludes 1/2 at this confidence (else: indistinguishable from parity)
+SUPPORT_PARITY_CONFIDENCE = 0.99
 
 # What the printed demo table calls a collapse and a held control (issue #3, "what the demo must
 # show"). Emergence and survival use the registered thresholds in analysis.yaml; these are the

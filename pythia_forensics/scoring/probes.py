@@ -27,11 +27,6 @@ import yaml
 
 from pythia_forensics.constants import (
     CONDITIONS,
-    PROBE_MAX_BYTES,
-    PROBE_MAX_DEPTH,
-    PROBE_MAX_INT_DIGITS,
-    PROBE_MAX_YAML_ALIASES,
-    PROBE_MAX_YAML_NODES,
     PROBE_NON_BATTERY_FILES,
     PROBE_SET_ALL,
     PROBE_SUFFIXES,
@@ -40,6 +35,14 @@ from pythia_forensics.constants import (
     probes_dir,
 )
 from pythia_forensics.errors import ProbeFormatError, UnknownProbeSetError
+
+# A probe file is data a person wrote or a tool generated; these bounds are far above any real
+# battery (the shipped ones: < 1 MiB, depth 3, no aliases) and far below what exhausts memory.
+PROBE_MAX_BYTES = 64 * 2**20        # file size
+PROBE_MAX_DEPTH = 32                # nesting of lists/mappings inside one file
+PROBE_MAX_INT_DIGITS = 64           # an integer literal longer than this is refused, not parsed
+PROBE_MAX_YAML_ALIASES = 1000       # alias uses per YAML file
+PROBE_MAX_YAML_NODES = 2_000_000    # nodes after alias expansion (an alias bomb exceeds it fast)
 
 __all__ = ["ProbeItem", "ProbeSet", "load_probes", "parse_probes", "probe_set_sha256", "shipped_probe_sets"]
 

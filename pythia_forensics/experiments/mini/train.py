@@ -20,10 +20,13 @@ import time
 from pathlib import Path
 
 from pythia_forensics.atomic import TMP_PREFIX, atomic_path
-from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX, WORKER_WATCHDOG_S
+from pythia_forensics.constants import MANIFEST_FILE, STEP_DIR_PREFIX
 from pythia_forensics.checkpoints.manifest import Manifest, remove_manifest, write_manifest
 from pythia_forensics.experiments.mini.config import CorpusConfig, ModelConfig, TrainConfig
 from pythia_forensics.experiments.mini.corpus import CORPUS_META_FILE, TOKENS_FILE
+
+# Worker processes (mini train) poll their parent this often and exit when it is gone.
+WORKER_WATCHDOG_S = 0.5
 
 TRAIN_LOG_FILE = "train_log.csv"
 
