@@ -40,7 +40,7 @@ experiments: setup
 # unless PF_NEOX_TOKENIZER names another copy. ~15 minutes on 2 cores (benchmarks/settings.py).
 bench: setup
 	PF_NEOX_TOKENIZER="$${PF_NEOX_TOKENIZER:-$(abspath ../shared/tokenizers/gpt-neox-20b.json)}" \
-	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PY) -m benchmarks --out results/bench
+	$(PY) -m benchmarks --out results/bench
 
 clean:
 	rm -rf results/demo results/bench results/sweep results/experiments

@@ -149,7 +149,8 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"scorer {p['slow_revisions']} per round (the next ones each round), so every ratio is per revision. "
         f"Competitors use batch size {p['batch_size']}; ours `auto`. Ours runs the replay engine end to end "
         "(plan, content keys, load, score, atomic Parquet writes) with `vocab_rows=\"all\"`, the normalisation "
-        "the others use. max |delta logp| compares every item's target and foil log-prob with ours on the same "
+        "the others use; its score s/rev is the replay's own (loading included), its load s/rev the profiled "
+        "sweep's (below). max |delta logp| compares every item's target and foil log-prob with ours on the same "
         "revisions in the same round (max over rounds).", "",
     ]
 
