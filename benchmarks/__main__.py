@@ -19,7 +19,7 @@ def bench(
     gpu: bool = typer.Option(True, help="Run the GPU section when CUDA is present."),
 ) -> None:
     """Benchmark our replay against minicons, lm-eval and a full-logits scorer, side by side."""
-    from benchmarks.bench import run_bench
+    from benchmarks.run import run_bench
     from pythia_forensics.cli.common import console
 
     report = run_bench(out, quick=quick, suite_dir=suite_dir, gpu=gpu)

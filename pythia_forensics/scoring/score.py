@@ -518,11 +518,3 @@ def prepare(model: Any, probes: Any, *, tokenizer: Any, bos: bool = False) -> Pr
     probe_set = probes if isinstance(probes, ProbeSet) else load_probes(probes)
     encoded = tuple(encode_items(probe_set.items, tokenizer, bos=bos))
     return Prepared(probe_set, id(tokenizer), bool(bos), uses_tree(model), encoded, plan_for(model, encoded))
-
-
-# Old names still read from outside this folder, until their owners move to the public ones:
-# sweep/monitor.py's cache key (-> `uses_tree`) and benchmarks/bench.py's stage timer and plan
-# table (-> frame.attrs["timings"], `plan.make_plan`, `plan.make_tree_plan`). Remove with them.
-_tree_ok = uses_tree
-_make_plan = make_plan
-_make_tree_plan = make_tree_plan

@@ -16,17 +16,17 @@ import pytest
 
 from tinymodels import neox_tokenizer
 
-from benchmarks import bench
-from pythia_forensics.constants import BENCH_COMPETITORS, BENCH_MAX_ABS_DELTA, BENCH_MIN_ITEMS
+from benchmarks import battery, competitors, floor, gpu, report, run, suite
+from benchmarks.settings import BENCH_COMPETITORS, BENCH_MAX_ABS_DELTA, BENCH_MIN_ITEMS
 
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     neox_tokenizer()  # skip cleanly without the real tokenizer
     out = tmp_path_factory.mktemp("bench")
-    plan = replace(bench.default_plan(quick=True), items=48, support_tokens=200_000)
+    plan = replace(run.default_plan(quick=True), items=48, support_tokens=200_000)
     # in-process: one import of torch/lm-eval instead of four fresh interpreters (RSS not measured)
-    return out, bench.run_bench(out, plan=plan, isolate=False, gpu=False, progress=False)
+    return out, run.run_bench(out, plan=plan, isolate=False, gpu=False, progress=False)
 
 
 @pytest.mark.slow  # the quick benchmark end to end: every competitor, several rounds
@@ -63,22 +63,21 @@ def test_quick_plans_breakdown_and_floor_recomputed_from_the_checkpoint(quick_re
     out, report = quick_report
     plans = report["plans"]
     # the scorer offers both plans on GPT-NeoX: a missing tree plan is a failure, never a skip
-    assert {"causal_rows", "causal_tokens", "causal_padded", "tree_rows", "tree_tokens", "tree_padded"} <= set(plans)
-    battery = report["battery"]
-    assert battery["distinct_tokens"] <= plans["tree_tokens"] < plans["causal_tokens"] <= plans["causal_padded"]
-    assert plans["tree_tokens"] <= plans["tree_padded"]
+    assert {"causal_rows", "causal_tokens", "tree_rows", "tree_tokens"} <= set(plans)
+    counted = report["battery"]
+    # the hand-free trie count (battery_stats) bounds what any plan must run
+    assert counted["distinct_tokens"] <= plans["tree_tokens"] < plans["causal_tokens"] < counted["naive_tokens"]
 
-    # stage timers never count more than the run's wall time, and the total is ours' table time
+    # ours' stages come from a profiled sweep of public calls: each stage was measured (NaN
+    # only where score() does not record forward / head times), and their sum is the total
     stages = report["breakdown"]["tiny"]
-    assert stages["forward"] > 0 and stages["load"] > 0 and min(stages.values()) >= 0
-    measured = sum(v for k, v in stages.items() if k not in ("total", "other"))
-    assert measured <= stages["total"] * (1 + 1e-9)
-    ours = next(r for r in report["table"] if r["shape"] == "tiny" and r["competitor"] == "ours")
-    assert stages["total"] == pytest.approx(ours["wall_per_revision_s"], rel=1e-9)
+    assert stages["load"] > 0 and stages["prepare"] > 0 and stages["store"] > 0 and stages["score_other"] > 0
+    measured = [v for k, v in stages.items() if k != "total" and not math.isnan(v)]
+    assert min(measured) >= 0 and stages["total"] == pytest.approx(sum(measured), rel=1e-9)
 
     # the floor, recomputed from the checkpoint the benchmark scored: parameters counted from
     # its tensors (not from the shape's formula), layers and width from its config
-    rev = bench.revision_dirs(out / "suite" / "tiny")[: report["plan"]["revisions"]][-1]
+    rev = suite.revision_dirs(out / "suite" / "tiny")[: report["plan"]["revisions"]][-1]
     weights = rev / "model.safetensors"
     config = json.loads((rev / "config.json").read_text())
     nonemb = vocab = 0
@@ -92,8 +91,8 @@ def test_quick_plans_breakdown_and_floor_recomputed_from_the_checkpoint(quick_re
                 continue  # buffers, not parameters
             nonemb += math.prod(shape)
     d, layers = config["hidden_size"], config["num_hidden_layers"]
-    flops = (2 * nonemb * battery["distinct_tokens"] + 4 * layers * d * battery["attention_positions"]
-             + 2 * d * vocab * battery["distinct_contexts"])
+    flops = (2 * nonemb * counted["distinct_tokens"] + 4 * layers * d * counted["attention_positions"]
+             + 2 * d * vocab * counted["distinct_contexts"])
     floor = report["floor"]["tiny"]
     assert floor["flops"] == pytest.approx(flops, rel=1e-12)
     assert floor["compute_s"] == pytest.approx(flops / floor["flops_per_s"], rel=1e-12)
@@ -103,10 +102,10 @@ def test_quick_plans_breakdown_and_floor_recomputed_from_the_checkpoint(quick_re
 
 def test_battery_mixes_lengths_candidates_and_shared_prefixes():
     tok = neox_tokenizer()
-    probes = bench.build_battery()
+    probes = battery.build_battery()
     assert len(probes.items) >= BENCH_MIN_ITEMS
     assert len({i.item_id for i in probes.items}) == len(probes.items)
-    stats = bench.battery_stats(probes, tok)
+    stats = battery.battery_stats(probes, tok)
     assert stats.single_token_items > 200 and stats.multi_token_items > 200
     assert stats.distinct_prefixes < 0.7 * stats.items  # many items share a prefix
     assert stats.prefix_tokens_min <= 4 and stats.prefix_tokens_max >= 30
@@ -122,7 +121,7 @@ def test_battery_stats_count_a_hand_made_trie():
         ProbeItem("a", "pronoun_gender", "conflict", "train", "Sue cried because", " she", " he"),
         ProbeItem("b", "pronoun_gender", "conflict", "train", "Sue cried because", " she was", " he was"),
     )
-    stats = bench.battery_stats(ProbeSet("t", items, "x", "test"), tok)
+    stats = battery.battery_stats(ProbeSet("t", items, "x", "test"), tok)
     prefix = tok("Sue cried because", add_special_tokens=False)["input_ids"]
     n = len(prefix)
     assert stats.distinct_prefixes == 1
@@ -139,18 +138,18 @@ def test_lower_bound_from_a_real_model_and_a_hand_counted_trie():
 
     from pythia_forensics.scoring.probes import ProbeItem, ProbeSet
 
-    shape = bench.BenchShape("s", layers=2, d_model=8, heads=2, vocab_size=100)
-    nonemb, total = _nonembedding_params(GPTNeoXForCausalLM(bench._neox_config(shape)))
+    shape = suite.BenchShape("s", layers=2, d_model=8, heads=2, vocab_size=100)
+    nonemb, total = _nonembedding_params(GPTNeoXForCausalLM(suite.neox_config(shape)))
     assert shape.params_nonembedding == nonemb and shape.params_total == total
     tok = neox_tokenizer()
     items = (ProbeItem("a", "r", "conflict", "train", "Sue cried because", " she", " he"),
              ProbeItem("b", "r", "conflict", "train", "Sue cried because", " she was", " he was"))
-    stats = bench.battery_stats(ProbeSet("t", items, "x", "test"), tok)
+    stats = battery.battery_stats(ProbeSet("t", items, "x", "test"), tok)
     n = len(tok("Sue cried because", add_special_tokens=False)["input_ids"])
     # trie: the prefix's n tokens (depths 1..n), then " she" and " he" (depth n+1 each);
     # logits read after the prefix, after " she" and after " he"
     tokens, positions, contexts = n + 2, n * (n + 1) // 2 + 2 * (n + 1), 3
-    f = bench.lower_bound(shape, stats, flops_per_s=1e6, read_bytes_per_s=1e3, weight_bytes=4 * total)
+    f = floor.lower_bound(shape, stats, flops_per_s=1e6, read_bytes_per_s=1e3, weight_bytes=4 * total)
     want = 2 * nonemb * tokens + 4 * 2 * 8 * positions + 2 * 8 * 100 * contexts
     assert f["flops"] == want and f["body_flops"] + f["head_flops"] == want
     assert f["compute_s"] == pytest.approx(want / 1e6)
@@ -165,25 +164,23 @@ def test_missing_numbers_count_as_mismatch(tmp_path):
     np.save(a, np.zeros((2, 3, 2)))
     np.save(b, np.full((1, 3, 2), np.nan))
     revs = [tmp_path / "step1", tmp_path / "step2"]
-    ours = bench.RunResult("ours", "s", 0, 2, 3, 1.0, 0.0, 1.0, None, logp_file=str(a))
-    other = bench.RunResult("x", "s", 0, 1, 3, 1.0, 0.0, 1.0, None, logp_file=str(b))
-    assert bench._max_abs_delta(ours, other, revs, revs[1:]) == math.inf
+    ours = competitors.RunResult("ours", "s", 0, 2, 3, 1.0, 0.0, 1.0, None, logp_file=str(a))
+    other = competitors.RunResult("x", "s", 0, 1, 3, 1.0, 0.0, 1.0, None, logp_file=str(b))
+    assert run.max_abs_delta(ours, other, revs, revs[1:]) == math.inf
     np.save(b, np.full((1, 3, 2), 0.25))
-    assert bench._max_abs_delta(ours, other, revs, revs[1:]) == 0.25
+    assert run.max_abs_delta(ours, other, revs, revs[1:]) == 0.25
 
 
 @pytest.mark.slow
-def test_full_logits_baseline_matches_a_plain_loop(tmp_path):
+def test_full_logits_baseline_matches_a_plain_loop(tiny_suite):
     """The baseline the table compares against is itself right: one item at a time, fp32."""
     import numpy as np
     import torch
 
     tok = neox_tokenizer()
-    shape = bench.bench_shapes(quick=True)[0]
-    model_dir = bench.build_suite(tmp_path / "suite", shape, revisions=1, progress=False)
-    rev = bench.revision_dirs(model_dir)[0]
-    probes = bench.build_battery(min_items=12)
-    logp, _, _, _ = bench._sweep_full_logits([rev], probes, batch_size=5)
+    revs, probes = tiny_suite
+    rev = revs[0]
+    logp, _, _ = competitors.SWEEPS["full-logits"]([rev], probes, batch_size=5)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(rev), dtype=torch.float32).eval()
@@ -216,24 +213,24 @@ def test_device_section_picks_the_largest_shape_that_fits():
 
     neox_tokenizer()  # the battery is tokenized with Pythia's tokenizer: skip cleanly without it
 
-    tiny = bench.bench_shapes(quick=True)[0]
+    tiny = suite.bench_shapes(quick=True)[0]
     big = replace(tiny, name="big", d_model=4096, layers=64)
     small = replace(tiny, name="small", layers=1)
-    probes = bench.build_battery(min_items=8)
-    out = bench._gpu_section(probes, device="cpu", shapes=[big, tiny, small], memory_bytes=2**30)
+    probes = battery.build_battery(min_items=8)
+    out = gpu.gpu_section(probes, device="cpu", shapes=[big, tiny, small], memory_bytes=2**30)
     rows = {r["shape"]: r for r in out["rows"]}
     assert rows["big"]["status"].startswith("skipped: needs")
     assert rows["tiny"]["status"] == "ok" and rows["tiny"]["dtype"] == "float32" and rows["tiny"]["items_per_s"] > 0
     assert rows["small"]["status"] == "ok"
     if not torch.cuda.is_available():
-        assert bench._gpu_section(probes)["status"].startswith("skipped: no CUDA")
+        assert gpu.gpu_section(probes)["status"].startswith("skipped: no CUDA")
 
 
 def test_shapes_cover_the_mini_suite_body_and_pythia_14m():
     from pythia_forensics.experiments.mini.config import demo_config
     from pythia_forensics.checkpoints.registry import get_suite
 
-    shapes = {s.name: s for s in bench.bench_shapes()}
+    shapes = {s.name: s for s in suite.bench_shapes()}
     assert list(shapes) == ["mini-s", "pythia-14m", "pythia-31m", "pythia-70m"]
     mini = next(m for m in demo_config().models if m.name == "mini-s")
     assert (shapes["mini-s"].layers, shapes["mini-s"].d_model, shapes["mini-s"].heads) == \
@@ -248,7 +245,7 @@ def test_competing_job_burns_cpu_while_held_and_is_gone_after():
     import time
     from pathlib import Path
 
-    with bench.CompetingJob(threads=2, size=128) as job:
+    with run.CompetingJob(threads=2, size=128) as job:
         pid = job.proc.pid
         stat = Path(f"/proc/{pid}/stat")
 
@@ -280,19 +277,89 @@ def test_quick_contention_and_floor_columns(quick_report):
     assert "beside one other torch job" in (out / "bench.md").read_text()
 
 
+@pytest.mark.slow  # writes a checkpoint and loads it twice; gpu_section's test covers the scoring path fast
 def test_checkpoint_section_loads_and_scores_each_dtype(tmp_path):
     """The GPU checkpoint section's code, on CPU with the tiny shape: both dtypes load from the
     saved folder and score, each row says what it measured, the folder is cleaned up."""
     import torch
 
     neox_tokenizer()
-    tiny = bench.bench_shapes(quick=True)[0]
-    probes = bench.build_battery(min_items=8)
-    out = bench._checkpoint_section(probes, tmp_path / "ck", device="cpu", shape=tiny)
+    tiny = suite.bench_shapes(quick=True)[0]
+    probes = battery.build_battery(min_items=8)
+    out = gpu.checkpoint_section(probes, tmp_path / "ck", device="cpu", shape=tiny)
     rows = {r["dtype"]: r for r in out["rows"]}
     assert set(rows) == {"float32", "bfloat16"}
     for r in rows.values():
         assert r["status"] == "ok" and r["load_s"] > 0 and r["score_s"] > 0 and r["weight_mb"] > 0
     assert not (tmp_path / "ck").exists()  # the checkpoint is removed afterwards
     if not torch.cuda.is_available():
-        assert bench._checkpoint_section(probes, tmp_path / "x")["status"].startswith("skipped: no CUDA")
+        assert gpu.checkpoint_section(probes, tmp_path / "x")["status"].startswith("skipped: no CUDA")
+
+
+@pytest.fixture(scope="module")
+def tiny_suite(tmp_path_factory):
+    """Two random revisions of the tiny shape (real NeoX tokenizer) and a 12-item battery."""
+    neox_tokenizer()
+    shape = suite.bench_shapes(quick=True)[0]
+    model_dir = suite.build_suite(tmp_path_factory.mktemp("suite"), shape, revisions=2, progress=False)
+    return suite.revision_dirs(model_dir), battery.build_battery(min_items=12)
+
+
+def test_profile_ours_scores_and_stores_what_a_fresh_load_scores(tiny_suite, tmp_path):
+    """The profiled sweep loads the second revision into the first one's skeleton; what it
+    stores must equal scoring each revision loaded on its own, and every stage is timed."""
+    import numpy as np
+
+    from pythia_forensics.scoring import score as scoring
+    from pythia_forensics.sweep.store import ResultsStore
+
+    revs, probes = tiny_suite
+    stages = competitors.profile_ours(revs, probes, tmp_path)
+    assert set(stages) == {*competitors.STAGES, "total"}
+    assert stages["load"] > 0 and stages["prepare"] > 0 and stages["store"] > 0
+    stored = ResultsStore(tmp_path / "profile-results").items()
+    assert sorted(set(stored["revision"])) == [r.name for r in revs]
+    for rev in revs:
+        want = scoring.score(str(rev), probes, dtype="float32", device="cpu", vocab_rows="all")
+        got = stored[stored["revision"] == rev.name].set_index("item_id").loc[want["item_id"]]
+        np.testing.assert_array_equal(got["logp_target"].to_numpy(), want["logp_target"].to_numpy())
+        np.testing.assert_array_equal(got["logp_foil"].to_numpy(), want["logp_foil"].to_numpy())
+
+
+def test_score_split_uses_what_score_recorded_and_refuses_to_guess():
+    stages: dict[str, float] = {}
+    timings = {"tokenize_s": 0.0, "plan_s": 0.0, "forward_s": 0.5, "head_s": 0.25, "total_s": 0.9}
+    competitors._split_score(stages, 1.0, timings)
+    competitors._split_score(stages, 2.0, timings)
+    assert stages == {"forward": 1.0, "lm_head": 0.5, "score_other": 1.5}  # (1 - .75) + (2 - .75)
+    with pytest.raises(KeyError):  # a scorer that records no head time: no made-up split
+        competitors._split_score({}, 1.0, {"forward_s": 0.5})
+
+
+def test_summary_rows_against_hand_arithmetic():
+    """Two rounds of ours (4 revisions) and lm-eval (1 revision), ours once beside a torch job."""
+    def res(comp, r, revs, wall, cpu, status="ok"):
+        return competitors.RunResult(comp, "s", r, revs, 10, wall, 0.1 * wall, 0.9 * wall, 2**20,
+                                     status=status, extra={"cpu_s": cpu})
+
+    runs = [res("ours", 0, 4, 2.0, 4.0), res("ours", 1, 4, 4.0, 4.0),
+            res("lm-eval", 0, 1, 3.0, 6.0), res("lm-eval", 1, 1, 5.0, 6.0)]
+    contended = [res("ours", 0, 4, 6.0, 4.0)]
+    floors = {"s": {"floor_s": 0.25, "compute_s": 0.25, "load_s": 0.125}}
+    rows = {r["competitor"]: r for r in report.summary_rows(
+        runs, contended, {("s", "lm-eval"): [1e-6, 3e-5]}, floors, shapes=["s"],
+        competitors=["ours", "lm-eval"], items=10)}
+    ours, peer = rows["ours"], rows["lm-eval"]
+    assert ours["wall_per_revision_s"] == 0.75          # median of 0.5 and 1.0
+    assert peer["wall_per_revision_s"] == 4.0           # median of 3 and 5
+    assert peer["ratio_vs_ours"] == pytest.approx(4.0 / 0.75)
+    assert peer["cpu_ratio_vs_ours"] == pytest.approx(6.0 / 1.0)
+    assert peer["max_abs_delta_logp"] == 3e-5 and peer["target_met"] is True
+    assert ours["ratio_to_floor"] == pytest.approx(3.0) and ours["ratio_to_floor_plus_load"] == pytest.approx(2.0)
+    assert ours["slowdown_contended"] == pytest.approx(1.5 / 0.75)
+    assert math.isnan(peer["slowdown_contended"]) and ours["items_per_s"] == pytest.approx(10 / 0.75)
+    runs[3] = res("lm-eval", 1, 1, math.nan, math.nan, status="failed: boom")
+    rows = {r["competitor"]: r for r in report.summary_rows(
+        runs, [], {}, floors, shapes=["s"], competitors=["ours", "lm-eval"], items=10)}
+    assert rows["lm-eval"]["status"] == "failed: boom" and rows["lm-eval"]["rounds"] == 1
+    assert math.isnan(rows["lm-eval"]["max_abs_delta_logp"]) and rows["lm-eval"]["target_met"] is False
