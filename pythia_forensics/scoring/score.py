@@ -61,8 +61,6 @@ from pythia_forensics.scoring.plan import (
     auto_batch_size,
     batch_inputs,
     batches,
-    make_plan,
-    make_tree_plan,
     plan_for,
     plan_reason,
     uses_tree,

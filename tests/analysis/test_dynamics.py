@@ -13,7 +13,7 @@ from scipy import stats
 
 import pythia_forensics.analysis.dynamics as dyn
 from pythia_forensics.errors import ConfigError, StoreError
-from synthetic_results import SUITE_FINALS, SUITE_PARAMS, items_for, suite_items, suite_models, write_store
+from synthetic_results import SUITE_FINALS, SUITE_PARAMS, items_for, suite_items, suite_models
 
 CFG = dyn.load_config()
 STEPS = np.arange(100, 1001, 100)  # ten checkpoints; final window = max(3, ceil(0.1 * 10)) = 3

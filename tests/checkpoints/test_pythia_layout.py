@@ -24,7 +24,7 @@ import pytest
 
 from hubserver import HubServer
 from tinymodels import neox_tokenizer, tiny_neox
-from paths import DATA, REPO
+from paths import DATA, REPO as CHECKOUT
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def pythia_hub(tmp_path_factory):
 
 def _cli(hub, tmp_path, *args):
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(CHECKOUT)}
     return subprocess.run([sys.executable, "-m", "pythia_forensics", *args], capture_output=True, text=True,
                           env=env, timeout=600, cwd=tmp_path)
 

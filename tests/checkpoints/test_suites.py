@@ -9,7 +9,6 @@ branch names the test wrote.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pythia_forensics.errors import ModelLoadError, ScoringError, TokenizationError
-from pythia_forensics.scoring.probes import ProbeItem, ProbeSet, probe_set_sha256
+from pythia_forensics.scoring.probes import ProbeItem
 from pythia_forensics.scoring.score import (
     FRAME_COLUMNS,
     ScoreOptions,
