@@ -161,7 +161,15 @@ def check_finite(model: Any, where: str) -> None:
     bad = []
     with torch.no_grad():
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            # a finite sum proves every value finite (NaN and inf propagate) in one read, ~20x
+            # faster than `isfinite(t).all()`, which writes a bool per value; only a sum that
+            # overflowed or a real NaN/inf takes the exact per-value test
+            if not tensor.is_floating_point():
+                continue
+            wide = tensor.dtype in (torch.float32, torch.float64)
+            if bool(torch.isfinite(tensor.sum() if wide else tensor.sum(dtype=torch.float32))):
+                continue
+            if not bool(torch.isfinite(tensor).all()):
                 bad.append(f"{name} ({int((~torch.isfinite(tensor)).sum())} of {tensor.numel()} values)")
     if bad:
         raise CheckpointError(f"{where}: non-finite weights (NaN or inf) in {len(bad)} tensor(s): {_names(bad)}; "

@@ -24,6 +24,7 @@ always runs the same batches (README "Numerical contract").
 """
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,6 +244,27 @@ class _Trie:
         return packed
 
 
+def _fill_rows(pieces: list[list[int]], cap: int) -> list[list[list[int]]]:
+    """Best-fit decreasing: put the pieces (longest first) into rows of at most ``cap`` tokens,
+    each into the fullest row it still fits, so rows come out nearly full and a batch of them
+    pads little. Deterministic (ties go to the row opened first)."""
+    rows: list[list[list[int]]] = []
+    free: list[tuple[int, int]] = []  # (tokens still free, row index), sorted
+    for piece in pieces:
+        k = bisect.bisect_left(free, (len(piece), -1))
+        if k == len(free):
+            rows.append([piece])
+            left, r = cap - len(piece), len(rows) - 1
+        else:
+            left, r = free.pop(k)
+            rows[r].append(piece)
+            left -= len(piece)
+        if left > 0:
+            bisect.insort(free, (left, r))
+    rows.sort(key=lambda row: -sum(map(len, row)))  # longest first (stable), as `batches` expects
+    return rows
+
+
 def make_tree_plan(encoded: Sequence[EncodedItem], *, row_tokens: int = SCORING_TREE_ROW_TOKENS) -> Plan:
     """Pack the token trie of every ``context + candidate[:-1]`` into rows with tree attention.
 
@@ -263,15 +285,21 @@ def make_tree_plan(encoded: Sequence[EncodedItem], *, row_tokens: int = SCORING_
         A `Plan` with ``parents`` and ``positions``.
     """
     trie = _Trie(encoded)
+    cap = max(row_tokens, max(trie.depth))
     sequences, parents, positions = [], [], []
     where: dict[int, tuple[int, int]] = {}
-    for s, nodes in enumerate(trie.pack(row_tokens)):
-        local = {v: i for i, v in enumerate(nodes)}
-        sequences.append(tuple(trie.token[v] for v in nodes))
-        parents.append(np.array([local.get(trie.parent[v], -1) for v in nodes], dtype=np.int64))
-        positions.append(np.array([trie.depth[v] - 1 for v in nodes], dtype=np.int64))
-        for i, v in enumerate(nodes):
-            where.setdefault(v, (s, i))
+    for s, pieces in enumerate(_fill_rows(trie.pack(row_tokens), cap)):
+        tokens, par, pos = [], [], []
+        for nodes in pieces:  # each piece starts at the root: it never sees the pieces before it
+            local = {v: len(tokens) + i for i, v in enumerate(nodes)}
+            for v in nodes:
+                where.setdefault(v, (s, len(tokens)))
+                tokens.append(trie.token[v])
+                par.append(local.get(trie.parent[v], -1))
+                pos.append(trie.depth[v] - 1)
+        sequences.append(tuple(tokens))
+        parents.append(np.array(par, dtype=np.int64))
+        positions.append(np.array(pos, dtype=np.int64))
     row_keys = np.array([where[n] for n in trie.row_nodes], dtype=np.int64).reshape(-1, 2)
     read_keys = np.array(list(trie.reads), dtype=np.int64).reshape(-1, 2)
     return Plan(sequences, row_keys[:, 0], row_keys[:, 1], read_keys[:, 0], read_keys[:, 1],

@@ -38,8 +38,10 @@ Options used are returned in ``frame.attrs`` (see `score`).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,8 +53,9 @@ import pandas as pd
 from pythia_forensics.checkpoints import validation
 from pythia_forensics.constants import CONDITIONS, SPLITS
 from pythia_forensics.errors import ScoringError
-from pythia_forensics.scoring.cpus import pinned_kernels, resolve_threads
+from pythia_forensics.scoring.cpus import pinned_kernels, resolve_threads, split_threads
 from pythia_forensics.scoring.encode import EncodedItem, encode_items
+from pythia_forensics.scoring.head import blocks_for, log_normaliser, read_logits
 from pythia_forensics.scoring.model import load_model, load_weights_into, resolve_device, resolve_dtype
 from pythia_forensics.scoring.options import ScoreOptions
 from pythia_forensics.scoring.plan import (
@@ -75,8 +78,10 @@ __all__ = [
 
 # Bump when a change could alter any number the scorer returns (part of the results' work key).
 # 2: tree rows (numbers move by float rounding only, ~1e-6); 3: default vocab_rows "all", so
-# results stored under the old default are never reused as if scored the new way.
-SCORING_VERSION = "3"
+# results stored under the old default are never reused as if scored the new way; 4: the
+# blockwise LM head, packed tree rows and batches side by side on single-threaded kernels
+# (float rounding only, ~1e-6).
+SCORING_VERSION = "4"
 
 FRAME_COLUMNS = (
     "model", "revision", "item_id", "rule", "condition", "split", "prefix", "target", "foil",
@@ -92,14 +97,16 @@ _HEAD_MODIFIERS = ("final_logit_softcapping", "logit_scale", "output_multiplier_
 
 # --- running a plan ------------------------------------------------------------------------
 class _StageClock:
-    """Seconds spent per stage of a run. On CPU, `time.perf_counter` around each stage; on
-    CUDA, events recorded around each stage and read once at the end (one synchronize per
-    run, not one per batch, so timing does not serialise the stream)."""
+    """Seconds spent per stage of a run. On CPU, `time.perf_counter` around each stage, added
+    up over the worker threads (a lock: several workers run batches at once); on CUDA, events
+    recorded around each stage and read once at the end (one synchronize per run, not one per
+    batch, so timing does not serialise the stream)."""
 
     def __init__(self, device_type: str) -> None:
         self.cuda = device_type == "cuda"
         self.seconds = {"forward_s": 0.0, "head_s": 0.0}
         self._events: list[tuple[str, Any, Any]] = []
+        self._lock = threading.Lock()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -114,9 +121,12 @@ class _StageClock:
             return
         t0 = time.perf_counter()
         yield
-        self.seconds[name] += time.perf_counter() - t0
+        with self._lock:
+            self.seconds[name] += time.perf_counter() - t0
 
-    def read(self) -> dict[str, float]:
+    def read(self, wall_s: float, workers: int) -> dict[str, float]:
+        """Stage seconds; with several workers, the batch loop's wall time ``wall_s`` split in
+        proportion to the worker-seconds each stage took (so the stages add up to wall time)."""
         if self._events:
             import torch
 
@@ -124,7 +134,10 @@ class _StageClock:
             for name, start, end in self._events:
                 self.seconds[name] += start.elapsed_time(end) / 1000.0
             self._events.clear()
-        return dict(self.seconds)
+        spent = sum(self.seconds.values())
+        if workers == 1 or spent <= 0:
+            return dict(self.seconds)
+        return {name: wall_s * s / spent for name, s in self.seconds.items()}
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -141,13 +154,16 @@ def _head_is_plain(model: Any) -> bool:
 
 
 class _Runner:
-    """Runs one plan's batches on one model: body forward, then the head on the needed rows."""
+    """Runs one batch of a plan on one model: the body forward, then the LM head on the rows
+    the batch's reads need (`head.log_normaliser`, blocked to stay in cache). Batches write
+    disjoint entries of ``values``, so several workers may run batches at once."""
 
     def __init__(self, model: Any, plan: Plan, *, n_rows: int, pad_id: int, clock: _StageClock) -> None:
         self.model, self.plan, self.n_rows, self.pad_id, self.clock = model, plan, n_rows, pad_id, clock
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.plain = _head_is_plain(model)
+        self.blocks = blocks_for(self.device.type)
         self.weight = self.bias = None
         if self.plain:
             head = model.get_output_embeddings()
@@ -161,10 +177,10 @@ class _Runner:
         self.read_starts = np.searchsorted(plan.read_row[self.read_order], np.arange(len(plan.row_seq) + 1))
         self.values = np.empty(len(plan.read_row), dtype=np.float64)
 
-    def batch(self, ptr: int, count: int) -> None:
-        """log-prob of every read of sequences [ptr, ptr + count), into ``self.values``."""
+    def batch(self, ptr: int, count: int) -> int:
+        """log-prob of every read of sequences [ptr, ptr + count), into ``self.values``;
+        returns ``count``."""
         import torch
-        import torch.nn.functional as F
 
         plan, dev = self.plan, self.device
         rows = self.order[self.starts[ptr]:self.starts[ptr + count]]
@@ -178,21 +194,48 @@ class _Runner:
             else:
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
         with self.clock.stage("head_s"):
-            if self.plain:
-                logits = F.linear(hidden.float(), self.weight, self.bias)
-            else:
-                logits = out.logits[b_idx, p_idx].float()[:, :self.n_rows]
-            lse = torch.logsumexp(logits, dim=-1)
             # reads of these rows: local row index -> token
             local = np.empty(int(rows.max()) + 1 if len(rows) else 0, dtype=np.int64)
             local[rows] = np.arange(len(rows))
             read_ids = np.concatenate([self.read_order[self.read_starts[r]:self.read_starts[r + 1]] for r in rows])
             r_local = torch.as_tensor(local[plan.read_row[read_ids]], device=dev)
             r_tok = torch.as_tensor(plan.read_tok[read_ids], device=dev)
-            self.values[read_ids] = (logits[r_local, r_tok] - lse[r_local]).double().cpu().numpy()
+            if self.plain:
+                hidden = hidden.float()
+                lse = log_normaliser(hidden, self.weight, self.bias, blocks=self.blocks)
+                logits = read_logits(hidden, self.weight, self.bias, r_local, r_tok)
+            else:
+                full = out.logits[b_idx, p_idx].float()[:, :self.n_rows]
+                lse, logits = torch.logsumexp(full, dim=-1), full[r_local, r_tok]
+            self.values[read_ids] = (logits - lse[r_local]).double().cpu().numpy()
+        return count
 
 
-def _run_plan(runner: _Runner, *, batch_size: int, auto_batch: bool, progress: bool) -> int:
+def _run_batches(runner: _Runner, plan_batches: Sequence[tuple[int, int]], workers: int, bar: Any) -> None:
+    """Every batch, in order on one worker, or spread over `workers` threads. Each batch's
+    numbers come from single-threaded kernels then (`cpus.pinned_kernels`), whichever thread
+    runs it, so they do not depend on the order the batches finish in."""
+    import torch
+
+    def run(ptr: int, count: int) -> int:
+        with torch.inference_mode():  # thread-local: entered in the thread that runs the batch
+            return runner.batch(ptr, count)
+
+    if workers == 1:
+        for ptr, count in plan_batches:
+            bar.update(run(ptr, count))
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="pf-score")
+    try:
+        for done in as_completed([pool.submit(run, ptr, count) for ptr, count in plan_batches]):
+            bar.update(done.result())
+    finally:
+        # on an error (out of memory, Ctrl-C) drop the batches not started; wait for the rest
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_plan(runner: _Runner, *, batch_size: int, auto_batch: bool, progress: bool,
+              workers: int = 1) -> int:
     """Run every batch of the plan (values land in ``runner.values``); the batch size that ran.
 
     Raises:
@@ -202,30 +245,23 @@ def _run_plan(runner: _Runner, *, batch_size: int, auto_batch: bool, progress: b
     from tqdm.auto import tqdm
 
     lengths = [len(s) for s in runner.plan.sequences]
-    plan_batches = batches(lengths, batch_size)
     bar = tqdm(total=len(lengths), desc="scoring", unit="seq", disable=not progress, leave=False)
-    k = 0
-    with torch.inference_mode():
-        while k < len(plan_batches):
-            ptr, count = plan_batches[k]
-            try:
-                runner.batch(ptr, count)
-            except (RuntimeError, MemoryError) as exc:
-                if not _is_oom(exc):
-                    raise
-                if not auto_batch or batch_size == 1:
-                    raise ScoringError(f"out of memory at batch size {batch_size}; use a smaller batch size "
-                                       "(or 'auto'), or dtype bfloat16 on GPU", param="batch_size") from exc
-                # restart the whole unit at the smaller size: every number then comes from one
-                # batch plan (a function of the recorded batch size), never from a mix of two
-                batch_size = max(1, batch_size // 2)
-                plan_batches, k = batches(lengths, batch_size), 0
-                bar.reset()
-                if runner.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            k += 1
-            bar.update(count)
+    while True:
+        try:
+            _run_batches(runner, batches(lengths, batch_size), workers, bar)
+            break
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_oom(exc):
+                raise
+            if not auto_batch or batch_size == 1:
+                raise ScoringError(f"out of memory at batch size {batch_size}; use a smaller batch size "
+                                   "(or 'auto'), or dtype bfloat16 on GPU", param="batch_size") from exc
+            # restart the whole unit at the smaller size: every number then comes from one
+            # batch plan (a function of the recorded batch size), never from a mix of two
+            batch_size = max(1, batch_size // 2)
+            bar.reset()
+            if runner.device.type == "cuda":
+                torch.cuda.empty_cache()
     bar.close()
     return batch_size
 
@@ -247,13 +283,15 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
         batch_size: sequences per forward or ``auto``.
         progress: show a progress bar.
         plan: a plan built for exactly these items (`prepare`, `plan.plan_for`); None builds it.
-        threads: torch intra-op threads for the call, or ``auto`` (`resolve_threads`).
+        threads: CPUs for the call, or ``auto`` (`resolve_threads`); spent as worker threads
+            that run batches side by side, each with single-threaded kernels, on CPU
+            (`cpus.split_threads`).
 
     Returns:
         Dict of numpy arrays ``logp_target, logp_foil, n_target, n_foil``, stats
         ``batch_size, sequences, tokens, rows, batch_tokens``, the pinned kernel settings
-        (`cpus.pinned_kernels`) and the stage seconds ``plan_s`` (0.0 when ``plan`` is given),
-        ``forward_s, head_s``.
+        (`cpus.pinned_kernels`) with ``threads, workers, kernel_threads``, and the stage
+        seconds ``plan_s`` (0.0 when ``plan`` is given), ``forward_s, head_s``.
 
     Raises:
         ScoringError: a candidate token id outside the scored rows, or out of memory.
@@ -271,9 +309,15 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
     auto = batch_size == "auto"
     bs = auto_batch_size(model, plan, n_rows, device.type) if auto else int(batch_size)
     clock = _StageClock(device.type)
-    with pinned_kernels(resolve_threads(threads), device.type) as kernels:
+    n_threads = resolve_threads(threads)
+    workers, kernel_threads = split_threads(n_threads, len(batches([len(s) for s in plan.sequences], bs)),
+                                            device.type)
+    with pinned_kernels(kernel_threads, device.type) as kernels:
         runner = _Runner(model, plan, n_rows=n_rows, pad_id=pad_id, clock=clock)
-        bs = _run_plan(runner, batch_size=bs, auto_batch=auto, progress=progress)
+        t_run = time.perf_counter()
+        bs = _run_plan(runner, batch_size=bs, auto_batch=auto, progress=progress, workers=workers)
+        run_s = time.perf_counter() - t_run
+    kernels = {**kernels, "threads": n_threads, "workers": workers, "kernel_threads": kernel_threads}
     sums = np.bincount(plan.tok_cand, weights=runner.values[plan.tok_read], minlength=2 * len(encoded))
     return {
         "logp_target": sums[0::2], "logp_foil": sums[1::2],
@@ -281,7 +325,7 @@ def score_encoded(model: Any, encoded: Sequence[EncodedItem], *, n_rows: int, pa
         "n_foil": np.array([len(e.foil_ids) for e in encoded], dtype=np.int64),
         "batch_size": bs, "sequences": len(plan.sequences), "tokens": sum(len(s) for s in plan.sequences),
         "rows": len(plan.row_seq), "batch_tokens": bs * SCORING_BATCH_ROW_TOKENS, **kernels,
-        "plan_s": plan_s, **clock.read(),
+        "plan_s": plan_s, **clock.read(run_s, workers),
     }
 
 
@@ -365,7 +409,8 @@ def _attrs(model: Any, model_name: str, revision: str | None, opts: ScoreOptions
         "probeset_sha256": probe_set.sha256, "forward_sequences": int(res["sequences"]),
         "forward_tokens": int(res["tokens"]), "logit_rows": int(res["rows"]),
         "batch_tokens": int(res["batch_tokens"]),
-        "threads": int(res["threads"]), "interop_threads": int(res["interop_threads"]),
+        "threads": int(res["threads"]), "workers": int(res["workers"]), "kernel_threads": int(res["kernel_threads"]),
+        "interop_threads": int(res["interop_threads"]),
         "omp_wait_policy": str(res["omp_wait_policy"]),
         "deterministic_algorithms": bool(res["deterministic_algorithms"]),
         "float32_matmul_precision": str(res["float32_matmul_precision"]),

@@ -37,13 +37,13 @@ def _probes() -> ProbeSet:
 
 def _record_forwards(model, *, fail_above: int | None = None):
     """Forward pre-hook on the body: records (rows, threads, deterministic) of each forward;
-    raises an out-of-memory error for batches of more than `fail_above` rows."""
+    raises an out-of-memory error for batches of more than `fail_above` padded tokens."""
     seen: list[tuple[int, int, bool]] = []
 
     def hook(module, args, kwargs):
         rows = int(kwargs["input_ids"].shape[0])
-        if fail_above is not None and rows > fail_above:
-            raise RuntimeError(f"out of memory (injected: {rows} rows)")
+        if fail_above is not None and kwargs["input_ids"].numel() > fail_above:
+            raise RuntimeError(f"out of memory (injected: {kwargs['input_ids'].numel()} tokens)")
         seen.append((rows, torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()))
 
     return seen, model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
@@ -89,6 +89,22 @@ def test_threads_are_pinned_for_the_call_recorded_and_restored(loaded, monkeypat
     assert_fp32_close(results[1][cols].to_numpy(), results[2][cols].to_numpy(), ulps=1, what="log-probs")
 
 
+def test_side_by_side_batches_give_the_numbers_of_one_thread_bit_for_bit(loaded):
+    """On CPU a call's threads run batches side by side, each on single-threaded kernels: the
+    numbers are those of one thread exactly, and the split is recorded."""
+    model, tok = loaded
+    seen, handle = _record_forwards(model)
+    try:
+        one, two = (scoring.score(model, _probes(), tokenizer=tok, batch_size=1, threads=t) for t in (1, 2))
+    finally:
+        handle.remove()
+    assert (one.attrs["workers"], one.attrs["kernel_threads"]) == (1, 1)
+    assert (two.attrs["workers"], two.attrs["kernel_threads"], two.attrs["threads"]) == (2, 1, 2)
+    assert two.attrs["forward_sequences"] >= 2 and {s[1] for s in seen} == {1}  # every forward: 1 kernel thread
+    cols = ["logp_target", "logp_foil"]
+    assert (one[cols].to_numpy() == two[cols].to_numpy()).all()
+
+
 def test_auto_threads_follow_the_environment_not_the_process(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert scoring.resolve_threads("auto") == 3
@@ -107,7 +123,7 @@ def test_auto_threads_follow_the_environment_not_the_process(monkeypatch):
 
 def test_out_of_memory_restarts_the_unit_with_one_plan(loaded):
     model, tok = loaded
-    oom_seen, handle = _record_forwards(model, fail_above=4)
+    oom_seen, handle = _record_forwards(model, fail_above=100)  # one ~90-token tree row per batch passes
     try:
         backed_off = scoring.score(model, _probes(), tokenizer=tok, batch_size="auto")
     finally:
@@ -120,14 +136,14 @@ def test_out_of_memory_restarts_the_unit_with_one_plan(loaded):
     assert backed_off.attrs["batch_size"] == 4  # 64 -> 32 -> 16 -> 8 -> 4, recorded
     # after the restart, every sequence ran exactly once, in the batches a batch size of 4 makes
     assert [r for r, _, _ in oom_seen] == [r for r, _, _ in direct_seen]
-    assert sum(r for r, _, _ in oom_seen) == backed_off.attrs["forward_sequences"] > 4
+    assert sum(r for r, _, _ in oom_seen) == backed_off.attrs["forward_sequences"] == len(oom_seen) > 1
     cols = ["logp_target", "logp_foil"]
     assert_fp32_close(backed_off[cols].to_numpy(), direct[cols].to_numpy(), ulps=1, what="log-probs")
 
 
 def test_out_of_memory_at_a_fixed_batch_size_is_an_error(loaded):
     model, tok = loaded
-    _, handle = _record_forwards(model, fail_above=4)
+    _, handle = _record_forwards(model, fail_above=100)
     try:
         with pytest.raises(ScoringError, match="out of memory at batch size 16"):
             scoring.score(model, _probes(), tokenizer=tok, batch_size=16)
