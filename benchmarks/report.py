@@ -202,18 +202,23 @@ def _breakdown(report: dict[str, Any]) -> list[str]:
 
 def _floor_table(report: dict[str, Any]) -> list[str]:
     lines = ["## The machine's floor (per revision)", "",
-             "| shape | body TFLOP | head TFLOP | matmul GFLOP/s | compute floor s | weight MB | disk read MB/s | "
-             "load floor s | floor s | ours s | ours / floor | ours / (floor+load) |", "|---" * 12 + "|"]
+             "| shape | body TFLOP | head TFLOP | matmul GFLOP/s | head exps (G) | exp G/s | exp floor s | "
+             "compute floor s | weight MB | disk read MB/s | load floor s | floor s | ours s | ours / floor | "
+             "ours / (floor+load) |", "|---" * 15 + "|"]
     for shape, f in report["floor"].items():
         ours = next(r for r in report["table"] if r["shape"] == shape and r["competitor"] == "ours")
         ours_s = ours["wall_per_revision_s"]
         lines.append(f"| {shape} | {f['body_flops'] / 1e12:.3f} | {f['head_flops'] / 1e12:.3f} | "
-                     f"{f['flops_per_s'] / 1e9:.0f} | {fmt(f['compute_s'], 3)} | {f['load_s'] * f['read_bytes_per_s'] / 1e6:.0f} | "
+                     f"{f['flops_per_s'] / 1e9:.0f} | {f['exps'] / 1e9:.3f} | {f['exps_per_s'] / 1e9:.2f} | "
+                     f"{fmt(f['exp_s'], 3)} | {fmt(f['compute_s'], 3)} | {f['load_s'] * f['read_bytes_per_s'] / 1e6:.0f} | "
                      f"{f['read_bytes_per_s'] / 1e6:.0f} | {fmt(f['load_s'], 3)} | {fmt(f['floor_s'], 3)} | "
                      f"{fmt(ours_s, 3)} | {fmt(ours_s / f['floor_s'], 1)} | {fmt(ours['ratio_to_floor_plus_load'], 1)} |")
     return lines + ["", "Floor: 2 x non-embedding parameters per distinct token of the prefix trie, plus attention "
                     "(4 x layers x d_model x depth per token), plus 2 x d_model x 50304 per distinct context whose "
-                    "next-token row is read, over the best measured fp32 matmul rate; loading: weight bytes over the "
+                    "next-token row is read, over the best measured fp32 matmul rate; plus 50304 exps per such "
+                    "context (an exact log-prob needs its row's log-sum-exp over the whole vocabulary), over the best "
+                    "measured fp32 exp rate on an in-cache block (matmul and exps share the cores, so they add); "
+                    "loading: weight bytes over the "
                     "disk read rate measured after dropping the file from the page cache (posix_fadvise; a VM host "
                     "may still cache it). Floor = the larger of the two (loading can overlap compute).", ""]
 

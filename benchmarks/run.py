@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks import report as reporting
 from benchmarks.battery import BatteryStats, battery_stats, build_battery, plan_stats, write_battery
 from benchmarks.competitors import STAGES, SWEEPS, RunResult, run_competitor
-from benchmarks.floor import lower_bound, measure_disk_read, measure_matmul_flops
+from benchmarks.floor import lower_bound, measure_disk_read, measure_exp_rate, measure_matmul_flops
 from benchmarks.gpu import checkpoint_section, gpu_section, support_section
 from benchmarks.settings import (
     BENCH_BATCH_SIZE,
@@ -259,14 +259,14 @@ def _breakdown(runs: Sequence[RunResult], shape: str) -> dict[str, float]:
 
 
 def _floors(shapes: Sequence[BenchShape], revs: dict[str, list[Path]], stats: BatteryStats) -> dict[str, dict[str, float]]:
-    flops = measure_matmul_flops()
+    flops, exps = measure_matmul_flops(), measure_exp_rate()
     floors = {}
     for shape in shapes:
         weights = revs[shape.name][-1] / "model.safetensors"
         read = measure_disk_read(weights)
         floors[shape.name] = {**lower_bound(shape, stats, flops_per_s=flops, read_bytes_per_s=read,
-                                            weight_bytes=weights.stat().st_size),
-                              "read_bytes_per_s": read, "flops_per_s": flops}
+                                            weight_bytes=weights.stat().st_size, exps_per_s=exps),
+                              "read_bytes_per_s": read, "flops_per_s": flops, "exps_per_s": exps}
     return floors
 
 

@@ -40,9 +40,9 @@ class ScoreOptions:
         bos: prepend the tokenizer's BOS token (else EOS) to every prefix. Pythia: no.
         vocab_rows: log-sum-exp over the ``tokenizer``'s rows only or over ``all`` rows of the
             output embedding (see the module docstring).
-        threads: torch intra-op threads while scoring, or ``auto`` (`resolve_threads`). CPU
-            numbers depend on it at the ulp level, so two runs that must agree bit for bit
-            need the same value (it is recorded).
+        threads: CPUs for scoring, or ``auto`` (`resolve_threads`). On CPU they run batches
+            side by side on single-threaded kernels (`cpus.split_threads`), so the numbers do
+            not depend on it unless a plan has fewer batches than threads (it is recorded).
     """
 
     dtype: str = "auto"

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pythia_forensics.scoring.encode import EncodedItem
+from pythia_forensics.scoring.head import blocks_for
 
 __all__ = ["Plan", "auto_batch_size", "batch_inputs", "batches", "make_plan", "make_tree_plan", "plan_for",
            "plan_reason", "uses_tree"]
@@ -50,7 +51,7 @@ SCORING_TREE_MODEL_TYPES = ("gpt_neox", "llama", "olmo", "olmo2")
 SCORING_BATCH_ROW_TOKENS = 32
 # batch_size="auto" (`auto_batch_size`): DEFAULT_BATCH_SIZE_* x SCORING_BATCH_ROW_TOKENS tokens
 # per batch, fewer when the batch's estimated working memory (body activations, attention
-# scores, fp32 logits rows over the vocabulary) would pass this many bytes. A constant, not the
+# scores, the head's fp32 rows and logits block) would pass this many bytes. A constant, not the
 # free memory: the batches, hence the numbers, stay a function of model config and options.
 SCORING_AUTO_BATCH_BYTES = {"cpu": 2 * 2**30, "cuda": 8 * 2**30}
 # Padded batch inputs (ids, tree masks) a plan keeps for its next run (`batch_inputs`): at
@@ -399,9 +400,12 @@ def auto_batch_size(model: Any, plan: Plan, n_rows: int, device_type: str) -> in
     width = max((len(s) for s in plan.sequences[:1]), default=1)
     item = next(model.parameters()).element_size()
     # per token: residual stream copies, q/k/v, attention output and MLP activations; one row of
-    # attention scores per head; fp32 logits (and the log-sum-exp's temporary) over n_rows
-    per_token = item * (8 * hidden + 2 * inter + heads * width) + 8 * n_rows
+    # attention scores per head; its fp32 hidden row for the head. The head's logits are one
+    # fp32 block (`head.HEAD_BLOCKS`), whatever the batch.
+    per_token = item * (8 * hidden + 2 * inter + heads * width) + 4 * hidden
+    blocks = blocks_for(device_type)
+    head_bytes = 4 * blocks.rows * min(blocks.vocab or n_rows, n_rows)
     default = DEFAULT_BATCH_SIZE_CUDA if device_type == "cuda" else DEFAULT_BATCH_SIZE_CPU
     budget = SCORING_AUTO_BATCH_BYTES["cuda" if device_type == "cuda" else "cpu"]
-    return max(1, min(default, budget // (SCORING_BATCH_ROW_TOKENS * per_token)))
+    return max(1, min(default, max(0, budget - head_bytes) // (SCORING_BATCH_ROW_TOKENS * per_token)))
 

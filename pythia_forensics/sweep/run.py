@@ -12,7 +12,7 @@ import re
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from pythia_forensics import __version__
 from pythia_forensics.constants import CLAIMS_DIR, FAILURES_DIR
-from pythia_forensics.errors import DiskBudgetError, PFError
+from pythia_forensics.errors import DiskBudgetError
 from pythia_forensics.sweep.records import ReplayOptions, ReplaySummary, Todo, UnitTiming, interval_overlap
 from pythia_forensics.sweep.store import ResultsStore
 
@@ -127,14 +127,6 @@ def read_failures(results: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _check_finite(model: Any) -> None:
-    import torch
-
-    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-    if bad:
-        raise PFError(f"non-finite weights (NaN/inf) in {len(bad)} tensors, first {bad[0]}: refusing to score")
-
-
 def _claim_key(item: Todo) -> str:
     content = item.keys[0][0].content_key if item.keys else ""
     return _safe(f"{item.spec.name}--{item.revision}--{content[:16]}")
@@ -179,6 +171,10 @@ class _Run:
         self.units: list[UnitTiming] = []
         self.failed: list[str] = []
         self.scored = self.written = self.elsewhere = self.done_elsewhere = 0
+        # store writes overlap the next revision's load and scoring (one writer, so one
+        # revision's writes at a time, in order)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="pf-store")
+        self.writing: tuple[Todo, list, float, float, Future] | None = None
         self.bar = tqdm(total=sum(len(t.keys) for t in todo), desc="replay", unit="result",
                         disable=not opts.progress or not todo)
 
@@ -242,37 +238,76 @@ class _Run:
             except BaseException:
                 self.skeleton = None  # half-loaded weights: never reuse this skeleton
                 raise
+        # load_model and load_weights_into refuse non-finite weights themselves (validation.check_finite)
         _, model, tokenizer = self.skeleton
-        _check_finite(model)
         return model, tokenizer
 
-    def score_units(self, item: Todo, fetched: Any, model: Any, tokenizer: Any, load_s: float) -> None:
-        """Score and store each missing probe set of one loaded revision, timing each stage."""
+    def score_units(self, item: Todo, fetched: Any, model: Any, tokenizer: Any) -> list[tuple[Any, Any, dict]]:
+        """Score the revision's missing probe sets in one pass (`scoring.score_sets`: shared
+        prefixes once, fuller batches): (key, frame, provenance) per set, each stored as its
+        own unit by `_store_units`."""
         from pythia_forensics.scoring import score as scoring
 
-        for key, probe_set in item.keys:
-            self.bar.set_postfix_str(f"{key.model}@{key.revision} {key.probeset}", refresh=False)
+        key0 = item.keys[0][0]
+        sets = [probe_set for _, probe_set in item.keys]
+        self.bar.set_postfix_str(f"{key0.model}@{key0.revision} {'+'.join(p.name for p in sets)}", refresh=False)
+        # keyed by the sets in order: a resumed revision missing fewer sets gets its own plan
+        plan_key = (key0.model, tuple(p.sha256 for p in sets), key0.bos)
+        if plan_key not in self.prepared:
+            merged = sets[0] if len(sets) == 1 else scoring.merged_probe_set(sets)
+            self.prepared[plan_key] = scoring.prepare(model, merged, tokenizer=tokenizer, bos=key0.bos)
+        # one ReplayOptions for the whole run: every key of a revision has the same options
+        options = scoring.ScoreOptions(dtype=key0.dtype, device=self.opts.device, batch_size=self.opts.batch_size,
+                                       bos=key0.bos, vocab_rows=key0.vocab_rows, threads=self.threads)
+        frames = scoring.score_sets(model, sets, tokenizer=tokenizer, options=options,
+                                    prepared=self.prepared[plan_key])
+        return [(key, frame, provenance(fetched, frame, item.spec)) for (key, _), frame in zip(item.keys, frames)]
+
+    def _store_units(self, units: list[tuple[Any, Any, dict]]) -> list[float]:
+        """Write each unit durably (the writer thread); seconds per write."""
+        seconds = []
+        for key, frame, prov in units:
             t0 = time.perf_counter()
-            plan_key = (key.model, probe_set.sha256, key.bos)
-            if plan_key not in self.prepared:
-                self.prepared[plan_key] = scoring.prepare(model, probe_set, tokenizer=tokenizer, bos=key.bos)
-            options = scoring.ScoreOptions(dtype=key.dtype, device=self.opts.device, batch_size=self.opts.batch_size,
-                                           bos=key.bos, vocab_rows=key.vocab_rows, threads=self.threads)
-            frame = scoring.score(model, probe_set, tokenizer=tokenizer, revision=key.revision, options=options,
-                                  prepared=self.prepared[plan_key])
-            t1 = time.perf_counter()
-            self.store.write(key, frame, provenance=provenance(fetched, frame, item.spec))
-            t2 = time.perf_counter()
+            self.store.write(key, frame, provenance=prov)
+            seconds.append(time.perf_counter() - t0)
+        return seconds
+
+    def finish_writes(self) -> None:
+        """Wait for the previous revision's writes; then, and only then, count it done,
+        clear its failure record and release its claim. A failed write is that revision's
+        failure (or stops the sweep, if it is the user's to fix)."""
+        if self.writing is None:
+            return
+        item, units, load_s, score_s, future = self.writing
+        self.writing = None
+        try:
+            seconds = future.result()
+        except BaseException as exc:
+            self.drop(item)
+            if _fatal(exc):
+                raise
+            self.failed.append(_record_failure(self.store, item, "store", exc))
+            return
+        n_items = sum(len(p.items) for _, p in item.keys)
+        for (key, probe_set), write_s in zip(item.keys, seconds):
+            # the pass's time is shared by its units in proportion to their items; the
+            # revision's load is carried by its first unit
             self.units.append(UnitTiming(model=key.model, revision=key.revision, probeset=key.probeset,
-                                         load_s=load_s, score_s=t1 - t0, write_s=t2 - t1))
-            load_s = 0.0  # the revision's load is carried by its first unit
+                                         load_s=load_s, score_s=score_s * len(probe_set.items) / n_items,
+                                         write_s=write_s))
+            load_s = 0.0
             self.written += 1
             self.bar.update(1)
+        self.scored += 1
+        _failure_path(self.store, item.spec.name, item.revision).unlink(missing_ok=True)
+        self.drop(item)
 
     def one_revision(self) -> None:
-        """Take the next fetched revision: load, score, store; record it if it cannot be used."""
+        """Take the next fetched revision: load, score; its store writes run on the writer
+        thread while the next revision loads and scores (at most one revision's writes in
+        flight); record the revision if it cannot be used."""
         item, hold, future = self.inflight.popleft()
-        stage = "fetch"
+        stage, handed_over = "fetch", False
         try:
             fetched = future.result()
             self.admit(wait=False)  # prefetch the next revision while this one scores
@@ -280,20 +315,30 @@ class _Run:
             t0 = time.perf_counter()
             model, tokenizer = self.load(item, Path(fetched.path))
             stage = "scoring"
-            self.score_units(item, fetched, model, tokenizer, time.perf_counter() - t0)
-            self.score_intervals.append((t0, time.perf_counter()))
-            self.scored += 1
-            _failure_path(self.store, item.spec.name, item.revision).unlink(missing_ok=True)
+            t1 = time.perf_counter()
+            units = self.score_units(item, fetched, model, tokenizer)
+            t2 = time.perf_counter()
+            self.score_intervals.append((t0, t2))
+            self.finish_writes()
+            self.writing = (item, units, t1 - t0, t2 - t1, self.writer.submit(self._store_units, units))
+            handed_over = True
         except BaseException as exc:
             if _fatal(exc):
                 raise
             self.failed.append(_record_failure(self.store, item, stage, exc))
         finally:
             if not hold.released:
-                self.fetcher.release(hold)
-            self.drop(item)
+                self.fetcher.release(hold)  # the writes need the scores, not the checkpoint
+            if not handed_over:
+                self.drop(item)
 
     def abort(self) -> None:
+        """Stop: the writes in flight finish first (a Ctrl-C loses nothing already scored)."""
+        try:
+            self.finish_writes()
+        except BaseException:  # noqa: BLE001 - stopping anyway; the interrupt is what propagates
+            pass
+        self.writer.shutdown(wait=True)
         self.fetcher.close(wait=False)
         for claim in self.claims.values():
             claim.release()
@@ -338,11 +383,13 @@ def run_todo(todo: list[Todo], store: ResultsStore, opts: ReplayOptions, summary
                 if not run.inflight:
                     break
             run.one_revision()
+        run.finish_writes()
     except BaseException:
         run.abort()
         raise
     finally:
         run.bar.close()
         restore()
+    run.writer.shutdown(wait=True)
     run.fetcher.close()
     return run.summary(summary, started)

@@ -95,7 +95,9 @@ def test_quick_plans_breakdown_and_floor_recomputed_from_the_checkpoint(quick_re
              + 2 * d * vocab * counted["distinct_contexts"])
     floor = report["floor"]["tiny"]
     assert floor["flops"] == pytest.approx(flops, rel=1e-12)
-    assert floor["compute_s"] == pytest.approx(flops / floor["flops_per_s"], rel=1e-12)
+    exps = vocab * counted["distinct_contexts"]
+    assert floor["exps"] == exps and floor["exp_s"] == pytest.approx(exps / floor["exps_per_s"], rel=1e-12)
+    assert floor["compute_s"] == pytest.approx(flops / floor["flops_per_s"] + exps / floor["exps_per_s"], rel=1e-12)
     assert floor["load_s"] == pytest.approx(weights.stat().st_size / floor["read_bytes_per_s"], rel=1e-12)
     assert floor["floor_s"] == max(floor["compute_s"], floor["load_s"]) > 0
 
@@ -149,10 +151,11 @@ def test_lower_bound_from_a_real_model_and_a_hand_counted_trie():
     # trie: the prefix's n tokens (depths 1..n), then " she" and " he" (depth n+1 each);
     # logits read after the prefix, after " she" and after " he"
     tokens, positions, contexts = n + 2, n * (n + 1) // 2 + 2 * (n + 1), 3
-    f = floor.lower_bound(shape, stats, flops_per_s=1e6, read_bytes_per_s=1e3, weight_bytes=4 * total)
+    f = floor.lower_bound(shape, stats, flops_per_s=1e6, read_bytes_per_s=1e3, weight_bytes=4 * total, exps_per_s=50.0)
     want = 2 * nonemb * tokens + 4 * 2 * 8 * positions + 2 * 8 * 100 * contexts
     assert f["flops"] == want and f["body_flops"] + f["head_flops"] == want
-    assert f["compute_s"] == pytest.approx(want / 1e6)
+    assert f["exps"] == 100 * contexts and f["exp_s"] == pytest.approx(100 * contexts / 50.0)
+    assert f["compute_s"] == pytest.approx(want / 1e6 + 100 * contexts / 50.0)
     assert f["load_s"] == pytest.approx(4 * total / 1e3)
     assert f["floor_s"] == max(f["compute_s"], f["load_s"])
 

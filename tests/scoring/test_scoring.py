@@ -9,7 +9,7 @@ import torch
 
 from pythia_forensics.errors import ModelLoadError, ScoringError, TokenizationError
 from pythia_forensics.scoring.head import HEAD_BLOCKS, HeadBlocks
-from pythia_forensics.scoring.probes import ProbeItem
+from pythia_forensics.scoring.probes import ProbeItem, ProbeSet, probe_set_sha256
 from pythia_forensics.scoring.score import (
     FRAME_COLUMNS,
     ScoreOptions,
@@ -21,6 +21,7 @@ from pythia_forensics.scoring.score import (
     score_encoded,
     summarize,
 )
+from numerics import assert_fp32_close
 from reference import PREFIXES, as_set as _set, mixed_items as _items, reference_logp as _reference
 from tinymodels import neox_tokenizer, save_checkpoint, tiny_neox
 
@@ -203,10 +204,12 @@ def test_auto_batch_follows_a_memory_budget_deterministically(model, tiny_tokeni
         roomy_rows, rows[:] = list(rows), []
         cfg = model.config
         width = max(w for _, w in roomy_rows)  # the plan's longest sequence
-        # the estimate written out here: activations, attention rows and fp32 logits per token
+        # the estimate written out here: activations, attention rows and the fp32 hidden row per
+        # token, plus one fp32 logits block of the head
         per_token = 4 * (8 * cfg.hidden_size + 2 * cfg.intermediate_size + cfg.num_attention_heads * width) \
-            + 8 * roomy.attrs["vocab_rows_n"]
-        budget = 3 * SCORING_BATCH_ROW_TOKENS * per_token  # room for 3 rows of the token budget
+            + 4 * cfg.hidden_size
+        head = 4 * HEAD_BLOCKS["cpu"].rows * min(HEAD_BLOCKS["cpu"].vocab, roomy.attrs["vocab_rows_n"])
+        budget = head + 3 * SCORING_BATCH_ROW_TOKENS * per_token  # room for 3 rows of the token budget
         monkeypatch.setitem(plan.SCORING_AUTO_BATCH_BYTES, "cpu", budget)
         tight = [score(model, _set(_items()), tokenizer=tiny_tokenizer, batch_size="auto") for _ in range(2)]
         tight_rows = list(rows)
@@ -504,3 +507,30 @@ def test_head_blocks_and_side_by_side_batches_keep_the_numbers(model, tiny_token
     assert (frame.attrs["workers"], frame.attrs["kernel_threads"], frame.attrs["threads"]) == (threads, 1, threads)
     assert np.abs(frame["logp_target"].to_numpy() - references[False][0]).max() < TOL
     assert np.abs(frame["logp_foil"].to_numpy() - references[False][1]).max() < TOL
+
+
+def test_sets_scored_in_one_pass_equal_each_set_scored_alone(model, tiny_tokenizer, references):
+    """score_sets: one plan for several sets (a shared prefix across sets runs once), one frame
+    per set with that set's own attrs, numbers equal to scoring each set alone and to the
+    plain fp32 loop."""
+    from pythia_forensics.scoring.score import merged_probe_set, prepare, score_sets
+
+    items = _items()
+    a = ProbeSet("a", tuple(items[::2]), probe_set_sha256(items[::2]), "memory")
+    b = ProbeSet("b", tuple(items[1::2]), probe_set_sha256(items[1::2]), "memory")
+    merged = merged_probe_set([a, b])
+    assert merged.sha256 != merged_probe_set([b, a]).sha256 and len(merged.items) == len(items)
+    prepared = prepare(model, merged, tokenizer=tiny_tokenizer)
+    frames = score_sets(model, [a, b], tokenizer=tiny_tokenizer, prepared=prepared)
+    alone = [score(model, p, tokenizer=tiny_tokenizer) for p in (a, b)]
+    ref_t = np.empty(len(items))
+    ref_t[0::2], ref_t[1::2] = references[False][0][0::2], references[False][0][1::2]
+    for k, (frame, single, p) in enumerate(zip(frames, alone, (a, b))):
+        assert frame["item_id"].tolist() == [i.item_id for i in p.items] and list(frame.index) == list(range(len(p.items)))
+        assert (frame.attrs["probeset"], frame.attrs["probeset_sha256"], frame.attrs["scored_with"]) == (p.name, p.sha256, ["a", "b"])
+        for col in ("logp_target", "logp_foil", "margin"):
+            assert_fp32_close(frame[col].to_numpy(), single[col].to_numpy(), what=col)
+        assert np.abs(frame["logp_target"].to_numpy() - ref_t[k::2]).max() < TOL
+    assert frames[0].attrs["forward_tokens"] < alone[0].attrs["forward_tokens"] + alone[1].attrs["forward_tokens"]
+    with pytest.raises(ScoringError, match="does not fit"):
+        score_sets(model, [b, a], tokenizer=tiny_tokenizer, prepared=prepared)  # another combination

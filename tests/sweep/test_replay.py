@@ -449,8 +449,9 @@ def test_work_unit_is_idempotent(suite, probe_files, tmp_path):
 
 
 def test_plan_is_built_once_per_model_and_probe_set(suite, probe_files, tmp_path, monkeypatch, reference_run):
-    """Tokenization and the forward plan are prepared once per (model, probe set) and reused by
-    every revision; the numbers equal the reference replay's, and the threads are recorded."""
+    """Tokenization and the forward plan are prepared once per model for the probe sets scored
+    together (one pass per revision, `score_sets`) and reused by every revision; each set is
+    still its own stored unit; the numbers equal the reference replay's; threads recorded."""
     from pythia_forensics.scoring import score as scoring
     from pythia_forensics.sweep.replay import replay
 
@@ -467,8 +468,9 @@ def test_plan_is_built_once_per_model_and_probe_set(suite, probe_files, tmp_path
     summary = replay([str(suite / m) for m in ("mini-a", "mini-b")], [str(p) for p in probe_files],
                      results=results, steps="0:16", progress=False)
     assert summary.revisions_scored == 2 * 6 and summary.units_scored == 2 * 6 * 2
-    assert sorted(name for name, _ in calls) == ["art", "art", "pron", "pron"]  # 2 models x 2 sets
-    assert len(set(calls)) == 4  # each model's own tokenizer
+    assert [name for name, _ in calls] == ["pron+art", "pron+art"]  # 2 models, both sets in one plan
+    assert len(set(calls)) == 2  # each model's own tokenizer
+    assert len(summary.units) == 2 * 6 * 2 and {u.probeset for u in summary.units} == {"pron", "art"}
     rows = ResultsStore(results).items()
     assert set(rows["threads"]) == {1}
     assert rows["omp_wait_policy"].notna().all() and (rows["omp_wait_policy"] != "").all()

@@ -502,3 +502,44 @@ def test_fault_hook_exits_after_or_in_the_middle_of_the_nth_write(mode, tmp_path
     bad = subprocess.run([sys.executable, "-c", script], env={**os.environ, FAULT_ENV: "store-write:x"},
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "store-write:N" in bad.stderr
+
+
+def test_content_digest_follows_its_documented_layout():
+    """content_sha256 against the layout it documents, re-implemented here in plain Python
+    (stored files from earlier versions carry digests of this layout): columns by name, each
+    its validity mask and values (floats as <f8, ints and bools as <i8, strings length-
+    prefixed UTF-8 with nulls as "", anything else as JSON), with and without nulls."""
+    import hashlib
+    import json as _json
+
+    import numpy as _np
+    import pyarrow as pa
+
+    from pythia_forensics.sweep.itemfile import content_sha256
+
+    cols = {"f64": pa.array([1.5, None, -3.0]), "f32": pa.array([1.0, 2.5, 3.0], type=pa.float32()),
+            "i32": pa.array([1, None, 3], type=pa.int32()), "b": pa.array([True, False, True]),
+            "s": pa.array(["x", None, "zé"]), "ls": pa.array(["p", "q", "r"], type=pa.large_string()),
+            "lst": pa.array([[1], [2, 3], None])}
+    table = pa.table(cols)
+
+    def reference(rows: dict[str, list]) -> str:
+        h = hashlib.sha256(f"rows={len(next(iter(rows.values())))}".encode())
+        for name in sorted(rows):
+            values, kind = rows[name], cols[name].type
+            h.update(b"\x1e" + name.encode() + b"\x1f" + bytes(int(v is not None) for v in values))
+            if pa.types.is_floating(kind):
+                h.update(b"f" + _np.array([0.0 if v is None else v for v in values], dtype="<f8").tobytes())
+            elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+                h.update(b"i" + _np.array([0 if v is None else int(v) for v in values], dtype="<i8").tobytes())
+            elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+                data = [("" if v is None else v).encode() for v in values]
+                h.update(b"s" + _np.cumsum([0] + [len(d) for d in data]).astype("<i8").tobytes() + b"".join(data))
+            else:
+                h.update(b"o" + _json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode())
+        return h.hexdigest()
+
+    rows = {name: col.to_pylist() for name, col in cols.items()}
+    assert content_sha256(table) == reference(rows)
+    assert content_sha256(table.slice(1)) == reference({k: v[1:] for k, v in rows.items()})
+    assert content_sha256(pa.concat_tables([table, table])) == reference({k: v * 2 for k, v in rows.items()})
