@@ -511,7 +511,9 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
 def merged_probe_set(probe_sets: Sequence[ProbeSet]) -> ProbeSet:
     """Several probe sets as one, their items in order, for one scoring pass (`score_sets`);
     its sha256 names the member sets in order, so a preparation is never reused for another
-    combination."""
+    combination. One set is returned as it is."""
+    if len(probe_sets) == 1:
+        return probe_sets[0]
     digest = hashlib.sha256("\n".join(p.sha256 for p in probe_sets).encode()).hexdigest()
     return ProbeSet("+".join(p.name for p in probe_sets), tuple(it for p in probe_sets for it in p.items), digest,
                     "merged: " + ", ".join(p.name for p in probe_sets))
@@ -538,8 +540,7 @@ def score_sets(model: Any, probe_sets: Sequence[ProbeSet], *, tokenizer: Any, op
     Returns:
         The frames, in the order of `probe_sets`.
     """
-    merged = probe_sets[0] if len(probe_sets) == 1 else merged_probe_set(probe_sets)
-    frame = score(model, merged, tokenizer=tokenizer, options=options, prepared=prepared, progress=progress)
+    frame = score(model, merged_probe_set(probe_sets), tokenizer=tokenizer, options=options, prepared=prepared, progress=progress)
     attrs, frame.attrs = frame.attrs, {}  # sliced below without copying attrs per slice
     names = [p.name for p in probe_sets]
     frames, start = [], 0

@@ -254,8 +254,8 @@ class _Run:
         # keyed by the sets in order: a resumed revision missing fewer sets gets its own plan
         plan_key = (key0.model, tuple(p.sha256 for p in sets), key0.bos)
         if plan_key not in self.prepared:
-            merged = sets[0] if len(sets) == 1 else scoring.merged_probe_set(sets)
-            self.prepared[plan_key] = scoring.prepare(model, merged, tokenizer=tokenizer, bos=key0.bos)
+            self.prepared[plan_key] = scoring.prepare(model, scoring.merged_probe_set(sets), tokenizer=tokenizer,
+                                                      bos=key0.bos)
         # one ReplayOptions for the whole run: every key of a revision has the same options
         options = scoring.ScoreOptions(dtype=key0.dtype, device=self.opts.device, batch_size=self.opts.batch_size,
                                        bos=key0.bos, vocab_rows=key0.vocab_rows, threads=self.threads)

@@ -520,6 +520,7 @@ def test_sets_scored_in_one_pass_equal_each_set_scored_alone(model, tiny_tokeniz
     b = ProbeSet("b", tuple(items[1::2]), probe_set_sha256(items[1::2]), "memory")
     merged = merged_probe_set([a, b])
     assert merged.sha256 != merged_probe_set([b, a]).sha256 and len(merged.items) == len(items)
+    assert merged_probe_set([a]) is a
     prepared = prepare(model, merged, tokenizer=tiny_tokenizer)
     frames = score_sets(model, [a, b], tokenizer=tiny_tokenizer, prepared=prepared)
     alone = [score(model, p, tokenizer=tiny_tokenizer) for p in (a, b)]
