@@ -147,12 +147,13 @@ def content_sha256(table: pa.Table) -> str:
             col = col if kind == pa.int64() else col.cast(pa.int64())
             h.update(b"i" + (col.fill_null(0) if nulls else col).to_numpy().astype("<i8").tobytes())
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            # length-prefixed UTF-8 straight from the Arrow buffers (nulls as "", the mask says which)
+            # length-prefixed UTF-8 straight from the Arrow buffers (nulls as "", the mask says which);
+            # 32-bit offsets are widened in numpy, not by an Arrow cast: the same int64 bytes
             arr = col.fill_null("") if nulls else col
-            arr = arr if arr.type == pa.large_string() else arr.cast(pa.large_string())
             arr = pa.concat_arrays([arr]) if arr.offset else arr
             _, offsets, data = arr.buffers()
-            offs = np.frombuffer(offsets, dtype="<i8")[: len(arr) + 1]
+            width = "<i8" if arr.type == pa.large_string() else "<i4"
+            offs = np.frombuffer(offsets, dtype=width)[: len(arr) + 1].astype("<i8")
             h.update(b"s" + (offs - offs[0]).tobytes())
             if data is not None:
                 h.update(memoryview(data)[int(offs[0]):int(offs[-1])])
