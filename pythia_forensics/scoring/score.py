@@ -540,7 +540,8 @@ def score_sets(model: Any, probe_sets: Sequence[ProbeSet], *, tokenizer: Any, op
     Returns:
         The frames, in the order of `probe_sets`.
     """
-    frame = score(model, merged_probe_set(probe_sets), tokenizer=tokenizer, options=options, prepared=prepared, progress=progress)
+    frame = score(model, merged_probe_set(probe_sets), tokenizer=tokenizer, options=options, prepared=prepared,
+                  progress=progress)
     attrs, frame.attrs = frame.attrs, {}  # sliced below without copying attrs per slice
     names = [p.name for p in probe_sets]
     frames, start = [], 0
