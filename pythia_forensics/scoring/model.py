@@ -7,6 +7,7 @@ a folder without tokenizer files. Never `trust_remote_code`.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -277,12 +278,30 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
     return model.eval()
 
 
+# (loaded model_type, sha256 of config.json) pairs that passed `_check_same_type`: every
+# revision of a run ships the same config, and parsing it costs more than loading the
+# weights of a small model
+_SAME_TYPE_OK: set[tuple[Any, bytes]] = set()
+
+
 def _check_same_type(model: Any, folder: Path) -> None:
     """Refuse a folder whose config.json (when present) is not a scoreable model of the
     loaded model's type."""
     config_path = folder / _CONFIG_FILE
     if not config_path.is_file():
         return
+    try:
+        key = (getattr(model.config, "model_type", None), hashlib.sha256(config_path.read_bytes()).digest())
+    except OSError:
+        key = None  # unreadable: AutoConfig below says so in its words
+    if key in _SAME_TYPE_OK:
+        return
+    _check_config(model, folder, config_path)
+    if key is not None and len(_SAME_TYPE_OK) < 4096:
+        _SAME_TYPE_OK.add(key)
+
+
+def _check_config(model: Any, folder: Path, config_path: Path) -> None:
     from transformers import AutoConfig
 
     try:

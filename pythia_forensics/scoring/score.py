@@ -48,13 +48,14 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pythia_forensics.checkpoints import validation
 from pythia_forensics.constants import CONDITIONS, SPLITS
@@ -80,6 +81,7 @@ __all__ = [
     "SCORING_VERSION", "FRAME_COLUMNS", "TIMING_KEYS", "ScoreOptions", "EncodedItem", "encode_items", "load_model",
     "load_weights_into", "resolve_device", "resolve_dtype", "resolve_threads", "score", "score_encoded", "summarize",
     "Prepared", "prepare", "plan_reason", "uses_tree", "merged_probe_set", "score_sets",
+    "score_tables", "ScoredTable", "item_arrow",
 ]
 
 # Bump when a change could alter any number the scorer returns (part of the results' work key).
@@ -376,10 +378,8 @@ def _check_finite(res: dict[str, Any], items: Sequence[ProbeItem], model: Any) -
                            param="dtype")
 
 
-def item_columns(items: Sequence[ProbeItem], encoded: Sequence[EncodedItem]) -> dict[str, pd.Series]:
-    """The frame columns that depend on the items alone (text, labels, token ids), built once
-    per `Prepared` and shared by every revision's frame (pandas copies on write)."""
-    cols: dict[str, list] = {
+def _item_values(items: Sequence[ProbeItem], encoded: Sequence[EncodedItem]) -> dict[str, list]:
+    return {
         "item_id": [i.item_id for i in items], "rule": [i.rule for i in items],
         "condition": [i.condition for i in items], "split": [i.split for i in items],
         "prefix": [i.prefix for i in items], "target": [i.target for i in items], "foil": [i.foil for i in items],
@@ -387,25 +387,31 @@ def item_columns(items: Sequence[ProbeItem], encoded: Sequence[EncodedItem]) -> 
         "foil_ids": [json.dumps(list(e.foil_ids)) for e in encoded],
         "template": [i.template for i in items],
     }
-    return {name: pd.Series(values, name=name) for name, values in cols.items()}
+
+
+def item_columns(items: Sequence[ProbeItem], encoded: Sequence[EncodedItem]) -> dict[str, pd.Series]:
+    """The frame columns that depend on the items alone (text, labels, token ids), built once
+    per `Prepared` and shared by every revision's frame (pandas copies on write)."""
+    return {name: pd.Series(values, name=name) for name, values in _item_values(items, encoded).items()}
+
+
+def item_arrow(items: Sequence[ProbeItem], encoded: Sequence[EncodedItem]) -> pa.Table:
+    """`item_columns` as an Arrow table of strings (`score_tables`' static columns)."""
+    return pa.table({name: pa.array(values, type=pa.string())
+                     for name, values in _item_values(items, encoded).items()})
+
+
+def _dynamic_columns(res: dict[str, Any]) -> dict[str, np.ndarray]:
+    lt, lf = res["logp_target"], res["logp_foil"]
+    margin = lt - lf
+    return {"logp_target": lt, "logp_foil": lf, "margin": margin, "correct": margin > 0,
+            "n_target_tokens": res["n_target"], "n_foil_tokens": res["n_foil"],
+            "mean_logp_target": lt / res["n_target"], "mean_logp_foil": lf / res["n_foil"]}
 
 
 def _frame(model_name: str, revision: str | None, static: dict[str, pd.Series], res: dict[str, Any]) -> pd.DataFrame:
-    lt, lf = res["logp_target"], res["logp_foil"]
-    margin = lt - lf
-    return pd.DataFrame({
-        "model": model_name,
-        "revision": revision if revision is not None else "",
-        **static,
-        "logp_target": lt,
-        "logp_foil": lf,
-        "margin": margin,
-        "correct": margin > 0,
-        "n_target_tokens": res["n_target"],
-        "n_foil_tokens": res["n_foil"],
-        "mean_logp_target": lt / res["n_target"],
-        "mean_logp_foil": lf / res["n_foil"],
-    }, columns=list(FRAME_COLUMNS))
+    return pd.DataFrame({"model": model_name, "revision": revision if revision is not None else "", **static,
+                         **_dynamic_columns(res)}, columns=list(FRAME_COLUMNS))
 
 
 def _attrs(model: Any, model_name: str, revision: str | None, opts: ScoreOptions, probe_set: ProbeSet,
@@ -481,6 +487,37 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
     t0 = time.perf_counter()
     opts = replace(options or ScoreOptions(), **overrides)
     probe_set = probes if isinstance(probes, ProbeSet) else load_probes(probes)
+    run = _score_pass(model_or_path, probe_set, tokenizer, revision, opts, progress, prepared, t0)
+    frame = _frame(run.model_name, revision, run.static_columns(), run.res)
+    frame.attrs.update(run.attrs)
+    run.timings["total_s"] = time.perf_counter() - t0
+    frame.attrs["wall_s"] = round(run.timings["total_s"], 4)
+    frame.attrs["timings"] = run.timings
+    return frame
+
+
+@dataclass
+class _Pass:
+    """One scoring pass over a probe set: the raw results and what describes them."""
+
+    model_name: str
+    items: Sequence[ProbeItem]
+    encoded: Sequence[EncodedItem]
+    prepared: Prepared | None
+    res: dict[str, Any]
+    attrs: dict[str, Any]
+    timings: dict[str, float]
+
+    def static_columns(self) -> dict[str, pd.Series]:
+        return self.prepared.columns if self.prepared is not None else item_columns(self.items, self.encoded)
+
+    def static_arrow(self) -> pa.Table:
+        return self.prepared.arrow_columns if self.prepared is not None else item_arrow(self.items, self.encoded)
+
+
+def _score_pass(model_or_path: Any, probe_set: ProbeSet, tokenizer: Any, revision: str | None, opts: ScoreOptions,
+                progress: bool, prepared: Prepared | None, t0: float) -> _Pass:
+    """Load (if given a path), tokenize or reuse `prepared`, run the plan, check the results."""
     t_load = time.perf_counter()
     model, tokenizer, model_name = _resolve_model(model_or_path, tokenizer, revision, opts)
     load_s = time.perf_counter() - t_load if isinstance(model_or_path, (str, Path)) else 0.0
@@ -491,21 +528,18 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
     if prepared is not None:
         prepared.check(probe_set, tokenizer, model, bos=opts.bos)
         encoded, plan, tokenize_s = prepared.encoded, prepared.plan, 0.0
+        prepared.check_context(model)
     else:
         encoded, plan = encode_items(items, tokenizer, bos=opts.bos), None
         tokenize_s = time.perf_counter() - t1
-    validation.check_context(encoded, items, model)
+        validation.check_context(encoded, items, model)
     res = score_encoded(model, encoded, n_rows=n_rows, pad_id=int(pad_id), batch_size=opts.batch_size,
                         progress=progress, plan=plan, threads=opts.threads)
     _check_finite(res, items, model)
-    static = prepared.columns if prepared is not None else item_columns(items, encoded)
-    frame = _frame(model_name, revision, static, res)
-    frame.attrs.update(_attrs(model, model_name, revision, opts, probe_set, n_rows, res))
-    total_s = time.perf_counter() - t0
-    frame.attrs["wall_s"] = round(total_s, 4)
-    frame.attrs["timings"] = {"load_s": load_s, "tokenize_s": tokenize_s, "plan_s": res["plan_s"],
-                              "forward_s": res["forward_s"], "head_s": res["head_s"], "total_s": total_s}
-    return frame
+    attrs = _attrs(model, model_name, revision, opts, probe_set, n_rows, res)
+    timings = {"load_s": load_s, "tokenize_s": tokenize_s, "plan_s": res["plan_s"], "forward_s": res["forward_s"],
+               "head_s": res["head_s"], "total_s": time.perf_counter() - t0}
+    return _Pass(model_name, items, encoded, prepared, res, attrs, timings)
 
 
 def merged_probe_set(probe_sets: Sequence[ProbeSet]) -> ProbeSet:
@@ -519,38 +553,80 @@ def merged_probe_set(probe_sets: Sequence[ProbeSet]) -> ProbeSet:
                     "merged: " + ", ".join(p.name for p in probe_sets))
 
 
-def score_sets(model: Any, probe_sets: Sequence[ProbeSet], *, tokenizer: Any, options: ScoreOptions | None = None,
-               prepared: Prepared | None = None, progress: bool = False) -> list[pd.DataFrame]:
-    """Score several probe sets of one checkpoint in ONE pass; one frame per set.
+@dataclass(frozen=True)
+class ScoredTable:
+    """One probe set's per-item results in Arrow: what the results store writes, without the
+    pandas frame (a replay of many small checkpoints spends more on frames than on scoring).
+
+    Attributes:
+        table: the columns `FRAME_COLUMNS`, strings as ``string``, in probe-set order.
+        attrs: what `score` puts in ``frame.attrs`` for this set alone, plus ``scored_with``.
+    """
+
+    table: pa.Table
+    attrs: dict[str, Any]
+
+    def frame(self) -> pd.DataFrame:
+        """The table as the score frame `score` returns (same columns, dtypes and attrs)."""
+        frame = self.table.to_pandas()
+        frame.attrs = dict(self.attrs)
+        return frame
+
+
+def score_tables(model: Any, probe_sets: Sequence[ProbeSet], *, tokenizer: Any, options: ScoreOptions | None = None,
+                 prepared: Prepared | None = None, progress: bool = False) -> list[ScoredTable]:
+    """Score several probe sets of one checkpoint in ONE pass; one `ScoredTable` per set.
 
     The sets' items share one plan (`prepare` on `merged_probe_set`): prefixes shared across
     sets run once, and the batches fill up, so on 2 cores the four shipped batteries of a mini
-    model score in about half the time of four `score` calls. Each frame is the one `score`
-    gives for that set alone (rows, columns, attrs with its own ``probeset`` and
-    ``probeset_sha256``) up to float rounding; measured bit-identical on the shipped batteries,
-    since each batch runs on single-threaded kernels. ``attrs["scored_with"]`` lists the sets
-    that shared the pass, and the plan counts (``forward_tokens``...) and ``timings`` are the
-    pass's.
+    model score in about half the time of four `score` calls. Each set's table holds the
+    values `score` gives for that set alone, its attrs carry the set's own ``probeset`` and
+    ``probeset_sha256``; the numbers are equal up to float rounding, and measured
+    bit-identical on the shipped batteries, since each batch runs on single-threaded kernels.
+    ``attrs["scored_with"]`` lists the sets that shared the pass, and the plan counts
+    (``forward_tokens``...) and ``timings`` are the pass's.
 
     Args:
         model, tokenizer, options, progress: as for `score`.
         probe_sets: the sets, each a `ProbeSet`.
-        prepared: `prepare(model, merged_probe_set(probe_sets), ...)`, reusable across revisions.
+        prepared: `prepare(model, merged_probe_set(probe_sets), ...)`, reusable across revisions;
+            its item columns are then converted to Arrow once, not per call.
+
+    Returns:
+        The tables, in the order of `probe_sets`.
+    """
+    t0 = time.perf_counter()
+    opts = options or ScoreOptions()
+    run = _score_pass(model, merged_probe_set(probe_sets), tokenizer, None, opts, progress, prepared, t0)
+    n = len(run.items)
+    constant = {"model": pa.repeat(pa.scalar(run.model_name, pa.string()), n),
+                "revision": pa.repeat(pa.scalar("", pa.string()), n)}
+    static = run.static_arrow()
+    dynamic = _dynamic_columns(run.res)
+    whole = pa.table({name: constant[name] if name in constant else
+                      static.column(name) if name in static.column_names else pa.array(dynamic[name])
+                      for name in FRAME_COLUMNS})
+    run.timings["total_s"] = time.perf_counter() - t0
+    attrs = {**run.attrs, "wall_s": round(run.timings["total_s"], 4), "timings": run.timings,
+             "scored_with": [p.name for p in probe_sets]}
+    out, start = [], 0
+    for p in probe_sets:
+        out.append(ScoredTable(whole.slice(start, len(p.items)),
+                               {**attrs, "probeset": p.name, "probeset_sha256": p.sha256}))
+        start += len(p.items)
+    return out
+
+
+def score_sets(model: Any, probe_sets: Sequence[ProbeSet], *, tokenizer: Any, options: ScoreOptions | None = None,
+               prepared: Prepared | None = None, progress: bool = False) -> list[pd.DataFrame]:
+    """`score_tables` as score frames: one frame per set, the one `score` gives for that set
+    alone (rows, columns, dtypes, attrs with its own ``probeset``), plus ``attrs["scored_with"]``.
 
     Returns:
         The frames, in the order of `probe_sets`.
     """
-    frame = score(model, merged_probe_set(probe_sets), tokenizer=tokenizer, options=options, prepared=prepared,
-                  progress=progress)
-    attrs, frame.attrs = frame.attrs, {}  # sliced below without copying attrs per slice
-    names = [p.name for p in probe_sets]
-    frames, start = [], 0
-    for p in probe_sets:
-        part = frame.iloc[start:start + len(p.items)].reset_index(drop=True)
-        part.attrs = {**attrs, "probeset": p.name, "probeset_sha256": p.sha256, "scored_with": names}
-        frames.append(part)
-        start += len(p.items)
-    return frames
+    return [t.frame() for t in score_tables(model, probe_sets, tokenizer=tokenizer, options=options,
+                                            prepared=prepared, progress=progress)]
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -591,10 +667,25 @@ class Prepared:
     encoded: tuple[EncodedItem, ...]
     plan: Plan
 
+    # model context lengths these items were checked to fit (`validation.check_context`)
+    _fits: set[int | None] = field(default_factory=set, compare=False, repr=False)
+
     @cached_property
     def columns(self) -> dict[str, pd.Series]:
         """The frame's item columns (`item_columns`), built on first use."""
         return item_columns(self.probe_set.items, self.encoded)
+
+    @cached_property
+    def arrow_columns(self) -> pa.Table:
+        """The item columns in Arrow (`item_arrow`), built on first use."""
+        return item_arrow(self.probe_set.items, self.encoded)
+
+    def check_context(self, model: Any) -> None:
+        """`validation.check_context` for these items, once per context length."""
+        limit = validation.context_length(model)
+        if limit not in self._fits:
+            validation.check_context(self.encoded, self.probe_set.items, model)
+            self._fits.add(limit)
 
     def check(self, probe_set: ProbeSet, tokenizer: Any, model: Any, *, bos: bool) -> None:
         """Raise ScoringError unless this preparation fits these items, tokenizer and model."""

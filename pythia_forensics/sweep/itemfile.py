@@ -184,9 +184,9 @@ def normalize(table: pa.Table, types: Mapping[str, pa.DataType]) -> pa.Table:
     return table
 
 
-def _column(values: pd.Series, want: pa.DataType | None) -> pa.Array:
+def _column(values: pd.Series | pa.ChunkedArray, want: pa.DataType | None) -> pa.Array | pa.ChunkedArray:
     """One score-frame column as Arrow, in its fixed type where the column is known."""
-    arr = pa.array(values, from_pandas=True)
+    arr = values if isinstance(values, pa.ChunkedArray) else pa.array(values, from_pandas=True)
     if want is not None and arr.type != want:
         arr = arr.cast(want)
     elif want is None and pa.types.is_null(arr.type):
@@ -204,7 +204,8 @@ def _constant(value: Any, want: pa.DataType | None, n: int) -> pa.Array:
     return pa.repeat(scalar, n)
 
 
-def item_table(key: WorkKey, frame: pd.DataFrame, provenance: Mapping[str, object], written_at: int) -> pa.Table:
+def item_table(key: WorkKey, frame: pd.DataFrame | pa.Table, provenance: Mapping[str, object],
+               written_at: int) -> pa.Table:
     """A unit's item rows as an Arrow table in the fixed schema: the score frame's columns,
     then the provenance, the key's own fields, ``work_key`` and ``written_at``.
 
@@ -213,7 +214,8 @@ def item_table(key: WorkKey, frame: pd.DataFrame, provenance: Mapping[str, objec
 
     Args:
         key: the unit's work key.
-        frame: the scorer's per-item frame (one row per item).
+        frame: the scorer's per-item rows (one per item): a score frame, or the Arrow table
+            of a `scoring.ScoredTable`, whose columns are taken as they are (no conversion).
         provenance: values for the provenance columns (repo, step, commit, ...).
         written_at: the write's wall clock in ns (orders two writes of one slot).
 
@@ -221,20 +223,23 @@ def item_table(key: WorkKey, frame: pd.DataFrame, provenance: Mapping[str, objec
         The table; a column named both in the frame and below takes the value below, in the
         frame's column position.
     """
-    # the same columns without frame.attrs: pandas deep-copies attrs into every column it
-    # hands out, which cost more than the rest of the store write (~40 columns per unit)
-    frame = pd.DataFrame(frame, copy=False)
-    n = len(frame)
     # the scorer names the model by what it was given (often a path); the key's name wins
     constants: dict[str, Any] = {"model": key.model, "revision": key.revision, **provenance,
                                  "probeset": key.probeset, "probeset_sha256": key.probeset_sha256,
                                  "content_key": key.content_key, "dtype": key.dtype, "bos": bool(key.bos),
                                  "vocab_rows": key.vocab_rows, "code_version": key.code_version,
                                  "work_key": key.id, "written_at": written_at}
-    columns: dict[str, pa.Array] = {}
-    for name in frame.columns:
+    if isinstance(frame, pa.Table):
+        n, names, column = frame.num_rows, frame.column_names, frame.column
+    else:
+        # the same columns without frame.attrs: pandas deep-copies attrs into every column it
+        # hands out, which cost more than the rest of the store write (~40 columns per unit)
+        frame = pd.DataFrame(frame, copy=False)
+        n, names, column = len(frame), list(frame.columns), frame.__getitem__
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for name in names:
         if name not in constants:
-            columns[name] = _column(frame[name], ITEM_TYPES.get(name))
+            columns[name] = _column(column(name), ITEM_TYPES.get(name))
         else:
             columns[name] = None  # type: ignore[assignment]  # keeps the frame's position
     for name, value in constants.items():
@@ -270,13 +275,19 @@ def write_table(table: pa.Table, path: Path, record: Mapping[str, Any]) -> tuple
     meta = dict(table.schema.metadata or {})
     meta[STORE_METADATA_KEY.encode()] = json.dumps(full, sort_keys=True, default=str).encode()
     table = table.replace_schema_metadata(meta)
+    # serialized in memory, then written with one call: pyarrow's file-system layer costs
+    # more per small file than the encoding
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, durable=True) as tmp:
-        pq.write_table(table, tmp)
-        if fault == ("store-write-mid", n):
-            with open(tmp, "r+b") as fh:  # a writer killed half-way: half a file under the temp name
-                fh.truncate(max(1, tmp.stat().st_size // 2))
-            os._exit(FAULT_EXIT_STATUS)
+        with open(tmp, "wb") as fh:
+            if fault == ("store-write-mid", n):  # a writer killed half-way: half a file under the temp name
+                fh.write(memoryview(data)[: max(1, data.size // 2)])
+                fh.flush()
+                os._exit(FAULT_EXIT_STATUS)
+            fh.write(memoryview(data))
     if fault == ("store-write", n):
         os._exit(FAULT_EXIT_STATUS)
     return full, table

@@ -473,7 +473,7 @@ class Monitor:
                 key = WorkKey(model=self.run, revision=revision, content_key=fingerprint, probeset=ps.name,
                               probeset_sha256=ps.sha256, dtype=frame.attrs["dtype"], bos=self.options.bos,
                               vocab_rows=self.options.vocab_rows, code_version=code_version())
-                self.store.write(key, frame, provenance=provenance(record, frame))
+                self.store.write(key, frame, provenance=provenance(record, frame.attrs))
         if self.store is not None and not self._models_written:
             self._write_models(model)
         new = dynamics.step_table(pd.concat(self._items[-len(frames):], ignore_index=True), config=self.config)

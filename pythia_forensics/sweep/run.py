@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -29,12 +30,12 @@ from pythia_forensics.sweep.store import ResultsStore
 __all__ = ["run_todo", "provenance", "read_failures", "one_line"]
 
 
-def provenance(record: Any, frame: pd.DataFrame, spec: Any = None) -> dict[str, Any]:
+def provenance(record: Any, attrs: Mapping[str, Any], spec: Any = None) -> dict[str, Any]:
     """The provenance columns of one scored unit (`ResultsStore.write(provenance=)`).
 
     Args:
         record: the checkpoint's record (repo, step, revision, commit, weights_sha256).
-        frame: the score frame (its ``attrs`` say what actually ran).
+        attrs: the score frame's ``attrs`` (or a `ScoredTable`'s): what actually ran.
         spec: the model's `registry.ModelSpec`, for tokens seen; None where unknown.
 
     Returns:
@@ -50,10 +51,10 @@ def provenance(record: Any, frame: pd.DataFrame, spec: Any = None) -> dict[str, 
         "repo": record.repo, "step": record.step, "tokens": tokens, "commit": record.commit,
         "weights_sha256": record.weights_sha256,
         # what actually ran (an `auto` batch size halves itself on out-of-memory)
-        "batch_size": int(frame.attrs.get("batch_size", 0)), "device": str(frame.attrs.get("device", "")),
+        "batch_size": int(attrs.get("batch_size", 0)), "device": str(attrs.get("device", "")),
         # CPU kernels block by thread count (ulp-level differences), and a busy machine's speed
         # depends on the wait policy: both recorded with the numbers
-        "threads": int(frame.attrs.get("threads", 0)), "omp_wait_policy": str(frame.attrs.get("omp_wait_policy", "")),
+        "threads": int(attrs.get("threads", 0)), "omp_wait_policy": str(attrs.get("omp_wait_policy", "")),
         "pf_version": __version__,
         "torch_version": torch.__version__, "transformers_version": transformers.__version__,
     }
@@ -243,7 +244,7 @@ class _Run:
         return model, tokenizer
 
     def score_units(self, item: Todo, fetched: Any, model: Any, tokenizer: Any) -> list[tuple[Any, Any, dict]]:
-        """Score the revision's missing probe sets in one pass (`scoring.score_sets`: shared
+        """Score the revision's missing probe sets in one pass (`scoring.score_tables`: shared
         prefixes once, fuller batches): (key, frame, provenance) per set, each stored as its
         own unit by `_store_units`."""
         from pythia_forensics.scoring import score as scoring
@@ -259,9 +260,10 @@ class _Run:
         # one ReplayOptions for the whole run: every key of a revision has the same options
         options = scoring.ScoreOptions(dtype=key0.dtype, device=self.opts.device, batch_size=self.opts.batch_size,
                                        bos=key0.bos, vocab_rows=key0.vocab_rows, threads=self.threads)
-        frames = scoring.score_sets(model, sets, tokenizer=tokenizer, options=options,
-                                    prepared=self.prepared[plan_key])
-        return [(key, frame, provenance(fetched, frame, item.spec)) for (key, _), frame in zip(item.keys, frames)]
+        # Arrow tables, not frames: the store writes them as they are (no pandas round trip)
+        scored = scoring.score_tables(model, sets, tokenizer=tokenizer, options=options,
+                                      prepared=self.prepared[plan_key])
+        return [(key, s.table, provenance(fetched, s.attrs, item.spec)) for (key, _), s in zip(item.keys, scored)]
 
     def _store_units(self, units: list[tuple[Any, Any, dict]]) -> list[float]:
         """Write each unit durably (the writer thread); seconds per write."""

@@ -70,12 +70,14 @@ from pythia_forensics.sweep.itemfile import (
     write_table,
 )
 from pythia_forensics.sweep.maintenance import StoreMaintenance, StoreProblem, StoreReport
-from pythia_forensics.sweep.summary import summarize
+from pythia_forensics.sweep.summary import SUMMARY_COLUMNS, summarize
 
 __all__ = ["WorkKey", "ResultsStore", "StoreProblem", "StoreReport", "summarize", "content_sha256",
            "PROVENANCE_COLUMNS", "model_partition"]
 
 _log = logging.getLogger(__name__)
+# the order of `items()` rows (it fixes the summary's float sums)
+_ITEM_ORDER = ("model", "probeset", "step", "revision", "item_id")
 
 
 class ResultsStore(StoreMaintenance):
@@ -157,12 +159,13 @@ class ResultsStore(StoreMaintenance):
         return {p.stem for p in self._item_files()}
 
     # --- writing ---------------------------------------------------------------------------
-    def write(self, key: WorkKey, frame: pd.DataFrame, *, provenance: Mapping[str, object]) -> Path:
+    def write(self, key: WorkKey, frame: pd.DataFrame | pa.Table, *, provenance: Mapping[str, object]) -> Path:
         """Store one unit's score frame with its provenance, atomically and durably.
 
         Args:
             key: the unit's work key.
-            frame: the scorer's per-item frame (ARCHITECTURE.md columns).
+            frame: the scorer's per-item frame (ARCHITECTURE.md columns), or the same columns
+                as an Arrow table (`scoring.ScoredTable.table`; the same file either way).
             provenance: values for the provenance columns (repo, step, commit, ...); the key's
                 own fields, ``work_key`` and ``written_at`` are filled in here.
 
@@ -172,7 +175,7 @@ class ResultsStore(StoreMaintenance):
         Raises:
             StoreError: the frame is empty.
         """
-        if frame.empty:
+        if (frame.num_rows if isinstance(frame, pa.Table) else len(frame)) == 0:
             raise StoreError(f"refusing to store an empty score frame for {key.model} {key.revision}; "
                              "check the probe set has items")
         # ns wall clock: orders two writes of one slot even within one second
@@ -243,7 +246,7 @@ class ResultsStore(StoreMaintenance):
         table = read_file(path)
         return check_items(table, path, legacy=self._is_legacy(path)), table
 
-    def items(self, *, models: Iterable[str] | None = None) -> pd.DataFrame:
+    def items(self, *, models: Iterable[str] | None = None, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """All intact item rows as one frame (the newest intact file per slot), sorted.
 
         Damaged files are moved to the quarantine folder with one warning line each (or, on a
@@ -251,6 +254,8 @@ class ResultsStore(StoreMaintenance):
 
         Args:
             models: keep only these models (default: all).
+            columns: keep only these columns (default: all), plus the sort columns; columns
+                no file has are left out.
 
         Returns:
             The item rows, sorted by model, probe set, step, revision, item_id.
@@ -261,7 +266,7 @@ class ResultsStore(StoreMaintenance):
         if scan.legacy:
             _log.warning(f"{len(scan.legacy)} item file(s) under {self.root} predate store format {STORE_FORMAT} "
                          f"(no checksums); `pythia-forensics verify {self.root} --repair` upgrades them")
-        return self._frame(scan)
+        return self._frame(scan, columns)
 
     def missing(self) -> pd.DataFrame:
         """Checkpoints missing from the store, per model and probe set.
@@ -308,7 +313,8 @@ class ResultsStore(StoreMaintenance):
         Returns:
             The summary frame written.
         """
-        table = summarize(self.items())
+        # only the columns the summary reads: converting all ~40 to pandas costs ~4x more
+        table = summarize(self.items(columns=SUMMARY_COLUMNS))
         if not table.empty:
             write_table(pa.Table.from_pandas(table, preserve_index=False), self.root / SUMMARY_FILE,
                          {"kind": "summary"})
@@ -455,15 +461,19 @@ class ResultsStore(StoreMaintenance):
         return dest
 
     @staticmethod
-    def _frame(scan: Scan) -> pd.DataFrame:
+    def _frame(scan: Scan, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """The used files' rows as one sorted frame (the order fixes the summary's float sums)."""
-        tables = [normalize(t, ITEM_TYPES).replace_schema_metadata(None) for _, _, t in scan.used.values()]
+        tables = [t for _, _, t in scan.used.values()]
+        if columns is not None:
+            keep = set(columns) | set(_ITEM_ORDER)
+            tables = [t.select([c for c in t.column_names if c in keep]) for t in tables]
+        tables = [normalize(t, ITEM_TYPES).replace_schema_metadata(None) for t in tables]
         if not tables:
             return pd.DataFrame()
         frame = pa.concat_tables(tables, promote_options="default").to_pandas()
         if "step" in frame:
             frame["step"] = pd.array(frame["step"], dtype="Int64")
-        order = [c for c in ("model", "probeset", "step", "revision", "item_id") if c in frame]
+        order = [c for c in _ITEM_ORDER if c in frame]
         return frame.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
 
     def require_items(self) -> pd.DataFrame:

@@ -5,7 +5,10 @@ import pandas as pd
 
 from pythia_forensics.constants import SUMMARY_KEYS
 
-__all__ = ["summarize"]
+__all__ = ["summarize", "SUMMARY_COLUMNS"]
+
+# the item columns `summarize` reads
+SUMMARY_COLUMNS = (*SUMMARY_KEYS, "item_id", "correct", "margin")
 
 
 def summarize(items: pd.DataFrame) -> pd.DataFrame:
