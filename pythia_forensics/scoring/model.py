@@ -8,7 +8,8 @@ a folder without tokenizer files. Never `trust_remote_code`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +270,7 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> Any:
     with torch.no_grad():
         for path in files:
             _read_tensors(path, kind, put)
-    missing = sorted(set(state) - seen - _tied_names(model))
+    missing = sorted(set(state) - seen - _tied_names(state))
     info["missing_keys"] = [m for m in missing if not m.endswith(IGNORED_TENSOR_SUFFIXES)]
     # the same refusals, in the same words, as a first load through from_pretrained
     validation.check_loading_info(info, str(folder), advice="a damaged checkpoint, or a different architecture "
@@ -340,16 +341,24 @@ def _read_tensors(path: Path, kind: str, put: Callable[[str, Any], None]) -> Non
         raise validation.describe_load_error(exc, str(path)) from exc
 
 
+# model -> its checkpoint renamings: fixed by the model's class and config, and transformers
+# rebuilds (deep-copies) them on every call, which costs more than a small model's weights
+_RENAMINGS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
 def _checkpoint_renamer(model: Any) -> Any:
     """Checkpoint tensor name -> the model's name (transformers 5 renames some modules, e.g.
     GPT-NeoX's ``embed_out`` is ``lm_head`` in memory but stays ``embed_out`` on disk)."""
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
+    renamings = _RENAMINGS.get(model)
+    if renamings is None:
+        try:
+            from transformers.conversion_mapping import get_model_conversion_mapping
+            from transformers.core_model_loading import WeightRenaming
 
-        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
-    except Exception:  # older transformers: names on disk are the names in memory
-        renamings = []
+            renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+        except Exception:  # older transformers: names on disk are the names in memory
+            renamings = []
+        _RENAMINGS[model] = renamings
 
     def rename(name: str) -> str:
         for t in renamings:
@@ -359,10 +368,10 @@ def _checkpoint_renamer(model: Any) -> Any:
     return rename
 
 
-def _tied_names(model: Any) -> set[str]:
+def _tied_names(state: Mapping[str, Any]) -> set[str]:
     """State-dict names that share storage with another entry (tied embeddings)."""
     by_ptr: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         by_ptr.setdefault(tensor.data_ptr(), []).append(name)
     return {n for names in by_ptr.values() if len(names) > 1 for n in names}
 

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ class WorkKey:
         """File-name prefix shared by every key of the same (revision, probe set)."""
         return f"{slug(self.revision)}_{_short_hash(self.model, self.revision, self.probeset)}_"
 
-    @property
+    @cached_property
     def id(self) -> str:
         """The work key as a string: readable slot prefix + hash of every field."""
         blob = json.dumps(asdict(self), sort_keys=True)
@@ -150,10 +151,10 @@ def content_sha256(table: pa.Table) -> str:
             # length-prefixed UTF-8 straight from the Arrow buffers (nulls as "", the mask says which);
             # 32-bit offsets are widened in numpy, not by an Arrow cast: the same int64 bytes
             arr = col.fill_null("") if nulls else col
-            arr = pa.concat_arrays([arr]) if arr.offset else arr
             _, offsets, data = arr.buffers()
             width = "<i8" if arr.type == pa.large_string() else "<i4"
-            offs = np.frombuffer(offsets, dtype=width)[: len(arr) + 1].astype("<i8")
+            # a slice (a probe set of a merged pass) reads its own window of the offsets
+            offs = np.frombuffer(offsets, dtype=width)[arr.offset: arr.offset + len(arr) + 1].astype("<i8")
             h.update(b"s" + (offs - offs[0]).tobytes())
             if data is not None:
                 h.update(memoryview(data)[int(offs[0]):int(offs[-1])])

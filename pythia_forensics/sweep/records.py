@@ -30,7 +30,7 @@ class UnitTiming:
         load_s: loading the revision's weights (model skeleton or weights into it), shared by
             the revision's units: the first unit of a revision carries it, the others 0.
         score_s: the unit's share, by items, of the revision's one scoring pass over its
-            missing probe sets (`scoring.score_sets`), including building the plan the first
+            missing probe sets (`scoring.score_tables`), including building the plan the first
             time a (model, probe sets) combination is seen.
         write_s: `ResultsStore.write` (Arrow table, checksum, durable atomic write), on the
             writer thread, overlapping the next revision's load and scoring.

@@ -195,10 +195,16 @@ class ResultsStore(StoreMaintenance):
 
     def _drop_superseded(self, key: WorkKey) -> None:
         """Delete older files of the same slot (a re-uploaded revision, an edited probe set)."""
+        keep = self.path_for(key).name
         for folder in self._folders_for(key.model):
-            for old in folder.glob(f"{key.slot}*.parquet"):
-                if old != self.path_for(key):
-                    old.unlink(missing_ok=True)
+            # scandir + a prefix test: a glob per write cost more than the write's fsyncs
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(key.slot) and entry.name.endswith(".parquet") and entry.name != keep:
+                    Path(entry.path).unlink(missing_ok=True)
 
     # --- reading ---------------------------------------------------------------------------
     def _scan(self, *, models: Iterable[str] | None = None) -> Scan:

@@ -349,6 +349,27 @@ def test_load_weights_into_refuses_another_architecture(revisions):
         load_weights_into(model, other)
 
 
+def test_config_check_is_remembered_by_content_not_by_folder(revisions, tmp_path):
+    """A config.json that passed once is not parsed again, but an edited one is: the check
+    is remembered by the file's bytes (and the loaded model's type), not by where it lives."""
+    import json
+    import shutil
+
+    _, a, b, _, _ = revisions
+    model, _ = load_model(a)
+    load_weights_into(model, b)  # b's config passes (and is remembered)
+    edited = tmp_path / "edited"
+    shutil.copytree(b, edited)
+    config = json.loads((edited / "config.json").read_text())
+    for model_type, match in (("llama", "config.json says model_type 'llama'"), ("bert", "bert")):
+        config["model_type"] = model_type
+        (edited / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ModelLoadError, match=match):
+            load_weights_into(model, edited)
+    shutil.copy(b / "config.json", edited / "config.json")  # the same bytes as b's again
+    load_weights_into(model, edited)
+
+
 def test_load_errors(revisions, tmp_path):
     root = revisions[0]
     with pytest.raises(ModelLoadError, match="does not exist"):

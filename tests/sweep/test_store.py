@@ -72,6 +72,33 @@ def test_write_has_items_and_summary(tmp_path):
     pd.testing.assert_frame_equal(store.summary(), summ, check_dtype=False)
 
 
+def test_an_arrow_table_and_its_frame_store_the_same_file(tmp_path):
+    """The replay hands the store Arrow tables sliced out of one merged pass (non-zero
+    offsets, nulls, 64-bit strings); the file must be the one the same rows give as a frame."""
+    from pythia_forensics.sweep.itemfile import content_sha256, item_table
+
+    whole = _frame(n=10, seed=4)
+    whole["template"] = ["t1", None] * 5
+    whole["prefix"] = [f"prefix {k} " * k for k in range(10)]
+    part = whole.iloc[3:9].reset_index(drop=True)
+    table = pa.Table.from_pandas(whole, preserve_index=False).slice(3, 6)
+    table = table.set_column(table.schema.get_field_index("prefix"), "prefix",
+                             table["prefix"].cast(pa.large_string()))
+    key, prov = _key(), {"step": 10, "commit": None, "batch_size": 4}
+    a, b = item_table(key, part, prov, 7), item_table(key, table, prov, 7)
+    assert a.schema == b.schema and a.to_pylist() == b.to_pylist()
+    assert content_sha256(a) == content_sha256(b)
+    got = []
+    for name, rows in (("frame", part), ("table", table)):
+        store = ResultsStore(tmp_path / name)
+        store.write(key, rows, provenance=prov)
+        got.append(ResultsStore(tmp_path / name).items().drop(columns=["written_at"]))
+    pd.testing.assert_frame_equal(got[0], got[1])
+    assert got[1]["template"].isna().tolist() == [True, False] * 3  # rows 3..8 of the whole
+    with pytest.raises(StoreError, match="empty"):
+        ResultsStore(tmp_path / "e").write(key, table.slice(0, 0), provenance=prov)
+
+
 def test_rewrite_under_new_key_supersedes_old_slot(tmp_path):
     store = ResultsStore(tmp_path)
     old, new = _key(content_key="c1"), _key(content_key="c2")
