@@ -487,7 +487,7 @@ def score(model_or_path: Any, probes: Any, *, tokenizer: Any = None, revision: s
     t0 = time.perf_counter()
     opts = replace(options or ScoreOptions(), **overrides)
     probe_set = probes if isinstance(probes, ProbeSet) else load_probes(probes)
-    run = _score_pass(model_or_path, probe_set, tokenizer, revision, opts, progress, prepared, t0)
+    run = _score_pass(model_or_path, probe_set, tokenizer, revision, opts, progress, prepared)
     frame = _frame(run.model_name, revision, run.static_columns(), run.res)
     frame.attrs.update(run.attrs)
     run.timings["total_s"] = time.perf_counter() - t0
@@ -516,8 +516,9 @@ class _Pass:
 
 
 def _score_pass(model_or_path: Any, probe_set: ProbeSet, tokenizer: Any, revision: str | None, opts: ScoreOptions,
-                progress: bool, prepared: Prepared | None, t0: float) -> _Pass:
-    """Load (if given a path), tokenize or reuse `prepared`, run the plan, check the results."""
+                progress: bool, prepared: Prepared | None) -> _Pass:
+    """Load (if given a path), tokenize or reuse `prepared`, run the plan, check the results
+    (``timings`` lacks ``total_s``: the caller's whole call sets it)."""
     t_load = time.perf_counter()
     model, tokenizer, model_name = _resolve_model(model_or_path, tokenizer, revision, opts)
     load_s = time.perf_counter() - t_load if isinstance(model_or_path, (str, Path)) else 0.0
@@ -538,7 +539,7 @@ def _score_pass(model_or_path: Any, probe_set: ProbeSet, tokenizer: Any, revisio
     _check_finite(res, items, model)
     attrs = _attrs(model, model_name, revision, opts, probe_set, n_rows, res)
     timings = {"load_s": load_s, "tokenize_s": tokenize_s, "plan_s": res["plan_s"], "forward_s": res["forward_s"],
-               "head_s": res["head_s"], "total_s": time.perf_counter() - t0}
+               "head_s": res["head_s"]}
     return _Pass(model_name, items, encoded, prepared, res, attrs, timings)
 
 
@@ -597,7 +598,7 @@ def score_tables(model: Any, probe_sets: Sequence[ProbeSet], *, tokenizer: Any, 
     """
     t0 = time.perf_counter()
     opts = options or ScoreOptions()
-    run = _score_pass(model, merged_probe_set(probe_sets), tokenizer, None, opts, progress, prepared, t0)
+    run = _score_pass(model, merged_probe_set(probe_sets), tokenizer, None, opts, progress, prepared)
     n = len(run.items)
     constant = {"model": pa.repeat(pa.scalar(run.model_name, pa.string()), n),
                 "revision": pa.repeat(pa.scalar("", pa.string()), n)}

@@ -247,6 +247,23 @@ def test_prepared_plan_reused_across_weights_gives_the_same_numbers(model, tiny_
         score(other, probes, tokenizer=tiny_tokenizer, batch_size=7)[cols].to_numpy())
 
 
+def test_prepared_plan_still_refuses_a_model_with_a_shorter_context(model, tiny_tokenizer):
+    """A preparation remembers which context lengths its items fit; a model of the same type
+    with fewer positions is checked again and refused, not scored past its positions."""
+    from pythia_forensics.errors import CheckpointError
+    from pythia_forensics.scoring import score as scoring
+
+    probes = _set(_items())
+    prepared = scoring.prepare(model, probes, tokenizer=tiny_tokenizer)
+    score(model, probes, tokenizer=tiny_tokenizer, prepared=prepared)
+    longest = max(len(e.context_ids) + max(len(e.target_ids), len(e.foil_ids)) - 1 for e in prepared.encoded)
+    short = tiny_neox(len(tiny_tokenizer), max_positions=longest - 1)
+    with pytest.raises(CheckpointError, match="positions"):
+        score(short, probes, tokenizer=tiny_tokenizer, prepared=prepared)
+    score(tiny_neox(len(tiny_tokenizer), max_positions=longest), probes, tokenizer=tiny_tokenizer,
+          prepared=prepared)  # exactly full still scores
+
+
 def test_stage_timings_are_recorded_and_a_prepared_plan_costs_no_planning(model, tiny_tokenizer):
     """frame.attrs["timings"]: every stage's seconds (structure only, never a magnitude): all
     keys, non-negative floats, the parts within the total; reuse of `prepare` plans nothing."""

@@ -62,6 +62,9 @@ def test_write_has_items_and_summary(tmp_path):
     assert set(rows["work_key"]) == {key.id}
     assert rows["step"].tolist() == [10] * len(frame)
     np.testing.assert_allclose(rows.sort_values("item_id")["margin"], frame.sort_values("item_id")["margin"])
+    some = store.items(columns=["margin"])  # the asked-for columns plus the sort columns, same rows
+    assert set(some.columns) == {"margin", "model", "probeset", "step", "revision", "item_id"}
+    pd.testing.assert_frame_equal(some, rows[list(some.columns)])
     summ = store.refresh_summary()
     # independent count: plain loop over the input frame
     for (rule, cond), grp in frame.groupby(["rule", "condition"]):
