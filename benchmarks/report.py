@@ -152,7 +152,19 @@ def _header(report: dict[str, Any]) -> list[str]:
         "the others use; its score s/rev is the replay's own (loading included), its load s/rev the profiled "
         "sweep's (below). max |delta logp| compares every item's target and foil log-prob with ours on the same "
         "revisions in the same round (max over rounds).", "",
-    ]
+    ] + _large_tier(p)
+
+
+def _large_tier(p: dict[str, Any]) -> list[str]:
+    large = p.get("large")
+    if not large:
+        return []
+    peers = ", ".join(f"{c} {large['lm_eval_revisions'] if c == 'lm-eval' else large['slow_revisions']}"
+                      for c in large["competitors"] if c != "ours")
+    return [f"Large tier, after those rounds: {', '.join(large['shapes'])}, {large['revisions']} revisions, "
+            f"{large['rounds_done']} round(s) of {large['rounds_planned']} planned; ours sweeps all "
+            f"{large['revisions']} (and again beside the torch job), {peers or 'no peer'} per round. The peers "
+            "left out would take about 100 s a revision each at this size on 2 cores (benchmarks/settings.py).", ""]
 
 
 def _main_table(report: dict[str, Any]) -> list[str]:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,9 @@ from benchmarks.settings import (
     BENCH_COMPETING_MATMUL,
     BENCH_COMPETING_THREADS,
     BENCH_COMPETITORS,
+    BENCH_LARGE_COMPETITORS,
+    BENCH_LARGE_REVISIONS,
+    BENCH_LARGE_ROUNDS,
     BENCH_MIN_ITEMS,
     BENCH_QUICK_ITEMS,
     BENCH_QUICK_REVISIONS,
@@ -110,6 +113,10 @@ class BenchPlan:
         batch_size: the competitors' batch size.
         contention: each round, run ours once more beside a `CompetingJob` (the slowdown
             column: contended / quiet wall time per revision).
+        large: a second tier run after these rounds on the same battery, for shapes too slow
+            for every peer and every round (Pythia-160m): its own shapes, revisions, rounds,
+            competitors and budget (counted from its own start); the battery, batch size and
+            support fields are this plan's.
     """
 
     shapes: tuple[BenchShape, ...]
@@ -123,23 +130,37 @@ class BenchPlan:
     competitors: tuple[str, ...] = BENCH_COMPETITORS
     batch_size: int = BENCH_BATCH_SIZE
     contention: bool = True
+    large: BenchPlan | None = None
+
+    def tiers(self) -> tuple[BenchPlan, ...]:
+        """This plan's rounds, then the large tier's."""
+        return (self,) if self.large is None else (self, self.large)
 
 
 def default_plan(*, quick: bool = False) -> BenchPlan:
     """The plan `make bench` runs (quick: a tiny shape, 2 revisions, 120 items, one round)."""
     if quick:
-        return BenchPlan(shapes=bench_shapes(quick=True), revisions=BENCH_QUICK_REVISIONS, rounds=1,
+        main = BenchPlan(shapes=bench_shapes(quick=True), revisions=BENCH_QUICK_REVISIONS, rounds=1,
                          items=BENCH_QUICK_ITEMS, budget_s=120.0, support_tokens=1_000_000)
-    return BenchPlan(shapes=bench_shapes())
+        revisions = 1
+    else:
+        main, revisions = BenchPlan(shapes=bench_shapes()), BENCH_LARGE_REVISIONS
+    return replace(main, large=replace(main, shapes=bench_shapes(quick=quick, large=True), revisions=revisions,
+                                       rounds=BENCH_LARGE_ROUNDS, competitors=BENCH_LARGE_COMPETITORS))
 
 
 def _check_plan(plan: BenchPlan) -> None:
-    unknown = sorted(set(plan.competitors) - set(SWEEPS))
-    if unknown or "ours" not in plan.competitors:
+    names = [s.name for tier in plan.tiers() for s in tier.shapes]
+    if len(set(names)) != len(names):
+        raise BenchmarkError(f"a shape is planned twice ({', '.join(names)}); give each tier its own shapes",
+                             param="plan")
+    competitors = {c for tier in plan.tiers() for c in tier.competitors}
+    unknown = sorted(competitors - set(SWEEPS))
+    if unknown or any("ours" not in tier.competitors for tier in plan.tiers()):
         raise BenchmarkError(f"unknown or missing competitors {unknown or ['ours']}; use some of "
                              f"{', '.join(SWEEPS)} and always 'ours'", param="competitors")
     for comp, module in (("minicons", "minicons"), ("lm-eval", "lm_eval")):
-        if comp in plan.competitors and importlib.util.find_spec(module) is None:
+        if comp in competitors and importlib.util.find_spec(module) is None:
             raise BenchmarkError(f"competitor {comp} needs the {module} package, which is not installed; "
                                  "run `pip install minicons lm-eval` (the `bench` extra) or leave it out")
 
@@ -231,6 +252,12 @@ def _shape_round(setup: _Setup, shape: BenchShape, r: int, acc: _Rounds, bar: Ba
                 max_abs_delta(this["ours"][0], res, setup.revs[shape.name], sub))
 
 
+def _plan_record(plan: BenchPlan, acc: _Rounds) -> dict[str, Any]:
+    """What the report says about one tier's plan and how much of it ran."""
+    return {**{k: v for k, v in asdict(plan).items() if k not in ("shapes", "large")},
+            "shapes": [s.name for s in plan.shapes], "rounds_planned": plan.rounds, "rounds_done": acc.done}
+
+
 def _run_rounds(setup: _Setup, started: float, progress: bool) -> _Rounds:
     from tqdm.auto import tqdm
 
@@ -315,26 +342,31 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
     out.mkdir(parents=True, exist_ok=True)
     suite = Path(suite_dir) if suite_dir is not None else out / "suite"
     tokenizer, machine = neox_tokenizer(), _machine()
-    revs = {s.name: revision_dirs(build_suite(suite, s, revisions=plan.revisions, progress=progress))[:plan.revisions]
-            for s in plan.shapes}
+    tiers = plan.tiers()
+    revs = {s.name: revision_dirs(build_suite(suite, s, revisions=t.revisions, progress=progress))[:t.revisions]
+            for t in tiers for s in t.shapes}
     probes = build_battery(min_items=plan.items)
     stats = battery_stats(probes, tokenizer)
     setup = _Setup(plan=plan, battery=write_battery(probes, out / "battery.jsonl"), items=len(probes.items),
                    revs=revs, work=out / "work", isolate=isolate)
-    acc = _run_rounds(setup, started, progress)
-    runs = [res for res, _ in acc.runs]
-    floors = _floors(plan.shapes, revs, stats)
-    names = [s.name for s in plan.shapes]
+    # each tier's budget counts from its own start
+    accs = [_run_rounds(replace(setup, plan=t), started if t is plan else time.perf_counter(), progress)
+            for t in tiers]
+    runs = [res for acc in accs for res, _ in acc.runs]
+    shapes = [s for t in tiers for s in t.shapes]
+    floors = _floors(shapes, revs, stats)
+    names = [s.name for s in shapes]
     report: dict[str, Any] = {
-        "plan": {**{k: v for k, v in asdict(plan).items() if k != "shapes"}, "shapes": names,
-                 "rounds_planned": plan.rounds, "rounds_done": acc.done, "items": len(probes.items),
-                 "isolated": isolate, "competing_threads": BENCH_COMPETING_THREADS},
+        "plan": {**_plan_record(plan, accs[0]), "items": len(probes.items), "isolated": isolate,
+                 "competing_threads": BENCH_COMPETING_THREADS,
+                 "large": _plan_record(plan.large, accs[1]) if plan.large is not None else None},
         "machine": machine, "battery": asdict(stats), "plans": plan_stats(probes, tokenizer),
-        "table": reporting.summary_rows(runs, acc.contended, acc.deltas, floors, shapes=names,
-                                        competitors=plan.competitors, items=len(probes.items)),
+        "table": [row for t, acc in zip(tiers, accs) for row in reporting.summary_rows(
+            [res for res, _ in acc.runs], acc.contended, acc.deltas, floors, shapes=[s.name for s in t.shapes],
+            competitors=t.competitors, items=len(probes.items))],
         "breakdown": {n: _breakdown(runs, n) for n in names}, "floor": floors,
         "support": support_section(plan.support_tokens), "gpu": _device(probes, out, gpu),
-        "contended": [asdict(x) for x in acc.contended],
+        "contended": [asdict(x) for acc in accs for x in acc.contended],
     }
     machine["loadavg_end"] = os.getloadavg()
     report["wall_s"] = time.perf_counter() - started

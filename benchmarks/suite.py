@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks.settings import (
+    BENCH_LARGE_SHAPES,
+    BENCH_QUICK_LARGE_SHAPE,
     BENCH_QUICK_SHAPE,
     BENCH_REVISIONS,
     BENCH_SEED,
@@ -62,13 +64,16 @@ def registry_shape(name: str) -> BenchShape:
                       vocab_size=int(m.vocab_size))
 
 
-def bench_shapes(names: Sequence[str] = BENCH_SHAPES, *, quick: bool = False) -> tuple[BenchShape, ...]:
+def bench_shapes(names: Sequence[str] | None = None, *, quick: bool = False,
+                 large: bool = False) -> tuple[BenchShape, ...]:
     """The benchmark's shapes, read from the Pythia registry and the mini suite's config.
 
     Args:
         names: registry model names (`pythia-70m`) or mini-suite names (`mini-s`, whose body
-            gets Pythia's vocabulary: one tokenizer for all).
+            gets Pythia's vocabulary: one tokenizer for all); default `BENCH_SHAPES`, or
+            `BENCH_LARGE_SHAPES` with `large`.
         quick: return one tiny shape with Pythia's padded vocabulary instead.
+        large: the large tier's shapes (with `quick`: a second, slightly larger tiny shape).
 
     Returns:
         The shapes, in the order asked.
@@ -77,7 +82,10 @@ def bench_shapes(names: Sequence[str] = BENCH_SHAPES, *, quick: bool = False) ->
 
     vocab = registry_shape("pythia-70m").vocab_size
     if quick:
-        return (BenchShape(name="tiny", vocab_size=vocab, **BENCH_QUICK_SHAPE),)
+        return ((BenchShape(name="tiny-large", vocab_size=vocab, **BENCH_QUICK_LARGE_SHAPE),) if large
+                else (BenchShape(name="tiny", vocab_size=vocab, **BENCH_QUICK_SHAPE),))
+    if names is None:
+        names = BENCH_LARGE_SHAPES if large else BENCH_SHAPES
     minis = {m.name: m for m in demo_config().models}
     return tuple(BenchShape(name=n, layers=minis[n].layers, d_model=minis[n].d_model, heads=minis[n].heads,
                             vocab_size=vocab) if n in minis else registry_shape(n) for n in names)

@@ -241,6 +241,11 @@ def test_shapes_cover_the_mini_suite_body_and_pythia_14m():
     p14 = get_suite("pythia").model("pythia-14m")
     assert (shapes["pythia-14m"].layers, shapes["pythia-14m"].d_model) == (int(p14.layers), int(p14.d_model))
     assert {s.vocab_size for s in shapes.values()} == {50304}  # one tokenizer, Pythia's padded rows
+    (large,) = suite.bench_shapes(large=True)
+    p160 = get_suite("pythia").model("pythia-160m")
+    assert large.name == "pythia-160m"
+    assert (large.layers, large.d_model, large.heads) == (int(p160.layers), int(p160.d_model), int(p160.heads))
+    assert run.default_plan().large.shapes == (large,)
 
 
 @pytest.mark.slow  # starts an interpreter
@@ -263,6 +268,33 @@ def test_competing_job_burns_cpu_while_held_and_is_gone_after():
         assert cpu_ticks() > first
     assert job.proc is None
     assert not stat.exists() or "Z" in stat.read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.slow  # the quick benchmark end to end: every competitor, several rounds
+def test_quick_large_tier_runs_only_its_competitors_and_agrees_with_ours(quick_report):
+    """The large tier (Pythia-160m in `make bench`; a second tiny shape here) runs after the
+    rounds: only its competitors, its own revisions, ours beside the torch job too, a floor."""
+    out, report = quick_report
+    large = run.default_plan(quick=True).large
+    table = pd.read_csv(out / "bench.csv")
+    rows = table[table["shape"] == large.shapes[0].name].set_index("competitor")
+    assert list(rows.index) == list(large.competitors) == ["ours", "lm-eval"]
+    assert (rows["status"] == "ok").all() and (rows["rounds"] == large.rounds).all()
+    assert rows.loc["ours", "revisions_per_round"] == large.revisions
+    assert rows.loc["lm-eval", "max_abs_delta_logp"] <= BENCH_MAX_ABS_DELTA
+    assert rows.loc["ours", "contended_wall_per_revision_s"] > 0
+    assert report["floor"][large.shapes[0].name]["floor_s"] > 0
+    assert report["plan"]["large"]["shapes"] == [large.shapes[0].name]
+    assert "Large tier" in (out / "bench.md").read_text()
+    # the main tier's shape keeps every competitor
+    assert set(table.loc[table["shape"] == "tiny", "competitor"]) == set(BENCH_COMPETITORS)
+
+
+def test_a_shape_planned_in_two_tiers_is_refused():
+    plan = run.default_plan(quick=True)
+    twice = replace(plan, large=replace(plan.large, shapes=plan.shapes))
+    with pytest.raises(suite.BenchmarkError, match="planned twice"):
+        run.run_bench("unused", plan=twice, gpu=False, progress=False)
 
 
 @pytest.mark.slow  # the quick benchmark end to end: every competitor, several rounds
