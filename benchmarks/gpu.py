@@ -22,12 +22,12 @@ __all__ = ["checkpoint_section", "gpu_section", "support_section"]
 
 
 def support_section(n_tokens: int) -> dict[str, Any]:
-    """The support counter's throughput (`pythia_forensics.corpus.support.benchmark`)."""
+    """The support counter's throughput (`pythia_forensics.corpus.throughput.benchmark`)."""
     if n_tokens <= 0:
         return {"status": "skipped: support_tokens = 0"}
-    from pythia_forensics.corpus import support
+    from pythia_forensics.corpus import throughput
 
-    return {**support.benchmark(n_tokens), "status": "ok"}
+    return {**throughput.benchmark(n_tokens), "status": "ok"}
 
 
 def _sync(cuda: bool) -> None:

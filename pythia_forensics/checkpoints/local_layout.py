@@ -1,5 +1,5 @@
 """Local checkpoint-folder layouts: which subfolders of a model folder are checkpoints, and
-a model folder / suite folder read into the same `registry.ModelSpec` / `Suite` as a hub model.
+a model folder / suite folder read into the same `specs.ModelSpec` / `Suite` as a hub model.
 
 A model folder is any folder of checkpoint subfolders: `step<N>/` (save_pretrained),
 `checkpoint-<N>/` (a Hugging Face Trainer; its `trainer_state.json` step wins), or names a
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pythia_forensics.checkpoints.architecture import Architecture
 from pythia_forensics.checkpoints.manifest import infer_manifest, read_manifest
-from pythia_forensics.checkpoints.registry import ModelSpec, Suite
+from pythia_forensics.checkpoints.specs import ModelSpec, Suite
 from pythia_forensics.constants import (
     CHECKPOINT_DIR_PATTERNS,
     ENV_STEP_PATTERN,

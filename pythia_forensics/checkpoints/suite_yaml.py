@@ -1,4 +1,4 @@
-"""Reading a suite's YAML file (`data/suites/<name>.yaml`) into a `registry.Suite`.
+"""Reading a suite's YAML file (`data/suites/<name>.yaml`) into a `specs.Suite`.
 
 Two shapes: a model family on one grid (Pythia: sizes x seeds, one step grid) and a list of
 models each with its own grid and branch grammar (OLMo, Amber). Every model row must cite a
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pythia_forensics.checkpoints.registry import ModelSpec, Suite, parse_branch
+from pythia_forensics.checkpoints.specs import ModelSpec, Suite, parse_branch
 from pythia_forensics.constants import PYTHIA_TOKENS_PER_STEP
 
 __all__ = ["suite_from_yaml"]

@@ -58,7 +58,6 @@ from pythia_forensics.corpus.matching import Matcher, count_block
 from pythia_forensics.corpus.rules import (CORPUS_FRAME, FRAME_CANDIDATE, FRAME_CUE, FRAME_GAP, ROLES, Frame,
                                            SupportRule, WordClass, load_rules)
 from pythia_forensics.corpus.streams import SUPPORT_BLOCK_TOKENS, IndexedSource, TokenSource, locate_corpus, open_stream
-from pythia_forensics.corpus.throughput import benchmark, synthetic_stream
 from pythia_forensics.corpus.vocab import (CompiledFrame, CompiledRule, SupportCueWarning, TokenForm, UnmatchedCue,
                                            Vocab, compile_rules, load_tokenizer)
 from pythia_forensics.corpus.windows import (DEFAULT_SUPPORT_WINDOW, DEFAULT_SUPPORT_WINDOW_TOKENS, WindowSpec,
@@ -85,8 +84,6 @@ __all__ = [
     "battery_cells",
     "battery_pattern",
     "support_ratio",
-    "synthetic_stream",
-    "benchmark",
     "WindowSpec",
     "ROLES",
     "FRAME_CUE",

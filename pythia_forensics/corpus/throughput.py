@@ -12,8 +12,12 @@ from pythia_forensics.corpus.battery import BATTERY_MODE, SequenceCounter
 from pythia_forensics.corpus.counting import run_count
 from pythia_forensics.corpus.rules import FRAME_CANDIDATE, FRAME_CUE, FRAME_GAP
 from pythia_forensics.corpus.streams import SUPPORT_BLOCK_TOKENS, IndexedSource
+from pythia_forensics.corpus.support import count_token_stream
 from pythia_forensics.corpus.vocab import CompiledFrame, CompiledRule, TokenForm, Vocab
-from pythia_forensics.corpus.windows import DEFAULT_SUPPORT_WINDOW, DEFAULT_SUPPORT_WINDOW_TOKENS
+from pythia_forensics.corpus.windows import (
+    DEFAULT_SUPPORT_WINDOW,
+    DEFAULT_SUPPORT_WINDOW_TOKENS,
+)
 
 __all__ = ["synthetic_stream", "benchmark"]
 
@@ -87,7 +91,6 @@ def benchmark(n_tokens: int = 50_000_000, *, window: int = DEFAULT_SUPPORT_WINDO
                                    len(battery), key="", halo=counter.max_len + 1, token_limit=None)
             return int(sum(t.counts.sum() for t in tallies))
         rules = framed if mode == "in-frame" else plain
-        from pythia_forensics.corpus.support import count_token_stream
 
         counts = count_token_stream(tokens, doc_offsets, rules, vocab, window=1 if mode == "bigram" else window,
                                     window_tokens=DEFAULT_SUPPORT_WINDOW_TOKENS, block_tokens=block_tokens)

@@ -18,14 +18,13 @@ from pythia_forensics.corpus.support import (
     SupportCueWarning,
     TokenForm,
     Vocab,
-    benchmark,
     compile_rules,
     count_support,
     count_token_stream,
     load_rules,
     load_tokenizer,
-    synthetic_stream,
 )
+from pythia_forensics.corpus.throughput import benchmark, synthetic_stream
 
 # --- synthetic vocabulary: ids are "words"; 9 is a word-internal piece -----------------------
 V = 20
