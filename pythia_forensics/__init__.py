@@ -37,8 +37,8 @@ _API = {
     "count_support": "corpus.support",
     "check_health": "checkpoints.health",
     "audit": "scoring.audit",
-    "Monitor": "sweep.monitor",
-    "MonitorCallback": "sweep.monitor_hf",
+    "Monitor": "monitor.live",
+    "MonitorCallback": "monitor.trainer",
 }
 
 __all__ = ["__version__", *_API]

@@ -1,2 +1,1 @@
-"""Sweeps: score every revision of a suite into the content-keyed results store (replay, store),
-or score live during training (monitor, monitor_hf)."""
+"""Sweeps: score every revision of a suite into the content-keyed results store (replay, store)."""

@@ -139,7 +139,7 @@ def train_model(model_cfg: ModelConfig, *, corpus_dir: Path, out_dir: Path, trai
             which gives the same weights as an uninterrupted run; False starts at step 0.
         on_step: optional ``on_step(model, step, batch)`` called after every update (step =
             updates done, as checkpoint folders count; batch = that update's input ids), e.g.
-            a `pythia_forensics.sweep.monitor.Monitor`'s ``step``. What it raises stops
+            a `pythia_forensics.monitor.live.Monitor`'s ``step``. What it raises stops
             training; the checkpoints and resume state written so far stay.
 
     Returns:

@@ -1,7 +1,7 @@
 """A Hugging Face `TrainerCallback` that runs a `Monitor` inside `transformers.Trainer`.
 
-    from pythia_forensics.sweep.monitor import Monitor
-    from pythia_forensics.sweep.monitor_hf import MonitorCallback
+    from pythia_forensics.monitor.live import Monitor
+    from pythia_forensics.monitor.trainer import MonitorCallback
 
     trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     trainer.add_callback(MonitorCallback(Monitor("pronoun_gender", every=50, results="results/watch",
@@ -29,7 +29,7 @@ from typing import Any
 
 from transformers import TrainerCallback, default_data_collator
 
-from pythia_forensics.sweep.monitor import Monitor
+from pythia_forensics.monitor.live import Monitor
 
 __all__ = ["MonitorCallback"]
 

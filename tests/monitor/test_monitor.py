@@ -97,7 +97,7 @@ def test_monitor_leaves_training_bit_identical_and_scores_the_live_weights(tiny_
     from pythia_forensics.sweep.store import ResultsStore
 
     plain = _train(_dropout_model(tiny_tokenizer), tiny_tokenizer, 6)
-    from pythia_forensics.sweep.monitor import Monitor
+    from pythia_forensics.monitor.live import Monitor
 
     monitor = Monitor(tiny_set, every=2, results=tmp_path / "res", run="toy", tokenizer=tiny_tokenizer)
     watched = _train(_dropout_model(tiny_tokenizer), tiny_tokenizer, 6, monitor=monitor)
@@ -132,7 +132,7 @@ def test_monitor_leaves_training_bit_identical_and_scores_the_live_weights(tiny_
 def test_bad_monitor_setup_is_one_line(tiny_set, tiny_tokenizer):
     from tinymodels import tiny_neox
 
-    from pythia_forensics.sweep.monitor import Monitor
+    from pythia_forensics.monitor.live import Monitor
 
     for kwargs, text in (({"every": 0}, "every"), ({"rows": "packed"}, "rows"), ({"run": " "}, "run")):
         with pytest.raises(MonitorError, match=text) as exc:
@@ -162,7 +162,7 @@ def test_alert_fires_once_at_the_collapse_while_the_agree_control_holds(tiny_set
     prefix's last smoothed point is (0.6 + 0.2) / 2 = 0.4, the one before (0.9 + 0.6 + 0.2) / 3
     = 0.57, so onset 240; smoothed CM at 240 is (2 + 0.5 - 0.8) / 3 > 0 and at 260 < 0; the
     last check still >= 0.8 is 220 ((1 + 0.9 + 0.6) / 3); the peak (1.0) is at 180."""
-    from pythia_forensics.sweep.monitor import Monitor
+    from pythia_forensics.monitor.live import Monitor
 
     steps = np.arange(100, 340, 20)
     acc = np.array([0.2, 0.6, 0.9, 1.0, 1.0, 1.0, 0.9, 0.6, 0.2, 0.0, 0.0, 0.0])
@@ -192,7 +192,7 @@ def test_a_sudden_drop_alerts_at_the_first_check_below_the_collapse_threshold(ti
     (1 + 0.3) / 2 = 0.65: the accuracy trigger fires now, not one check later; onset = the last
     earlier check whose smoothed value is >= 0.5 (200: (1 + 1 + 0.3) / 3); keep = the last one
     >= 0.8 (180); smoothed CM (3 + 1) / 2 is still positive, so no margin trigger."""
-    from pythia_forensics.sweep.monitor import Monitor
+    from pythia_forensics.monitor.live import Monitor
 
     steps = np.arange(100, 240, 20)
     acc = np.array([0.2, 0.9, 1.0, 1.0, 1.0, 1.0, 0.3])
@@ -234,7 +234,7 @@ def test_support_per_window_equals_the_corpus_ground_truth(tmp_path, tiny_set):
 
     from pythia_forensics.corpus.indexed import IndexedDataset
     from pythia_forensics.experiments.mini.corpus import EOD_ID, GROUND_TRUTH_FILE, TOKENS_FILE
-    from pythia_forensics.sweep.monitor import Monitor
+    from pythia_forensics.monitor.live import Monitor
 
     cfg, _, corpus = _reduced_corpus(tmp_path)
     tok = PreTrainedTokenizerFast.from_pretrained(corpus)
@@ -264,7 +264,7 @@ def monitored_mini(tmp_path_factory):
     from pythia_forensics.experiments.mini.corpus import EOD_ID, estimate_sentences, sample_records, write_corpus
     from pythia_forensics.experiments.mini.tokenizer import build_tokenizer
     from pythia_forensics.experiments.mini.train import train_model
-    from pythia_forensics.sweep.monitor import Monitor
+    from pythia_forensics.monitor.live import Monitor
     from pythia_forensics.sweep.replay import replay
 
     root = tmp_path_factory.mktemp("mini-monitor")
@@ -361,8 +361,8 @@ def test_trainer_callback_logs_metrics_through_the_trainer(tmp_path, tiny_tokeni
 
     from tinymodels import tiny_neox
 
-    from pythia_forensics.sweep.monitor import Monitor
-    from pythia_forensics.sweep.monitor_hf import MonitorCallback
+    from pythia_forensics.monitor.live import Monitor
+    from pythia_forensics.monitor.trainer import MonitorCallback
     from pythia_forensics.sweep.store import ResultsStore
 
     model = tiny_neox(len(tiny_tokenizer), seed=1)
@@ -403,8 +403,8 @@ def test_trainer_callback_support_windows_equal_the_corpus_ground_truth(tmp_path
 
     from pythia_forensics.corpus.indexed import IndexedDataset
     from pythia_forensics.experiments.mini.corpus import EOD_ID, GROUND_TRUTH_FILE, TOKENS_FILE
-    from pythia_forensics.sweep.monitor import Monitor
-    from pythia_forensics.sweep.monitor_hf import MonitorCallback
+    from pythia_forensics.monitor.live import Monitor
+    from pythia_forensics.monitor.trainer import MonitorCallback
 
     cfg, _, corpus = _reduced_corpus(tmp_path)
     tok = PreTrainedTokenizerFast.from_pretrained(corpus)

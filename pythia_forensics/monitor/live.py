@@ -21,7 +21,7 @@ Alerts: a rule whose (primary-split) trajectory has emerged, whose agree control
 the latest check, and whose conflict accuracy has fallen below ``collapse.onset_max_acc`` (at the
 latest check, or in the smoothed trajectory: the collapse `analyze` reports; the centred smoother
 confirms a drop only one check later, so the raw drop makes the alert one check earlier) or whose
-smoothed contrast margin, once valid, has crossed ``contrast_margin.zero``, gets ONE warning line (logger ``pythia_forensics.sweep.monitor``) naming the
+smoothed contrast margin, once valid, has crossed ``contrast_margin.zero``, gets ONE warning line (logger ``pythia_forensics.monitor.live``) naming the
 rule, the step, the margin trend and the checkpoint to keep, and ``on_alert(alert)`` is called.
 
 Support: given support rules, the monitor counts the support counters (`support.count_token_stream`,
