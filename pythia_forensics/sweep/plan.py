@@ -127,7 +127,7 @@ def plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Se
     flagged: list[str] = []
     for spec in specs:
         source = sources.open_source(spec, **opts.source_options())
-        dtype = _resolve_dtype(opts.dtype, spec.params_total, opts.device)
+        dtype = _resolve_dtype(opts.score.dtype, spec.params_total, opts.score.device)
         for revision in _chosen(spec, source, steps, revisions):
             index += 1
             # Ranks split the whole planned grid, not what is left of it, so every rank
@@ -144,7 +144,7 @@ def plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Se
             # hub: the commit sha (from the branch list, no download); local: weight hashes
             content_key = source.resolve(revision) or source.record(revision).content_key
             keys = [(WorkKey(model=spec.name, revision=revision, content_key=content_key, probeset=p.name,
-                             probeset_sha256=p.sha256, dtype=dtype, bos=bool(opts.bos), vocab_rows=opts.vocab_rows,
+                             probeset_sha256=p.sha256, dtype=dtype, bos=bool(opts.score.bos), vocab_rows=opts.score.vocab_rows,
                              code_version=version), p) for p in probe_sets]
             keys = [(k, p) for k, p in keys if not store.has(k)]
             if not keys:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pythia_forensics.checkpoints.fetch import format_size
 from pythia_forensics.constants import FAILURES_DIR, REPLAY_EXIT_SOME_FAILED
-from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS
+from pythia_forensics.scoring.options import ScoreOptions
 from pythia_forensics.errors import DiskBudgetError, PFError
 from pythia_forensics.sweep.itemfile import WorkKey
 
@@ -196,18 +196,24 @@ def interval_overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, 
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    """The scoring and fetching options of one replay (picklable: array tasks get a copy)."""
+    """The options of one replay (picklable: array tasks get a copy).
 
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_size: int | str = "auto"
-    bos: bool = False
-    vocab_rows: str = DEFAULT_VOCAB_ROWS
-    threads: int | str = "auto"
+    Attributes:
+        score: how to score, the scorer's own options (validated there); `threads` and
+            `batch_size` are used as given, `dtype` is resolved per model before planning
+            (it is part of the work key) and `device` per rank.
+        health: ``off``, ``flag`` or ``skip`` (`HEALTH_MODES`).
+        disk_budget: bytes the fetch cache may hold (None: no budget, keep everything).
+        cache_dir: the hub cache.
+        hub_options: extra `HubSource` options (endpoint, token, retries), as sorted pairs.
+        progress: show progress bars.
+    """
+
+    score: ScoreOptions = field(default_factory=ScoreOptions)
     health: str = "off"
     disk_budget: int | None = None
     cache_dir: str | None = None
-    hub_options: tuple[tuple[str, Any], ...] = ()   # extra HubSource options (endpoint, token, retries)
+    hub_options: tuple[tuple[str, Any], ...] = ()
     progress: bool = True
 
     def source_options(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pythia_forensics.constants import DEFAULT_RESULTS_DIR, HEALTH_FILE
 from pythia_forensics.errors import DiskBudgetError, PFError
-from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS
+from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS, ScoreOptions
 from pythia_forensics.sweep.plan import load_probe_sets, plan
 from pythia_forensics.sweep.records import ReplayOptions, ReplaySummary, Todo, UnitTiming, parse_params, parse_size
 from pythia_forensics.sweep.run import one_line, read_failures, run_todo
@@ -70,14 +70,14 @@ def run_unit(unit: dict[str, Any]) -> ReplaySummary:
 
     Args:
         unit: ``{"model", "suite_dir", "step_pattern", "revisions", "probes", "results", "options"}``
-            (picklable).
+            (picklable; ``options`` is a `ReplayOptions`).
 
     Returns:
         The unit's partial summary.
     """
     from pythia_forensics.checkpoints.registry import resolve_model
 
-    opts = ReplayOptions(**unit["options"])
+    opts = unit["options"]
     store = ResultsStore(unit["results"])
     spec = resolve_model(unit["model"], suite_dir=unit["suite_dir"], step_pattern=unit.get("step_pattern"))
     todo, summary = plan([spec], None, unit["probes"], store, opts, revisions={spec.name: unit["revisions"]})
@@ -94,7 +94,7 @@ def _run_array(todo: list[Todo], *, specs_by_name: dict[str, str], suite_dir: An
     by_model: dict[str, list[str]] = {}
     for t in todo:
         by_model.setdefault(t.spec.name, []).append(t.revision)
-    unit_opts = {**opts.__dict__, "progress": False}
+    unit_opts = replace(opts, progress=False)
     for name, revs in by_model.items():
         for i in range(0, len(revs), chunk):
             units.append({"model": specs_by_name[name], "suite_dir": None if suite_dir is None else str(suite_dir),
@@ -200,8 +200,9 @@ def replay(
     probe_sets = load_probe_sets(probes)
     store = ResultsStore(results)
     store.clean_temporaries()
-    opts = ReplayOptions(dtype=dtype, device=_rank_device(device), batch_size=batch_size, bos=bos,
-                         vocab_rows=vocab_rows, threads=threads, health=health, disk_budget=budget,
+    opts = ReplayOptions(score=ScoreOptions(dtype=dtype, device=_rank_device(device), batch_size=batch_size, bos=bos,
+                                            vocab_rows=vocab_rows, threads=threads),
+                         health=health, disk_budget=budget,
                          cache_dir=None if cache_dir is None else str(cache_dir),
                          hub_options=tuple(sorted((hub_options or {}).items())), progress=progress)
     rank, world = _rank_slice() if executor == "local" else (0, 1)

@@ -167,7 +167,7 @@ class _Run:
         # tokenization and forward plan depend on the tokenizer, the probe set and bos only: built
         # once per (model, probe set) and reused by every revision (issue #17)
         self.prepared: dict[tuple[str, str, bool], Any] = {}
-        self.threads = scoring.resolve_threads(opts.threads)
+        self.threads = scoring.resolve_threads(opts.score.threads)
         self.score_intervals: list[tuple[float, float]] = []
         self.units: list[UnitTiming] = []
         self.failed: list[str] = []
@@ -231,7 +231,7 @@ class _Run:
         if self.skeleton is None or self.skeleton[0] != item.spec.name:
             self.skeleton = None  # free the previous model before loading the next
             self.prepared.clear()  # plans are checked against the tokenizer object
-            model, tokenizer = scoring.load_model(path, dtype=item.keys[0][0].dtype, device=self.opts.device)
+            model, tokenizer = scoring.load_model(path, dtype=item.keys[0][0].dtype, device=self.opts.score.device)
             self.skeleton = (item.spec.name, model, tokenizer)
         else:
             try:
@@ -257,9 +257,9 @@ class _Run:
         if plan_key not in self.prepared:
             self.prepared[plan_key] = scoring.prepare(model, scoring.merged_probe_set(sets), tokenizer=tokenizer,
                                                       bos=key0.bos)
-        # one ReplayOptions for the whole run: every key of a revision has the same options
-        options = scoring.ScoreOptions(dtype=key0.dtype, device=self.opts.device, batch_size=self.opts.batch_size,
-                                       bos=key0.bos, vocab_rows=key0.vocab_rows, threads=self.threads)
+        # the run's options with what the key fixed: `auto` dtype resolved per model, threads once
+        options = replace(self.opts.score, dtype=key0.dtype, bos=key0.bos, vocab_rows=key0.vocab_rows,
+                          threads=self.threads)
         # Arrow tables, not frames: the store writes them as they are (no pandas round trip)
         scored = scoring.score_tables(model, sets, tokenizer=tokenizer, options=options,
                                       prepared=self.prepared[plan_key])

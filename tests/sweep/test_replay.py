@@ -17,6 +17,7 @@ from hub_fixtures import DiskPoller
 from numerics import assert_fp32_close
 from tinymodels import save_checkpoint, tiny_neox
 
+from pythia_forensics.sweep.records import ReplayOptions
 from pythia_forensics.sweep.store import ResultsStore
 
 STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -441,7 +442,7 @@ def test_work_unit_is_idempotent(suite, probe_files, tmp_path):
 
     unit = {"model": str(suite / "mini-b"), "suite_dir": None, "revisions": ["step2", "step64"],
             "probes": (load_probes(probe_files[1]),), "results": str(tmp_path / "u"),
-            "options": {"progress": False}}
+            "options": ReplayOptions(progress=False)}
     assert run_unit(unit).revisions_scored == 2
     assert run_unit(unit).revisions_scored == 0
     rows = ResultsStore(tmp_path / "u").items()
