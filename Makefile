@@ -37,7 +37,7 @@ experiments: setup
 	$(PF) experiment all --out results/experiments
 
 # Pythia's tokenizer is not shipped: as the tests do, look beside the checkout (../shared)
-# unless PF_NEOX_TOKENIZER names another copy. ~15 minutes on 2 cores (benchmarks/settings.py).
+# unless PF_NEOX_TOKENIZER names another copy. ~20 minutes on 2 cores (benchmarks/settings.py).
 bench: setup
 	PF_NEOX_TOKENIZER="$${PF_NEOX_TOKENIZER:-$(abspath ../shared/tokenizers/gpt-neox-20b.json)}" \
 	$(PY) -m benchmarks --out results/bench

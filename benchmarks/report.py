@@ -144,7 +144,7 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"Each competitor runs in a fresh process (peak RSS is its own) and sweeps revisions: load each, score "
         f"every item's target and foil. {p['rounds_done']} alternating rounds (of {p['rounds_planned']} planned "
         f"within a {p['budget_s']:.0f} s budget; fewer rounds and revisions than issue #9's 8 so that the whole "
-        f"run fits ~15 minutes on 2 cores), the order rotated each round; medians. Ours sweeps all "
+        f"run fits ~20 minutes on 2 cores), the order rotated each round; medians. Ours sweeps all "
         f"{p['revisions']} revisions every round; lm-eval {p['lm_eval_revisions']}, minicons and the full-logits "
         f"scorer {p['slow_revisions']} per round (the next ones each round), so every ratio is per revision. "
         f"Competitors use batch size {p['batch_size']}; ours `auto`. Ours runs the replay engine end to end "
@@ -238,7 +238,7 @@ def _floor_table(report: dict[str, Any]) -> list[str]:
 def _device_sections(report: dict[str, Any]) -> list[str]:
     s, g = report["support"], report["gpu"]
     lines = ["## Support counter", ""]
-    lines.append(f"`support.benchmark`: {s['n_tokens']:,} tokens in {s['seconds']:.2f} s = "
+    lines.append(f"`corpus.throughput.benchmark`: {s['n_tokens']:,} tokens in {s['seconds']:.2f} s = "
                  f"{s['tokens_per_second'] / 1e6:.1f} M tokens/s (window {s.get('window')}, {s.get('events', 0):,} "
                  "events)." if s.get("status") == "ok" else s.get("status", "skipped"))
     lines += ["", "## GPU", ""]

@@ -96,7 +96,7 @@ class CompetingJob:
 
 @dataclass(frozen=True)
 class BenchPlan:
-    """How much a run measures (chosen so `make bench` fits ~15 minutes on 2 cores).
+    """How much a run measures (chosen so `make bench` fits ~20 minutes on 2 cores).
 
     Attributes:
         shapes: layer shapes.
@@ -107,7 +107,8 @@ class BenchPlan:
         rounds: alternating rounds (each round runs every competitor once per shape, in an
             order rotated by one each round).
         items: battery size.
-        budget_s: stop starting new rounds when the next would end past this (>= 1 round).
+        budget_s: stop starting new rounds when the next would end past this many seconds
+            after the first round started (>= 1 round).
         support_tokens: tokens for the support counter's throughput (0: skip).
         competitors: which to run (always including ``ours``).
         batch_size: the competitors' batch size.
@@ -258,10 +259,11 @@ def _plan_record(plan: BenchPlan, acc: _Rounds) -> dict[str, Any]:
             "shapes": [s.name for s in plan.shapes], "rounds_planned": plan.rounds, "rounds_done": acc.done}
 
 
-def _run_rounds(setup: _Setup, started: float, progress: bool) -> _Rounds:
+def _run_rounds(setup: _Setup, progress: bool) -> _Rounds:
+    """The plan's alternating rounds; its budget counts from the first round's start."""
     from tqdm.auto import tqdm
 
-    plan, acc, round_s = setup.plan, _Rounds(), []
+    started, plan, acc, round_s = time.perf_counter(), setup.plan, _Rounds(), []
     bar = tqdm(total=plan.rounds * len(plan.shapes) * len(plan.competitors), desc="bench", unit="run",
                disable=not progress)
     for r in range(plan.rounds):
@@ -349,9 +351,7 @@ def run_bench(out: str | Path, *, quick: bool = False, plan: BenchPlan | None = 
     stats = battery_stats(probes, tokenizer)
     setup = _Setup(plan=plan, battery=write_battery(probes, out / "battery.jsonl"), items=len(probes.items),
                    revs=revs, work=out / "work", isolate=isolate)
-    # each tier's budget counts from its own start
-    accs = [_run_rounds(replace(setup, plan=t), started if t is plan else time.perf_counter(), progress)
-            for t in tiers]
+    accs = [_run_rounds(replace(setup, plan=t), progress) for t in tiers]
     runs = [res for acc in accs for res, _ in acc.runs]
     shapes = [s for t in tiers for s in t.shapes]
     floors = _floors(shapes, revs, stats)
