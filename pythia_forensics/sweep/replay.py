@@ -192,6 +192,9 @@ def replay(
     health = health or "off"
     chunk = DEFAULT_REPLAY_CHUNK if chunk is None else chunk
     budget = _check_values(executor=executor, health=health, chunk=chunk, threads=threads, disk_budget=disk_budget)
+    # validated here, before any model, probe file or results folder is touched
+    score_options = ScoreOptions(dtype=dtype, device=_rank_device(device), batch_size=batch_size, bos=bos,
+                                 vocab_rows=vocab_rows, threads=threads)
     names = list(dict.fromkeys([str(models)] if isinstance(models, (str, Path)) else [str(m) for m in models]))
     if not names:
         raise PFError("no model given; pass a registry name (pythia-160m), a hub id or a local model folder",
@@ -200,9 +203,7 @@ def replay(
     probe_sets = load_probe_sets(probes)
     store = ResultsStore(results)
     store.clean_temporaries()
-    opts = ReplayOptions(score=ScoreOptions(dtype=dtype, device=_rank_device(device), batch_size=batch_size, bos=bos,
-                                            vocab_rows=vocab_rows, threads=threads),
-                         health=health, disk_budget=budget,
+    opts = ReplayOptions(score=score_options, health=health, disk_budget=budget,
                          cache_dir=None if cache_dir is None else str(cache_dir),
                          hub_options=tuple(sorted((hub_options or {}).items())), progress=progress)
     rank, world = _rank_slice() if executor == "local" else (0, 1)

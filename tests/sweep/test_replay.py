@@ -435,6 +435,20 @@ def test_submitit_two_task_array_on_local_executor(suite, probe_files, tmp_path)
                                                                       want["logp_foil"].abs()), what="margin")
 
 
+@pytest.mark.parametrize("option, value", [("dtype", "float8"), ("device", "tpu"), ("vocab_rows", "some"),
+                                           ("batch_size", 0), ("threads", -1)])
+def test_a_bad_scoring_option_is_refused_before_any_work(suite, probe_files, tmp_path, option, value):
+    """Refused with the option named, before a model is resolved or a results folder made."""
+    from pythia_forensics.errors import PFError
+    from pythia_forensics.sweep.replay import replay
+
+    results = tmp_path / "never"
+    with pytest.raises(PFError) as err:
+        replay(str(tmp_path / "no-such-model"), probe_files[0], results=results, progress=False, **{option: value})
+    assert err.value.param == option
+    assert not results.exists()
+
+
 def test_work_unit_is_idempotent(suite, probe_files, tmp_path):
     """An array task run twice (a requeued Slurm task) scores once and stores no duplicates."""
     from pythia_forensics.scoring.probes import load_probes
