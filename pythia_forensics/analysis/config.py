@@ -46,6 +46,8 @@ _CONFIG_FIELDS = {
     ("contrast_margin", "lag_max_checkpoints"): "cm_lag_max_checkpoints",
     ("scale", "min_models"): "scale_min_models",
     ("scale", "permutations"): "scale_permutations",
+    ("scale", "exact_max_n"): "scale_exact_max_n",
+    ("scale", "bootstrap_min_models"): "scale_bootstrap_min_models",
     ("bootstrap", "n"): "bootstrap_n",
     ("bootstrap", "seed"): "bootstrap_seed",
     ("bootstrap", "confidence"): "bootstrap_confidence",
@@ -81,6 +83,8 @@ class AnalysisConfig:
     cm_lag_max_checkpoints: int
     scale_min_models: int
     scale_permutations: int
+    scale_exact_max_n: int
+    scale_bootstrap_min_models: int
     bootstrap_n: int
     bootstrap_seed: int
     bootstrap_confidence: float
@@ -171,7 +175,8 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
     if not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ConfigError(f"smoothing.window must be an odd positive integer (centred window), got {window!r}",
                           param="config")
-    for name in ("final_min_points", "bootstrap_n", "scale_min_models", "scale_permutations"):
+    for name in ("final_min_points", "bootstrap_n", "scale_min_models", "scale_permutations", "scale_exact_max_n",
+                 "scale_bootstrap_min_models"):
         if not isinstance(kwargs[name], int) or kwargs[name] < 1:
             raise ConfigError(f"{name} must be a positive integer, got {kwargs[name]!r}", param="config")
     if not 0 < float(kwargs["bootstrap_confidence"]) < 1:

@@ -9,6 +9,8 @@ ties (`snap_ties`) before anything is ranked, so rounding noise is never ranked 
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -19,8 +21,8 @@ __all__ = ["SIZE_COLUMNS", "SCALE_METRICS", "SCALE_COLUMNS", "snap_ties", "scale
 
 SIZE_COLUMNS = ("params_total", "params_nonembedding")
 SCALE_METRICS = ("depth", "final_acc")
-SCALE_COLUMNS = ("probeset", "rule", "split", "size", "metric", "n_models", "models", "rho", "p_perm", "rho_lo",
-                 "rho_hi", "note", "config_sha256")
+SCALE_COLUMNS = ("probeset", "rule", "split", "size", "metric", "n_models", "n_sizes", "seeds_per_size", "models",
+                 "rho", "p_perm", "p_min", "rho_lo", "rho_hi", "interval", "note", "config_sha256")
 # Plural words for a scale note ("rho undefined: all depths equal").
 _SCALE_WORDS = {"depth": "depths", "final_acc": "final accuracies", "params_total": "total parameter counts",
                 "params_nonembedding": "non-embedding parameter counts"}
@@ -63,8 +65,13 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _known_sizes(models: pd.DataFrame, sizes: list[str]) -> pd.DataFrame:
-    """models.parquet's size columns as floats; NA, non-numeric or non-positive -> NaN (unknown)."""
-    out = models[["model", *sizes]].drop_duplicates("model", keep="last").copy()
+    """models.parquet's size columns as floats; NA, non-numeric or non-positive -> NaN (unknown).
+    Also each model's replicate group (its own name where models.parquet names none)."""
+    extra = ["replicate_group"] if "replicate_group" in models else []
+    out = models[["model", *sizes, *extra]].drop_duplicates("model", keep="last").copy()
+    if not extra:
+        out["replicate_group"] = out["model"]
+    out["replicate_group"] = out["replicate_group"].where(out["replicate_group"].notna(), out["model"]).astype(str)
     for size in sizes:
         col = pd.to_numeric(out[size], errors="coerce").astype(float)
         out[size] = col.where(col > 0)
@@ -75,36 +82,90 @@ def _names(frame: pd.DataFrame) -> str:
     return ", ".join(sorted(frame["model"].astype(str)))
 
 
+def _exact_null(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rho of every one of the n! pairings of ``y`` with ``x``."""
+    perms = np.array(list(itertools.permutations(range(len(y)))), dtype=np.intp)
+    return _spearman_rows(np.broadcast_to(x, perms.shape), y[perms])
+
+
+def _smallest_p(x: np.ndarray, y: np.ndarray, config: AnalysisConfig) -> float:
+    """The smallest two-sided permutation p any pairing of these values with these sizes can
+    give: exact over the n! pairings up to scale.exact_max_n (2/n! without ties, larger with
+    tied values), else the Monte Carlo floor 2/(R+1) of scipy's randomised test."""
+    if len(y) <= config.scale_exact_max_n:
+        null = _exact_null(x, y)
+        if not np.isfinite(null).any():
+            return 1.0
+        most = np.nanmax(null)
+        return float(min(1.0, 2 * np.mean(null >= most - 1e-12)))
+    return float(min(1.0, 2 / (config.scale_permutations + 1)))
+
+
 def _rank_statistics(x: np.ndarray, y: np.ndarray, metric: str, size: str,
                      config: AnalysisConfig) -> tuple[dict[str, float], str]:
-    """(rho, p_perm, rho_lo, rho_hi) of tie-snapped values, or NaNs and the reason there are none."""
-    out = dict(rho=np.nan, p_perm=np.nan, rho_lo=np.nan, rho_hi=np.nan)
+    """(rho, p_perm, p_min) of tie-snapped per-size values, or NaNs and the reason there are none."""
+    out = dict(rho=np.nan, p_perm=np.nan, p_min=np.nan)
+    if len(x) >= 2:  # printed even where no rho is: what n alone could ever show
+        out["p_min"] = _smallest_p(x, y, config)
     if len(x) < config.scale_min_models:
         return out, f"n = {len(x)}: too few models for a rank correlation"
-    if np.unique(y).size < 2:
-        return out, f"rho undefined: all {_SCALE_WORDS.get(metric, metric)} equal"
     if np.unique(x).size < 2:
         return out, f"rho undefined: all {_SCALE_WORDS.get(size, size)} equal"
+    if np.unique(y).size < 2:
+        return out, f"rho undefined: all {_SCALE_WORDS.get(metric, metric)} equal"
     out["rho"] = float(_spearman_rows(x, y))
-    # one sample with x fixed: scipy then enumerates the n! pairings exactly when
-    # n! <= n_resamples (with two samples it would count n!^2 and go random)
+    # one sample with x fixed: scipy enumerates the n! pairings exactly when n_resamples >= n!
+    # (with two samples it would count n!^2 and go random)
+    exact = len(x) <= config.scale_exact_max_n
     perm = stats.permutation_test(
         (y,), lambda b, axis=-1: _spearman_rows(np.broadcast_to(x, b.shape), b), permutation_type="pairings",
-        vectorized=True, n_resamples=config.scale_permutations, alternative="two-sided",
+        vectorized=True, n_resamples=np.inf if exact else config.scale_permutations, alternative="two-sided",
         random_state=config.bootstrap_seed)
     out["p_perm"] = float(min(1.0, perm.pvalue))
-    alpha = (1 - config.bootstrap_confidence) / 2
-    rng = np.random.default_rng(config.bootstrap_seed)
-    idx = rng.integers(0, len(x), size=(config.bootstrap_n, len(x)))
-    boot = _spearman_rows(x[idx], y[idx])
-    boot = boot[np.isfinite(boot)]  # resamples with a constant side have no rho
-    if boot.size:
-        out["rho_lo"], out["rho_hi"] = (float(v) for v in np.quantile(boot, [alpha, 1 - alpha]))
     return out, ""
 
 
+def _interval(sub: pd.DataFrame, config: AnalysisConfig) -> tuple[float, float, str, str]:
+    """Percentile interval of rho over the per-size means: (lo, hi, kind, why-not).
+
+    Sizes are resampled only from scale.bootstrap_min_models sizes on; seeds are resampled
+    within each size when every size has two or more. Neither: no interval, and the reason.
+    """
+    points = list(sub.groupby(["x", "group"], sort=True))
+    groups = [g["y"].to_numpy(float) for _, g in points]
+    xs = np.array([x for (x, _), _ in points], dtype=float)
+    n = len(groups)
+    over_sizes = n >= config.scale_bootstrap_min_models
+    over_seeds = n > 0 and min(len(g) for g in groups) >= 2
+    if n < config.scale_min_models or not (over_sizes or over_seeds):
+        why = (f"no interval: n = {n} < scale.bootstrap_min_models = {config.scale_bootstrap_min_models} "
+               "and not every size has 2+ seeds")
+        return np.nan, np.nan, "", why
+    rng = np.random.default_rng(config.bootstrap_seed)
+    B = config.bootstrap_n
+    pick = rng.integers(0, n, size=(B, n)) if over_sizes else np.broadcast_to(np.arange(n), (B, n))
+    means = np.empty((B, n))
+    for j, g in enumerate(groups):
+        if over_seeds:
+            draws = g[rng.integers(0, len(g), size=(B, len(g)))].mean(axis=1)
+        else:
+            draws = np.full(B, g.mean())
+        means[:, j] = draws
+    y = np.take_along_axis(means, pick, axis=1)
+    y = np.array([snap_ties(row, config.tolerance) for row in y])
+    boot = _spearman_rows(xs[pick], y)
+    boot = boot[np.isfinite(boot)]  # resamples with a constant side have no rho
+    kind = " and ".join(k for k, on in (("sizes", over_sizes), ("seeds within size", over_seeds)) if on)
+    if not boot.size:
+        return np.nan, np.nan, kind, "no interval: every resample has a constant side"
+    alpha = (1 - config.bootstrap_confidence) / 2
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+    return float(lo), float(hi), f"bootstrap over {kind}", ""
+
+
 def _scale_row(group: pd.DataFrame, size: str, metric: str, config: AnalysisConfig) -> dict:
-    """One scale row: which models count (and, in the note, which do not and why), then the ranks."""
+    """One scale row: which models count (and, in the note, which do not and why), then one
+    point per replicate group (the mean over its seeds), their ranks and interval."""
     void = group["void"].astype(bool)
     unknown = ~void & group[size].isna()
     value = pd.to_numeric(group[metric], errors="coerce").astype(float)
@@ -112,36 +173,51 @@ def _scale_row(group: pd.DataFrame, size: str, metric: str, config: AnalysisConf
     if metric == "depth" and "emerged" in group:
         undefined |= ~void & ~unknown & ~group["emerged"].fillna(False).astype(bool)
     keep = ~void & ~unknown & ~undefined
-    sub = pd.DataFrame({"model": group["model"], "x": group[size], "y": value})[keep].sort_values(["x", "model"])
+    tol = config.tolerance
+    sub = pd.DataFrame({"model": group["model"], "group": group["replicate_group"], "x": group[size],
+                        "y": value})[keep].sort_values(["x", "model"])
+    sub["x"] = snap_ties(sub["x"].to_numpy(float), tol)
     extras = []
     if unknown.any():
         extras.append(f"sizes unknown for: {_names(group[unknown])}")
     if undefined.any():
-        what = "never emerged (no collapse depth)" if metric == "depth" else f"no {metric}"
-        extras.append(f"{what}: {_names(group[undefined])}")
+        what = "depth undefined (never emerged or never collapsed)" if metric == "depth" else f"no {metric}"
+        extras.append(f"{what}, left out: {_names(group[undefined])}")
     if void.any():
         extras.append(f"void verdict: {_names(group[void])}")
-    tol = config.tolerance
-    x, y = snap_ties(sub["x"].to_numpy(float), tol), snap_ties(sub["y"].to_numpy(float), tol)
+    per_size = sub.groupby(["x", "group"], sort=True)["y"].agg(["mean", "size"])
+    x = per_size.index.get_level_values("x").to_numpy(float)
+    y = snap_ties(per_size["mean"].to_numpy(float), tol)
     statistics, reason = _rank_statistics(x, y, metric, size, config)
-    return dict(size=size, metric=metric, n_models=len(sub), models=",".join(sub["model"]), **statistics,
-                note="; ".join(p for p in [reason, *extras] if p), config_sha256=config.sha256)
+    lo, hi, kind, why = (np.nan, np.nan, "", "") if reason else _interval(sub, config)
+    return dict(size=size, metric=metric, n_models=len(sub), n_sizes=len(per_size),
+                seeds_per_size=",".join(str(int(k)) for k in per_size["size"]), models=",".join(sub["model"]),
+                **statistics, rho_lo=lo, rho_hi=hi, interval=kind,
+                note="; ".join(p for p in [reason, why, *extras] if p), config_sha256=config.sha256)
 
 
 def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config: AnalysisConfig) -> pd.DataFrame:
     """Spearman rho of collapse depth and final accuracy against parameter count.
 
-    Per (probeset, rule, split) and per size column (total, non-embedding): rho, a two-sided
-    permutation p-value (`scipy.stats.permutation_test` over the n! pairings; exact when
-    n! <= scale.permutations) and a percentile bootstrap CI over models (resamples with a
-    constant side are skipped). Values equal within ``analysis.tolerance`` are ties
+    Seeds are replicates: models sharing a ``replicate_group`` in ``models`` (the same run with
+    another seed; each model its own group where the column is absent) are one point, their
+    mean, so n counts sizes, not training runs. Per (probeset, rule, split) and per size
+    column (total, non-embedding): Spearman rho of the per-group means against size; the
+    two-sided permutation p-value (`scipy.stats.permutation_test` over pairings; every one of
+    the n! enumerated up to scale.exact_max_n, Monte Carlo with scale.permutations above) and
+    ``p_min``, the smallest p those n values could ever reach (2/n! without ties: 1/3 at n = 3),
+    printed even where no rho is; and a percentile bootstrap interval (``interval`` says over
+    what): over sizes only from scale.bootstrap_min_models points on (below, resamples are
+    too few and coarse to be an interval), over seeds within each size when every size has 2+
+    seeds (seed-level uncertainty of the means), both when both hold, else NaN and the note
+    says why. Resamples with a constant side are skipped. Values equal within ``analysis.tolerance`` are ties
     (`snap_ties`) before the ranks, the permutations and the bootstrap, so rounding noise is
     never ranked; the reported rho equals ``scipy.stats.spearmanr`` on the snapped values.
 
     Left out of a row, and named in its ``note``: models whose parameter count is unknown
     (missing from ``models`` or NA there, e.g. a hub id outside the registry), models with a
     void verdict (invalid agree control), and, for ``depth``, models whose rule never emerged
-    (no collapse depth). When no statistic is meaningful, ``rho``, ``p_perm``, ``rho_lo`` and
+    or never collapsed (depth NaN: no collapse depth). When no statistic is meaningful, ``rho``, ``p_perm``, ``rho_lo`` and
     ``rho_hi`` are NaN and the note starts with the reason, in words a figure can print:
     ``"n = 2: too few models for a rank correlation"`` (fewer than scale.min_models) or
     ``"rho undefined: all depths equal"``.
@@ -152,8 +228,9 @@ def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config
         config: thresholds (scale.*, bootstrap.*, analysis.tolerance).
 
     Returns:
-        Columns SCALE_COLUMNS: probeset, rule, split, size, metric, n_models, models, rho,
-        p_perm, rho_lo, rho_hi, note, config_sha256 (empty frame when no size column is known).
+        Columns SCALE_COLUMNS: probeset, rule, split, size, metric, n_models (training runs
+        counted), n_sizes (points ranked), seeds_per_size (runs per point, in size order),
+        models, rho, p_perm, p_min, rho_lo, rho_hi, interval, note, config_sha256 (empty frame when no size column is known).
     """
     cols = list(SCALE_COLUMNS)
     if models is None or models.empty or metrics.empty or "model" not in models:
@@ -162,6 +239,7 @@ def scale_analysis(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config
     if not sizes:
         return pd.DataFrame(columns=cols)
     joined = metrics.merge(_known_sizes(models, sizes), on="model", how="left")
+    joined["replicate_group"] = joined["replicate_group"].fillna(joined["model"]).astype(str)
     rows = [dict(probeset=probeset, rule=rule, split=split, **_scale_row(group, size, metric, config))
             for (probeset, rule, split), group in joined.groupby(["probeset", "rule", "split"], sort=True)
             for size in sizes for metric in SCALE_METRICS]

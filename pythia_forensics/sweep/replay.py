@@ -19,6 +19,7 @@ takes a disjoint slice), or as one submitit job array (`slurm`, `submitit-local`
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -306,6 +307,15 @@ def _sizes(todo: Sequence[Todo], specs: Sequence[Any], opts: ReplayOptions) -> d
     return out
 
 
+def replicate_group(name: str, seed: int | None) -> str:
+    """The run a seeded model replicates: its name without the seed suffix (`pythia-70m-seed3`
+    and `pythia-70m` -> `pythia-70m`; the mini grid's `grid-d32-s070-r1235` -> `grid-d32-s070`).
+    A model without a known seed is its own group (analysis then counts it as one point)."""
+    if seed is None:
+        return name
+    return re.sub(r"[-_](?:seed|r)\d+$", "", name)
+
+
 def _write_models(store: ResultsStore, specs: Iterable[Any], sizes: dict[str, Any] | None = None) -> None:
     """models.parquet: one row per model; sizes from the checkpoint (`size_source` says so),
     the registry's only where no checkpoint could be read. A checkpoint that disagrees with
@@ -320,9 +330,12 @@ def _write_models(store: ResultsStore, specs: Iterable[Any], sizes: dict[str, An
             have = getattr(found, f, None) if found is not None else None
             row[f] = have if have is not None else getattr(s, f)
         row["size_source"] = "checkpoint" if found is not None and found.params_total is not None else "registry"
+        row["seed"] = getattr(s, "seed", None)
+        row["replicate_group"] = replicate_group(s.name, row["seed"])
         rows.append(row)
     rows = pd.DataFrame(rows, columns=["model", "repo", "source", "params_total", "params_nonembedding",
-                                       "tokens_per_step", "layers", "d_model", "size_source"])
-    for col in ("params_total", "params_nonembedding", "tokens_per_step", "layers", "d_model"):
+                                       "tokens_per_step", "layers", "d_model", "size_source", "seed",
+                                       "replicate_group"])
+    for col in ("params_total", "params_nonembedding", "tokens_per_step", "layers", "d_model", "seed"):
         rows[col] = pd.array(rows[col], dtype="Int64")
     store.write_models(rows)

@@ -228,7 +228,9 @@ def test_scale_analysis_rho_and_exact_permutation_p():
     finals = [SUITE_FINALS[m] for m in refl["models"].split(",")]
     sizes = [SUITE_PARAMS[m] for m in refl["models"].split(",")]
     assert refl["rho"] == pytest.approx(stats.spearmanr(sizes, [1.0 - f for f in finals]).statistic)
-    assert refl["rho_lo"] <= refl["rho"] <= refl["rho_hi"]
+    # 4 models, one seed each: below scale.bootstrap_min_models no interval, and the note says why
+    assert np.isnan(refl["rho_lo"]) and np.isnan(refl["rho_hi"]) and "no interval: n = 4" in refl["note"]
+    assert refl["p_min"] == pytest.approx(2 / math.factorial(4))
 
 
 def test_scale_rho_matches_scipy_with_ties():
@@ -279,7 +281,9 @@ def test_float_noise_ties_give_rho_undefined():
         assert depth["note"] == "rho undefined: all depths equal" and depth["n_models"] == 3
         final = scale.loc[(size, "final_acc")]  # 0.1, 0.0, 0.2 against rising sizes
         assert final["rho"] == pytest.approx(stats.spearmanr([1, 2, 3], [0.1, 0.0, 0.2]).statistic)
-        assert final["note"] == ""
+        # the demo's n = 3 rows: no interval, saying why, and the smallest p three sizes allow
+        assert final["note"] == "no interval: n = 3 < scale.bootstrap_min_models = 8 and not every size has 2+ seeds"
+        assert np.isnan(final["rho_lo"]) and final["p_min"] == pytest.approx(1 / 3)
     # without the tie snapping, scipy would rank the noise: rho 0.866 (what the demo printed)
     assert stats.spearmanr([1, 2, 3], [1.0, 1.0, 1.0000000000000002]).statistic == pytest.approx(0.866, abs=1e-3)
 
@@ -314,7 +318,7 @@ def test_every_rho_equals_scipy_on_the_snapped_values_and_ignores_rounding_noise
             assert np.isnan(row.rho) and row.note.startswith("rho undefined: all")
         else:
             assert row.rho == pytest.approx(want, abs=1e-12)
-            assert row.rho_lo <= row.rho + 1e-12 and row.rho - 1e-12 <= row.rho_hi
+            assert np.isnan(row.rho_lo) and "no interval: n = 6 <" in row.note  # 6 < bootstrap_min_models
 
 
 def test_permutation_p_with_ties_equals_a_full_enumeration():
@@ -347,10 +351,13 @@ def test_unknown_sizes_void_and_never_emerged_models_are_left_out_and_named():
     depth = scale.loc[("params_total", "depth")]
     assert depth["models"] == "a,b,d" and depth["n_models"] == 3
     assert depth["rho"] == pytest.approx(stats.spearmanr([1, 2, 8], [0.9, 0.5, 0.1]).statistic)
-    assert depth["note"] == ("sizes unknown for: c, hub/extra; never emerged (no collapse depth): never; "
-                             "void verdict: v")
+    assert depth["note"] == ("no interval: n = 3 < scale.bootstrap_min_models = 8 and not every size has 2+ "
+                             "seeds; sizes unknown for: c, hub/extra; depth undefined (never emerged or never "
+                             "collapsed), left out: never; void verdict: v")
     final = scale.loc[("params_total", "final_acc")]  # a rule that never emerged still has a final
-    assert final["models"] == "a,b,d,never" and final["note"] == "sizes unknown for: c, hub/extra; void verdict: v"
+    assert final["models"] == "a,b,d,never" and final["note"] == (
+        "no interval: n = 4 < scale.bootstrap_min_models = 8 and not every size has 2+ seeds; "
+        "sizes unknown for: c, hub/extra; void verdict: v")
     assert final["rho"] == pytest.approx(stats.spearmanr([1, 2, 8, 32], [0.0, 0.3, 0.8, 0.1]).statistic)
 
 

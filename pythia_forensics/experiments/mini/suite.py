@@ -22,8 +22,9 @@ from pathlib import Path
 from pythia_forensics.constants import ENV_MINI_DIR, DEFAULT_RESULTS_DIR
 from pythia_forensics.checkpoints.manifest import read_manifest
 from pythia_forensics.errors import CorpusError
-from pythia_forensics.experiments.mini.config import (CorpusConfig, ModelConfig, SuiteConfig, TrainConfig,
-                                          demo_config)
+from pythia_forensics.experiments.mini.config import (GRID_RULE, GRID_SEEDED_SUPPORTS, GRID_SEEDS,
+                                                     GRID_SUPPORTS, CorpusConfig, ModelConfig, SuiteConfig,
+                                                     TrainConfig, demo_config, grid_config)
 from pythia_forensics.experiments.mini.corpus import (CORPUS_META_FILE, estimate_sentences, sample_records,
                                           write_corpus)
 
@@ -39,6 +40,11 @@ class Arm:
     model: ModelConfig
     corpus: CorpusConfig
     corpus_dir: str
+    seed: int | None = None  # init seed; None: the suite's train.seed
+
+    def train(self, train: TrainConfig) -> TrainConfig:
+        """The schedule this arm trains with (its own seed, if it has one)."""
+        return train if self.seed is None else replace(train, seed=self.seed)
 
 
 def default_suite_dir() -> Path:
@@ -117,6 +123,41 @@ def build_sweep(out_dir: str | Path, *, config: SuiteConfig | None = None, rule:
                   force=force, progress=progress, jobs=jobs)
 
 
+def grid_arms(*, config: SuiteConfig | None = None, rule: str = GRID_RULE,
+              supports: tuple[float, ...] = GRID_SUPPORTS, seeds: tuple[int, ...] = GRID_SEEDS,
+              seeded_supports: tuple[float, ...] = GRID_SEEDED_SUPPORTS) -> list[Arm]:
+    """The scale grid's arms: every size x every knob, every seed at `seeded_supports`.
+
+    Arm names are `<size>-s<knob x 100>-r<seed>` (grid-d32-s070-r1235); each manifest
+    records its seed, its corpus knobs and its parameter counts.
+    """
+    cfg = config or grid_config()
+    if rule not in dict(cfg.corpus.rules):
+        raise CorpusError(f"unknown rule {rule!r} for the grid; choose one of {[r for r, _ in cfg.corpus.rules]}",
+                          param="rule")
+    if len(set(supports)) < 4 or len({m.d_model * m.layers for m in cfg.models}) < 5:
+        raise CorpusError("a scale grid needs at least 4 support values and 5 sizes", param="supports")
+    arms = []
+    for s in supports:
+        tag = f"s{round(s * 100):03d}"
+        for seed in (seeds if s in seeded_supports else seeds[:1]):
+            for m in cfg.models:
+                arms.append(Arm(replace(m, name=f"{m.name}-{tag}-r{seed}"), cfg.corpus.with_support(rule, s),
+                                f"corpus-{tag}", seed=seed))
+    return arms
+
+
+def build_grid(out_dir: str | Path, *, config: SuiteConfig | None = None, force: bool = False,
+               progress: bool = True, jobs: int | None = None, **knobs) -> Path:
+    """Train (or resume, or reuse) the scale grid as one local suite (`grid_arms` names the arms).
+
+    A killed run resumes: finished models are reused, the interrupted ones continue from their
+    last checkpoint to the same weights.
+    """
+    cfg = config or grid_config()
+    return _build(Path(out_dir), grid_arms(config=cfg, **knobs), cfg, force=force, progress=progress, jobs=jobs)
+
+
 def _expected(arm: Arm, train: TrainConfig) -> dict:
     return {"corpus": arm.corpus.to_dict(), "train": {**train.__dict__, "lr": arm.model.lr}}
 
@@ -150,7 +191,7 @@ def _build(out_dir: Path, arms: list[Arm], cfg: SuiteConfig, *, force: bool, pro
     from pythia_forensics.experiments.mini.tokenizer import build_tokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [a for a in arms if force or not _is_done(out_dir / a.model.name, a, cfg.train)]
+    todo = [a for a in arms if force or not _is_done(out_dir / a.model.name, a, a.train(cfg.train))]
     tokenizer = None
     for corpus_dir, corpus in {a.corpus_dir: a.corpus for a in todo}.items():
         cdir = out_dir / corpus_dir
@@ -167,14 +208,14 @@ def _build(out_dir: Path, arms: list[Arm], cfg: SuiteConfig, *, force: bool, pro
     todo.sort(key=lambda a: -a.model.d_model * a.model.layers)
     if n_jobs == 1:
         for a in todo:
-            _train_arm(a, out_dir, cfg.train, progress, 0, not force)
+            _train_arm(a, out_dir, a.train(cfg.train), progress, 0, not force)
     else:
         from pythia_forensics.experiments.mini.train import worker_init
 
         # Workers die with this process (even on SIGKILL) and ignore Ctrl-C, which is handled here.
         pool = ProcessPoolExecutor(max_workers=n_jobs, initializer=worker_init, initargs=(os.getpid(),))
         try:
-            futures = [pool.submit(_train_arm, a, out_dir, cfg.train, progress, i % n_jobs, not force)
+            futures = [pool.submit(_train_arm, a, out_dir, a.train(cfg.train), progress, i % n_jobs, not force)
                        for i, a in enumerate(todo)]
             for f in futures:
                 f.result()
