@@ -5,13 +5,14 @@ PF     := $(PY) -m pythia_forensics
 export PYTHONUNBUFFERED := 1
 export DISABLE_SAFETENSORS_CONVERSION := 1
 
-.PHONY: setup test test-fast demo figures sweep experiments bench clean help
+.PHONY: setup test test-fast demo figures sweep scale experiments bench clean help
 
 help:
 	@echo "make demo         train the mini suite, replay probes, analyse, write results/demo/"
 	@echo "make test         install and run the test suite"
 	@echo "make figures      regenerate figures and report from stored results (results/demo)"
 	@echo "make sweep        support-knob sweep on the mini suite (results/sweep)"
+	@echo "make scale        scale grid on the mini suite: 5 sizes x 4 knobs, seeds (results/scale; resumes)"
 	@echo "make experiments  kill ladder and rescue arms on the mini suite (results/experiments)"
 	@echo "make bench        benchmark against minicons, lm-eval and a full-logits baseline"
 
@@ -33,6 +34,11 @@ figures: setup
 sweep: setup
 	$(PF) sweep --out results/sweep
 
+# 40 models (5 sizes x 4 support knobs, 3 seeds at the 2 knobs nearest the flip); a kill resumes.
+# Run time on 2 cores: docs/mini-suite.md ("Scale grid").
+scale: setup
+	$(PF) scale --out results/scale
+
 experiments: setup
 	$(PF) experiment all --out results/experiments
 
@@ -43,4 +49,4 @@ bench: setup
 	$(PY) -m benchmarks --out results/bench
 
 clean:
-	rm -rf results/demo results/bench results/sweep results/experiments
+	rm -rf results/demo results/bench results/sweep results/scale results/experiments
