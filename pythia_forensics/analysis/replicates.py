@@ -15,7 +15,7 @@ from scipy import stats
 
 from pythia_forensics.analysis.config import AnalysisConfig
 
-__all__ = ["REPLICATE_METRICS", "REPLICATE_COLUMNS", "seed_table"]
+__all__ = ["REPLICATE_METRICS", "REPLICATE_COLUMNS", "seed_table", "parse_seed_flags", "with_seeds"]
 
 REPLICATE_METRICS = ("peak_acc", "final_acc", "depth", "agree_final", "cm_max")
 REPLICATE_COLUMNS = ("probeset", "rule", "split", "replicate_group", "seed", "model", "metric", "n_seeds", "value",
@@ -79,3 +79,42 @@ def seed_table(metrics: pd.DataFrame, models: pd.DataFrame | None, *, config: An
             rows.append(dict(base, seed=POOLED, model=POOLED, metric=metric, n_seeds=n, value=mean, lo=lo, hi=hi,
                              interval=kind))
     return pd.DataFrame(rows, columns=list(REPLICATE_COLUMNS))
+
+
+def parse_seed_flags(flags: list[str]) -> dict[str, tuple[int, str | None]]:
+    """`--seed MODEL=SEED` or `--seed MODEL=SEED:GROUP` values -> {model: (seed, group or None)}.
+
+    Raises:
+        ConfigError: a value is not of that form.
+    """
+    from pythia_forensics.errors import ConfigError
+
+    out = {}
+    for flag in flags:
+        model, sep, rest = flag.partition("=")
+        seed, _, group = rest.partition(":")
+        if not sep or not model or not seed.lstrip("-").isdigit():
+            raise ConfigError(f"--seed {flag!r}: write MODEL=SEED or MODEL=SEED:GROUP (e.g. run-a=2:run)",
+                              param="seed")
+        out[model] = (int(seed), group or None)
+    return out
+
+
+def with_seeds(models: pd.DataFrame, seeds: dict[str, tuple[int, str | None]]) -> pd.DataFrame:
+    """models.parquet rows with the user's seeds (and replicate groups) set; a model given a
+    seed but no group gets its name without a seed suffix (`sweep.replay.replicate_group`)."""
+    from pythia_forensics.sweep.replay import replicate_group
+
+    out = models.copy()
+    for col in ("seed", "replicate_group"):
+        if col not in out:
+            out[col] = pd.NA
+    out["replicate_group"] = out["replicate_group"].astype(object)
+    for model, (seed, group) in seeds.items():
+        hit = out["model"] == model
+        if not hit.any():
+            out = pd.concat([out, pd.DataFrame([{"model": model}])], ignore_index=True)
+            hit = out["model"] == model
+        out.loc[hit, "seed"] = seed
+        out.loc[hit, "replicate_group"] = group or replicate_group(model, seed)
+    return out

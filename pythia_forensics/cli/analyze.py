@@ -36,11 +36,31 @@ def _print_verdicts(analysis, order) -> None:
     print_table(f"verdicts, {split} split (config {analysis.config.sha256[:12]})", cols, cells)
 
 
+def _write_replicates(table, results: Path) -> Path:
+    """replicates.csv (every metric per seed and pooled over seeds); prints the pooled rows of
+    groups with two or more seeds."""
+    from pythia_forensics.atomic import atomic_write
+    from pythia_forensics.cli.tables import Col, print_table
+
+    path = atomic_write(Path(results) / "replicates.csv", lambda tmp: table.to_csv(tmp, index=False))
+    pooled = table[(table["seed"] == "pooled") & (table["n_seeds"] >= 2)]
+    if not pooled.empty:
+        num = lambda v: "-" if v != v else f"{v:.3f}"  # noqa: E731  (NaN != NaN)
+        print_table("pooled over seeds (mean, Student-t interval over seeds)",
+                    [Col("group"), Col("rule"), Col("split"), Col("metric"), Col("seeds", justify="right"),
+                     Col("mean", justify="right"), Col("interval", justify="right")],
+                    [(r.replicate_group, r.rule, r.split, r.metric, str(r.n_seeds), num(r.value),
+                      f"[{num(r.lo)}, {num(r.hi)}]") for r in pooled.itertuples()])
+    return path
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def analyze(
         results: Path = typer.Option(..., "--results", help="Results folder written by `replay`."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
+        seed: list[str] = typer.Option([], "--seed", help="MODEL=SEED[:GROUP]: a run's seed where its manifest "
+                                       "has none (repeatable); runs of one GROUP are replicates."),
     ) -> None:
         """Trajectory metrics and verdicts: write dynamics.parquet/.csv, print verdicts and the prereg ledger."""
         import pandas as pd
@@ -53,9 +73,16 @@ def register(app: typer.Typer) -> None:
         from pythia_forensics.cli.common import check_output_dir
         from pythia_forensics.sweep.store import ResultsStore
 
+        from pythia_forensics.analysis.replicates import parse_seed_flags, seed_table, with_seeds
+
         check_output_dir(results, "--results")  # dynamics.parquet/.csv are written there
-        analysis = run(results, config=config)
+        seeds = parse_seed_flags(seed)
+        models = with_seeds(ResultsStore(results).models(), seeds) if seeds else None
+        analysis = run(results, config=config, models=models)
         written = write_dynamics(analysis, results)
+        written.append(_write_replicates(seed_table(analysis.metrics, models if models is not None else
+                                                    ResultsStore(results).models(), config=analysis.config),
+                                         results))
         _print_verdicts(analysis, model_order(analysis.metrics["model"], ResultsStore(results).models()))
         for gap in ResultsStore(results).missing().itertuples(index=False):
             at = "" if pd.isna(gap.step) else f" (step {int(gap.step)})"

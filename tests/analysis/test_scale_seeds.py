@@ -120,3 +120,22 @@ def test_replicate_group_strips_only_a_known_seed_suffix():
     assert replicate_group("pythia-70m-seed3", 3) == "pythia-70m" == replicate_group("pythia-70m", 1234)
     assert replicate_group("grid-d32-s070-r1235", 1235) == "grid-d32-s070"
     assert replicate_group("pythia-160m-data-seed1", None) == "pythia-160m-data-seed1"
+
+
+def test_analyze_seed_flag_pools_a_users_runs_into_replicates_csv(pronoun_suite_store, copy_store, run_cli):
+    res = copy_store(pronoun_suite_store)
+    code, out, err = run_cli(["analyze", "--results", str(res), "--seed", "mini-l=1:big", "--seed", "mini-xl=2:big"])
+    assert code == 0, err
+    table = pd.read_csv(res / "replicates.csv", dtype={"seed": str})
+    metrics = pd.read_parquet(res / "dynamics.parquet")
+    pooled = table[(table["replicate_group"] == "big") & (table["seed"] == "pooled") & (table["metric"] == "final_acc")
+                   & (table["split"] == "heldout")].iloc[0]
+    want = metrics[metrics["model"].isin(["mini-l", "mini-xl"]) & (metrics["split"] == "heldout")]["final_acc"]
+    assert pooled["n_seeds"] == 2 and pooled["value"] == pytest.approx(want.mean())
+    assert "pooled over seeds" in out
+
+
+def test_a_malformed_seed_flag_is_one_line_exit_2(pronoun_suite_store, copy_store, run_cli):
+    res = copy_store(pronoun_suite_store)
+    code, _, err = run_cli(["analyze", "--results", str(res), "--seed", "mini-l"])
+    assert code == 2 and "--seed 'mini-l': write MODEL=SEED" in err and "Traceback" not in err

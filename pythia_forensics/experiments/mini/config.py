@@ -114,8 +114,12 @@ class SuiteConfig:
         # Per-size peak learning rates (smaller model, larger lr, as Pythia's own schedule):
         # with one lr for all, mini-s had not collapsed by 1600 steps and mini-l's emergence
         # lasted one 50-step checkpoint; with these all three emerge ~200-275 and collapse ~400-450.
+        # mini-xs and mini-ml (issue #32) make five sizes for the demo's scale figure (24x in
+        # non-embedding parameters, 6k to 394k); their lrs follow the same trend as the grid's.
+        ModelConfig("mini-xs", d_model=16, heads=2, lr=6e-3),
         ModelConfig("mini-s", d_model=32, lr=3e-3),
         ModelConfig("mini-m", d_model=64, lr=1e-3),
+        ModelConfig("mini-ml", d_model=96, lr=7e-4),
         ModelConfig("mini-l", d_model=128, lr=5e-4),
     )
     tokenizer_vocab: int = 1024  # big enough that every lexicon word is one token
