@@ -77,7 +77,8 @@ def phase_diagram(grid: pd.DataFrame, *, rule: str, survive_min: float = 0.8) ->
                 text = "n/a" if not np.isfinite(v) else f"{v:.2f}"
                 ax.annotate(text + (f"\n×{n}" if n > 1 else ""), (x, y), ha="center", va="center", fontsize=5.5,
                             color="white" if np.isfinite(v) and v < 0.45 else "black")
-            b = boundary.dropna(subset=["boundary"])
+            # NaN rows (no single flip at that size) break the line: only adjacent flips are joined
+            b = boundary
             ax.plot(b["boundary"], b["params_nonembedding"], color=EVENT_COLOR, linestyle="--", marker="|",
                     markersize=10, linewidth=1.2, label=f"fate boundary (final acc. {survive_min:g} flips)",
                     gid="boundary")
@@ -88,8 +89,8 @@ def phase_diagram(grid: pd.DataFrame, *, rule: str, survive_min: float = 0.8) ->
             ax.margins(x=0.15, y=0.15)
             fig.colorbar(sc, ax=ax, label=label, shrink=0.9)
         axes[0].set_ylabel(PARAMS_LABEL)
-        fig.suptitle(f"{rule}: fate over support x size (×n: seeds averaged; white n/a: depth undefined)",
-                     fontsize=8.5)
+        fig.suptitle(f"{rule}: fate over support x size (×n: seeds averaged; white n/a: depth undefined; "
+                     "no boundary tick: no single flip at that size)", fontsize=8.5)
         figure_legend(fig, axes)
     return fig
 
@@ -135,12 +136,12 @@ def depth_size_figure(grid: pd.DataFrame, replicates: pd.DataFrame, scale: pd.Da
             support = g["in_frame_support"].iloc[0] if len(g) else np.nan
             ax.set_title(f"knob {knob:g} (in-frame support {support:.2f})\n" + _stat_line(row), fontsize=7)
             ax.set_xlim(*xlim)
+            ax.set_xlabel("non-embedding params (log)")
             left_out = g[~np.isfinite(g["depth"].astype(float))]
             if len(left_out):
                 ax.text(0.02, 0.02, wrap(f"depth undefined, left out: {len(left_out)} run(s)", 40),
                         transform=ax.transAxes, fontsize=6, color=NEUTRAL)
         axes[0].set_ylabel(DEPTH_LABEL)
-        fig.supxlabel(PARAMS_LABEL, fontsize=8)
         fig.suptitle(f"{rule}: collapse depth against size per support knob (Spearman on per-size seed means)",
                      fontsize=8.5)
         figure_legend(fig, axes, [(Line2D([], [], color=NEUTRAL, linestyle=""), "rho: Spearman; p: exact "

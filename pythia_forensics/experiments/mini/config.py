@@ -155,7 +155,7 @@ GRID_MODELS = (
     ModelConfig("grid-d96", d_model=96, heads=4, lr=7e-4),
 )
 GRID_RULE = "pronoun_gender"
-GRID_SUPPORTS = (0.5, 0.7, 0.8, 0.9)
+GRID_SUPPORTS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9)
 GRID_SEEDS = (1234, 1235, 1236)  # init seeds (data order is the corpus's, as PolyPythia's init-only seeds)
 GRID_SEEDED_SUPPORTS = (0.7, 0.8)  # nearest the flip: every seed; the other knobs: the first seed
 
