@@ -302,6 +302,9 @@ def _scale_title(stat: pd.DataFrame, size: str, no_depth: Sequence[str] = ()) ->
     if pd.notna(r["rho"]):
         ci = "" if pd.isna(r["rho_lo"]) else f"\n95% CI [{r['rho_lo']:.2f}, {r['rho_hi']:.2f}]"
         p = "" if pd.isna(r["p_perm"]) else f", perm. p = {r['p_perm']:.3g}"
+        p_min = r.get("p_min", np.nan)  # the smallest p this n allows (issue #32)
+        if not pd.isna(p_min):
+            ci = f"\nsmallest attainable p = {p_min:.3g}" + (ci.replace("\n", "; ") if ci else "; no CI (n too small)")
         return f"Spearman rho = {r['rho']:.3f} (n = {int(r['n_models'])}{p}){ci}"
     note = str(r["note"]) if pd.notna(r["note"]) and str(r["note"]) else "rho not computed"
     return wrap(note, 48)

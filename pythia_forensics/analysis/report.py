@@ -59,8 +59,10 @@ SYMBOLS = (
     ("lag steps (ckpt)", "CM zero - collapse onset, in steps and (in parentheses) in checkpoints"),
     ("agree final", "final accuracy of the agree control"),
     ("rho", "Spearman rank correlation of a metric with parameter count (void verdicts left out)"),
-    ("p_perm", "two-sided permutation p-value of rho"),
-    ("rho_lo, rho_hi", "bootstrap 95% interval of rho over models"),
+    ("p_perm", "two-sided permutation p-value of rho (exact over all n! pairings up to scale.exact_max_n)"),
+    ("p_min", "smallest p-value any pairing of these n values could give (2/n! without ties: 1/3 at n = 3)"),
+    ("rho_lo, rho_hi", "bootstrap 95% interval of rho (`interval` says over what; none below "
+                       "scale.bootstrap_min_models sizes unless every size has 2+ seeds; the note says why)"),
     ("n_models", "models in the statistic; note: why rho is undefined, or which models are left out"),
     ("params_total, params_nonembedding", "total and non-embedding parameter counts"),
     ("k", "smoothing window: centred moving average over k checkpoints"),
@@ -187,9 +189,10 @@ def render_report(analysis: Analysis, *, results_dir: Path, figures: Sequence[Pa
         parts += ["_No model sizes in models.parquet: no scale statistics._", ""]
     else:
         parts += ["Spearman rho of collapse depth and final accuracy against parameter count (void verdicts "
-                  "left out); p: two-sided permutation test; CI: bootstrap over models.", "",
+                  "left out; seeds of one run are one point, their mean); p: two-sided permutation test, p_min: "
+                  "the smallest p these n allow; CI: bootstrap (see interval).", "",
                   markdown_table(analysis.scale, ["rule", "split", "size", "metric", "n_models", "rho", "p_perm",
-                                                  "rho_lo", "rho_hi", "note"]), ""]
+                                                  "p_min", "rho_lo", "rho_hi", "note"]), ""]
     pngs = [p for p in figures if p.suffix == ".png"]
     if pngs:
         parts += ["## Figures", ""]
