@@ -115,7 +115,7 @@ def depth_size_figure(grid: pd.DataFrame, replicates: pd.DataFrame, scale: pd.Da
     sizes = grid["params_nonembedding"].astype(float)
     xlim = (sizes.min() / 1.6, sizes.max() * 1.6) if len(sizes) else (1, 10)  # one x range: panels compare
     with style():
-        fig, axes = panel_grid(len(knobs), width=2.6, height=2.6, max_cols=4, legend_rows=1)
+        fig, axes = panel_grid(len(knobs), width=2.9, height=2.6, max_cols=3, legend_rows=1)
         for ax, knob in zip(axes, knobs):
             g = grid[(grid["knob"] == knob) & ~grid["void"].astype(bool)]
             ok = g[np.isfinite(g["depth"].astype(float))]
