@@ -2,8 +2,10 @@
 
 Per (probeset, rule, split), per size column (total, non-embedding) and per metric (collapse
 depth, final accuracy), `scale_analysis` reduces the `analyze` metrics rows to one scale row:
-Spearman rho against parameter count, a permutation p-value and a bootstrap CI, or NaN and a
-note saying why no statistic is meaningful. Values equal within ``analysis.tolerance`` are
+Spearman rho of the per-size means over seeds (a replicate group's seeds are one point)
+against parameter count, the exact permutation p-value with the smallest p n values allow,
+and an interval only where one means something (over sizes from scale.bootstrap_min_models,
+over seeds within size where every size has 2+), or NaN and a note saying why. Values equal within ``analysis.tolerance`` are
 ties (`snap_ties`) before anything is ranked, so rounding noise is never ranked (issue #12).
 `flip_point` does the same job for a support sweep: where along a knob a rule's fate flips.
 """
