@@ -307,7 +307,8 @@ def _scale_title(stat: pd.DataFrame, size: str, no_depth: Sequence[str] = ()) ->
             ci = f"\nsmallest attainable p = {p_min:.3g}" + (ci.replace("\n", "; ") if ci else "; no CI (n too small)")
         return f"Spearman rho = {r['rho']:.3f} (n = {int(r['n_models'])}{p}){ci}"
     note = str(r["note"]) if pd.notna(r["note"]) and str(r["note"]) else "rho not computed"
-    return wrap(note, 48)
+    p_min = r.get("p_min", np.nan)
+    return wrap(note, 48) + ("" if pd.isna(p_min) else f"\nsmallest attainable p = {p_min:.3g}")
 
 
 def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame, *, probeset: str,

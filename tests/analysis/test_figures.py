@@ -474,7 +474,9 @@ def test_scale_panel_with_three_models_prints_the_note(pythia):
     fig = F.scale_figure(analysis.metrics, scale, pythia_sizes(), probeset="pronoun_gender", rule="pronoun_gender")
     total, nonemb = fig.axes[:2]
     for ax in (total, nonemb):
-        assert ax.get_title().replace("\n", " ") == note
+        p_min = scale[(scale["rule"] == "pronoun_gender") & (scale["metric"] == "depth")]["p_min"].iloc[0]
+        # the note, then what these n sizes could ever show (issue #32)
+        assert ax.get_title().replace("\n", " ") == f"{note} smallest attainable p = {p_min:.3g}"
     texts = " ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
     assert "rho =" not in texts and "CI [" not in texts
     fig.draw_without_rendering()
