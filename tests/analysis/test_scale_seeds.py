@@ -139,3 +139,13 @@ def test_a_malformed_seed_flag_is_one_line_exit_2(pronoun_suite_store, copy_stor
     res = copy_store(pronoun_suite_store)
     code, _, err = run_cli(["analyze", "--results", str(res), "--seed", "mini-l"])
     assert code == 2 and "--seed 'mini-l': write MODEL=SEED" in err and "Traceback" not in err
+
+
+def test_polypythia_seeds_from_the_registry_group_with_their_size():
+    from pythia_forensics.checkpoints.registry import get_suite
+
+    specs = [m for m in get_suite("pythia").models if m.size == "70m"]
+    groups = {m.name: replicate_group(m.name, m.seed) for m in specs}
+    seeded = [n for n in groups if n == "pythia-70m" or n.startswith("pythia-70m-seed")]
+    assert len(seeded) == 10 and {groups[n] for n in seeded} == {"pythia-70m"}
+    assert groups["pythia-70m-deduped"] == "pythia-70m-deduped"  # another data set: not a replicate
