@@ -11,5 +11,7 @@ from pythia_forensics.mechanism.decompose import (
     decompose,
     model_layout,
 )
+from pythia_forensics.mechanism.patch import all_components, patch, recovery
 
-__all__ = ["SUM_TOLERANCE", "Decomposition", "ablate_heads", "decompose", "model_layout"]
+__all__ = ["SUM_TOLERANCE", "Decomposition", "ablate_heads", "all_components", "decompose",
+           "model_layout", "patch", "recovery"]
