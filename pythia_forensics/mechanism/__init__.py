@@ -11,7 +11,8 @@ from pythia_forensics.mechanism.decompose import (
     decompose,
     model_layout,
 )
+from pythia_forensics.mechanism.decode import decodability, residuals
 from pythia_forensics.mechanism.patch import all_components, patch, recovery
 
-__all__ = ["SUM_TOLERANCE", "Decomposition", "ablate_heads", "all_components", "decompose",
-           "model_layout", "patch", "recovery"]
+__all__ = ["SUM_TOLERANCE", "Decomposition", "ablate_heads", "all_components", "decodability",
+           "decompose", "model_layout", "patch", "recovery", "residuals"]
