@@ -15,7 +15,7 @@ from typing import Any
 
 from pythia_forensics.errors import MechanismError
 
-__all__ = ["SUM_TOLERANCE", "Decomposition", "Layout", "decompose", "model_layout"]
+__all__ = ["SUM_TOLERANCE", "Decomposition", "Layout", "decompose", "model_layout", "single_tokens"]
 
 # |sum(parts) - gap| allowed, relative to max(1, sum |parts|): a few fp32 ulps of the summands.
 SUM_TOLERANCE = 1e-4
@@ -179,3 +179,18 @@ def decompose(model: Any, input_ids: Any, attention_mask: Any, last: Sequence[in
             "this architecture's residual stream is not what the decomposition assumes",
             param="model")
     return Decomposition(component_names(layout), parts, gap, sigma)
+
+
+def single_tokens(tokenizer: Any, candidates: Sequence[str]) -> list[int]:
+    """The one token id of each candidate (e.g. " she"), or a one-line refusal: a direct-logit
+    decomposition is defined for one logit, not for a multi-token continuation."""
+    ids = []
+    for text in candidates:
+        toks = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(toks) != 1:
+            raise MechanismError(
+                f"candidate {text!r} is {len(toks)} tokens; the decomposition needs single-token "
+                "target and foil (choose probes whose candidates are one token each)",
+                param="probes")
+        ids.append(int(toks[0]))
+    return ids

@@ -170,3 +170,16 @@ def test_head_ablation_equals_forward_with_output_columns_zeroed_by_hand():
         assert torch.allclose(got[i, h], want, atol=1e-5), (i, h)
     base = gap_of(model, ids, mask, last, t, f)
     assert float((got - base).abs().max()) > 1e-3  # ablation moved something
+
+
+def test_multi_token_candidates_are_refused_in_one_line():
+    from pythia_forensics.mechanism.decompose import single_tokens
+    from tests.tinymodels import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer()
+    one = single_tokens(tok, [" she", " he"])
+    assert one == [tok(" she", add_special_tokens=False)["input_ids"][0],
+                   tok(" he", add_special_tokens=False)["input_ids"][0]]
+    with pytest.raises(MechanismError, match="'Xqzv wobbly' is [0-9]+ tokens") as err:
+        single_tokens(tok, [" she", "Xqzv wobbly"])
+    assert "\n" not in str(err.value)
