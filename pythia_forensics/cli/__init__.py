@@ -66,6 +66,7 @@ _COMMAND_MODULES = (
     "mini",
     "demo",
     "experiment",
+    "mechanism",
 )
 
 for _name in _COMMAND_MODULES:
