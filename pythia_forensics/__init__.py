@@ -39,6 +39,9 @@ _API = {
     "audit": "scoring.audit",
     "Monitor": "monitor.live",
     "MonitorCallback": "monitor.trainer",
+    "decompose": "mechanism.decompose",
+    "ablate_heads": "mechanism.ablate",
+    "decodability": "mechanism.decode",
 }
 
 __all__ = ["__version__", *_API]

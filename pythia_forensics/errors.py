@@ -114,3 +114,9 @@ class Interrupted(PFError):
 
 class MonitorError(PFError, ValueError):
     """A training monitor was set up or called wrongly (no tokenizer, bad schedule, ...)."""
+
+
+# --- mechanism --------------------------------------------------------------------------
+class MechanismError(PFError, ValueError):
+    """A mechanism measurement cannot give meaningful numbers (architecture, candidates,
+    a decomposition that does not add up)."""

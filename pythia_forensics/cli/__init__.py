@@ -67,6 +67,7 @@ _COMMAND_MODULES = (
     "demo",
     "experiment",
     "scale",
+    "mechanism",
 )
 
 for _name in _COMMAND_MODULES:
