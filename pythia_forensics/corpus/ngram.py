@@ -138,6 +138,11 @@ def parse_orders(orders: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(vals))
 
 
+def _beyond(budget: int, n_tokens: int) -> None:
+    raise ConfigError(f"token budget {budget:,} is beyond the stream ({n_tokens:,} tokens); lower --token-limit",
+                      param="token_limit")
+
+
 def count_ngram(corpus: str | os.PathLike, probes: Any, *, orders: str | Sequence[int] = (2, 5),
                 tokenizer: Any = None, tokens_per_step: int | None = None, window_steps: int | None = None,
                 window_tokens: int | None = None, text_field: str = "text", token_limit: int | None = None,
@@ -166,6 +171,10 @@ def count_ngram(corpus: str | os.PathLike, probes: Any, *, orders: str | Sequenc
     source = open_stream(inp, tokenizer=tok, text_field=text_field, block_tokens=block_tokens,
                          token_limit=spec.token_limit, eod_id=eod_id)
 
+    if spec.token_limit is not None and source.unit == "tok" and source.total is not None \
+            and spec.token_limit > source.total:
+        _beyond(spec.token_limit, source.total)  # known before reading: refused before counting
+
     def block_fn(block: Block, tallies: list[Tally], limit: int | None) -> None:
         counter.count(block, tallies, limit, spec.window_tokens, by_last=True)
 
@@ -173,8 +182,7 @@ def count_ngram(corpus: str | os.PathLike, probes: Any, *, orders: str | Sequenc
     tallies, n_tok = run_count(source, block_fn, len(seqs), key=key, halo=counter.max_len + 1,
                                token_limit=spec.token_limit, state_file=state_file, progress=progress)
     if spec.token_limit is not None and n_tok < spec.token_limit:
-        raise ConfigError(f"token budget {spec.token_limit:,} is beyond the stream ({n_tok:,} tokens); "
-                          "lower --token-limit", param="token_limit")
+        _beyond(spec.token_limit, n_tok)  # a text input: its size is known once read
     n_win = spec.n_windows(n_tok)
     cum = np.cumsum(np.stack([t.totals(n_win)[0] for t in tallies]), axis=1) if seqs else np.zeros((0, n_win))
     summary, per = [], []

@@ -109,3 +109,40 @@ def test_ngram_scores_equal_an_independent_stupid_backoff_item_by_item(mini):
     # the surface model is not trivial here: some cell is solved, some is not
     final = summary[summary.tokens == n_tok]
     assert final.accuracy.max() > final.accuracy.min()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--orders", "0"], "--orders"),
+    (["--orders", "9"], "--orders"),
+    (["--orders", "2,x"], "--orders"),
+    (["--token-limit", "10000000"], "beyond the stream"),
+])
+def test_bad_ngram_input_is_one_line_exit_2(mini, run_cli, argv, words):
+    code, out, err = run_cli(["support", str(mini), "--mode", "ngram", "--probes", "all", *argv])
+    assert code == 2
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_candidate_that_tokenizes_to_nothing_is_refused(mini, tmp_path, run_cli):
+    src = probes_dir() / "pronoun_gender.yaml"
+    data = yaml.safe_load(src.read_text())
+    data["items"][0]["foil"] = ""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    code, out, err = run_cli(["support", str(mini), "--mode", "ngram", "--probes", str(bad)])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_cli_writes_the_table_and_per_item_rows(mini, tmp_path, run_cli):
+    out, items = tmp_path / "ng.csv", tmp_path / "items.csv"
+    code, stdout, err = run_cli(["support", str(mini), "--mode", "ngram", "--probes", "all", "--orders", "2,5",
+                                 "--out", str(out), "--per-item", str(items)])
+    assert code == 0, err
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["rule", "condition", "split", "order", "step", "tokens", "accuracy",
+                                   "mean_norm_logp_diff", "n_items", "n_unseen", "mode"]
+    assert set(table.order) == {2, 5}
+    meta = json.loads((mini / "corpus.json").read_text())
+    assert (table.step * meta["tokens_per_step"]).clip(upper=meta["train_tokens"]).equals(table.tokens)
+    per = pd.read_csv(items)
+    assert len(per) == table.n_items.sum()
