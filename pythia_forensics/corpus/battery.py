@@ -95,9 +95,11 @@ class SequenceCounter:
             self.by_first.setdefault(int(seq[0]), []).append(i)
         self.max_len = max((x.size for x in self.sequences), default=1)
 
-    def count(self, block: Block, tallies: list[Tally], limit: int | None, window_tokens: int) -> None:
+    def count(self, block: Block, tallies: list[Tally], limit: int | None, window_tokens: int, *,
+              by_last: bool = False) -> None:
         """Add each sequence's occurrences whose first token lies in the block's core (and
-        before ``limit``) to its tally, under that token's stream window."""
+        before ``limit``) to its tally, under that token's stream window (``by_last``: the
+        window of its last token, so a cumulative budget holds only whole occurrences)."""
         ids = block.ids
         n = ids.shape[0]
         lo, hi = block.core
@@ -124,7 +126,9 @@ class SequenceCounter:
                 # inside one document
                 p = p[np.searchsorted(block.seg_starts, p, side="right")
                       == np.searchsorted(block.seg_starts, p + L - 1, side="right")]
-                tallies[i].add(0, (p + block.offset) // window_tokens)
+                if by_last and limit is not None:
+                    p = p[p + (L - 1) + block.offset < limit]  # a whole occurrence, inside the trained range
+                tallies[i].add(0, (p + (L - 1 if by_last else 0) + block.offset) // window_tokens)
 
 
 def count_battery(
