@@ -51,3 +51,9 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module 'pythia_forensics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names live only in _API until first use; list them so tab completion and
+    # help() show the whole public API.
+    return sorted({*globals(), *_API})

@@ -23,6 +23,13 @@ def test_an_unknown_name_is_an_attribute_error():
         pf.scoring_v2  # noqa: B018
 
 
+def test_dir_lists_every_lazily_exported_name():
+    # the lazy names exist only in the module's table until first use; dir() must show them
+    names = set(dir(pf))
+    assert "Monitor" in names and "MonitorCallback" in names
+    assert set(pf.__all__) <= names
+
+
 @pytest.mark.slow
 def test_importing_the_package_does_not_import_torch():
     code = "import sys, pythia_forensics; print('torch' in sys.modules)"
