@@ -12,7 +12,7 @@ help:
 	@echo "make test         install and run the test suite"
 	@echo "make figures      regenerate figures and report from stored results (results/demo)"
 	@echo "make sweep        support-knob sweep on the mini suite (results/sweep)"
-	@echo "make scale        scale grid on the mini suite: 5 sizes x 4 knobs, seeds (results/scale; resumes)"
+	@echo "make scale        scale grid on the mini suite: 5 sizes x 6 knobs, 3 seeds near the flip (results/scale; ~18 min, resumes)"
 	@echo "make experiments  kill ladder and rescue arms on the mini suite (results/experiments)"
 	@echo "make bench        benchmark against minicons, lm-eval and a full-logits baseline"
 
