@@ -48,3 +48,9 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module 'pythia_forensics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazily exported names are no module attributes until first used: list them so tab
+    # completion and help() show them
+    return sorted(set(globals()) | set(__all__))

@@ -28,3 +28,10 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, pythia_forensics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_dir_lists_every_public_name_including_the_lazy_ones():
+    listed = dir(pf)
+    assert "Monitor" in listed and "MonitorCallback" in listed
+    assert set(pf.__all__) <= set(listed)
+    assert listed == sorted(listed)
