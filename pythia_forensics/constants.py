@@ -114,6 +114,9 @@ ENV_LEASE_HEARTBEAT = "PF_LEASE_HEARTBEAT_S"
 # Beside the cache: CACHE/.pf-ledger/{ledger.lock, holds/}; in the results folder: claims.
 LEDGER_DIR = ".pf-ledger"
 CLAIMS_DIR = ".pf-claims"
+# Beside the cache: CACHE/.pf-revisions/<repo folder>.json, each repo's branch -> commit as the
+# hub last listed it and what `fetch` staged, so an offline node knows the grid after eviction.
+REVISIONS_DIR = ".pf-revisions"
 # Fault hook for tests: kill this process (SIGKILL) right after it has fetched N revisions.
 ENV_KILL_AFTER_FETCHES = "PF_TEST_KILL_AFTER_FETCHES"
 # Where LocalSource keeps sha256 hashes keyed by (path, size, mtime_ns) so rescans are cheap.

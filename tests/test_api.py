@@ -28,6 +28,7 @@ def test_dir_lists_every_lazily_exported_name():
     names = set(dir(pf))
     assert "Monitor" in names and "MonitorCallback" in names
     assert set(pf.__all__) <= names
+    assert dir(pf) == sorted(dir(pf))
 
 
 @pytest.mark.slow
@@ -35,3 +36,4 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, pythia_forensics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+

@@ -268,7 +268,7 @@ def select_revisions(spec: ModelSpec, names: Sequence[str], steps: str | Sequenc
         chosen = parse_steps(text, sorted(by_step))
     except StepSpecError as exc:  # say which model, the grid differs between models
         hint = ("; HF_HUB_OFFLINE is set, so only staged revisions exist here: stage the others on a node with "
-                f"network with `pythia-forensics fetch {spec.name} --steps ...`") if spec.source == "hub" and offline() else ""
+                f"network with `pythia-forensics fetch {spec.repo if spec.suite == 'hub' else spec.name} --steps ...`") if spec.source == "hub" and offline() else ""
         raise StepSpecError(f"{spec.name} ({spec.repo or spec.path}): {exc}{hint}", param=exc.param) from exc
     return [by_step[x] for x in chosen]
 
@@ -326,6 +326,7 @@ def stage(models: Sequence[str], *, steps: str | Sequence[int] | None = "all", s
             raise PFError(f"{spec.name} is a local folder ({spec.path}): nothing to stage, compute nodes read it in place")
         source = HubSource(spec, cache_dir=cache_dir, **(hub_options or {}))
         plan += [(source, rev) for rev in select_revisions(spec, source.revisions(), steps)]
+    sources_of = {id(src): src for src, _ in plan}
     sizes = [src.size(rev) for src, rev in plan]
     total = sum(s.total_bytes for s in sizes)
     download = sum(s.download_bytes for s in sizes)
@@ -338,6 +339,10 @@ def stage(models: Sequence[str], *, steps: str | Sequence[int] | None = "all", s
         records = fetcher.fetch_all(tqdm(plan, desc="fetch", unit="rev", disable=not progress))
     finally:
         fetcher.close()
+    # the staged plan beside the cache: with the hub's branch list, what an offline node may
+    # expect to find (and, once evicted, names the command that stages it again)
+    for src in sources_of.values():
+        src.remember(src.branches(), staged=[rev for s2, rev in plan if s2 is src])
     root = str(plan[0][0].cache_dir) if plan else str(cache_dir or "")
     return StageSummary(cache_dir=root, revisions=tuple((r.model, r.revision, str(r.commit)) for r in records),
                         total_bytes=total, downloaded_bytes=download)

@@ -14,6 +14,7 @@ honouring `Retry-After` (`retrying`).
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +33,7 @@ from pythia_forensics.checkpoints.source_records import (
     offline,
     revision_sort_key,
 )
-from pythia_forensics.constants import BIN_WEIGHTS, SAFETENSORS_WEIGHTS
+from pythia_forensics.constants import BIN_WEIGHTS, REVISIONS_DIR, SAFETENSORS_WEIGHTS
 from pythia_forensics.errors import PFError, RevisionNotFoundError, SourceError, UnknownModelError
 
 __all__ = ["HUB_RETRY_STATUS", "HubSource", "evict_cached", "retrying"]
@@ -137,6 +138,12 @@ class HubSource:
         self._lock = threading.Lock()
         self._hashes = HashCache(None)  # blobs are content-addressed; memory is enough
 
+    @property
+    def cli_name(self) -> str:
+        """What to type on a command line for this model: its registry name, or the hub id
+        of a repo outside the registry (its short name resolves to nothing)."""
+        return self.repo if self.spec.suite == "hub" else self.model
+
     # -- errors: one line each (retrying is `retrying`'s business)
     def _unreachable(self, exc: BaseException) -> SourceError:
         return SourceError(
@@ -195,7 +202,7 @@ class HubSource:
         return SourceError(
             f"HF_HUB_OFFLINE is set and the cache {self.cache_dir} lacks {self.repo}@{revision or 'main'}"
             f"{f' ({what})' if what else ''}; stage it on a node with network: "
-            f"`pythia-forensics fetch {self.model} --steps ... --cache-dir {self.cache_dir}`"
+            f"`pythia-forensics fetch {self.cli_name} --steps ... --cache-dir {self.cache_dir}`"
         )
 
     def _missing_revision(self, revision: str) -> RevisionNotFoundError:
@@ -210,7 +217,7 @@ class HubSource:
             return RevisionNotFoundError(
                 f"{self.model} ({self.repo}) revision {revision!r} is not staged in the cache {self.cache_dir} "
                 f"(HF_HUB_OFFLINE is set; {len(known)} staged{near}); stage it on a node with network: "
-                f"`pythia-forensics fetch {self.model} --steps ... --cache-dir {self.cache_dir}`"
+                f"`pythia-forensics fetch {self.cli_name} --steps ... --cache-dir {self.cache_dir}`"
             )
         return RevisionNotFoundError(
             f"{self.model} ({self.repo}) has no revision {revision!r} on the hub at {self.endpoint}"
@@ -236,6 +243,70 @@ class HubSource:
                 self._listings.clear()
         return dict(branches)
 
+    # -- what is known without the hub: the revision catalog beside the cache
+    @property
+    def catalog_path(self) -> Path:
+        """`CACHE/.pf-revisions/<repo folder>.json`: branch -> commit as the hub last listed it
+        (`remember`), and which of them `fetch` staged."""
+        from huggingface_hub.file_download import repo_folder_name
+
+        return self.cache_dir / REVISIONS_DIR / f"{repo_folder_name(repo_id=self.repo, repo_type='model')}.json"
+
+    def catalog(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(branches the hub listed when last asked, branches `fetch` staged), each
+        name -> commit; empty when never recorded or unreadable (it is a hint, not a source
+        of weights)."""
+        try:
+            data = json.loads(self.catalog_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}, {}
+        if not isinstance(data, dict) or data.get("repo") != self.repo:
+            return {}, {}
+
+        def names(key: str) -> dict[str, str]:
+            value = data.get(key)
+            if not isinstance(value, dict):
+                return {}
+            return {str(k): str(v) for k, v in value.items()
+                    if isinstance(v, str) and len(v) == _COMMIT_RE_LEN and all(c in "0123456789abcdef" for c in v)}
+
+        return names("branches"), names("staged")
+
+    def remember(self, branches: dict[str, str], *, staged: Iterable[str] = ()) -> None:
+        """Record the hub's branch list (and the branches just staged) beside the cache, so a
+        node under HF_HUB_OFFLINE knows the grid even after every revision was evicted.
+
+        Best effort: a read-only cache only loses the hint."""
+        from pythia_forensics.atomic import write_json
+
+        _, before = self.catalog()
+        done = {**before, **{name: branches[name] for name in staged if name in branches}}
+        # a staged name the hub now points elsewhere is no longer what was staged
+        done = {name: commit for name, commit in done.items() if branches.get(name, commit) == commit}
+        try:
+            self.catalog_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.catalog_path, {"repo": self.repo, "endpoint": self.endpoint,
+                                           "listed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                           "branches": dict(branches), "staged": done})
+        except OSError:
+            pass
+
+    def known_branches(self) -> dict[str, str]:
+        """Branch -> commit of every revision known to exist, without requiring any to be cached.
+
+        Online: the hub's list. Offline: the cache's refs, over the catalog the last online
+        listing and `fetch` left (a cached ref wins: it is what the cache really holds). May
+        be empty offline; `branches()` is what can be read now."""
+        if not _offline():
+            return self.branches()
+        listed, staged = self.catalog()
+        return {**listed, **staged, **self.cached_refs()}
+
+    def cached_refs(self) -> dict[str, str]:
+        """Branch -> commit of the revisions the cache holds refs of (empty when none)."""
+        repo = self._cached_repo()
+        return {ref: rev.commit_hash for rev in (repo.revisions if repo else ()) for ref in rev.refs}
+
     def revisions(self) -> tuple[str, ...]:
         """Branch names, those the model's grammar gives a step (`step<N>`,
         `step<N>-tokens<T>B`, ...) in step order first, then the others (`main`)."""
@@ -253,10 +324,11 @@ class HubSource:
         return next((r for r in info.repos if r.repo_id == self.repo and r.repo_type == "model"), None)
 
     def _cached_refs(self) -> dict[str, str]:
-        repo = self._cached_repo()
-        refs = {ref: rev.commit_hash for rev in (repo.revisions if repo else ()) for ref in rev.refs}
+        refs = self.cached_refs()
         if not refs:
-            raise self._not_staged(None, "no revision of it is cached")
+            _, staged = self.catalog()
+            raise self._not_staged(None, "no revision of it is cached" + (
+                f"; {len(staged)} were staged and have been evicted since" if staged else ""))
         return refs
 
     def resolve(self, revision: str) -> str:

@@ -49,8 +49,20 @@ def register(app: typer.Typer) -> None:
                                        "tokenizer's rows only (Pythia: 50277 of 50304)."),
         threads: str = typer.Option("auto", help="CPU threads for scoring, or auto ($PF_THREADS, else "
                                     "$OMP_NUM_THREADS, else the CPUs this process may use); recorded with results."),
+        allow_invisible: bool = typer.Option(False, "--allow-invisible", help="Score prefixes and candidates with "
+                                             "control characters (other than tab and newline) or nothing visible "
+                                             "(only zero-width / format characters) on purpose."),
     ) -> None:
-        """Score a checkpoint: log p(target) vs log p(foil) per item; summary per rule, condition, split."""
+        """Score a checkpoint: log p(target) vs log p(foil) per item; summary per rule, condition, split.
+
+        Probe format: a YAML file {name, description?, items: [...]} (or a bare list of items), a
+        JSONL file (one item per line), or the Natural-Ungrokking paper's JSONL battery (family,
+        correct, distractor, template_id, ... read unchanged). Each item has the text fields
+        item_id (unique), rule, condition (conflict | agree), split (train | heldout), prefix,
+        target, foil (target != foil), optional template and meta (a mapping), and optional
+        allow_invisible (true: keep control or zero-width characters in its text on purpose).
+        Every problem is reported at once as file:line: field 'x': what is wrong.
+        """
         from rich.table import Table
 
         from pythia_forensics.cli.common import console
@@ -61,7 +73,10 @@ def register(app: typer.Typer) -> None:
         options = ScoreOptions(dtype=dtype, device=device, bos=bos, vocab_rows=vocab_rows,
                                batch_size=parse_batch_size(batch_size),
                                threads=int(threads) if threads.isascii() and threads.isdigit() else threads)
-        frame = score(model, probes, revision=revision, options=options, progress=True)
+        from pythia_forensics.scoring.probes import load_probes
+
+        probe_set = load_probes(probes, allow_invisible=allow_invisible)
+        frame = score(model, probe_set, revision=revision, options=options, progress=True)
         table = Table(title=f"{model}" + (f" @ {revision}" if revision else "") +
                       f"  ({frame.attrs['dtype']}, {frame.attrs['device']}, bos={frame.attrs['bos']})")
         for col, justify in (("rule", "left"), ("condition", "left"), ("split", "left"), ("n", "right"),

@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,17 @@ PROBE_MAX_YAML_NODES = 2_000_000    # nodes after alias expansion (an alias bomb
 __all__ = ["ProbeItem", "ProbeSet", "load_probes", "parse_probes", "probe_set_sha256", "shipped_probe_sets"]
 
 REQUIRED_FIELDS = ("item_id", "rule", "condition", "split", "prefix", "target", "foil")
-OPTIONAL_FIELDS = ("template", "meta")
+# `allow_invisible: true` keeps control / zero-width characters of that item on purpose; it is
+# how the item is read, not what is scored, so it is not part of the item or its hash.
+ALLOW_INVISIBLE_FIELD = "allow_invisible"
+OPTIONAL_FIELDS = ("template", "meta", ALLOW_INVISIBLE_FIELD)
+# The text a model is scored on: it must be text a reader of the file can see.
+SCORED_TEXT_FIELDS = ("prefix", "target", "foil")
+# Fields a control character makes unreadable in every table and log line.
+CONTROL_CHECKED_FIELDS = ("item_id", "rule", *SCORED_TEXT_FIELDS, "template")
+# Where the probe format is documented for someone who installed the wheel (the README is the
+# package's long description; `probe --help` prints the same summary).
+PROBE_FORMAT_DOCS = "the README's 'Probe format' section, or `pythia-forensics probe --help`"
 # The paper's battery format: its field -> our field (fields not listed go to meta).
 PAPER_FIELDS = {"family": "rule", "correct": "target", "distractor": "foil", "template_id": "template"}
 PAPER_MARKERS = frozenset({"family", "correct", "distractor"})
@@ -149,7 +160,7 @@ class _Problems:
         tail = f"; ... and {more} more" if more > 0 else ""
         error = ProbeFormatError(
             f"{len(self.items)} problem(s) in probe file {source}: {shown}{tail}. "
-            "Fix these items and rerun (format: docs/ARCHITECTURE.md, 'Probe items')."
+            f"Fix these items and rerun (format: {PROBE_FORMAT_DOCS})."
         )
         error.problems = list(self.items)  # type: ignore[attr-defined]
         raise error
@@ -374,6 +385,49 @@ def _meta_value(value: Any) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# C0 and C1 control characters except tab and the newlines (LF, CR, NEL), which a reader sees
+# as layout and the scorer handles as whitespace.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
+_CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BACKSPACE", 0x0B: "VERTICAL TAB", 0x0C: "FORM FEED",
+                  0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE", 0x7F: "DELETE", 0x85: "NEXT LINE"}
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt): characters a
+# renderer draws as nothing, beyond the format (Cf) category: the combining grapheme joiner,
+# Hangul fillers, Mongolian variation selectors, variation selectors, tag characters, ...
+_DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+                      (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+                      (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+                      (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+
+
+def _ignorable(ch: str) -> bool:
+    """Drawn as nothing: a format character (Cf) or a default-ignorable code point."""
+    code = ord(ch)
+    return unicodedata.category(ch) == "Cf" or any(lo <= code <= hi for lo, hi in _DEFAULT_IGNORABLE)
+
+
+def _without_ignorable(text: str) -> str:
+    return "".join(ch for ch in text if not _ignorable(ch))
+
+
+def _char_name(ch: str) -> str:
+    name = _CONTROL_NAMES.get(ord(ch)) or unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}{' ' + name if name else ''}"
+
+
+def _text_problem(fieldname: str, text: str) -> str | None:
+    """Why `text` is not text a reader can see (a control character; for scored text, nothing
+    visible once whitespace and zero-width / format characters are removed), or None."""
+    hint = (f"; delete it, or set '{ALLOW_INVISIBLE_FIELD}: true' on the item to score it on purpose"
+            if fieldname in SCORED_TEXT_FIELDS else "; delete it")
+    control = _CONTROL.search(text)
+    if control is not None:
+        return (f"contains the control character {_char_name(control.group())} at position {control.start()} "
+                f"(invisible in the file){hint}")
+    if fieldname in SCORED_TEXT_FIELDS and text.strip() and not _without_ignorable(text).strip():
+        shown = ", ".join(dict.fromkeys(_char_name(ch) for ch in text if _ignorable(ch)))
+        return f"has no visible character (only whitespace and zero-width / format characters: {shown}){hint}"
+    return None
+
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -400,48 +454,70 @@ def _value_problem(value: Any) -> str | None:
     return None
 
 
-def _make_item(record: dict, where: str, line: int, lines: dict, problems: _Problems) -> ProbeItem | None:
-    """Validate one record; record every problem; return the item if it has none."""
+def _make_item(record: dict, where: str, line: int, lines: dict, problems: _Problems, *,
+               allow_invisible: bool = False) -> ProbeItem | None:
+    """Validate one record; record every problem it has (not only the first); return the item
+    if it has none."""
+    before = len(problems.items)
     bad_keys = [k for k in record if not isinstance(k, str)]
     if bad_keys:
         problems.add(where, line, None, f"non-string field name {bad_keys[0]!r}; field names are text "
                      f"({', '.join(REQUIRED_FIELDS)}, template, meta)")
-        return None
+        record = {k: v for k, v in record.items() if isinstance(k, str)}
     if PAPER_MARKERS <= record.keys():
         record = _from_paper(record)
-    before = len(problems.items)
+    unusable = set()  # fields with a problem already: their later checks would only repeat it
     for key, value in record.items():
         why = _value_problem(value)
         if why is not None:
             problems.add(where, lines.get(key, line), key, why)
-    if len(problems.items) > before:
-        return None
+            unusable.add(key)
+    allow = record.get(ALLOW_INVISIBLE_FIELD, False)
+    if not isinstance(allow, bool):
+        problems.add(where, lines.get(ALLOW_INVISIBLE_FIELD, line), ALLOW_INVISIBLE_FIELD,
+                     f"must be true or false, got {allow!r}")
+        allow = False
+    allow = allow or allow_invisible
     for key in REQUIRED_FIELDS:
         at = lines.get(key, line)
+        if key in unusable:
+            continue
+        unusable.add(key)
         if key not in record or record[key] is None:
             problems.add(where, line, key, "missing")
         elif not isinstance(record[key], str):
             problems.add(where, at, key, f"must be a string, got {type(record[key]).__name__} {record[key]!r}")
         elif not record[key].strip():
             problems.add(where, at, key, f"empty string {record[key]!r}")
-    unknown = sorted(set(record) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
-    for key in unknown:
+        elif key in CONTROL_CHECKED_FIELDS and not (allow and key in SCORED_TEXT_FIELDS) and (
+                why := _text_problem(key, record[key])) is not None:
+            problems.add(where, at, key, why)
+        else:
+            unusable.discard(key)
+    for key in sorted(set(record) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)):
         problems.add(where, lines.get(key, line), key, "unknown field (put extra fields under 'meta')")
-    if len(problems.items) > before:
-        return None
-    split = SPLIT_ALIASES.get(record["split"], record["split"])
-    if record["condition"] not in CONDITIONS:
+    usable = {k: record[k] for k in REQUIRED_FIELDS if k not in unusable}
+    split = SPLIT_ALIASES.get(usable["split"], usable["split"]) if "split" in usable else None
+    if "condition" in usable and usable["condition"] not in CONDITIONS:
         problems.add(where, lines.get("condition", line), "condition",
                      f"unknown condition {record['condition']!r}; use one of {', '.join(CONDITIONS)}")
-    if split not in SPLITS:
+    if split is not None and split not in SPLITS:
         problems.add(where, lines.get("split", line), "split", f"unknown split {record['split']!r}; use one of {', '.join(SPLITS)}")
-    if record["target"] == record["foil"]:
-        problems.add(where, lines.get("foil", line), "foil", f"equals the target {record['target']!r}")
+    if "target" in usable and "foil" in usable:
+        if record["target"] == record["foil"]:
+            problems.add(where, lines.get("foil", line), "foil", f"equals the target {record['target']!r}")
+        elif not allow and _without_ignorable(record["target"]) == _without_ignorable(record["foil"]):
+            problems.add(where, lines.get("foil", line), "foil",
+                         f"differs from the target {record['target']!r} only in zero-width / format characters "
+                         f"(they look the same); delete them, or set '{ALLOW_INVISIBLE_FIELD}: true' on the item")
     template = record.get("template")
-    if template is not None and not isinstance(template, (str, int)):
-        problems.add(where, lines.get("template", line), "template", f"must be a string, got {template!r}")
+    if "template" not in unusable and template is not None:
+        if not isinstance(template, (str, int)) or isinstance(template, bool):
+            problems.add(where, lines.get("template", line), "template", f"must be a string, got {template!r}")
+        elif isinstance(template, str) and (why := _text_problem("template", template)) is not None:
+            problems.add(where, lines.get("template", line), "template", why)
     meta = record.get("meta") or {}
-    if not isinstance(meta, dict):
+    if "meta" not in unusable and not isinstance(meta, dict):
         problems.add(where, lines.get("meta", line), "meta", f"must be a mapping, got {type(meta).__name__}")
     if len(problems.items) > before:
         return None
@@ -453,7 +529,17 @@ def _make_item(record: dict, where: str, line: int, lines: dict, problems: _Prob
     )
 
 
-def parse_probes(text: str, *, fmt: str, source: str = "<string>", name: str | None = None) -> ProbeSet:
+def _record_id(record: dict) -> str | None:
+    """The record's item id when it is usable text (a duplicate is reported even on an item
+    with other problems)."""
+    if not all(isinstance(k, str) for k in record):
+        return None
+    value = record.get("item_id")
+    return value if isinstance(value, str) and value.strip() and _value_problem(value) is None else None
+
+
+def parse_probes(text: str, *, fmt: str, source: str = "<string>", name: str | None = None,
+                 allow_invisible: bool = False) -> ProbeSet:
     """Parse probe items from text.
 
     Args:
@@ -461,6 +547,9 @@ def parse_probes(text: str, *, fmt: str, source: str = "<string>", name: str | N
         fmt: ``"yaml"`` or ``"jsonl"`` (the paper's JSONL is detected per line).
         source: the file name used in error messages.
         name: the set's name when the text does not give one.
+        allow_invisible: keep prefixes and candidates with control characters (other than tab
+            and newline) or with nothing visible, for every item (one item: its
+            ``allow_invisible: true`` field).
 
     Returns:
         The validated `ProbeSet`.
@@ -478,15 +567,16 @@ def parse_probes(text: str, *, fmt: str, source: str = "<string>", name: str | N
     items: list[ProbeItem] = []
     first_line: dict[str, int] = {}
     for line, record, lines in records:
-        item = _make_item(record, source, line, lines, problems)
-        if item is None:
-            continue
-        if item.item_id in first_line:
+        item = _make_item(record, source, line, lines, problems, allow_invisible=allow_invisible)
+        record_id = _record_id(record)  # the paper format names it item_id too
+        if record_id is not None and record_id in first_line:
             problems.add(source, lines.get("item_id", line), "item_id",
-                         f"duplicate id {item.item_id!r} (first at line {first_line[item.item_id]})")
+                         f"duplicate id {record_id!r} (first at line {first_line[record_id]})")
             continue
-        first_line[item.item_id] = line
-        items.append(item)
+        if record_id is not None:
+            first_line[record_id] = line
+        if item is not None:
+            items.append(item)
     if not records and not problems.items:
         problems.add(source, None, None, "no probe items")
     problems.raise_if_any(source)
@@ -494,7 +584,7 @@ def parse_probes(text: str, *, fmt: str, source: str = "<string>", name: str | N
                     sha256=probe_set_sha256(items), source=source)
 
 
-def _read_file(path: Path) -> ProbeSet:
+def _read_file(path: Path, *, allow_invisible: bool = False) -> ProbeSet:
     suffix = path.suffix.lower()
     if suffix not in PROBE_SUFFIXES:
         raise ProbeFormatError(f"probe file {path} has suffix {suffix!r}; use one of {', '.join(PROBE_SUFFIXES)}")
@@ -515,7 +605,8 @@ def _read_file(path: Path) -> ProbeSet:
         raise ProbeFormatError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
                                "save the file as UTF-8") from None
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
-    return parse_probes(text, fmt="jsonl" if suffix == ".jsonl" else "yaml", source=str(path), name=path.stem)
+    return parse_probes(text, fmt="jsonl" if suffix == ".jsonl" else "yaml", source=str(path), name=path.stem,
+                        allow_invisible=allow_invisible)
 
 
 def shipped_probe_sets(directory: Path | None = None) -> dict[str, Path]:
@@ -552,13 +643,17 @@ def _resolve(spec: str | Path) -> list[Path]:
                                "or pass a file path", param="probes")
 
 
-def load_probes(spec: str | Path | ProbeSet | Sequence[str | Path | ProbeSet]) -> ProbeSet:
+def load_probes(spec: str | Path | ProbeSet | Sequence[str | Path | ProbeSet], *,
+                allow_invisible: bool = False) -> ProbeSet:
     """Load and validate probe items from a file, a shipped set name, or several of those.
 
     Args:
         spec: a probe file (``.yaml``/``.yml``/``.jsonl``), a shipped set NAME
             (``probes/<NAME>.yaml|.jsonl``), ``"all"`` (every shipped set), a `ProbeSet`, or a
             list of those (merged into one set; item ids must stay unique).
+        allow_invisible: score prefixes and candidates holding control characters (other
+            than tab and newline) or nothing visible (only zero-width / format characters) on
+            purpose; by default such items are refused, each with its file:line.
 
     Returns:
         One `ProbeSet`. Example::
@@ -578,7 +673,7 @@ def load_probes(spec: str | Path | ProbeSet | Sequence[str | Path | ProbeSet]) -
         if isinstance(one, ProbeSet):
             sets.append(one)
         else:
-            sets.extend(_read_file(p) for p in _resolve(one))
+            sets.extend(_read_file(p, allow_invisible=allow_invisible) for p in _resolve(one))
     if not sets:
         raise UnknownProbeSetError("no probe sets given; pass a file or a name (or 'all')", param="probes")
     if len(sets) == 1:

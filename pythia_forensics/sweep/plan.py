@@ -18,7 +18,7 @@ from pythia_forensics.errors import PFError
 from pythia_forensics.sweep.records import ReplayOptions, ReplaySummary, Todo
 from pythia_forensics.sweep.store import ResultsStore, WorkKey
 
-__all__ = ["load_probe_sets", "code_version", "plan", "HEALTH_SKIP_STATUSES"]
+__all__ = ["load_probe_sets", "code_version", "plan", "known_revisions", "stored_revisions", "HEALTH_SKIP_STATUSES"]
 
 # Health statuses a replay leaves out with `health="skip"` (checkpoints/health.py writes them).
 HEALTH_SKIP_STATUSES = ("bad",)
@@ -77,11 +77,85 @@ def _health_status(store: ResultsStore, opts: ReplayOptions) -> dict[tuple[str, 
     return {(row.model, row.revision): row.status for row in health.itertuples()}
 
 
-def _chosen(spec: Any, source: Any, steps: Any, revisions: dict[str, Sequence[str]] | None) -> list[str]:
-    names = source.revisions()
+def stored_revisions(store: ResultsStore, model: str) -> dict[str, str]:
+    """Revision -> content key of the work the store holds for a model (intact files only)."""
+    rows = store.items(models=[model], columns=["model", "revision", "content_key"])
+    if rows.empty:
+        return {}
+    rows = rows[(rows["model"] == model) & rows["content_key"].notna()]
+    return {str(r): str(k) for r, k in zip(rows["revision"], rows["content_key"])}
+
+
+def known_revisions(spec: Any, source: Any, store: ResultsStore) -> dict[str, str | None]:
+    """Every revision the model is known to have -> its content key where known without
+    reading it (a hub commit), in step order.
+
+    Learned, in order of precedence: the hub (online; its list is then recorded beside the
+    cache), the cache's refs, the work already in the results store, and the catalog the
+    last online listing and `fetch` left beside the cache. So a finished sweep re-runs
+    offline as a no-op whatever the cache still holds. Local models: their folders.
+    """
+    from pythia_forensics.checkpoints.sources import offline
+
+    if source.source != "hub":
+        return {r: None for r in source.revisions()}
+    if not offline():
+        branches = source.branches()
+        source.remember(branches)
+        known: dict[str, str | None] = dict(branches)
+    else:
+        listed, staged = source.catalog()
+        known = {**listed, **staged, **stored_revisions(store, spec.name), **source.cached_refs()}
+
+    def order(revision: str) -> tuple[int, int | str]:
+        step = spec.step_of(revision)
+        return (0, step) if step is not None else (1, revision)
+
+    return {r: known[r] for r in sorted(known, key=order)}
+
+
+def _explicit_steps(steps: Any) -> list[int] | None:
+    """The steps a `N,N,...` selection (or a list) names; None for all / log / A:B."""
+    if steps is None:
+        return None
+    if not isinstance(steps, str):
+        return [int(x) for x in steps]
+    parts = [p.strip().removeprefix("step") for p in steps.split(",") if p.strip()]
+    if ":" in steps or not parts or not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    return [int(p) for p in parts]
+
+
+def _stage_hint(spec: Any, source: Any, steps: Sequence[int | None], revisions: Sequence[str]) -> str:
+    named = ",".join(str(s) for s in steps if s is not None) or "..."
+    return (f"stage {'it' if len(revisions) == 1 else 'them'} on a node with network: `pythia-forensics fetch "
+            f"{source.cli_name} --steps {named} --cache-dir {source.cache_dir}`")
+
+
+def _chosen(spec: Any, source: Any, known: dict[str, str | None], steps: Any,
+            revisions: dict[str, Sequence[str]] | None, store: ResultsStore) -> list[str]:
+    from pythia_forensics.checkpoints.sources import offline
+    from pythia_forensics.errors import StepSpecError
+
+    names = list(known)
     if revisions is not None:
         wanted = set(revisions.get(spec.name, ()))
         return [r for r in names if r in wanted]
+    if source.source == "hub" and offline():
+        if not names:
+            source.branches()  # raises: nothing of it is cached, stored or was ever listed here
+        # offline, a step nobody knows of (not stored, not in the cache, never listed) is one
+        # line naming exactly those steps and the command that stages them
+        asked = _explicit_steps(steps)
+        have = {spec.step_of(r) for r in names}
+        lacking = [s for s in dict.fromkeys(asked or ()) if s not in have]
+        if lacking:
+            shown = ", ".join(f"step {s}" for s in lacking)
+            raise StepSpecError(
+                f"{spec.name} ({spec.repo}): {shown} {'is' if len(lacking) == 1 else 'are'} neither stored in "
+                f"{store.root} nor staged in the cache {source.cache_dir} (HF_HUB_OFFLINE is set; {len(names)} "
+                f"revisions known from the cache, the results and the last listing); "
+                f"{_stage_hint(spec, source, lacking, [str(s) for s in lacking])}", param="steps")
     return select_revisions(spec, names, steps)
 
 
@@ -95,6 +169,19 @@ def _check_budget(todo: Sequence[Todo], budget: int) -> None:
             first.setdefault(t.spec.name, t)
     for t in first.values():
         check_fits(t.spec.name, t.revision, t.source.size(t.revision).total_bytes, budget)
+
+
+def _not_staged(unstaged: Sequence[tuple[Any, Any, list[str]]], store: ResultsStore) -> PFError:
+    """One line naming every revision that is neither stored nor in the cache, offline, and
+    the `fetch` command that stages each model's."""
+    from pythia_forensics.errors import SourceError
+
+    named = ", ".join(f"{spec.name}@{r}" for spec, _, revs in unstaged for r in revs)
+    n = sum(len(revs) for _, _, revs in unstaged)
+    hints = "; ".join(_stage_hint(spec, source, [spec.step_of(r) for r in revs], revs)
+                      for spec, source, revs in unstaged)
+    return SourceError(f"HF_HUB_OFFLINE is set and {named} {'is' if n == 1 else 'are'} neither stored in {store.root} "
+                       f"nor staged in the cache {unstaged[0][1].cache_dir}; {hints}; then rerun")
 
 
 def plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Sequence[Any],
@@ -125,10 +212,13 @@ def plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Se
     todo: list[Todo] = []
     index = planned = skipped = skipped_health = 0
     flagged: list[str] = []
+    unstaged: list[tuple[Any, Any, list[str]]] = []   # (spec, source, revisions) offline and not cached
     for spec in specs:
         source = sources.open_source(spec, **opts.source_options())
         dtype = _resolve_dtype(opts.score.dtype, spec.params_total, opts.score.device)
-        for revision in _chosen(spec, source, steps, revisions):
+        known = known_revisions(spec, source, store)
+        cached = None
+        for revision in _chosen(spec, source, known, steps, revisions, store):
             index += 1
             # Ranks split the whole planned grid, not what is left of it, so every rank
             # agrees on the partition whatever the others have finished.
@@ -141,8 +231,8 @@ def plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Se
                 continue
             if status != "ok":
                 flagged.append(f"{spec.name}@{revision} ({status})")
-            # hub: the commit sha (from the branch list, no download); local: weight hashes
-            content_key = source.resolve(revision) or source.record(revision).content_key
+            # hub: the commit sha (from what is known of the branch, no download); local: weight hashes
+            content_key = known.get(revision) or source.record(revision).content_key
             keys = [(WorkKey(model=spec.name, revision=revision, content_key=content_key, probeset=p.name,
                              probeset_sha256=p.sha256, dtype=dtype, bos=bool(opts.score.bos), vocab_rows=opts.score.vocab_rows,
                              code_version=version), p) for p in probe_sets]
@@ -150,7 +240,16 @@ def plan(specs: Sequence[Any], steps: str | Sequence[int] | None, probe_sets: Se
             if not keys:
                 skipped += 1
                 continue
+            if source.source == "hub" and sources.offline():
+                cached = source.cached_commits() if cached is None else cached
+                if content_key not in cached:
+                    if not unstaged or unstaged[-1][0] is not spec:
+                        unstaged.append((spec, source, []))
+                    unstaged[-1][2].append(revision)
+                    continue
             todo.append(Todo(spec=spec, source=source, revision=revision, step=spec.step_of(revision), keys=keys))
+    if unstaged:
+        raise _not_staged(unstaged, store)
     if opts.disk_budget is not None:
         _check_budget(todo, opts.disk_budget)
     summary = ReplaySummary(

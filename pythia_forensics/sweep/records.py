@@ -113,8 +113,19 @@ class ReplaySummary:
                                    "prefetch_overlap_s", "jobs")},
         )
 
+    @property
+    def nothing_to_do(self) -> bool:
+        """Every planned revision was already stored (nothing scored, failed or left to others)."""
+        return (self.revisions_scored == 0 and not self.revisions_failed and self.revisions_elsewhere == 0
+                and self.revisions_planned == self.revisions_skipped + self.revisions_skipped_health)
+
     def render(self) -> str:
-        """A short human-readable summary (the CLI prints it)."""
+        """A short human-readable summary (the CLI prints it); one line when there was
+        nothing to do."""
+        if self.nothing_to_do:
+            health = f", {self.revisions_skipped_health} skipped (health)" if self.revisions_skipped_health else ""
+            flagged = f", {len(self.revisions_flagged)} flagged by health" if self.revisions_flagged else ""
+            return f"nothing to do: {self.revisions_skipped} revisions already stored{health}{flagged}"
         lines = [
             f"models: {', '.join(self.models)}   probe sets: {', '.join(self.probe_sets)}",
             f"revisions: {self.revisions_planned} planned, {self.revisions_scored} scored, "

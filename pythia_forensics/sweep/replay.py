@@ -211,7 +211,15 @@ def replay(
     if health != "off":
         _ensure_health(store, specs, steps, opts, progress=progress)
     todo, summary = plan(specs, steps, probe_sets, store, opts, rank=rank, world=world)
-    _write_models(store, specs, _sizes(todo, specs, opts))
+    # a model whose every unit is stored keeps its models.parquet row: re-reading its size
+    # would need the hub or a cached checkpoint, which a finished sweep may have neither of
+    models = store.models()
+    recorded = (set(models.loc[models["size_source"].eq("checkpoint").fillna(False), "model"])
+                if not models.empty and "size_source" in models else set())
+    busy = {t.spec.name for t in todo}
+    update = [s for s in specs if s.name in busy or s.name not in recorded]
+    if update:
+        _write_models(store, update, _sizes(todo, update, opts))
     if executor == "local":
         summary = run_todo(todo, store, opts, summary)
     else:

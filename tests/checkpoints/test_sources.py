@@ -314,6 +314,31 @@ def test_offline_mode_serves_the_cache(hub, cache, local_model, monkeypatch):
         HubSource(TINY_REPO, cache_dir=cache.parent / "empty", endpoint="http://127.0.0.1:9", token=False).revisions()
 
 
+def test_the_catalog_beside_the_cache_remembers_the_grid_after_eviction(hub, cache, local_model, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    from pythia_forensics.checkpoints.fetch import stage
+
+    stage([TINY_REPO], steps="0,2", cache_dir=cache, hub_options={"endpoint": hub.endpoint, "token": False},
+          progress=False)
+    online = _source(hub, cache)
+    branches = online.branches()
+    assert online.catalog() == (branches, {b: branches[b] for b in ("step0", "step2")})
+    for revision in ("step0", "step2"):
+        online.evict(revision)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    dead = HubSource(TINY_REPO, cache_dir=cache, endpoint="http://127.0.0.1:9", token=False, backoff_base_s=0.01)
+    assert dead.cached_refs() == {}
+    assert dead.known_branches() == branches          # the grid, although nothing is cached
+    with pytest.raises(SourceError, match="2 were staged and have been evicted since"):
+        dead.revisions()
+    # a damaged or foreign catalog is no knowledge, never an error
+    dead.catalog_path.write_text('{"repo": "someone/else", "branches": {"step9": "' + "a" * 40 + '"}}')
+    assert dead.catalog() == ({}, {}) and dead.known_branches() == {}
+    dead.catalog_path.write_text("{not json")
+    assert dead.known_branches() == {}
+
+
 def test_loopback_hub_speaks_the_client_protocol_and_size_agrees_with_dry_run(hub, cache, local_model):
     """Other huggingface_hub entry points work against the server, and `size()` (from the
     listing alone) agrees with the library's own `snapshot_download(dry_run=True)`."""

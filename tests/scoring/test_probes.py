@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import json
+import unicodedata
 
 import pytest
 
@@ -155,3 +156,127 @@ def test_shipped_yaml_reads_as_the_pure_python_parser_reads_it():
 def test_bounds_are_checked_before_composition(text, needle):
     with pytest.raises(ProbeFormatError, match=needle):
         parse_probes(text, fmt="yaml", source="bounds.yaml")
+
+
+# --- text a reader can see ------------------------------------------------------------------
+def _item_line(**fields) -> str:
+    base = {"item_id": "x.1", "rule": "pronoun_gender", "condition": "conflict", "split": "heldout",
+            "prefix": "Mia cried because", "target": " she", "foil": " he"}
+    return json.dumps({**base, **fields})
+
+
+def _refused(tmp_path, *lines: str) -> list[str]:
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ProbeFormatError) as info:
+        load_probes(path)
+    assert "\n" not in str(info.value)
+    return info.value.problems
+
+
+# Every control character (category Cc) but tab and the newlines, enumerated from unicodedata
+# rather than from the code's own table.
+_EXEMPT_CONTROLS = {"\t", "\n", "\r", "\x85"}
+_CONTROLS = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cc" and chr(c) not in _EXEMPT_CONTROLS]
+# Every format character (Cf) plus some default-ignorable code points of other categories.
+_FORMATS = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+_OTHER_INVISIBLE = ["\u034f", "\u115f", "\u3164", "\ufe0f", "\U000e0100", "\u180b"]
+
+
+@pytest.mark.parametrize("fieldname", ["prefix", "target", "foil", "item_id", "rule"])
+def test_every_control_character_is_refused_with_file_line_and_field(tmp_path, fieldname):
+    for ch in _CONTROLS:
+        text = {"prefix": f"Mia{ch} cried because", "target": f" sh{ch}e", "foil": f" {ch}he",
+                "item_id": f"x{ch}1", "rule": f"pron{ch}"}[fieldname]
+        problems = _refused(tmp_path, _item_line(item_id="ok.0"), _item_line(**{fieldname: text}))
+        assert len(problems) == 1, (hex(ord(ch)), problems)
+        assert problems[0].startswith(f"{tmp_path / 'p.jsonl'}:2: field '{fieldname}': contains the control "
+                                      f"character U+{ord(ch):04X}"), problems
+
+
+def test_tab_and_newlines_keep_their_handling():
+    text = _item_line(prefix="Mia cried\tbecause\nshe said\r\nthat\x85", target="\tshe")
+    loaded = parse_probes(text, fmt="jsonl", source="t.jsonl")
+    assert loaded.items[0].prefix == "Mia cried\tbecause\nshe said\r\nthat\x85" and loaded.items[0].target == "\tshe"
+
+
+@pytest.mark.parametrize("fieldname", ["prefix", "target", "foil"])
+def test_text_with_nothing_visible_is_refused(tmp_path, fieldname):
+    for ch in _FORMATS + _OTHER_INVISIBLE:
+        problems = _refused(tmp_path, _item_line(**{fieldname: f" {ch}{ch}"}))
+        assert len(problems) == 1 and f"field '{fieldname}': has no visible character" in problems[0], (hex(ord(ch)),
+                                                                                                       problems)
+        assert f"U+{ord(ch):04X}" in problems[0] and ":1:" in problems[0]
+
+
+def test_visible_text_with_format_characters_inside_is_kept():
+    # a zero-width joiner inside a word, a soft hyphen: visible text stays scoreable as written
+    loaded = parse_probes(_item_line(prefix="Ma\u200dry cried be\u00adcause", target=" sh\u200ce"), fmt="jsonl")
+    assert loaded.items[0].target == " sh\u200ce"
+
+
+def test_a_foil_that_differs_only_in_invisible_characters_is_refused(tmp_path):
+    problems = _refused(tmp_path, _item_line(target=" she", foil=" she\u200b"))
+    assert len(problems) == 1 and "field 'foil': differs from the target ' she' only in zero-width" in problems[0]
+
+
+def test_invisible_text_is_scored_on_purpose_with_the_field_or_the_option(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(_item_line(item_id="a", prefix="Mia\x00 cried", target=" \u200b", allow_invisible=True) + "\n"
+                    + _item_line(item_id="b", foil=" he\x1b") + "\n", encoding="utf-8")
+    with pytest.raises(ProbeFormatError) as info:
+        load_probes(path)
+    assert len(info.value.problems) == 1 and ":2: field 'foil'" in info.value.problems[0]   # only item b
+    loaded = load_probes(path, allow_invisible=True)
+    assert [i.prefix for i in loaded.items] == ["Mia\x00 cried", "Mia cried because"]
+    assert loaded.items[0].target == " \u200b" and loaded.items[1].foil == " he\x1b"
+    # how the item is read is not what is scored: the flag is not part of the item or the hash
+    assert "allow_invisible" not in loaded.items[0].meta
+    plain = parse_probes(_item_line(item_id="a", prefix="Mia\x00 cried", target=" \u200b"), fmt="jsonl",
+                         allow_invisible=True)
+    assert plain.items[0] == loaded.items[0]
+    bad = _refused(tmp_path, _item_line(allow_invisible="yes"))
+    assert len(bad) == 1 and "field 'allow_invisible': must be true or false" in bad[0]
+
+
+def test_probe_cli_refuses_invisible_text_in_one_line(tmp_path, run_cli):
+    path = tmp_path / "p.jsonl"
+    path.write_text(_item_line(prefix="Mia\x00cried") + "\n", encoding="utf-8")
+    code, out, err = run_cli(["probe", str(tmp_path / "no-model"), "--probes", str(path)])
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "control character U+0000 NUL" in lines[0] and f"{path}:1" in lines[0], err
+
+
+# --- every problem of an item (#35) ---------------------------------------------------------
+def test_every_problem_of_one_item_is_reported(tmp_path):
+    problems = _refused(tmp_path, _item_line(item_id="dup"),
+                        _item_line(item_id="dup", condition="conflcit", split="test", foil=" she", colour="red"),
+                        _item_line(item_id="z", prefix="", target=3))
+    where = tmp_path / "p.jsonl"
+    assert sorted(problems) == sorted([
+        f"{where}:2: field 'item_id': duplicate id 'dup' (first at line 1)",
+        f"{where}:2: field 'colour': unknown field (put extra fields under 'meta')",
+        f"{where}:2: field 'condition': unknown condition 'conflcit'; use one of {', '.join(CONDITIONS)}",
+        f"{where}:2: field 'split': unknown split 'test'; use one of {', '.join(SPLITS)}",
+        f"{where}:2: field 'foil': equals the target ' she'",
+        f"{where}:3: field 'prefix': empty string ''",
+        f"{where}:3: field 'target': must be a string, got int 3",
+    ]), problems
+
+
+def test_the_format_pointer_is_documentation_an_installed_user_has(tmp_path, run_cli):
+    from importlib.metadata import metadata
+
+    problems_message = ""
+    try:
+        parse_probes(_item_line(split="test"), fmt="jsonl", source="t.jsonl")
+    except ProbeFormatError as exc:
+        problems_message = str(exc)
+    assert "docs/ARCHITECTURE.md" not in problems_message
+    assert "README's 'Probe format' section" in problems_message and "pythia-forensics probe --help" in problems_message
+    # both places exist where the wheel is installed: the README is the package's description,
+    # and `probe --help` describes the format
+    assert "## Probe format" in metadata("pythia-forensics")["Description"]
+    code, out, _ = run_cli(["probe", "--help"])
+    assert code == 0 and "Probe format" in out and "allow_invisible" in out

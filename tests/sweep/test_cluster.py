@@ -410,3 +410,73 @@ def test_architecture_from_shapes_matches_the_published_pythia_14m_counts():
     assert mismatches(arch, resolve_model("pythia-14m")) == []
     wrong = mismatches(arch, resolve_model("pythia-70m"))
     assert "d_model 128 vs 512" in wrong and "params_total 14,067,712 vs 70,426,624" in wrong
+
+
+# --- a finished sweep re-runs as a no-op anywhere ------------------------------------------
+def _item_files(results: Path) -> dict[str, int]:
+    return {str(p.relative_to(results)): p.stat().st_mtime_ns for p in (results / "items").rglob("*.parquet")}
+
+
+def _one_line(proc) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_finished_sweep_reruns_as_a_no_op_online_and_offline_whatever_the_cache_holds(hub, suite, probes, tmp_path):
+    from pythia_forensics.sweep.itemfile import model_partition
+
+    models = tuple(HUB_REPOS)[:2]
+    cache, results = tmp_path / "cache", tmp_path / "res"
+    # a budget of one checkpoint and a half: every revision is evicted once scored
+    cmd = _replay_cmd(probes, results, cache, int(1.5 * _checkpoint_bytes(suite)), models=models)
+    first = subprocess.run(cmd, env=_env(hub), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    n = len(models) * len(STEPS)
+    assert _scored(first.stdout) == n
+    assert not list(cache.rglob("*.safetensors")) and not list(cache.rglob("snapshots/*/*")), "nothing was evicted"
+    stored = _item_files(results)
+    assert len(stored) == n
+    done_line = [f"nothing to do: {n} revisions already stored"]
+
+    # online: the hub lists the revisions, the store holds every unit; nothing is downloaded
+    downloads = len(hub.requests(kind="cdn", method="GET"))
+    online = subprocess.run(cmd, env=_env(hub), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert online.returncode == 0, online.stderr[-3000:]
+    assert online.stdout.strip().splitlines() == done_line and online.stderr.strip() == "", online.stderr
+    assert len(hub.requests(kind="cdn", method="GET")) == downloads
+
+    # offline, the hub gone, the cache holding no revision at all
+    hub.stop()
+    offline_env = {**_env(hub), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    rerun = subprocess.run(cmd, env=offline_env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stdout.strip().splitlines() == done_line and rerun.stderr.strip() == "", rerun.stderr
+    assert _item_files(results) == stored                                   # nothing re-scored or rewritten
+
+    # one unit lost: exactly that revision is named, with the command that stages it
+    lost = next(p for p in (results / "items" / model_partition("pythia-tiny-a")).glob("step2_*.parquet"))
+    kept = lost.read_bytes()
+    lost.unlink()
+    missing = subprocess.run(cmd, env=offline_env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    line = _one_line(missing)
+    assert missing.returncode == 2, missing.stderr
+    assert re.findall(r"[\w-]+@step\d+", line) == ["pythia-tiny-a@step2"], line
+    assert f"pythia-forensics fetch EleutherAI/pythia-tiny-a --steps 2 --cache-dir {cache.resolve()}" in line, line
+    # a step nobody knows of (never listed, not stored, not cached) is named the same way
+    unknown = subprocess.run([*cmd, "--steps", "0,3"], env=offline_env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=900)
+    line = _one_line(unknown)
+    assert unknown.returncode == 2 and "step 3 is neither stored" in line and "--steps 3 " in line, line
+    lost.write_bytes(kept)   # put back as it was, so the next check still proves nothing is rewritten
+    mtime = stored[str(lost.relative_to(results))]
+    os.utime(lost, ns=(mtime, mtime))
+
+    # whatever the cache holds: with no cache folder at all the store alone says it is done
+    shutil.rmtree(cache)
+    bare = subprocess.run(cmd, env=offline_env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    assert bare.stdout.strip().splitlines() == done_line and bare.stderr.strip() == "", bare.stderr
+    assert _item_files(results) == stored

@@ -277,8 +277,10 @@ def test_kill_at_every_store_write_and_mid_write_then_resume_equals_uninterrupte
     right after every one of its store writes (models table, 20 item files, summary), each time
     resumed by a fresh process: the store ends equal to the uninterrupted run's.
 
-    Each process writes models.parquet first, so "store-write:2" lets it finish exactly one more
-    unit. The processes fork from a forkserver that imported torch and the package once.
+    Each process with units left writes models.parquet first, so "store-write:2" lets it finish
+    exactly one more unit; once every unit is stored the model's row is kept as it is and the
+    summary is the first write. The processes fork from a forkserver that imported torch and
+    the package once.
     """
     import multiprocessing
 
@@ -296,7 +298,7 @@ def test_kill_at_every_store_write_and_mid_write_then_resume_equals_uninterrupte
     units = len(STEPS) * len(probes)
     plan = [("store-write-mid:1", 0), ("store-write:1", 0)]  # the models table
     plan += [(f"store-write{mid}:2", k + (not mid)) for k in range(units) for mid in ("-mid", "")]
-    plan += [("store-write-mid:2", units), ("store-write:2", units)]  # the summary table
+    plan += [("store-write-mid:1", units), ("store-write:1", units)]  # the summary table
     for fault, files_after in plan:
         proc = ctx.Process(target=_replay_with_fault, args=(fault, models, probes, str(results)))
         proc.start()
