@@ -197,3 +197,11 @@ def test_report_shows_the_claims_of_this_analysis_and_refuses_stale_ones(results
     assert "## Claims" in report and "m: rule kept" not in report and "measured under config 000000000000" in report
     (results / "checks.csv").unlink()
     assert "## Claims" not in write_report(results).read_text()
+
+
+def test_analyze_and_figures_default_to_dot_results_like_replay(pronoun_suite_store, copy_store, monkeypatch):
+    root = copy_store(pronoun_suite_store, name="results")
+    monkeypatch.chdir(root.parent)
+    out = runner.invoke(app, ["analyze"])
+    assert out.exit_code == 0, out.output
+    assert (root / "dynamics.csv").is_file() and "wrote" in out.output
