@@ -251,7 +251,8 @@ class Monitor:
         steps: extra steps to score besides the multiples of ``every`` (e.g. a log-spaced start).
         tokenizer: the tokenizer (else pass one to each `step`).
         config: analysis thresholds (`dynamics.AnalysisConfig`, an override YAML, or None).
-        batch_size, bos, vocab_rows: scoring options (see `scoring.ScoreOptions`).
+        batch_size, bos, vocab_rows, threads: scoring options (see `scoring.ScoreOptions`); on a
+            busy CPU, ``threads=1`` keeps scoring from contending with the training threads.
         support: support rules to count over the batches shown to `step` (names, files,
             ``"all"``), or None for no counting.
         rows: ``"documents"`` (each batch row starts a new document) or ``"stream"`` (rows are
@@ -274,7 +275,8 @@ class Monitor:
                  batch_size: int | str = "auto", bos: bool = False, vocab_rows: str = DEFAULT_VOCAB_ROWS,
                  support: Any = None, rows: str = "documents", eod_id: int | None = None,
                  support_window: int = DEFAULT_SUPPORT_WINDOW, on_alert: Callable[[Alert], Any] | None = None,
-                 tokens_per_step: int | None = None, keep: str | Path | None = None) -> None:
+                 tokens_per_step: int | None = None, keep: str | Path | None = None,
+                 threads: int | str = "auto") -> None:
         from pythia_forensics.analysis import dynamics
         from pythia_forensics.scoring import score as scoring
         from pythia_forensics.sweep.plan import load_probe_sets
@@ -295,7 +297,7 @@ class Monitor:
             self.store = ResultsStore(results)
         self.tokenizer = tokenizer
         self.config = config if isinstance(config, dynamics.AnalysisConfig) else dynamics.load_config(config)
-        self.options = scoring.ScoreOptions(batch_size=batch_size, bos=bos, vocab_rows=vocab_rows)
+        self.options = scoring.ScoreOptions(batch_size=batch_size, bos=bos, vocab_rows=vocab_rows, threads=threads)
         self.probe_sets = load_probe_sets(probes)
         self.on_alert = on_alert
         self.tokens_per_step = tokens_per_step
