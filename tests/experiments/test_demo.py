@@ -332,6 +332,7 @@ def test_demo_claims_are_backed_by_the_stored_numbers(demo):
     assert_claims_backed(demo.out)
 
 
+@pytest.mark.slow
 def test_full_demo_claims_are_backed_by_the_stored_numbers():
     """The same on `make demo`'s results/demo, when this checkout has one (its model list and
     numbers are read from its tables, not assumed)."""
@@ -418,6 +419,7 @@ def test_demo_cm_crossing_agrees_everywhere(demo):
     assert_one_cm_crossing(demo.out)
 
 
+@pytest.mark.slow
 def test_full_demo_cm_crossing_agrees_everywhere():
     from paths import REPO
 
