@@ -190,4 +190,7 @@ PREREG_LOCK_FILE = "prereg.lock.json"
 # Optional support table from `pythia-forensics support --out` (rule, window_start_step, ...).
 SUPPORT_TABLE_FILES = ("support.parquet", "support.csv")
 REPORT_FILE = "report.md"
+# A job's measured claims (experiments/demo.py writes it; report.md shows it): claim, precondition,
+# result (yes | no | not applicable), observed, config_sha256.
+CHECKS_FILE = "checks.csv"
 FIGURES_SUBDIR = "figures"

@@ -26,11 +26,19 @@ Definitions (thresholds named as in analysis.yaml):
 - Collapse onset: the last step whose smoothed conflict accuracy is >= ``collapse.onset_max_acc``,
   defined only for emerged rules that fall below it afterwards.
 - Final: the mean raw accuracy over the last max(``final.min_points``, ceil(``final.fraction`` x n))
-  checkpoints. Depth = peak - final.
-- CM zero crossing: the last step whose smoothed CM is >= ``contrast_margin.zero``, defined
-  only when CM falls below it afterwards and the smoothed CM maximum reaches
-  ``contrast_margin.valid_max_min`` nats. Lag = crossing - collapse onset, in steps and in
-  checkpoints (positive: CM crosses after the behaviour collapses).
+  checkpoints.
+- Depth (collapse depth) = peak - final, defined only for a rule that collapsed: it emerged
+  and its final accuracy ended below ``verdicts.recovered_final_min``. It is undefined (None in
+  the metrics, NaN in dynamics.parquet), never 0, for a rule that never emerged (nothing was
+  learned to lose) or that ended recovered (its peak - final is the noise of a rule it kept;
+  ranking those numbers against model size would rank noise).
+- CM zero crossing (one definition, used by dynamics.csv, the lag, the `b_cm` figure's diamond
+  and report.md): the last checkpoint whose smoothed CM is >= ``contrast_margin.zero``, defined
+  only when the rule emerged, that checkpoint is at or after emergence, CM falls below zero
+  afterwards, and the smoothed CM maximum reaches ``contrast_margin.valid_max_min`` nats.
+  Lag = crossing - collapse onset, in steps and in checkpoints (positive: CM crosses after the
+  behaviour collapses); both events are "last checkpoint still standing", so a lag of 0 means
+  they fell between the same two checkpoints.
 - Agree control valid iff agree final >= ``agree_control.final_min`` and smoothed agree max -
   agree final < ``agree_control.max_drop``.
 
@@ -156,11 +164,13 @@ class TrajectoryMetrics:
         collapse_step: last step at or above collapse.onset_max_acc before the fall.
         final_points, final_acc, final_range: the final window's size, mean raw conflict
             accuracy and smoothed range.
-        depth: peak_acc - final_acc.
+        depth: peak_acc - final_acc for a rule that collapsed (emerged, final below
+            verdicts.recovered_final_min); None when it never emerged or ended recovered.
         agree_final, agree_max, agree_valid: the agree control's final value, smoothed maximum
             and validity.
         cm_max, cm_valid, cm_cross_step: smoothed CM maximum, whether it reaches the valid
-            minimum, the step of its downward zero crossing.
+            minimum, the step of its downward zero crossing (the last checkpoint at or above
+            zero, at or after emergence; None for a rule that never emerged).
         lag_steps, lag_checkpoints, cm_within_lag: CM crossing - collapse onset, and whether
             it lies within contrast_margin.lag_max_checkpoints.
         conflict_smooth, agree_smooth, cm_smooth: the smoothed series, one value per checkpoint.
@@ -219,19 +229,32 @@ def _agree_control(a: np.ndarray, as_: np.ndarray, m: int, config: AnalysisConfi
     return dict(agree_final=agree_final, agree_max=agree_max, agree_valid=valid)
 
 
-def _cm_crossing(cm: np.ndarray, cms: np.ndarray, config: AnalysisConfig) -> tuple[dict[str, Any], int | None]:
-    """(cm_max, cm_valid) and the index of the downward zero crossing of a valid CM, if any."""
+def _cm_crossing(cm: np.ndarray, cms: np.ndarray, emerged_idx: int | None,
+                 config: AnalysisConfig) -> tuple[dict[str, Any], int | None]:
+    """(cm_max, cm_valid) and the index of the downward zero crossing of a valid CM, if any.
+
+    The crossing is the last checkpoint with smoothed CM >= zero (the module docstring's one
+    definition); a rule that never emerged has none, and neither has one whose last such
+    checkpoint comes before its emergence (the margin then never stood while the rule did).
+    """
     if np.isnan(cm).all():
         return dict(cm_max=None, cm_valid=False), None
     cm_max = float(np.nanmax(cms))
     valid = _ge(cm_max, config.cm_valid_max_min, config.tolerance)
     cross = None
-    if valid:
+    if valid and emerged_idx is not None:
         with np.errstate(invalid="ignore"):
             nonneg = np.flatnonzero(cms >= config.cm_zero - config.tolerance)
-        if nonneg.size and nonneg[-1] < len(cms) - 1:
+        if nonneg.size and emerged_idx <= nonneg[-1] < len(cms) - 1:
             cross = int(nonneg[-1])
     return dict(cm_max=cm_max, cm_valid=valid), cross
+
+
+def _depth(peak: float, final: float, emerged: bool, config: AnalysisConfig) -> float | None:
+    """Collapse depth peak - final, or None when the rule never emerged or ended recovered."""
+    if not emerged or not np.isfinite(final) or _ge(final, config.recovered_final_min, config.tolerance):
+        return None
+    return float(peak - final)
 
 
 def trajectory_metrics(
@@ -271,7 +294,7 @@ def trajectory_metrics(
     collapse_idx = _collapse_index(cs, emerged, config)
     m = final_window_size(n, config)
     final = float(np.nanmean(c[-m:]))
-    cm_part, cross_idx = _cm_crossing(cm, cms, config)
+    cm_part, cross_idx = _cm_crossing(cm, cms, int(emerged_at[0]) if emerged else None, config)
     lag = {}
     if cross_idx is not None and collapse_idx is not None:
         lag = dict(lag_steps=int(steps[cross_idx] - steps[collapse_idx]), lag_checkpoints=int(cross_idx - collapse_idx),
@@ -281,7 +304,7 @@ def trajectory_metrics(
         n_checkpoints=n, emerged=emerged, emergence_step=step_at(emerged_at[0]) if emerged else None,
         peak_acc=peak, peak_step=int(steps[peak_idx]), collapse_step=step_at(collapse_idx),
         final_points=m, final_acc=final, final_range=float(np.nanmax(cs[-m:]) - np.nanmin(cs[-m:])),
-        depth=float(peak - final), **_agree_control(a, as_, m, config), **cm_part,
+        depth=_depth(peak, final, emerged, config), **_agree_control(a, as_, m, config), **cm_part,
         cm_cross_step=step_at(cross_idx), **lag, **series)
 
 
@@ -406,7 +429,9 @@ def _verdict_row(key: tuple, res: TrajectoryMetrics, boot: Mapping[str, np.ndarr
     ci = lambda name, i: _none_if_nan(boot[name][i]) if name in boot else None  # noqa: E731
     return {**dict(zip(GROUP_KEYS, key)), **res.to_row(),
             "final_lo": ci("final_ci", 0), "final_hi": ci("final_ci", 1),
-            "depth_lo": ci("depth_ci", 0), "depth_hi": ci("depth_ci", 1),
+            # no interval around a depth that is undefined
+            "depth_lo": ci("depth_ci", 0) if res.depth is not None else None,
+            "depth_hi": ci("depth_ci", 1) if res.depth is not None else None,
             "verdict": verdict, "void": void, "void_reason": reason,
             "verdict_label": VOID if void or verdict is None else verdict,
             "n_items_conflict": n_items[0], "n_items_agree": n_items[1],

@@ -49,7 +49,9 @@ def model_shades(base: str, n: int) -> list[str]:
     """`n` shades of one hue, lightest first (models smallest first: darker = larger)."""
     if n <= 1:
         return [base] * max(n, 0)
-    ts = np.linspace(-0.5, 0.45, n)  # < 0: towards white, > 0: towards black
+    # < 0: towards white, > 0: towards black. The lightest shade stays at >= 3:1 contrast on white
+    # (WCAG's bar for graphics; vermillion itself is only 3.9:1), so no model's line is faint.
+    ts = np.linspace(-0.15, 0.55, n)
     return [_mix(base, "#FFFFFF", -t) if t < 0 else _mix(base, "#000000", t) for t in ts]
 
 
@@ -80,7 +82,8 @@ CM_LABEL = "contrast margin CM (nats)"
 COND_LABELS = {"conflict": "conflict items", "agree": "agree items (control)"}
 NOT_ANALYSED = "not analysed (below minimum step)"
 FLAGGED = "flagged checkpoint (excluded)"
-EMERGENCE, PEAK, ONSET, CROSSING = "emergence", "peak", "collapse onset", "CM zero crossing (downward)"
+EMERGENCE, PEAK, ONSET, CROSSING = ("emergence", "peak", "collapse onset",
+                                    "CM zero crossing (last checkpoint with CM >= 0)")
 _RC = {
     "font.family": "DejaVu Sans",  # ships with matplotlib: same glyphs, same bytes everywhere
     "font.size": 8,

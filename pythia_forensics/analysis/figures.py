@@ -5,11 +5,12 @@ Figures (one per rule where it says so), all on the analysis's primary split:
 (a) ``a_accuracy_<rule>``: conflict and agree accuracy vs training step, one panel per model
     (dots raw, line smoothed, band bootstrap CI), emergence (triangle), peak (star), collapse
     onset (dotted).
-(b) ``b_cm_<rule>``: conflict-item contrast margin vs step per model; the zero crossing
-    (diamond) sits on the zero line where the smoothed CM crosses it downward after emergence.
+(b) ``b_cm_<rule>``: conflict-item contrast margin vs step per model; the CM zero crossing
+    (diamond) is dynamics' ``cm_cross_step``: the last checkpoint with smoothed CM >= 0.
 (c) ``c_scale_<rule>``: collapse depth vs parameter count (total, non-embedding; log x, a tick
     at each model) with bootstrap CIs and Spearman rho, or the scale analysis's note when rho
-    is undefined; rules that never emerged are drawn as such (no depth); unknown sizes named.
+    is undefined; a model without a depth is a labelled line saying why (void, never emerged,
+    never collapsed); unknown sizes named.
 (d) ``d_verdicts``: verdict grid, rule x model, letters R/U/D/P/N, void hatched grey.
 (e) ``e_overview``: every rule's smoothed conflict (solid) and agree (dashed) accuracy, one
     panel per rule.
@@ -61,7 +62,7 @@ from pythia_forensics.constants import FIGURES_SUBDIR, SUPPORT_TABLE_FILES
 from pythia_forensics.errors import StoreError
 
 __all__ = ["accuracy_figure", "cm_figure", "scale_figure", "verdict_grid", "overview_figure", "support_figure",
-           "save_figure", "render_figures", "load_support", "model_order", "model_shades", "cm_crossing",
+           "save_figure", "render_figures", "load_support", "model_order", "model_shades",
            "unknown_size_models", "model_colors", "sweep_figure"]
 
 
@@ -194,44 +195,15 @@ def accuracy_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probes
 
 
 # --- (b) contrast margin -------------------------------------------------------------------------
-def cm_crossing(x: Sequence[float], cm_smooth: Sequence[float], cross_x: float, *, zero: float = 0.0,
-                forward=None, inverse=None) -> float | None:
-    """Where the drawn smoothed CM line crosses `zero` downward, just after checkpoint `cross_x`.
-
-    Args:
-        x: checkpoint positions (increasing), as drawn.
-        cm_smooth: smoothed CM at `x`.
-        cross_x: the stored crossing checkpoint (last one at or above zero).
-        zero: the zero level (contrast_margin.zero).
-        forward, inverse: the axis scale's transform and its inverse (default identity); the
-            line is straight between checkpoints in transformed space, so the interpolation is too.
-
-    Returns:
-        The interpolated x on the zero line, or None when the next checkpoint is not below zero
-        (no downward crossing there).
-    """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(cm_smooth, dtype=float)
-    hits = np.flatnonzero(np.isclose(x, cross_x, rtol=0, atol=0) | (x == cross_x))
-    if hits.size == 0 or hits[0] + 1 >= len(x):
-        return None
-    i = int(hits[0])
-    y0, y1 = y[i], y[i + 1]
-    if not (y0 >= zero > y1):
-        return None
-    fwd = forward or (lambda v: v)
-    inv = inverse or (lambda v: v)
-    u0, u1 = fwd(x[i]), fwd(x[i + 1])
-    return float(inv(u0 + (u1 - u0) * (y0 - zero) / (y0 - y1)))
-
-
 def cm_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probeset: str, rule: str,
               order: Sequence[str], axis: StepAxis | None = None, zero: float = 0.0) -> Figure:
-    """(b) Conflict-item CM vs step per model: zero line, downward zero crossing, collapse onset.
+    """(b) Conflict-item CM vs step per model: zero line, the CM zero crossing, collapse onset.
 
-    The crossing diamond sits on the zero line where the smoothed CM crosses it after the
-    stored crossing checkpoint, drawn only when that crossing is downward and the rule had
-    emerged by then.
+    The crossing diamond is the metrics' ``cm_cross_step`` itself (the one definition in
+    `dynamics`: the last checkpoint whose smoothed CM is at or above zero before it falls
+    below), drawn on the smoothed line at that checkpoint; the collapse onset (dotted) is the
+    same kind of event for accuracy, so the title's lag is the checkpoints between the two
+    marks. No diamond where the metrics have no crossing (never emerged, CM invalid, never fell).
     """
     axis = _axis_for(trajectories, axis)
     color = CONDITION_COLORS["conflict"]
@@ -248,22 +220,18 @@ def cm_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, probeset: st
                 ax.axvline(float(axis.values([row["collapse_step"]], model)[0]), color=EVENT_COLOR, linestyle=":",
                            linewidth=1.2, zorder=1.5, label=ONSET)
             cross = row["cm_cross_step"]
-            emerged_before = pd.notna(row["emergence_step"]) and pd.notna(cross) and cross >= row["emergence_step"]
-            if emerged_before:
-                scale = ax.xaxis.get_transform()
-                at = cm_crossing(xs, used["cm_smooth"], float(axis.values([cross], model)[0]), zero=zero,
-                                 forward=lambda v: scale.transform([v])[0],
-                                 inverse=lambda u: scale.inverted().transform([u])[0])
-                if at is not None:
-                    ax.plot([at], [zero], linestyle="none", marker="D", color=EVENT_COLOR, mec="white", mew=0.6,
-                            ms=6, zorder=6, label=CROSSING)
+            at = used[used["step"] == cross] if pd.notna(cross) else used.iloc[:0]
+            if not at.empty:
+                ax.plot(axis.values(at["step"], model), at["cm_smooth"], linestyle="none", marker="D",
+                        color=EVENT_COLOR, mec="white", mew=0.6, ms=6, zorder=6, label=CROSSING)
             lag = "" if pd.isna(row["lag_checkpoints"]) else f"; lag {int(row['lag_checkpoints']):+d} ckpt"
             valid = "" if row["cm_valid"] else " (CM max < valid minimum)"
             ax.set_title(f"{model}{lag}{valid}")
         axes[0].set_ylabel(CM_LABEL)
         figure_legend(fig, axes)
         fig.suptitle(f"{rule}: contrast margin logp(target) - logp(foil) of conflict items\n"
-                     "dots: raw; line: smoothed (k = 3); lag = CM crossing - collapse onset, in checkpoints",
+                     "dots: raw; line: smoothed (k = 3); diamond: CM zero crossing (last checkpoint with smoothed "
+                     "CM >= 0);\nlag = CM zero crossing - collapse onset, in checkpoints",
                      fontsize=8.5)
     return fig
 
@@ -288,8 +256,8 @@ def _size_ticks(ax, values: Sequence[float]) -> None:
 def _scale_title(stat: pd.DataFrame, size: str, no_depth: Sequence[str] = ()) -> str:
     """The panel title: rho with p and CI, or the scale row's note when rho is undefined.
 
-    A rho that ranks models the panel draws without a depth (never emerged) is not printed:
-    the figure would show a correlation over points it does not show.
+    A rho that ranks models the panel draws without a depth (void, never emerged or never
+    collapsed) is not printed: the figure would show a correlation over points it does not show.
     """
     hit = stat[(stat["size"] == size) & (stat["metric"] == "depth")] if not stat.empty else stat
     if hit.empty:
@@ -298,7 +266,7 @@ def _scale_title(stat: pd.DataFrame, size: str, no_depth: Sequence[str] = ()) ->
     ranked = set(str(r["models"]).split(",")) if "models" in r and pd.notna(r["models"]) else set()
     hidden = sorted(ranked & set(no_depth))
     if pd.notna(r["rho"]) and hidden:
-        return wrap(f"rho not shown: it ranks models that never emerged ({', '.join(hidden)})", 48)
+        return wrap(f"rho not shown: it ranks models drawn without a depth ({', '.join(hidden)})", 48)
     if pd.notna(r["rho"]):
         ci = "" if pd.isna(r["rho_lo"]) else f"\n95% CI [{r['rho_lo']:.2f}, {r['rho_hi']:.2f}]"
         p = "" if pd.isna(r["p_perm"]) else f", perm. p = {r['p_perm']:.3g}"
@@ -311,14 +279,41 @@ def _scale_title(stat: pd.DataFrame, size: str, no_depth: Sequence[str] = ()) ->
     return wrap(note, 48) + ("" if pd.isna(p_min) else f"\nsmallest attainable p = {p_min:.3g}")
 
 
+# Why a model has no depth point in c_scale (first that applies), and the line's label.
+_NO_DEPTH = (("void", "void verdict (control failed or too few checkpoints; no depth used)"),
+             ("never emerged", "never emerged (no depth)"),
+             ("never collapsed", "never collapsed: ended recovered (no depth)"))
+
+
+def _no_depth_reason(row) -> str:
+    if bool(row["void"]):
+        return "void"
+    emerged = bool(row["emerged"]) if "emerged" in row.index else pd.notna(row["emergence_step"])
+    return "never collapsed" if emerged else "never emerged"
+
+
+def _stacked_offsets(xs: Sequence[float], ys: Sequence[float], *, step: float = 8.0) -> list[float]:
+    """Vertical label offsets (points) so labels of models at one size and close values stack."""
+    out = [0.0] * len(xs)
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
+    for pos, i in enumerate(order):
+        prev = order[pos - 1] if pos else None
+        if prev is not None and xs[prev] == xs[i] and abs(ys[prev] - ys[i]) < 0.08:
+            out[i] = out[prev] + step
+    return out
+
+
 def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame, *, probeset: str,
                  rule: str) -> Figure:
     """(c) Collapse depth vs parameter count (total | non-embedding), CIs, Spearman rho or its note.
 
-    Emerged rules get a point with the bootstrap CI (void verdicts grey and hollow: not in rho);
-    rules that never emerged get a grey dotted line at their size (no depth exists); models
-    whose size is unknown are named in the figure title, never drawn. Each panel's title is the
-    scale row's rho (permutation p, bootstrap CI) or, when rho is undefined, its note.
+    Rules that collapsed (depth defined, `dynamics`) get a point with the bootstrap CI; a void
+    verdict's depth is a grey hollow point (not in rho). A model with no depth point gets a grey
+    dashed line at its size saying why: void, never emerged, or never collapsed (ended
+    recovered); models of one size share one line and one label, and point labels of models at
+    one size stack instead of overprinting. Models whose size is unknown are named in the
+    figure title, never drawn. Each panel's title is the scale row's rho (permutation p,
+    bootstrap CI) or, when rho is undefined, its note.
 
     Args:
         metrics: `Analysis.metrics` (one split).
@@ -330,9 +325,9 @@ def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame
     group = group_rows(metrics, probeset, rule)
     met = group.merge(sizes, on="model", how="left")
     stat = group_rows(scale, probeset, rule) if not scale.empty else scale
-    emerged = met["emerged"].astype(bool) if "emerged" in met else met["emergence_step"].notna()
+    has_depth = met["depth"].notna()
     with style():
-        fig = Figure(figsize=(7.5, 3.6), layout="constrained")
+        fig = Figure(figsize=(7.5, 3.8), layout="constrained")
         axes = fig.subplots(1, 2, sharey=True)
         unknown_all: set[str] = set()
         for ax, size, name in zip(axes, ("params_total", "params_nonembedding"), ("total", "non-embedding")):
@@ -351,39 +346,42 @@ def scale_figure(metrics: pd.DataFrame, scale: pd.DataFrame, sizes: pd.DataFrame
             lo, hi = np.log10(xs.min()), np.log10(xs.max())
             pad = max(0.12 * (hi - lo), 0.35)
             ax.set_xlim(10 ** (lo - pad), 10 ** (hi + pad))
-            points = met[known & emerged & met["depth"].notna()]
+            points = met[known & has_depth]
             for void, sub in points.groupby(points["void"].astype(bool)):
                 err = np.vstack([sub["depth"] - sub["depth_lo"].fillna(sub["depth"]),
                                  sub["depth_hi"].fillna(sub["depth"]) - sub["depth"]]).clip(min=0)
                 ax.errorbar(sub[size].astype(float), sub["depth"], yerr=err, linestyle="none", marker="o", capsize=3,
                             color=VOID_TEXT if void else EVENT_COLOR, mfc="white" if void else EVENT_COLOR,
                             label="void verdict (not in rho)" if void else "collapse depth (bootstrap 95% CI)")
-            never = met[known & ~emerged]
-            for k, row in enumerate(never.itertuples()):
-                ax.axvline(float(getattr(row, size)), color=VOID_TEXT, linestyle=(0, (2, 2)), linewidth=1.0,
-                           label="never emerged (no depth)")
             right_half = lambda x: (np.log10(x) - (lo - pad)) / (hi - lo + 2 * pad) > _LABEL_FLIP_AT  # noqa: E731
-            for row in points.itertuples():
-                x = float(getattr(row, size))
+            px = [float(v) for v in points[size]]
+            for row, x, dy in zip(points.itertuples(), px, _stacked_offsets(px, list(points["depth"]))):
                 ax.annotate(row.model, (x, row.depth), textcoords="offset points",
-                            xytext=(-5, 5) if right_half(x) else (5, 5), ha="right" if right_half(x) else "left",
-                            fontsize=6.5)
-            for row in never.itertuples():
-                x = float(getattr(row, size))
-                ax.annotate(f"{row.model}: never emerged", (x, 0.5), xycoords=("data", "axes fraction"),
-                            rotation=90, ha="center", va="center", fontsize=6, color=VOID_TEXT,
-                            textcoords="offset points", xytext=(-5, 0))
+                            xytext=(-5, 5 + dy) if right_half(x) else (5, 5 + dy),
+                            ha="right" if right_half(x) else "left", fontsize=6.5)
+            lines = met[known & ~has_depth]
+            reasons = dict(_NO_DEPTH)
+            for (x, reason), sub in lines.groupby([lines[size].astype(float),
+                                                   lines.apply(_no_depth_reason, axis=1)], sort=True):
+                ax.axvline(x, color=VOID_TEXT, linestyle=(0, (2, 2)), linewidth=1.0, label=reasons[reason])
+            # one label per size: every model drawn there without a depth, with its reason
+            for x, sub in lines.groupby(lines[size].astype(float), sort=True):
+                text = "; ".join(f"{', '.join(sorted(g['model']))}: {reason}"
+                                 for reason, g in sub.groupby(sub.apply(_no_depth_reason, axis=1), sort=True))
+                ax.annotate(text, (x, 0.5), xycoords=("data", "axes fraction"), rotation=90, ha="center",
+                            va="center", fontsize=6, color=VOID_TEXT, textcoords="offset points", xytext=(-5, 0))
             _size_ticks(ax, xs)
-            ax.set_title(_scale_title(stat, size, list(never["model"])))
-        depth = met.loc[emerged, ["depth", "depth_lo", "depth_hi"]].to_numpy(float)
+            ax.set_title(_scale_title(stat, size, list(lines["model"])))
+        depth = met.loc[has_depth, ["depth", "depth_lo", "depth_hi"]].to_numpy(float)
         depth = depth[np.isfinite(depth)]
         axes[0].set_ylim(min(-0.05, depth.min() - 0.05) if depth.size else -0.05,
                          max(1.05, depth.max() + 0.05) if depth.size else 1.05)
         axes[0].set_ylabel("collapse depth (peak - final accuracy)")
-        figure_legend(fig, axes)
+        figure_legend(fig, axes, ncols=2)
         missing = sorted(unknown_all, key=str)
         extra = f"\nsizes unknown for: {', '.join(missing)} (not drawn)" if missing else ""
-        fig.suptitle(f"{rule}: collapse depth against model size{extra}", fontsize=8.5)
+        fig.suptitle(f"{rule}: collapse depth against model size\n(a depth only where the rule collapsed: it "
+                     f"emerged and its final accuracy ended below the recovered bar){extra}", fontsize=8.5)
     return fig
 
 
@@ -433,31 +431,45 @@ def verdict_grid(metrics: pd.DataFrame, *, order: Sequence[str]) -> Figure:
         handles = [Patch(facecolor=VERDICT_COLORS[v], edgecolor=NEUTRAL, linewidth=0.5,
                          label=f"{VERDICT_LETTERS[v]} = {v.lower()}") for v in VERDICTS]
         handles.append(Patch(facecolor=VOID_COLOR, edgecolor=VOID_TEXT, hatch="///",
-                             label="hatched grey = void\n(agree control invalid)"))
+                             label="hatched grey = void: the agree\ncontrol failed (final or drop\nout of "
+                                   "bounds) or too few\ncheckpoints; the letter is what\nthe verdict would be, "
+                                   "never\nused in any statistic"))
         fig.legend(handles=handles, loc="outside right center", frameon=False)
         ax.set_title("verdicts (held-out conflict items)")
     return fig
 
 
 # --- (e) overview ------------------------------------------------------------------------------------
+_OVERVIEW_MAX_COLUMNS = 3
+
+
+def _overview_columns(n: int) -> int:
+    """Columns for n overview panels: the fewest empty grid slots, then the fewest rows."""
+    if n <= _OVERVIEW_MAX_COLUMNS:
+        return max(n, 1)
+    return min(range(2, _OVERVIEW_MAX_COLUMNS + 1), key=lambda c: ((-n) % c, -(-n // c)))
+
+
 def overview_figure(trajectories: pd.DataFrame, metrics: pd.DataFrame, *, order: Sequence[str],
                     axis: StepAxis | None = None) -> Figure:
     """(e) One panel per rule: every model's smoothed conflict accuracy (solid) and agree (dashed).
 
     Models are shades of the condition's hue (vermillion conflict, blue agree), lightest =
-    smallest; each legend entry shows a model's conflict and agree line side by side.
+    smallest; each legend entry shows a model's conflict and agree line side by side. Every
+    panel carries its x label; the grid takes the column count that leaves the fewest empty
+    slots (4 rules: 2 x 2).
     """
     labels = _rule_labels(metrics)
     models = [m for m in order if m in set(trajectories["model"])]
     conflict, agree = model_colors(order, "conflict"), model_colors(order, "agree")
     axis = _axis_for(trajectories, axis)
     n_entries = len(models) + 2
+    cols = _overview_columns(len(labels))
     with style():
-        fig, axes = panel_grid(len(labels), width=3.2, height=2.6, max_cols=3, legend_rows=legend_rows(n_entries))
-        cols = min(max(len(labels), 1), 3)
-        for k, (ax, (key, label)) in enumerate(zip(axes, labels.items())):
+        fig, axes = panel_grid(len(labels), width=3.2, height=2.6, max_cols=cols, legend_rows=legend_rows(n_entries))
+        for ax, (key, label) in zip(axes, labels.items()):
             traj = group_rows(trajectories, *key)
-            axis.apply(ax, label=bottom_row(axes, k, cols))
+            axis.apply(ax, label=True)  # every panel names its axis: the rules are read one by one
             for model in models:
                 t = traj[(traj["model"] == model) & traj["used"]].sort_values("step")
                 if t.empty:

@@ -1,5 +1,6 @@
-"""`report.md` in the results folder: verdicts, metrics, scale statistics, the thresholds'
-hash, the pre-registration ledger (when a lock exists) and the figures, embedded.
+"""`report.md` in the results folder: verdicts, a job's measured claims (checks.csv, when a
+demo or sweep wrote one), metrics, scale statistics, the thresholds' hash, the
+pre-registration ledger (when a lock exists) and the figures, embedded.
 
 The report is a pure rendering of stored results: the same store and config give the same
 text (no clock in it), so a diff of two reports is a diff of results.
@@ -13,28 +14,32 @@ from pathlib import Path
 import pandas as pd
 
 from pythia_forensics.atomic import write_text
-from pythia_forensics.constants import FIGURES_SUBDIR, REPORT_FILE
+from pythia_forensics.constants import CHECKS_FILE, FIGURES_SUBDIR, REPORT_FILE
 from pythia_forensics.analysis.dynamics import VERDICT_LETTERS, Analysis, AnalysisConfig, analyze, primary
 from pythia_forensics.errors import PreregError
 from pythia_forensics.analysis.frames import model_order, unknown_size_models
 from pythia_forensics.analysis.prereg import ledger as score_ledger
 
-__all__ = ["write_report", "render_report", "markdown_table"]
+__all__ = ["write_report", "render_report", "read_claims", "markdown_table"]
 
 FIGURE_CAPTIONS = {
     "a_accuracy": "Conflict (vermillion) and agree (blue) accuracy against training step, one panel per model "
                   "(dots: raw; line: smoothed, k = 3; band: bootstrap 95% CI over items; open triangle: "
                   "emergence; star: peak; dotted line: collapse onset; hollow: below the minimum step, not "
                   "analysed; cross: health-flagged checkpoint, excluded).",
-    "b_cm": "Contrast margin of the conflict items (CM, nats) against step; diamond: where the smoothed CM "
-            "crosses zero downward after emergence (on the zero line); dotted: collapse onset; title: lag "
-            "in checkpoints.",
+    "b_cm": "Contrast margin of the conflict items (CM, nats) against step; diamond: the CM zero crossing, "
+            "the last checkpoint with smoothed CM >= 0 before it falls below (the table's CM zero; none for a "
+            "rule that never emerged); dotted: collapse onset; title: lag = CM zero - collapse onset in "
+            "checkpoints.",
     "c_scale": "Collapse depth (peak - final) against parameter count, total and non-embedding, one tick per "
-               "model, with bootstrap 95% CIs; panel title: Spearman rho with permutation p and bootstrap CI, "
-               "or why rho is undefined; grey hollow: void verdict, not in rho; grey dashed line: the rule "
-               "never emerged in that model (no depth); models of unknown size are named in the title.",
+               "model, with bootstrap 95% CIs, only where the rule collapsed (emerged, final below "
+               "verdicts.recovered_final_min); panel title: Spearman rho with permutation p and bootstrap CI, "
+               "or why rho is undefined; grey hollow: void verdict, not in rho; grey dashed line, labelled: a "
+               "model with no depth and why (void, never emerged, never collapsed); models of unknown size are "
+               "named in the title.",
     "d_verdicts": "Verdicts, rule x model: R recovered, U unstable, D displaced, P partial, N never; "
-                  "hatched grey: void.",
+                  "hatched grey: void (the agree control failed or too few checkpoints: the letter is what the "
+                  "verdict would be, not used in any statistic).",
     "e_overview": "Every rule's smoothed conflict accuracy (solid, vermillion shades) and agree accuracy "
                   "(dashed, blue shades), one line per model, darker = larger.",
     "f_support": "Support ratio (rule wins + 1)/(prior wins + 1) per step window beside the rule's accuracy.",
@@ -54,8 +59,10 @@ SYMBOLS = (
     ("collapse onset", "last step with smoothed conflict accuracy >= collapse.onset_max_acc, for emerged "
                        "rules that fall below it"),
     ("final [CI]", "mean raw accuracy over the final window, bootstrap 95% CI over items"),
-    ("depth [CI]", "collapse depth = peak - final, bootstrap 95% CI"),
-    ("CM zero", "last step with smoothed CM >= contrast_margin.zero before it falls below"),
+    ("depth [CI]", "collapse depth = peak - final, bootstrap 95% CI; only for a rule that collapsed (emerged, "
+                   "final below verdicts.recovered_final_min), '-' when it never emerged or ended recovered"),
+    ("CM zero", "CM zero crossing: last checkpoint with smoothed CM >= contrast_margin.zero before it falls "
+                "below, at or after emergence (the b_cm diamond); '-' when the rule never emerged"),
     ("lag steps (ckpt)", "CM zero - collapse onset, in steps and (in parentheses) in checkpoints"),
     ("agree final", "final accuracy of the agree control"),
     ("rho", "Spearman rank correlation of a metric with parameter count (void verdicts left out)"),
@@ -127,9 +134,31 @@ def _config_source(source: str) -> str:
     return "shipped " + names[0] + "".join(f" + override {n}" for n in names[1:])
 
 
+def read_claims(results_dir: Path, analysis: Analysis) -> tuple[pd.DataFrame | None, str | None]:
+    """RESULTS/checks.csv (a job's measured claims) for the report, or why it is not shown.
+
+    Returns:
+        (claims, None) when the table exists and was measured under this analysis's config;
+        (None, reason) when it was measured under other thresholds; (None, None) when absent.
+    """
+    path = Path(results_dir) / CHECKS_FILE
+    if not path.is_file():
+        return None, None
+    claims = pd.read_csv(path, keep_default_na=False, dtype=str)
+    need = {"claim", "precondition", "result", "observed", "config_sha256"}
+    if not need <= set(claims.columns):
+        return None, f"{CHECKS_FILE} was written by an older version; rerun the job (`pythia-forensics demo`)"
+    stale = set(claims["config_sha256"]) - {analysis.config.sha256}
+    if stale:
+        return None, (f"{CHECKS_FILE} was measured under config {sorted(stale)[0][:12]}, not this analysis's "
+                      f"{analysis.config.sha256[:12]}; rerun the job to measure its claims again")
+    return claims, None
+
+
 def render_report(analysis: Analysis, *, results_dir: Path, figures: Sequence[Path] = (),
                   ledger: pd.DataFrame | None = None, ledger_error: str | None = None,
-                  order: Sequence[str] | None = None, unknown_sizes: Sequence[str] = ()) -> str:
+                  order: Sequence[str] | None = None, unknown_sizes: Sequence[str] = (),
+                  claims: pd.DataFrame | None = None, claims_note: str | None = None) -> str:
     """The report's markdown text.
 
     Args:
@@ -140,6 +169,8 @@ def render_report(analysis: Analysis, *, results_dir: Path, figures: Sequence[Pa
         ledger_error: why the ledger was refused, if it was.
         order: model order for tables (default: by name).
         unknown_sizes: models whose parameter count is unknown (named in the scale section).
+        claims: a job's measured claims (checks.csv rows: claim, precondition, result, observed).
+        claims_note: why a claims table exists but is not shown.
     """
     cfg: AnalysisConfig = analysis.config
     order = list(order) if order is not None else model_order(analysis.metrics["model"])
@@ -163,6 +194,18 @@ def render_report(analysis: Analysis, *, results_dir: Path, figures: Sequence[Pa
         markdown_table(_verdict_matrix(main, order)) if not main.empty else "_no trajectories_",
         "",
     ]
+    if claims is not None or claims_note is not None:
+        parts += ["## Claims", ""]
+        if claims is None:
+            parts += [f"_Not shown: {claims_note}._", ""]
+        else:
+            counts = claims["result"].value_counts()
+            parts += ["What this run measured (checks.csv): a claim is tested only when its precondition holds, "
+                      "else it is *not applicable*, never a yes; `measured` names the stored numbers it rests on "
+                      "(dynamics.csv, support_in_frame.csv). "
+                      + ", ".join(f"{counts.get(r, 0)} {r}" for r in ("yes", "no", "not applicable")) + ".", "",
+                      markdown_table(claims.rename(columns={"observed": "measured"}),
+                                     ["claim", "precondition", "result", "measured"]), ""]
     if ledger_error is not None or ledger is not None:
         parts += ["## Pre-registration ledger", ""]
         if ledger_error is not None:
@@ -236,8 +279,9 @@ def write_report(results_dir: str | Path, *, analysis: Analysis | None = None, f
     sizes = ResultsStore(root).models()
     order = model_order(analysis.metrics["model"], sizes)
     unknown = unknown_size_models(analysis.metrics["model"], sizes) if not sizes.empty else []
+    claims, claims_note = read_claims(root, analysis)
     text = render_report(analysis, results_dir=root, figures=figures, ledger=ledger, ledger_error=error, order=order,
-                         unknown_sizes=unknown)
+                         unknown_sizes=unknown, claims=claims, claims_note=claims_note)
     path = root / REPORT_FILE
     write_text(path, text)
     return path

@@ -182,9 +182,16 @@ def _scale_row(group: pd.DataFrame, size: str, metric: str, config: AnalysisConf
     extras = []
     if unknown.any():
         extras.append(f"sizes unknown for: {_names(group[unknown])}")
-    if undefined.any():
-        what = "depth undefined (never emerged or never collapsed)" if metric == "depth" else f"no {metric}"
-        extras.append(f"{what}, left out: {_names(group[undefined])}")
+    if undefined.any() and metric == "depth" and "emerged" in group:
+        # dynamics defines depth only for a rule that collapsed (emerged, ended below recovered)
+        emerged = group["emerged"].fillna(False).astype(bool)
+        for what, mask in (("never emerged (no collapse depth)", undefined & ~emerged),
+                           ("never collapsed (no collapse depth)", undefined & emerged)):
+            if mask.any():
+                extras.append(f"{what}: {_names(group[mask])}")
+    elif undefined.any():
+        what = "no collapse depth" if metric == "depth" else f"no {metric}"
+        extras.append(f"{what}: {_names(group[undefined])}")
     if void.any():
         extras.append(f"void verdict: {_names(group[void])}")
     per_size = sub.groupby(["x", "group"], sort=True)["y"].agg(["mean", "size"])

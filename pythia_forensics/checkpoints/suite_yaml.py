@@ -2,7 +2,11 @@
 
 Two shapes: a model family on one grid (Pythia: sizes x seeds, one step grid) and a list of
 models each with its own grid and branch grammar (OLMo, Amber). Every model row must cite a
-source (`sources:` in the file), so a shipped fact is never unsourced.
+source (`sources:` in the file), so a shipped fact is never unsourced, and every source must
+be the publisher's own (`publisher:` in the file, `check_publisher_sources`): its model cards,
+config files and repo pages on the hub or GitHub under the publisher's organisations, or its
+paper on arXiv; never a third party's copy, conversion or quantisation of its models (a GGUF
+or ONNX repo re-states the publisher's facts, and may have changed them).
 """
 from __future__ import annotations
 
@@ -10,11 +14,18 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pythia_forensics.checkpoints.specs import ModelSpec, Suite, parse_branch
 from pythia_forensics.constants import PYTHIA_TOKENS_PER_STEP
 
-__all__ = ["suite_from_yaml"]
+__all__ = ["suite_from_yaml", "check_publisher_sources", "PUBLISHER_CODE_HOSTS", "PAPER_HOSTS"]
+
+# Hosts whose first path segment is an organisation: a source there is the publisher's when that
+# segment is one of its `publisher.orgs`.
+PUBLISHER_CODE_HOSTS = ("huggingface.co", "github.com")
+# Paper servers: a paper is the publisher's own publication wherever it is hosted.
+PAPER_HOSTS = ("arxiv.org",)
 
 
 def _grid_from_yaml(grid: Mapping[str, Any]) -> tuple[int, ...]:
@@ -91,15 +102,46 @@ def _cite(entry: Mapping[str, Any], sources: Mapping[str, str], path: Path, what
         raise ValueError(f"{path}: {what} cites unknown source(s) {unknown}; add them under `sources`")
 
 
+def check_publisher_sources(data: Mapping[str, Any], path: Path) -> None:
+    """Refuse a listed suite file that cites anything but the publisher's own sources.
+
+    The file names its publisher: ``publisher: {orgs: [allenai], hosts: [allenai.org]}``. A
+    source URL passes when it is https and lies on the hub or GitHub under one of ``orgs``
+    (``https://huggingface.co/allenai/OLMo-1B-hf/blob/main/config.json``), on a paper server
+    (`PAPER_HOSTS`), or on one of the publisher's own ``hosts``.
+
+    Raises:
+        ValueError: no publisher is named, or a source is someone else's (the message names it).
+    """
+    publisher = data.get("publisher") or {}
+    orgs = {str(o).lower() for o in publisher.get("orgs") or ()}
+    hosts = {str(h).lower() for h in publisher.get("hosts") or ()}
+    if not orgs and not hosts:
+        raise ValueError(f"{path}: name the publisher whose sources the file cites, e.g. "
+                         "`publisher: {orgs: [allenai]}`")
+    for key, url in (data.get("sources") or {}).items():
+        parts = urlparse(str(url))
+        host = (parts.hostname or "").lower()
+        owner = parts.path.strip("/").split("/")[0].lower()
+        own = parts.scheme == "https" and (
+            (host in PUBLISHER_CODE_HOSTS and owner in orgs) or host in PAPER_HOSTS or host in hosts)
+        if not own:
+            raise ValueError(f"{path}: source {key!r} ({url}) is not the publisher's own (orgs {sorted(orgs)}, "
+                             f"hosts {sorted(hosts)}); cite the publisher's model card, config file or paper, "
+                             "not a third party's copy or conversion")
+
+
 def _listed_suite_from_yaml(data: Mapping[str, Any], path: Path) -> Suite:
     """A suite file listing its models one by one (OLMo, LLM360, ...), every fact cited.
 
-    Shape: `sources` (key -> URL), `branch_grammar` {pattern, cite}, optional `notes`
+    Shape: `publisher` {orgs, hosts?} (`check_publisher_sources`), `sources` (key -> URL),
+    `branch_grammar` {pattern, cite}, optional `notes`
     [{text, cite}], `models` [{name, repo, cite, layers?, d_model?, heads?, vocab_size?,
     params_total?, params_nonembedding?, tokens_per_step?, model_type?, arch?, notes?}].
     Facts a file leaves out stay None: sizes then come from the checkpoint's config and tensors.
     """
     suite = str(data["suite"])
+    check_publisher_sources(data, path)
     sources = {str(k): str(v) for k, v in (data.get("sources") or {}).items()}
     grammar = data.get("branch_grammar") or {}
     pattern = grammar.get("pattern")

@@ -109,6 +109,29 @@ def _flag_of(typer_app: typer.Typer, argv: list[str] | None, param: str | None) 
     return None
 
 
+def _no_flag_placeholders(command) -> None:
+    """A flag takes no value, so its help row shows none: blank the metavar of every flag (and of
+    --help) in the command tree; newer typer releases would print ``<bool>`` there."""
+    params = list(getattr(command, "params", ()))
+    try:
+        params.append(command.get_help_option(typer.Context(command)))
+    except Exception:  # noqa: BLE001  (an older typer/click builds the help option per call: nothing to show)
+        pass
+    for param in params:
+        if param is not None and getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _no_flag_placeholders(sub)
+
+
+def command_of(typer_app: typer.Typer):
+    """The click command `typer_app` runs, with the help conventions of this CLI applied (also
+    what tests render help from)."""
+    command = typer.main.get_command(typer_app)
+    _no_flag_placeholders(command)
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (see `run`)."""
     run(app, argv)
@@ -125,7 +148,7 @@ def run(typer_app: typer.Typer, argv: list[str] | None = None) -> None:
 
     debug = bool(os.environ.get("PF_DEBUG"))
     try:
-        code = typer_app(args=argv, standalone_mode=False)
+        code = command_of(typer_app)(args=argv, standalone_mode=False)
     except PFError as exc:
         if debug:
             raise

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from pythia_forensics.analysis.config import X_SCALES, X_UNITS
+from pythia_forensics.constants import DEFAULT_RESULTS_DIR
 
 _VERDICT_STYLE = {"RECOVERED": "green", "UNSTABLE": "yellow", "DISPLACED": "red", "PARTIAL": "cyan",
                   "NEVER": "blue", "VOID": "dim"}
@@ -54,10 +55,32 @@ def _write_replicates(table, results: Path) -> Path:
     return path
 
 
+# The predictions grammar (analysis/prereg.py parses it), shown by `prereg lock --help`.
+_PREDICTIONS_FORMAT = """Predictions file (YAML):
+
+split: heldout   (optional; default: analysis.yaml's primary split)
+
+predictions:
+
+- pythia-70m pronoun_gender DISPLACED   (MODEL RULE VERDICT[|VERDICT...])
+
+- id: size-final   (optional id, else p1, p2, ...)
+
+  claim: rho(size, final) > 0   (rho(SIZE, METRIC) OP NUMBER, then optionally: for RULE)
+
+- rho(params_nonembedding, depth) < 0 for pronoun_gender
+
+VERDICT: RECOVERED, UNSTABLE, DISPLACED, PARTIAL or NEVER. SIZE: size, total, params_total,
+nonembedding or params_nonembedding. METRIC: depth or final. OP: > >= < <=. A rho claim without
+"for RULE" must hold for every rule with a valid rho. A verdict claim is void when its verdict is
+void or absent; a rho claim is void when no rule it covers has a rho."""
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def analyze(
-        results: Path = typer.Option(..., "--results", help="Results folder written by `replay`."),
+        results: Path = typer.Option(DEFAULT_RESULTS_DIR, "--results",
+                                     help="Results folder written by `replay` (default ./results, as replay)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
         seed: list[str] = typer.Option([], "--seed", help="MODEL=SEED[:GROUP]: a run's seed where its manifest "
                                        "has none (repeatable); runs of one GROUP are replicates."),
@@ -98,7 +121,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def figures(
-        results: Path = typer.Option(..., "--results", help="Results folder written by `replay`."),
+        results: Path = typer.Option(DEFAULT_RESULTS_DIR, "--results",
+                                     help="Results folder written by `replay` (default ./results, as replay)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Figure folder (default RESULTS/figures)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
         x: XUnit = typer.Option("steps", "--x", case_sensitive=False,
@@ -123,13 +147,18 @@ def register(app: typer.Typer) -> None:
 
     prereg = typer.Typer(help="Pre-register predictions before results exist.", no_args_is_help=True)
 
-    @prereg.command("lock")
+    @prereg.command("lock", epilog=_PREDICTIONS_FORMAT)
     def lock(
-        predictions: Path = typer.Argument(..., help="Predictions YAML (see pythia_forensics/analysis/prereg.py)."),
-        results: Path = typer.Option(..., "--results", help="Results folder the predictions govern."),
+        predictions: Path = typer.Argument(..., help="Predictions YAML (format below)."),
+        results: Path = typer.Option(DEFAULT_RESULTS_DIR, "--results",
+                                     help="Results folder the predictions govern (default ./results)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding analysis.yaml thresholds."),
     ) -> None:
-        """Record predictions + thresholds with hashes and the UTC time, before any result is read."""
+        """Record predictions + thresholds with hashes and the UTC time, before any result is read.
+
+        `analyze` and `figures` then score each prediction pass / fail / void, and refuse when the
+        lock was written after a result it governs, was edited, or the thresholds changed.
+        """
         from pythia_forensics.cli.common import console
         from pythia_forensics.cli.common import check_output_dir
         from pythia_forensics.analysis.prereg import lock as do_lock, read_lock

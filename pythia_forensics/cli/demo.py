@@ -20,8 +20,10 @@ def _print(result, title: str, started: float) -> None:
     from pythia_forensics.sweep.store import ResultsStore
 
     _print_verdicts(result.analysis, model_order(result.analysis.metrics["model"], ResultsStore(result.out).models()))
-    print_table(title, [Col("claim", wrap=True), Col("measured", wrap=True), Col("result")],
-                [(c.claim, c.observed, "[green]yes[/]" if c.passed else "[red]no[/]") for c in result.checks])
+    style = {"yes": "green", "no": "red", "not applicable": "dim"}
+    print_table(title, [Col("claim", wrap=True), Col("precondition", wrap=True, drop=1), Col("measured", wrap=True),
+                        Col("result")],
+                [(c.claim, c.precondition, c.observed, f"[{style[c.result]}]{c.result}[/]") for c in result.checks])
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
     console.print(f"wall time {time.perf_counter() - started:.0f} s ({stages}); "
                   f"{len(result.figures)} figure files; report {result.report}", highlight=False)

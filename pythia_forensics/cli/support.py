@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from pythia_forensics.constants import PYTHIA_STORED_TOKENS_PER_STEP
+from pythia_forensics.constants import PYTHIA_SEQ_ITEM_TOKENS, PYTHIA_STORED_TOKENS_PER_STEP, PYTHIA_TOKENS_PER_STEP
 from pythia_forensics.corpus.windows import DEFAULT_SUPPORT_WINDOW
 
 
@@ -19,7 +19,12 @@ def register(app: typer.Typer) -> None:
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer.json, model folder or model name."),
         tokens_per_step: Optional[int] = typer.Option(
             None, "--tokens-per-step",
-            help=f"Stored tokens per training step (Pythia's pre-shuffled document.bin: {PYTHIA_STORED_TOKENS_PER_STEP})."),
+            help=f"Tokens of the corpus stream per training step (for per-step windows). Pythia's pre-shuffled "
+                 f"document.bin: {PYTHIA_STORED_TOKENS_PER_STEP:,} = 1024 x {PYTHIA_SEQ_ITEM_TOKENS}, since each "
+                 f"stored sequence holds {PYTHIA_SEQ_ITEM_TOKENS} tokens ({PYTHIA_SEQ_ITEM_TOKENS - 1} inputs + the "
+                 f"last one's label); the model itself trains on {PYTHIA_TOKENS_PER_STEP:,} = 1024 x "
+                 f"{PYTHIA_SEQ_ITEM_TOKENS - 1} tokens per step (what `suite show` and the tokens axis use). A "
+                 "stream read without overlap (the mini suite): batch x seq_len."),
         window_steps: Optional[int] = typer.Option(None, "--window-steps", help="Training steps per window."),
         eod_id: Optional[int] = typer.Option(
             None, "--eod-id",

@@ -21,6 +21,7 @@ import pandas as pd
 
 from pythia_forensics.atomic import atomic_write
 from pythia_forensics.checkpoints.manifest import Manifest, has_manifest, read_manifest
+from pythia_forensics.constants import CHECKS_FILE as CHECKS_TABLE
 
 # In-frame support is "below/above parity" only when the Clopper-Pearson interval of the rule's
 # share of in-frame events excludes 1/2 at this confidence (else: indistinguishable from parity)
@@ -34,7 +35,6 @@ DEMO_AGREE_MIN = 0.9  # its agree control ends at or above this
 
 SUPPORT_TABLE = "support.csv"
 IN_FRAME_TABLE = "support_in_frame.csv"
-CHECKS_TABLE = "checks.csv"
 CONFLICT_FRAME = "conflict"  # the frame of probes/rules/<rule>.yaml that is the corpus's conflict frame
 IN_FRAME_COLUMNS = ["corpus", "rule", "frame", "rule_wins", "prior_wins", "ratio", "note", "distance",
                     "rule_wins_at_distance", "rule_wins_at_distance_outside_frame"]
@@ -42,11 +42,38 @@ IN_FRAME_COLUMNS = ["corpus", "rule", "frame", "rule_wins", "prior_wins", "ratio
 
 @dataclass(frozen=True)
 class Check:
-    """One measured claim of the demo."""
+    """One measured claim of a job.
+
+    A claim can only pass on evidence: when its precondition (the rule emerged, its control
+    held, enough models, a valid margin...) is not met, it is "not applicable" and `passed` is
+    False, never a "yes".
+
+    Attributes:
+        claim: what is claimed.
+        passed: the claim holds (False whenever it is not applicable).
+        observed: the measured numbers the result rests on.
+        precondition: what must hold for the claim to be tested at all.
+        applicable: whether the precondition held.
+    """
 
     claim: str
     passed: bool
     observed: str
+    precondition: str = ""
+    applicable: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.applicable and self.passed:
+            raise ValueError(f"a claim whose precondition failed cannot pass: {self.claim}")
+
+    @property
+    def result(self) -> str:
+        """``yes``, ``no`` or ``not applicable``."""
+        return CLAIM_RESULTS[2] if not self.applicable else CLAIM_RESULTS[0] if self.passed else CLAIM_RESULTS[1]
+
+
+CLAIM_RESULTS = ("yes", "no", "not applicable")
+CHECKS_COLUMNS = ("claim", "precondition", "result", "observed", "config_sha256")
 
 
 @dataclass
@@ -138,7 +165,9 @@ def _replay(suite: Path, results: Path, *, progress: bool):
     return replay([str(m) for m in _model_dirs(suite)], "all", results=results, progress=progress)
 
 
-def _analyze_and_draw(results: Path, *, progress: bool) -> tuple[object, list[Path], Path]:
+def _analyze_and_draw(results: Path, measure, *, progress: bool) -> tuple[object, list[Path], Path, list[Check]]:
+    """Analyse, draw, measure the claims (`measure(analysis, figures)` -> (checks, extra figure
+    files)), write checks.csv, then report.md, which shows the claims table."""
     from pythia_forensics.analysis.dynamics import analyze, write_dynamics
     from pythia_forensics.analysis.figures import render_figures
     from pythia_forensics.analysis.report import write_report
@@ -146,8 +175,11 @@ def _analyze_and_draw(results: Path, *, progress: bool) -> tuple[object, list[Pa
     analysis = analyze(results)
     write_dynamics(analysis, results)
     figures = render_figures(results, results / "figures", analysis=analysis)
+    checks, extra = measure(analysis)
+    figures = figures + extra
+    _write_checks(checks, results, analysis.config.sha256)
     report = write_report(results, analysis=analysis, figures=figures)
-    return analysis, figures, report
+    return analysis, figures, report, checks
 
 
 def demo_checks(analysis, suite: Path, in_frame: pd.DataFrame | None = None) -> list[Check]:
@@ -179,28 +211,55 @@ def parity_side(wins: int, losses: int) -> tuple[str, tuple[float, float]]:
     return side, (float(ci.low), float(ci.high))
 
 
+def _step(value) -> str:
+    return "-" if value is None or pd.isna(value) else str(int(value))
+
+
 def _fate(row, cfg) -> str:
-    """What happened to a rule in one model, from its metrics row (analysis thresholds)."""
+    """What happened to a rule in one model, in the analysis's own events (analysis.yaml):
+    "never emerged"; "collapsed" (a collapse onset: smoothed conflict accuracy fell below
+    collapse.onset_max_acc after emergence and ended there); "kept" (no onset, final at or
+    above verdicts.recovered_final_min); "partial" (neither)."""
     if pd.isna(row.emergence_step):
         return "never emerged"
-    if row.final_acc <= DEMO_COLLAPSE_FINAL_MAX:
+    if pd.notna(row.collapse_step):
         return "collapsed"
-    return "survived" if row.final_acc >= cfg.recovered_final_min else "partial"
+    return "kept" if row.final_acc >= cfg.recovered_final_min - cfg.tolerance else "partial"
+
+
+def _fate_text(row, cfg) -> str:
+    """One model's fate with the stored numbers it rests on (dynamics.csv columns)."""
+    return (f"{row.model} {_fate(row, cfg)} ({row.verdict_label}; emerged @ {_step(row.emergence_step)}, "
+            f"onset @ {_step(row.collapse_step)}, final {row.final_acc:.2f})")
+
+
+def _void(row) -> bool:
+    return bool(getattr(row, "void", False))
 
 
 def measure_claims(metrics: pd.DataFrame, cfg, knobs: dict[str, float],
                    in_frame: pd.DataFrame | None = None) -> list[Check]:
     """The claims table, from the metrics of one split (a pure function, so a test can feed it
-    trajectories on which each claim must fail).
+    trajectories on which each claim must fail, or be not applicable).
 
-    Claims: the rule with the lowest support emerges then collapses (agree control intact);
-    its contrast margin crosses zero within `cfg.cm_lag_max_checkpoints` of the collapse; the
-    rule with the highest support survives; and, with `in_frame`: per rule whose in-frame
-    support is decisively off parity (`parity_side`), below parity it collapses and above it
-    does not; per model, the rules the corpus shows at their conflict frame's cue-to-form
-    distance outside the frame emerge before the rules it shows there only inside the frame
-    (which is why subject_verb_agreement, whose rule frames put the verb next to the subject,
-    emerges late or never).
+    Claims, each with its precondition (unmet: "not applicable", never "yes"):
+
+    - per model, the rule with the lowest support emerges then collapses (final <=
+      DEMO_COLLAPSE_FINAL_MAX, agree final >= DEMO_AGREE_MIN); precondition: its verdict is
+      not void (control valid, enough checkpoints);
+    - per model, its contrast margin crosses zero within `cfg.cm_lag_max_checkpoints` of the
+      collapse onset; precondition: the rule emerged and collapsed, its CM is valid, not void;
+    - per model, the rule with the highest support keeps the rule (no collapse onset, final >=
+      recovered_final_min); precondition: it emerged, not void;
+    - with `in_frame`, per rule (every rule with a conflict frame): its fate follows the side of
+      parity its in-frame support lies on (below: collapses; above: kept); precondition: it
+      emerged with a valid control in at least one model. Any such model whose fate goes the
+      other way is a contradiction ("no", with its numbers); a "yes" also needs the support
+      decisively off parity (`parity_side`), since a match within noise of parity is no
+      evidence;
+    - per model, the rules the corpus shows at their conflict frame's cue-to-form distance
+      outside the frame emerge before the rules it shows there only inside the frame (why
+      subject_verb_agreement emerges late or never); precondition: both kinds present, not void.
 
     Args:
         metrics: `dynamics.analyze(...).metrics` rows of one split.
@@ -228,50 +287,74 @@ def _low_support_claims(metrics: pd.DataFrame, cfg, low: str, how: str) -> list[
     crosses zero near the collapse onset."""
     checks = []
     for row in metrics[metrics["rule"] == low].sort_values("model").itertuples():
+        valid = not _void(row)
         emerged = pd.notna(row.emergence_step)
         collapsed = bool(row.final_acc <= DEMO_COLLAPSE_FINAL_MAX)
         agree_ok = bool(row.agree_final >= DEMO_AGREE_MIN)
         checks.append(Check(
-            f"{row.model}: low-support rule {low} ({how}) emerges then collapses",
-            bool(emerged and collapsed and agree_ok),
-            f"peak {row.peak_acc:.2f} @ {row.peak_step}, emerged @ {row.emergence_step}, final {row.final_acc:.2f}, "
-            f"agree final {row.agree_final:.2f}"))
+            f"{row.model}: low-support rule {low} ({how}) emerges then collapses "
+            f"(final <= {DEMO_COLLAPSE_FINAL_MAX}, agree final >= {DEMO_AGREE_MIN})",
+            valid and bool(emerged and collapsed and agree_ok),
+            f"peak {row.peak_acc:.2f} @ {_step(row.peak_step)}, emerged @ {_step(row.emergence_step)}, "
+            f"final {row.final_acc:.2f}, agree final {row.agree_final:.2f}",
+            precondition="verdict not void (agree control valid, enough checkpoints)", applicable=valid))
         lag = row.lag_checkpoints
+        cm_valid = bool(getattr(row, "cm_valid", True))
+        applicable = valid and emerged and pd.notna(row.collapse_step) and cm_valid
         checks.append(Check(
-            f"{row.model}: CM zero crossing within {cfg.cm_lag_max_checkpoints} checkpoint of collapse onset",
-            bool(pd.notna(row.collapse_step) and pd.notna(lag) and abs(lag) <= cfg.cm_lag_max_checkpoints),
-            f"CM=0 @ {row.cm_cross_step}, onset @ {row.collapse_step}, lag {lag} checkpoints"))
+            f"{row.model}: {low} CM zero crossing within {cfg.cm_lag_max_checkpoints} checkpoint of collapse onset",
+            applicable and bool(pd.notna(row.cm_cross_step) and pd.notna(lag) and abs(lag) <= cfg.cm_lag_max_checkpoints),
+            f"CM=0 @ {_step(row.cm_cross_step)}, onset @ {_step(row.collapse_step)}, lag {_step(lag)} checkpoints"
+            + ("" if cm_valid else f" (CM max below {cfg.cm_valid_max_min} nats: margin invalid)"),
+            precondition="the rule emerged and collapsed (a collapse onset), its CM is valid, verdict not void",
+            applicable=applicable))
     return checks
 
 
 def _high_support_claims(metrics: pd.DataFrame, cfg, high: str, how: str) -> list[Check]:
-    """Per model: the high-support rule survives."""
-    return [Check(f"{row.model}: high-support rule {high} ({how}) survives",
-                  bool(row.final_acc >= cfg.recovered_final_min),
-                  f"final {row.final_acc:.2f}, verdict {row.verdict_label}")
-            for row in metrics[metrics["rule"] == high].sort_values("model").itertuples()]
+    """Per model: the high-support rule emerges and is kept."""
+    checks = []
+    for row in metrics[metrics["rule"] == high].sort_values("model").itertuples():
+        applicable = not _void(row) and pd.notna(row.emergence_step)
+        checks.append(Check(
+            f"{row.model}: high-support rule {high} ({how}) survives (no collapse onset, final >= "
+            f"{cfg.recovered_final_min})",
+            applicable and _fate(row, cfg) == "kept", _fate_text(row, cfg),
+            precondition="the rule emerged, verdict not void", applicable=applicable))
+    return checks
 
 
 def _fate_claims(metrics: pd.DataFrame, cfg, frame_rows: dict) -> list[Check]:
-    """Per rule decisively off parity in its frame: below parity it collapses in every model
-    where it emerged, above parity it does not."""
+    """Per rule with an in-frame support row: its fate follows the side of parity it lies on
+    (see `measure_claims`); a model whose fate goes the other way is a contradiction."""
     checks = []
     for rule, fr in sorted(frame_rows.items()):
         rows = metrics[metrics["rule"] == rule].sort_values("model")
-        side, (lo, hi) = parity_side(int(fr.rule_wins), int(fr.prior_wins))
-        if rows.empty or side == "at":
+        if rows.empty:
             continue
-        fates = {r.model: _fate(r, cfg) for r in rows.itertuples()}
-        said = ", ".join(f"{m} {f} ({v})" for m, f, v in zip(fates, fates.values(), rows["verdict_label"]))
-        want = "collapses" if side == "below" else "does not collapse"
-        emerged = [f for f in fates.values() if f != "never emerged"]
-        if not emerged:  # nothing to follow; the emergence claim speaks for it
-            continue
-        ok = all((f == "collapsed") == (side == "below") for f in emerged)
+        decisive, (lo, hi) = parity_side(int(fr.rule_wins), int(fr.prior_wins))
+        side = "below" if fr.ratio < 1 else "above" if fr.ratio > 1 else "at"
+        want = {"below": "collapsed", "above": "kept"}.get(side)
+        tested = [r for r in rows.itertuples() if not _void(r) and pd.notna(r.emergence_step)]
+        strength = ("decisive" if decisive == side else "not decisive") + f" at {SUPPORT_PARITY_CONFIDENCE:.0%}"
+        support = (f"in-frame {fr.rule_wins}:{fr.prior_wins} rule:prior wins, ratio {fr.ratio:.2f} ({side} parity; "
+                   f"rule share {SUPPORT_PARITY_CONFIDENCE:.0%} CI [{lo:.2f}, {hi:.2f}], {strength})")
+        against = [r for r in tested if _fate(r, cfg) != want]
+        fates = "; ".join(_fate_text(r, cfg) for r in rows.itertuples())
+        applicable = want is not None and bool(tested) and (bool(against) or decisive == side)
+        if against and want is not None:
+            observed = (f"contradiction: {support}, yet {len(against)} of {len(tested)} model(s) where it emerged "
+                        f"did not {'collapse' if side == 'below' else 'keep it'}: {fates}")
+        else:
+            observed = f"{support}; {fates}"
         checks.append(Check(
-            f"{rule}: fate follows in-frame support ({side} parity -> {want})",
-            ok, f"in-frame {fr.rule_wins}:{fr.prior_wins} rule:prior wins, ratio {fr.ratio:.2f}, rule share "
-                f"{SUPPORT_PARITY_CONFIDENCE:.0%} CI [{lo:.2f}, {hi:.2f}]; {said}"))
+            f"{rule}: fate follows in-frame support ({side} parity -> "
+            f"{'collapses' if side == 'below' else 'kept (no collapse)' if side == 'above' else 'no prediction'})",
+            applicable and not against, observed,
+            precondition=(f"the rule emerged with a valid control ({len(tested)} of {len(rows)} models); a yes also "
+                          f"needs support decisively off parity ({SUPPORT_PARITY_CONFIDENCE:.0%} CI of the rule "
+                          "share excludes 1/2)"),
+            applicable=applicable))
     return checks
 
 
@@ -284,22 +367,24 @@ def _emergence_order_claims(metrics: pd.DataFrame, frame_rows: dict) -> list[Che
                          for step, rule, fr, verdict in sorted(items, key=lambda x: (x[0], x[1])))
 
     checks = []
+    if not frame_rows:
+        return checks
     for model, rows in metrics.groupby("model"):
         shown, hidden = [], []
         for r in rows.itertuples():
             fr = frame_rows.get(r.rule)
-            if fr is None:
+            if fr is None or _void(r):
                 continue
             step = float(r.emergence_step) if pd.notna(r.emergence_step) else float("inf")
             side = shown if fr.rule_wins_at_distance_outside_frame > 0 else hidden
             side.append((step, r.rule, fr, r.verdict_label))
-        if not shown or not hidden:
-            continue
+        applicable = bool(shown and hidden)
         checks.append(Check(
             f"{model}: rules the corpus shows at their conflict frame's cue-to-form distance outside the frame "
             "emerge before rules it shows there only inside the frame",
-            max(x[0] for x in shown) < min(x[0] for x in hidden),
-            f"emergence: {say(shown)} | {say(hidden)}"))
+            applicable and max(x[0] for x in shown) < min(x[0] for x in hidden),
+            f"emergence: {say(shown) or 'no rule shown outside'} | {say(hidden) or 'no rule shown only inside'}",
+            precondition="at least one rule of each kind with a valid verdict", applicable=applicable))
     return checks
 
 
@@ -355,11 +440,14 @@ def sweep_claims(table: pd.DataFrame, *, rule: str, survive_min: float) -> tuple
     rho = stats.spearmanr(table[key], table["final_cm"]).statistic if len(table) > 2 else float("nan")
     flip = flip_point(table[key].to_numpy(float), survived)
     label = "measured in-frame support" if key == "in_frame_ratio" else "support knob"
+    arms = len(table)
     checks = [
         Check(f"support sweep of {rule}: verdict turns from collapse to survive once, as {label} rises",
-              monotone, " ".join(f"{x:.2g}:{str(v)[0]}" for x, v in zip(table[key], table["verdict"]))),
+              arms >= 2 and monotone, " ".join(f"{x:.2g}:{str(v)[0]}" for x, v in zip(table[key], table["verdict"])),
+              precondition=f"at least 2 arms ({arms})", applicable=arms >= 2),
         Check(f"support sweep of {rule}: final margin rises with {label} (Spearman rho)",
-              bool(rho > 0), f"rho = {rho:.3f}"),
+              arms > 2 and bool(rho > 0), f"rho = {rho:.3f} over {arms} arms",
+              precondition=f"at least 3 arms ({arms})", applicable=arms > 2),
     ]
     if key == "in_frame_ratio":
         below = (table[key] < 1).to_numpy()
@@ -367,7 +455,9 @@ def sweep_claims(table: pd.DataFrame, *, rule: str, survive_min: float) -> tuple
             f"support sweep of {rule}: every arm below parity in the frame collapses, and the fate flips once",
             bool(below.any() and not survived[below].any() and flip is not None),
             f"fate flips between in-frame support {flip[0]:.2f} and {flip[1]:.2f}" if flip
-            else "no single flip point"))
+            else "no single flip point",
+            precondition=f"an arm below parity in the frame ({int(below.sum())} of {arms})",
+            applicable=bool(below.any())))
     return checks, table
 
 
@@ -385,9 +475,16 @@ def _final_margin(analysis, rule: str) -> dict[str, float]:
     return out
 
 
-def _write_checks(checks: list[Check], results: Path) -> Path:
+def checks_frame(checks: list[Check], config_sha256: str) -> pd.DataFrame:
+    """The checks as checks.csv rows (`CHECKS_COLUMNS`; report.md shows them)."""
+    rows = [dict(claim=c.claim, precondition=c.precondition, result=c.result, observed=c.observed,
+                 config_sha256=config_sha256) for c in checks]
+    return pd.DataFrame(rows, columns=list(CHECKS_COLUMNS))
+
+
+def _write_checks(checks: list[Check], results: Path, config_sha256: str) -> Path:
     path = results / CHECKS_TABLE
-    atomic_write(path, lambda tmp: pd.DataFrame([c.__dict__ for c in checks]).to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: checks_frame(checks, config_sha256).to_csv(tmp, index=False))
     return path
 
 
@@ -429,10 +526,11 @@ def run_demo(out: str | Path, *, force: bool = False, progress: bool = True, job
                        jobs=jobs)
     stages.run("replay", _replay, suite, out, progress=progress)
     stages.run("support", _count_support, suite, out, progress=progress)
-    analysis, figures, report = stages.run("analyse+figures", _analyze_and_draw, out, progress=progress)
     in_frame = pd.read_csv(out / IN_FRAME_TABLE, keep_default_na=False, na_values=[""])
-    checks = demo_checks(analysis, suite, in_frame[in_frame["corpus"] == in_frame["corpus"].iloc[0]])
-    _write_checks(checks, out)
+    in_frame = in_frame[in_frame["corpus"] == in_frame["corpus"].iloc[0]]
+    analysis, figures, report, checks = stages.run(
+        "analyse+figures", _analyze_and_draw, out, lambda a: (demo_checks(a, suite, in_frame), []),
+        progress=progress)
     return JobResult(out=out, analysis=analysis, checks=checks, figures=figures, report=report,
                      timings=stages.timings)
 
@@ -451,11 +549,14 @@ def run_sweep(out: str | Path, *, force: bool = False, progress: bool = True, jo
                        force=force, progress=progress, jobs=jobs)
     stages.run("replay", _replay, suite, out, progress=progress)
     stages.run("support", _count_support, suite, out, progress=progress)
-    analysis, figures, report = stages.run("analyse+figures", _analyze_and_draw, out, progress=progress)
     in_frame = pd.read_csv(out / IN_FRAME_TABLE)
-    checks, table = sweep_checks(analysis, suite, rule, in_frame)
-    atomic_write(out / "sweep.csv", lambda tmp: table.to_csv(tmp, index=False))
-    figures += save_figure(sweep_figure(table, rule=rule), out / "figures" / "sweep_support")
-    _write_checks(checks, out)
+
+    def measure(analysis):
+        checks, table = sweep_checks(analysis, suite, rule, in_frame)
+        atomic_write(out / "sweep.csv", lambda tmp: table.to_csv(tmp, index=False))
+        return checks, save_figure(sweep_figure(table, rule=rule), out / "figures" / "sweep_support")
+
+    analysis, figures, report, checks = stages.run("analyse+figures", _analyze_and_draw, out, measure,
+                                                   progress=progress)
     return JobResult(out=out, analysis=analysis, checks=checks, figures=figures, report=report,
                      timings=stages.timings)

@@ -23,6 +23,9 @@ latest check, or in the smoothed trajectory: the collapse `analyze` reports; the
 confirms a drop only one check later, so the raw drop makes the alert one check earlier) or whose
 smoothed contrast margin, once valid, has crossed ``contrast_margin.zero``, gets ONE warning line (logger ``pythia_forensics.monitor.live``) naming the
 rule, the step, the margin trend and the checkpoint to keep, and ``on_alert(alert)`` is called.
+The live weights have moved on by then; with ``keep=FOLDER`` the monitor saves the named
+checkpoint itself (weights it held since that check, plus the tokenizer: `monitor.keep`), and
+the line says where, or why it could not.
 
 Support: given support rules, the monitor counts the support counters (`support.count_token_stream`,
 the counter `pythia-forensics support` runs) over the token batches it is shown, per monitoring
@@ -45,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from pythia_forensics.constants import STEP_DIR_PREFIX
+from pythia_forensics.monitor.keep import CheckpointKeeper, keep_step
 from pythia_forensics.corpus.windows import DEFAULT_SUPPORT_WINDOW
 from pythia_forensics.scoring.options import DEFAULT_VOCAB_ROWS
 from pythia_forensics.errors import MonitorError
@@ -110,7 +114,8 @@ class Alert:
             holding), else the peak.
         support: per support rule, the counts over the window that ended at ``step``
             (``rule_wins``, ``prior_wins``, ``cues``, ``window_start_step``), or None.
-        message: the warning line.
+        message: the warning line (it ends saying where the kept checkpoint is, or why none is).
+        kept: the folder the named checkpoint was saved to (``Monitor(keep=)``), or None.
     """
 
     run: str
@@ -130,6 +135,7 @@ class Alert:
     keep_step: int
     support: Mapping[str, Mapping[str, int]] | None
     message: str
+    kept: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -245,15 +251,20 @@ class Monitor:
         steps: extra steps to score besides the multiples of ``every`` (e.g. a log-spaced start).
         tokenizer: the tokenizer (else pass one to each `step`).
         config: analysis thresholds (`dynamics.AnalysisConfig`, an override YAML, or None).
-        batch_size, bos, vocab_rows: scoring options (see `scoring.ScoreOptions`).
+        batch_size, bos, vocab_rows, threads: scoring options (see `scoring.ScoreOptions`); on a
+            busy CPU, ``threads=1`` keeps scoring from contending with the training threads.
         support: support rules to count over the batches shown to `step` (names, files,
             ``"all"``), or None for no counting.
         rows: ``"documents"`` (each batch row starts a new document) or ``"stream"`` (rows are
             consecutive pieces of one token stream, as the mini trainer and Pythia read it).
         eod_id: a token that ends a document (a new one starts after it); None: only rows.
         support_window: W of the support event definition.
-        on_alert: called with each `Alert`.
+        on_alert: called with each `Alert` (after its checkpoint was kept).
         tokens_per_step: recorded in models.parquet (default: the first batch's size, if shown).
+        keep: a folder: save the checkpoint each alert names (the last check at which the rule
+            still held, not the live weights) with its tokenizer as ``keep/<run>/step<N>/``
+            (`monitor.keep`; holds CPU copies of the weights of up to a few recent checks).
+            None: the alert names the checkpoint and says it was not saved.
 
     Raises:
         MonitorError: a bad schedule or row mode.
@@ -264,7 +275,8 @@ class Monitor:
                  batch_size: int | str = "auto", bos: bool = False, vocab_rows: str = DEFAULT_VOCAB_ROWS,
                  support: Any = None, rows: str = "documents", eod_id: int | None = None,
                  support_window: int = DEFAULT_SUPPORT_WINDOW, on_alert: Callable[[Alert], Any] | None = None,
-                 tokens_per_step: int | None = None) -> None:
+                 tokens_per_step: int | None = None, keep: str | Path | None = None,
+                 threads: int | str = "auto") -> None:
         from pythia_forensics.analysis import dynamics
         from pythia_forensics.scoring import score as scoring
         from pythia_forensics.sweep.plan import load_probe_sets
@@ -285,7 +297,7 @@ class Monitor:
             self.store = ResultsStore(results)
         self.tokenizer = tokenizer
         self.config = config if isinstance(config, dynamics.AnalysisConfig) else dynamics.load_config(config)
-        self.options = scoring.ScoreOptions(batch_size=batch_size, bos=bos, vocab_rows=vocab_rows)
+        self.options = scoring.ScoreOptions(batch_size=batch_size, bos=bos, vocab_rows=vocab_rows, threads=threads)
         self.probe_sets = load_probe_sets(probes)
         self.on_alert = on_alert
         self.tokens_per_step = tokens_per_step
@@ -301,6 +313,7 @@ class Monitor:
         self._models_written = False
         self._support_spec = (support, rows, eod_id, support_window)
         self._support: _Support | None = None
+        self.keeper = CheckpointKeeper(keep, self.run) if keep is not None else None
 
     # --- the loop's entry points ---------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -485,11 +498,51 @@ class Monitor:
         self._last_step = step
         self.checks += 1
         for alert in self._update_alerts(step, support_now):
+            alert = self._keep(alert, model, tok)
             self.alerts.append(alert)
             logger.warning(alert.message)
             if self.on_alert is not None:
                 self.on_alert(alert)
+        if self.keeper is not None:
+            self.keeper.remember(step, model)
+            self.keeper.retain(self._keep_candidates())
         return self._metrics(new)
+
+    def _keep(self, alert: Alert, model: Any, tok: Any) -> Alert:
+        """The alert with its named checkpoint saved (`monitor.keep`), or saying why it was not."""
+        from dataclasses import replace
+
+        if self.keeper is None:
+            return replace(alert, message=f"{alert.message}; not saved (pass keep=FOLDER to Monitor to save it)")
+        folder, said = self.keeper.save(alert.keep_step, model, tok)
+        return replace(alert, kept=None if folder is None else str(folder), message=f"{alert.message}; {said}")
+
+    def _keep_candidates(self) -> set[int]:
+        """Checks a later alert could name (`monitor.keep`): the latest checks, whose smoothed
+        values the next checks still move (the centred window's half), and, per emerged rule not
+        alerted yet, the last settled check at which it held, overall and up to its CM crossing."""
+        from pythia_forensics.analysis.dynamics import GROUP_KEYS, primary, trajectory_metrics
+
+        table = primary(self.trajectory(), self.config)
+        half = max(self.config.smoothing_window // 2, 1)
+        wanted = {int(s) for s in sorted(set(table["step"]))[-half:]} if not table.empty else set()
+        for key, group in table.groupby(list(GROUP_KEYS), sort=True):
+            used = group[group["used"]].sort_values("step")
+            if key in self._alerted or used.empty:
+                continue
+            steps = used["step"].to_numpy()
+            m = trajectory_metrics(steps, used["conflict_acc"].to_numpy(), used["agree_acc"].to_numpy(),
+                                   used["conflict_cm"].to_numpy(), config=self.config)
+            settled = len(steps) - half  # smoothed values from here on still change with the next checks
+            if not m.emerged or settled <= 0:
+                continue
+            with np.errstate(invalid="ignore"):
+                nonneg = np.flatnonzero(m.cm_smooth[:settled] >= self.config.cm_zero - self.config.tolerance)
+            for onset in (int(steps[settled - 1]), int(steps[nonneg[-1]]) if nonneg.size else None):
+                if onset is not None:
+                    wanted.add(keep_step(steps[:settled], m.conflict_smooth[:settled], m.agree_smooth[:settled],
+                                         onset=onset, peak_step=int(m.peak_step), config=self.config))
+        return wanted
 
     def _metrics(self, new: pd.DataFrame) -> dict[str, float]:
         """Per-rule values at this check on the primary split: conflict/agree accuracy, CM (nats)."""
@@ -542,9 +595,7 @@ class Monitor:
             else:  # the last earlier check still at or above the collapse threshold (smoothed)
                 above = np.flatnonzero(cs[:-1] >= cfg.collapse_onset - tol)
                 onset = int(steps[above[-1]]) if above.size else int(steps[-1])
-            held = np.flatnonzero((cs >= cfg.emergence_conflict_min - tol) & (agree_s >= cfg.emergence_agree_min - tol)
-                                  & (steps <= onset))
-            keep = int(steps[held[-1]]) if held.size else int(m.peak_step)
+            keep = keep_step(steps, cs, agree_s, onset=onset, peak_step=int(m.peak_step), config=cfg)
             cms = m.cm_smooth
             trend = tuple((int(s), float(v)) for s, v in zip(steps[-_TREND_POINTS:], cms[-_TREND_POINTS:]))
             fired.append(self._alert(key, step, onset, " + ".join(triggers), m, agree_now, trend, keep, support_now,

@@ -84,19 +84,46 @@ def test_cm_exactly_zero_counts_as_not_yet_crossed():
     assert res.cm_cross_step == 600
 
 
+def test_cm_crossing_is_defined_only_after_emergence():
+    """One crossing definition (last checkpoint with smoothed CM >= 0), and none for a rule
+    that never emerged, or whose margin last stood before the rule did."""
+    cm = np.array([1, 1, 1, 1, 1, 1, -1, -1, -1, -1], float)  # valid (max 1), last >= 0 at i5 = 600
+    res, (verdict, _, _) = metrics([0.3] * 10, cm=cm)
+    assert verdict == "NEVER" and res.cm_valid and res.cm_cross_step is None and res.lag_checkpoints is None
+    # conflict .3 x5 then .9 x5: smoothed .3 .3 .3 .3 .5 .7 .9 ... -> emerged at 700 (i6);
+    # CM 1 1 1 -1 ...: smoothed 1 1 1/3 -1/3 ... -> last >= 0 at 300 (i2), before emergence
+    late = [0.3] * 5 + [0.9] * 5
+    res, _ = metrics(late, cm=np.array([1, 1, 1] + [-1] * 7, float))
+    assert res.emergence_step == 700 and res.cm_cross_step is None
+    # the same rule with a margin that crosses after emergence: the last checkpoint >= 0
+    res, _ = metrics(late, cm=np.array([1] * 8 + [-1] * 2, float))  # smoothed i7 = 1/3, i8 = -1/3
+    assert res.cm_cross_step == 800
+
+
+def test_depth_is_defined_only_for_a_rule_that_collapsed():
+    # final .7 (< recovered .8): a partial collapse from the .9 peak, depth .2
+    res, (verdict, _, _) = metrics([0.9] * 6 + [0.7] * 4)
+    assert verdict == "PARTIAL" and res.depth == pytest.approx(0.2)
+    # final exactly .8 is recovered (the verdict's own tie rule): no depth
+    res, (verdict, _, _) = metrics([0.9] * 7 + [0.8] * 3)
+    assert verdict == "RECOVERED" and res.depth is None
+    row = dyn.analyze(items_for(STEPS, [0.9] * 7 + [0.8] * 3, ONES, ONES)).metrics.iloc[0]
+    assert np.isnan(row["depth"]) and np.isnan(row["depth_lo"]) and np.isnan(row["depth_hi"])
+
+
 def test_survive_with_emergence_on_a_tie():
     # smoothed: .45 .6 .8 (=(.6+.9+.9)/3, a float tie) .9 ...; final .9
     res, (verdict, void, _) = metrics([0.3, 0.6, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], cm=ONES)
     assert res.emergence_step == 300
     assert res.peak_step == 400 and res.collapse_step is None and res.cm_cross_step is None
-    assert res.final_acc == pytest.approx(0.9) and res.depth == pytest.approx(0.0)
+    assert res.final_acc == pytest.approx(0.9) and res.depth is None  # recovered: no collapse, no depth
     assert (verdict, void) == ("RECOVERED", False)
 
 
 def test_never():
     res, (verdict, void, _) = metrics([0.3] * 10, cm=-ONES)
     assert not res.emerged and res.emergence_step is None and res.collapse_step is None
-    assert res.depth == pytest.approx(0.0) and (verdict, void) == ("NEVER", False)
+    assert res.depth is None and (verdict, void) == ("NEVER", False)  # nothing learned: no depth
 
 
 def test_peak_ignores_checkpoints_without_conflict_items():
@@ -150,7 +177,7 @@ def test_early_global_bias_is_not_emergence():
     res, (verdict, void, _) = metrics(conflict, agree=agree, cm=ONES)
     assert res.emergence_step == 700
     assert res.peak_acc == pytest.approx(0.9) and res.peak_step == 700  # not the 1.0 at step 100
-    assert res.depth == pytest.approx(0.0)
+    assert res.depth is None  # recovered
     assert (verdict, void) == ("RECOVERED", False)
 
 
@@ -220,14 +247,17 @@ def test_scale_analysis_rho_and_exact_permutation_p():
     # finals 0, .2, .5, .8, .9 rise with size: rho = 1; exact two-sided p = 2 / 5! (identity, reverse)
     assert row["n_models"] == 5 and row["rho"] == pytest.approx(1.0)
     assert row["p_perm"] == pytest.approx(2 / math.factorial(5))
+    # depth exists only where the rule collapsed (final < recovered_final_min .8): xs, s, m
     depth = scale.loc[("pronoun_gender", "params_nonembedding", "depth")]
-    assert depth["rho"] == pytest.approx(-1.0)
+    assert depth["n_models"] == 3 and depth["rho"] == pytest.approx(-1.0)
+    by_model = result.metrics[result.metrics["rule"] == "pronoun_gender"].set_index("model")["depth"]
+    assert by_model[["mini-l", "mini-xl"]].isna().all()  # recovered: undefined, not 0
     # reflexive: the void model is left out -> 4 models
-    refl = scale.loc[("reflexive_gender", "params_total", "depth")]
+    refl = scale.loc[("reflexive_gender", "params_total", "final_acc")]
     assert refl["n_models"] == 4 and "mini-m" not in refl["models"].split(",")
     finals = [SUITE_FINALS[m] for m in refl["models"].split(",")]
     sizes = [SUITE_PARAMS[m] for m in refl["models"].split(",")]
-    assert refl["rho"] == pytest.approx(stats.spearmanr(sizes, [1.0 - f for f in finals]).statistic)
+    assert refl["rho"] == pytest.approx(stats.spearmanr(sizes, finals).statistic)
     # 4 models, one seed each: below scale.bootstrap_min_models no interval, and the note says why
     assert np.isnan(refl["rho_lo"]) and np.isnan(refl["rho_hi"]) and "no interval: n = 4" in refl["note"]
     assert refl["p_min"] == pytest.approx(2 / math.factorial(4))

@@ -194,16 +194,6 @@ def test_log_axis_gives_the_analysed_range_most_of_the_width():
         step_axis(mini, xscale="logarithmic")
 
 
-def test_cm_crossing_interpolates_on_the_drawn_line():
-    # linear axis: CM 0.5 at 600, -0.5 at 700 -> 650
-    assert F.cm_crossing([500, 600, 700], [1.0, 0.5, -0.5], 600) == pytest.approx(650)
-    # the next checkpoint is not below zero: no downward crossing
-    assert F.cm_crossing([500, 600, 700], [-1.0, 0.5, 0.7], 600) is None
-    # log axis: halfway in log10 space between 1000 and 10000
-    x = F.cm_crossing([1000, 10000], [1.0, -1.0], 1000, forward=np.log10, inverse=lambda u: 10 ** u)
-    assert x == pytest.approx(10 ** 3.5)
-
-
 # --- linear grid: the stored synthetic suite --------------------------------------------------------
 @pytest.mark.slow
 def test_every_figure_written_and_opens(rendered):
@@ -267,16 +257,16 @@ def test_peak_and_emergence_stay_visible_when_they_coincide(stored):
     assert drawn_y < data_y - 3
 
 
-def test_cm_figure_crossing_on_the_zero_line(stored):
+def test_cm_figure_crossing_at_the_stored_checkpoint(stored):
     _, analysis = stored
     fig = F.cm_figure(analysis.trajectories, analysis.metrics, probeset="pronoun_gender", rule="pronoun_gender",
                       order=ORDER)
     ax = fig.axes[0]
     assert ax.get_ylabel() == F.CM_LABEL
-    # mini-xs CM +1 through step 600, -1 after: smoothed 1/3 at 600, -1/3 at 700 -> crossing at 650, on y = 0
+    # mini-xs CM +1 through step 600, -1 after: smoothed 1/3 at 600, -1/3 at 700 -> the last
+    # checkpoint with smoothed CM >= 0 is 600: the diamond sits there, on the smoothed line
     cross = _labelled(ax, F.CROSSING)[0]
-    assert cross.get_ydata()[0] == 0.0
-    assert cross.get_xdata()[0] == pytest.approx(650)
+    assert cross.get_xdata()[0] == 600 and cross.get_ydata()[0] == pytest.approx(1 / 3)
     assert _labelled(ax, F.ONSET)[0].get_xdata()[0] == 600
     assert "lag +0 ckpt" in ax.get_title()
     # models whose CM never falls below zero get no diamond
@@ -293,7 +283,7 @@ def test_no_crossing_marker_before_emergence_or_upward():
     items = items_for(steps, conflict, [0.5] * 10, model="m")
     analysis = analyze(items)
     row = analysis.metrics.iloc[0]
-    assert pd.isna(row["emergence_step"]) and pd.notna(row["cm_cross_step"])
+    assert pd.isna(row["emergence_step"]) and pd.isna(row["cm_cross_step"])  # never emerged: no crossing
     fig = F.cm_figure(analysis.trajectories, analysis.metrics, probeset="pronoun_gender", rule="pronoun_gender",
                       order=["m"])
     assert not _labelled(fig.axes[0], F.CROSSING)
@@ -301,23 +291,61 @@ def test_no_crossing_marker_before_emergence_or_upward():
 
 def test_scale_figure_rho_ticks_and_labels(stored):
     root, analysis = stored
-    fig = F.scale_figure(analysis.metrics, analysis.scale, suite_models(), probeset="reflexive_gender",
-                         rule="reflexive_gender")
+    fig = F.scale_figure(analysis.metrics, analysis.scale, suite_models(), probeset="pronoun_gender",
+                         rule="pronoun_gender")
     total, nonemb = fig.axes[:2]
     assert total.get_xscale() == "log" and total.get_xlabel() == "parameters, total (log scale)"
     assert nonemb.get_xlabel() == "parameters, non-embedding (log scale)"
     assert total.get_ylabel() == "collapse depth (peak - final accuracy)"
-    valid = [m for m in ORDER if m != "mini-m"]  # reflexive mini-m's control failed: void
-    depth = [1.0 - SUITE_FINALS[m] for m in valid]  # ranks as peak - final (peak ~1 everywhere)
-    rho = stats.spearmanr([SUITE_PARAMS[m] for m in valid], depth).statistic
-    assert f"rho = {rho:.3f}" in total.get_title() and "n = 4" in total.get_title()
-    labels = [c.get_label() for c in total.containers]
-    assert labels == ["collapse depth (bootstrap 95% CI)", "void verdict (not in rho)"]
+    # depth only where the rule collapsed (final < .8): xs, s, m; l and xl ended recovered
+    collapsed = [m for m in ORDER if SUITE_FINALS[m] < 0.8]
+    rho = stats.spearmanr([SUITE_PARAMS[m] for m in collapsed], [1.0 - SUITE_FINALS[m] for m in collapsed]).statistic
+    assert f"rho = {rho:.3f}" in total.get_title() and "n = 3" in total.get_title()  # over what is drawn
+    points = total.containers[0]
+    assert sorted(points.lines[0].get_xdata()) == [SUITE_PARAMS[m] for m in collapsed]
+    notes = [t.get_text() for t in total.texts]
+    assert "mini-l: never collapsed" in notes and "mini-xl: never collapsed" in notes
     # a tick at every model, labelled with its parameter count
     fig.draw_without_rendering()
     ticks = [t.get_text() for t in total.get_xticklabels()]
     assert ticks == ["100k", "400k", "1.6M", "6.4M", "26M"]
     assert_legend_complete(fig)
+    assert_text_inside(fig)
+    # reflexive: mini-m's control failed: its depth is a grey hollow point, not in rho
+    fig = F.scale_figure(analysis.metrics, analysis.scale, suite_models(), probeset="reflexive_gender",
+                         rule="reflexive_gender")
+    total = fig.axes[0]
+    assert [c.get_label() for c in total.containers] == ["collapse depth (bootstrap 95% CI)",
+                                                         "void verdict (not in rho)"]
+    assert "n = 2: too few models" in total.get_title()
+    assert_text_inside(fig)
+
+
+def test_scale_figure_labels_void_and_same_size_models_apart():
+    """Two models of one size keep apart labels; a void model without a depth reads "void",
+    never "never emerged"; a model that never emerged and one that ended recovered say so."""
+    metrics = pd.DataFrame(dict(
+        model=["a", "b", "v", "n", "r"], probeset="p", rule="p", split="heldout",
+        emerged=[True, True, False, False, True], emergence_step=[200, 200, np.nan, np.nan, 200],
+        void=[False, False, True, False, False], depth=[0.9, 0.88, np.nan, np.nan, np.nan],
+        depth_lo=[0.8, 0.8, np.nan, np.nan, np.nan], depth_hi=[1.0, 0.95, np.nan, np.nan, np.nan]))
+    sizes = pd.DataFrame(dict(model=list("abvnr"), params_total=[1e6, 1e6, 4e6, 4e6, 1.6e7],
+                              params_nonembedding=[1e5, 1e5, 4e5, 4e5, 1.6e6]))
+    scale = pd.DataFrame(dict(probeset="p", rule="p", split="heldout", size=["params_total", "params_nonembedding"],
+                              metric="depth", n_models=2, models="a,b", rho=np.nan, p_perm=np.nan, rho_lo=np.nan,
+                              rho_hi=np.nan, note="n = 2: too few models for a rank correlation"))
+    fig = F.scale_figure(metrics, scale, sizes, probeset="p", rule="p")
+    ax = fig.axes[0]
+    notes = {t.get_text(): t for t in ax.texts}
+    assert "n: never emerged; v: void" in notes and "r: never collapsed" in notes
+    assert not any("v: never emerged" in t for t in notes)
+    fig.draw_without_rendering()
+    renderer = _renderer(fig)
+    boxes = [notes[m].get_window_extent(renderer) for m in ("a", "b")]
+    assert not boxes[0].overlaps(boxes[1])  # same size, close depths: stacked, not overprinted
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert {"never emerged (no depth)", "never collapsed: ended recovered (no depth)"} <= legend
+    assert any(t.startswith("void verdict") for t in legend)
     assert_text_inside(fig)
 
 
@@ -335,6 +363,8 @@ def test_verdict_grid_letters_and_void(stored):
     assert cells[(1, 2)].get_color() == F.VOID_TEXT and cells[(0, 2)].get_color() != F.VOID_TEXT
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[:5] == ["R = recovered", "U = unstable", "D = displaced", "P = partial", "N = never"]
+    void = " ".join(legend[5].split())  # both reasons a verdict is void, and what a void letter means
+    assert "agree control failed" in void and "too few checkpoints" in void and "never used" in void
     assert_text_inside(fig)
 
 
@@ -429,17 +459,13 @@ def test_accuracy_and_cm_on_a_log_grid(pythia, tmp_path):
                       order=order, axis=axis)
     ax = _panels(fig)[0]  # pythia-70m: CM +1 until 20000, -1 from 21000
     cross = _labelled(ax, F.CROSSING)[0]
-    assert cross.get_ydata()[0] == 0.0
-    # the diamond lies on the drawn smoothed line: interpolate that line in display space independently
-    fig.draw_without_rendering()
+    # the diamond is a vertex of the drawn smoothed line, at the stored crossing checkpoint
     line = _labelled(ax, "conflict-item CM")[0]
-    xy = ax.transData.transform(np.column_stack([line.get_xdata(), line.get_ydata()]))
-    px, py = ax.transData.transform((cross.get_xdata()[0], 0.0))
-    i = np.searchsorted(xy[:, 0], px) - 1
-    (x0, y0), (x1, y1) = xy[i], xy[i + 1]
-    assert y0 + (y1 - y0) * (px - x0) / (x1 - x0) == pytest.approx(py, abs=1e-6 * abs(py) + 1e-6)
     row = analysis.metrics.set_index("model").loc["pythia-70m"]
-    assert row["cm_cross_step"] <= cross.get_xdata()[0] <= row["cm_cross_step"] + 1000
+    assert row["cm_cross_step"] == 20000
+    assert cross.get_xdata()[0] == axis.values([20000], "pythia-70m")[0]
+    k = list(line.get_xdata()).index(cross.get_xdata()[0])
+    assert cross.get_ydata()[0] == line.get_ydata()[k] >= 0 > line.get_ydata()[k + 1]
 
 
 def test_tokens_axis(pythia):
@@ -452,6 +478,34 @@ def test_tokens_axis(pythia):
     assert ax.get_xlim()[1] > 143000 * 2097152
     assert_ticks_cover(ax, 128 * 2097152, 143000 * 2097152)
     assert "1B" in [t.get_text() for t in ax.get_xticklabels()]
+
+
+def _contrast_on_white(color) -> float:
+    """WCAG contrast ratio of `color` on white, computed here from the sRGB definition."""
+    rgb = np.array(mpl_rgb(color))
+    lin = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return 1.05 / (float(lin @ [0.2126, 0.7152, 0.0722]) + 0.05)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_no_model_shade_is_faint(n):
+    for hue in F.CONDITION_COLORS.values():
+        assert min(_contrast_on_white(c) for c in F.model_shades(hue, n)) >= 3.0  # WCAG 3:1 for graphics
+
+
+@pytest.mark.parametrize("rules, grid", [(["a"], (1, 1)), (["a", "b", "c"], (1, 3)), (list("abcd"), (2, 2)),
+                                         (list("abcdef"), (2, 3))])
+def test_overview_every_panel_has_its_x_label_and_no_empty_slot(rules, grid):
+    items = pd.concat([items_for(SUITE_STEPS, [0.3, 0.6, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+                                 [1.0] * 12, model=m, rule=r, probeset=r) for r in rules for m in ("s", "l")])
+    analysis = analyze(items)
+    fig = F.overview_figure(analysis.trajectories, analysis.metrics, order=["s", "l"])
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == len(fig.axes) == len(rules)  # no hidden (empty) grid slot
+    shape = {(round(ax.get_position().y0, 3), round(ax.get_position().x0, 3)) for ax in axes}
+    assert (len({y for y, _ in shape}), len({x for _, x in shape})) == grid
+    assert all(ax.get_xlabel() == "training step" for ax in axes)
+    assert_text_inside(fig)
 
 
 def test_overview_and_verdicts_on_a_log_grid(pythia):
@@ -496,8 +550,12 @@ def test_scale_panel_never_emerged_gets_no_depth():
     ax = fig.axes[0]
     drawn_x = np.concatenate([c.lines[0].get_xdata() for c in ax.containers])
     assert PYTHIA_SIZES["pythia-160m"][0] not in drawn_x  # no point, so no depth
-    never = _labelled(ax, "never emerged (no depth)")
-    assert len(never) == 1 and never[0].get_xdata()[0] == PYTHIA_SIZES["pythia-160m"][0]
+    # its agree control never held either (agree .5 throughout): the verdict is void, and the
+    # line says so rather than "never emerged"; pythia-410m ended recovered: no depth either
+    assert met.loc["pythia-160m", "void"]
+    void = [ln for ln in ax.get_lines() if ln.get_label().startswith("void verdict")]
+    assert len(void) == 1 and void[0].get_xdata()[0] == PYTHIA_SIZES["pythia-160m"][0]
+    assert {t.get_text() for t in ax.texts} >= {"pythia-160m: void", "pythia-410m: never collapsed"}
     # whatever the scale row holds, the panel never prints a rho over points it does not draw
     assert "rho =" not in ax.get_title()
     assert_legend_complete(fig)

@@ -177,3 +177,31 @@ def test_verdict_and_claims_tables_fit_the_width(width):
     flat = " ".join(text.split())
     for value in ("0.02", "1.00", "220", "300"):
         assert value in flat
+
+
+def test_report_shows_the_claims_of_this_analysis_and_refuses_stale_ones(results):
+    """checks.csv (a demo's measured claims) goes into report.md with its preconditions and
+    results; one measured under other thresholds is named, not shown."""
+    sha = load_config().sha256
+    claims = pd.DataFrame(dict(claim=["m: rule kept", "m: CM | crossing"], precondition=["emerged", "collapsed"],
+                               result=["yes", "not applicable"], observed=["final 1.00", "onset @ -"],
+                               config_sha256=[sha, sha]))
+    claims.to_csv(results / "checks.csv", index=False)
+    report = write_report(results).read_text()
+    assert "## Claims" in report and "1 yes, 0 no, 1 not applicable" in report
+    assert "| claim | precondition | result | measured |" in report
+    assert "| m: rule kept | emerged | yes | final 1.00 |" in report
+    assert "| m: CM \\| crossing | collapsed | not applicable | onset @ - |" in report
+    claims.assign(config_sha256="0" * 64).to_csv(results / "checks.csv", index=False)
+    report = write_report(results).read_text()
+    assert "## Claims" in report and "m: rule kept" not in report and "measured under config 000000000000" in report
+    (results / "checks.csv").unlink()
+    assert "## Claims" not in write_report(results).read_text()
+
+
+def test_analyze_and_figures_default_to_dot_results_like_replay(pronoun_suite_store, copy_store, monkeypatch):
+    root = copy_store(pronoun_suite_store, name="results")
+    monkeypatch.chdir(root.parent)
+    out = runner.invoke(app, ["analyze"])
+    assert out.exit_code == 0, out.output
+    assert (root / "dynamics.csv").is_file() and "wrote" in out.output

@@ -91,8 +91,9 @@ def test_every_fact_group_cites_a_url(name):
 def test_a_fact_without_source_is_refused(tmp_path):
     from pythia_forensics.checkpoints.suite_yaml import suite_from_yaml
 
-    data = {"suite": "x", "sources": {"a": "https://huggingface.co/x"}, "branch_grammar": {"pattern": r"s(?P<step>\d+)",
-            "cite": "a"}, "models": [{"name": "m", "repo": "o/m", "layers": 2}]}
+    data = {"suite": "x", "publisher": {"orgs": ["x"]}, "sources": {"a": "https://huggingface.co/x"},
+            "branch_grammar": {"pattern": r"s(?P<step>\d+)", "cite": "a"},
+            "models": [{"name": "m", "repo": "o/m", "layers": 2}]}
     with pytest.raises(ValueError, match="cites no source"):
         suite_from_yaml(data, tmp_path / "x.yaml")
     data["models"][0]["cite"] = "nope"
@@ -429,3 +430,41 @@ def test_custom_code_checkpoint_is_refused_with_the_hf_twin_named(tmp_path):
         "auto_map": {"AutoModelForCausalLM": "modeling_olmo.OLMoForCausalLM"}}))
     with pytest.raises(ModelLoadError, match=r"'hf_olmo' needs the repo's own code .*allenai/OLMo-1B-hf"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("name", ["olmo", "olmo2", "llm360"])
+def test_every_shipped_source_is_the_publishers_own(name):
+    """Each listed suite names its publisher and cites only the publisher's cards, configs and
+    papers: the hub or GitHub under its organisations, or arXiv (checked here from the URLs)."""
+    from urllib.parse import urlparse
+
+    data = yaml.safe_load(package_file("data", "suites", f"{name}.yaml").read_text())
+    orgs = {o.lower() for o in data["publisher"]["orgs"]}
+    for key, url in data["sources"].items():
+        parts = urlparse(url)
+        assert parts.scheme == "https", (key, url)
+        on_own_repo = parts.hostname in ("huggingface.co", "github.com") and parts.path.split("/")[1].lower() in orgs
+        assert on_own_repo or parts.hostname == "arxiv.org", (key, url)
+    assert not any(word in url.lower() for url in data["sources"].values() for word in ("gguf", "onnx"))
+
+
+@pytest.mark.parametrize("url", [
+    "https://huggingface.co/onnx-community/OLMo-1B-hf/blob/main/config.json",   # a third party's conversion
+    "https://huggingface.co/mav23/OLMo-1B-0724-hf-GGUF",                       # a quantised copy
+    "http://huggingface.co/allenai/OLMo-1B",                                   # not https
+    "https://example.com/allenai/OLMo-1B",                                     # not the publisher's host
+])
+def test_a_source_that_is_not_the_publishers_is_refused(tmp_path, url):
+    from pythia_forensics.checkpoints.suite_yaml import suite_from_yaml
+
+    data = {"suite": "x", "publisher": {"orgs": ["allenai"]},
+            "sources": {"card": "https://huggingface.co/allenai/OLMo-1B", "bad": url},
+            "branch_grammar": {"pattern": r"s(?P<step>\d+)", "cite": ["card", "bad"]},
+            "models": [{"name": "m", "repo": "allenai/m", "layers": 2, "cite": "card"}]}
+    with pytest.raises(ValueError, match="'bad'.*not the publisher's own"):
+        suite_from_yaml(data, tmp_path / "x.yaml")
+    data["sources"]["bad"] = "https://arxiv.org/abs/2402.00838"  # a paper is fine
+    assert suite_from_yaml(data, tmp_path / "x.yaml").name == "x"
+    del data["publisher"]
+    with pytest.raises(ValueError, match="name the publisher"):
+        suite_from_yaml(data, tmp_path / "x.yaml")

@@ -187,6 +187,88 @@ def test_alert_fires_once_at_the_collapse_while_the_agree_control_holds(tiny_set
     assert "keep checkpoint step220" in alert.message and "\n" not in alert.message
 
 
+def _run_alert_checks(monitor, model, tok, steps, acc, cm):
+    """The order `Monitor._check` runs in, on a synthetic trajectory and real moving weights:
+    alerts (each keeps its checkpoint), then this check's weights are held and the rest dropped.
+    Returns the alerts and each check's weights as they were at that check."""
+    import torch
+
+    fired, weights = [], {}
+    for i, step in enumerate(steps):
+        with torch.no_grad():  # the weights move at every check, as training moves them
+            for p in model.parameters():
+                p.add_(0.01 * (i + 1))
+        weights[int(step)] = {k: v.clone() for k, v in model.state_dict().items()}
+        monitor._table.append(_synthetic_table(acc[i:i + 1], np.ones(1), cm[i:i + 1], steps[i:i + 1]))
+        monitor._last_step = int(step)
+        fired.extend(monitor._keep(a, model, tok) for a in monitor._update_alerts(int(step), None))
+        if monitor.keeper is not None:
+            monitor.keeper.remember(int(step), model)
+            monitor.keeper.retain(monitor._keep_candidates())
+            assert len(monitor.keeper.held_steps) <= 2  # the latest check and the rule's last held one
+    return fired, weights
+
+
+@pytest.mark.parametrize("acc, cm, fired_at, kept", [
+    # the trajectory above: at step 260 the alert names step220 (the last check still >= 0.8)
+    ([0.2, 0.6, 0.9, 1.0, 1.0, 1.0, 0.9, 0.6, 0.2, 0.0, 0.0, 0.0],
+     [-1.0, 0.5, 2.0, 3.0, 3.2, 3.0, 2.0, 0.5, -0.8, -1.5, -2.0, -2.2], 260, 220),
+    # at the check of step 200 its own smoothed value (.7 + .9) / 2 = .8 says "held", but the next
+    # check settles it at (.7 + .9 + 0) / 3 = .53: the alert at 220 names 180 ((1 + .7 + .9) / 3),
+    # so 180's weights must still be held after the check of 200
+    ([0.2, 0.9, 1.0, 1.0, 0.7, 0.9, 0.0, 0.0, 0.0],
+     [-1.0, 2.0, 3.0, 3.0, 2.0, 2.0, 1.0, -1.0, -1.0], 220, 180),
+])
+def test_an_alert_saves_the_checkpoint_it_names_with_its_tokenizer(tiny_tokenizer, tiny_set, tmp_path, acc, cm,
+                                                                   fired_at, kept):
+    """The saved folder holds the named check's weights, not the live ones at the alert, and the
+    tool scores it as any checkpoint folder (same numbers as scoring those weights directly)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import pythia_forensics as pf
+    from pythia_forensics.monitor.live import Monitor
+    from tinymodels import tiny_neox
+
+    acc, cm = np.array(acc), np.array(cm)
+    steps = np.arange(100, 100 + 20 * len(acc), 20)
+    model = tiny_neox(len(tiny_tokenizer), seed=1)
+    monitor = Monitor(tiny_set, every=20, run="toy", keep=tmp_path / "keep")
+    fired, weights = _run_alert_checks(monitor, model, tiny_tokenizer, steps, acc, cm)
+    assert [(a.step, a.keep_step) for a in fired] == [(fired_at, kept)]
+    alert = fired[0]
+    folder = tmp_path / "keep" / "toy" / f"step{kept}"
+    assert alert.kept == str(folder) and alert.message.endswith(f"keep checkpoint step{kept}; kept in {folder}")
+    saved = AutoModelForCausalLM.from_pretrained(folder)
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(tensor, weights[kept][name]), name
+    first = next(iter(weights[kept]))
+    assert not torch.equal(saved.state_dict()[first], model.state_dict()[first])  # not the live weights
+    assert AutoTokenizer.from_pretrained(folder)("Mia cried because")["input_ids"] == \
+        tiny_tokenizer("Mia cried because")["input_ids"]
+    scored = pf.score(str(folder), tiny_set)  # the folder is a checkpoint the tool reads
+    model.load_state_dict(weights[kept])
+    direct = pf.score(model, tiny_set, tokenizer=tiny_tokenizer)
+    np.testing.assert_allclose(scored["logp_target"], direct["logp_target"], rtol=0, atol=1e-5)
+
+
+def test_an_alert_says_when_it_could_not_keep_its_checkpoint(tiny_tokenizer, tiny_set, tmp_path):
+    from pythia_forensics.monitor.live import Monitor
+    from tinymodels import tiny_neox
+
+    steps = np.arange(100, 340, 20)
+    acc = np.array([0.2, 0.6, 0.9, 1.0, 1.0, 1.0, 0.9, 0.6, 0.2, 0.0, 0.0, 0.0])
+    cm = np.array([-1.0, 0.5, 2.0, 3.0, 3.2, 3.0, 2.0, 0.5, -0.8, -1.5, -2.0, -2.2])
+    model = tiny_neox(len(tiny_tokenizer), seed=1)
+    (alert,), _ = _run_alert_checks(Monitor(tiny_set, every=20, run="toy"), model, tiny_tokenizer, steps, acc, cm)
+    assert alert.kept is None and alert.message.endswith("not saved (pass keep=FOLDER to Monitor to save it)")
+    monitor = Monitor(tiny_set, every=20, run="toy", keep=tmp_path / "keep")
+    monitor.keeper.retain = lambda steps: monitor.keeper._copies.clear()  # nothing held: nothing to save
+    (alert,), _ = _run_alert_checks(monitor, model, tiny_tokenizer, steps, acc, cm)
+    assert alert.kept is None and "checkpoint step220 not saved: its weights were not held" in alert.message
+    assert not (tmp_path / "keep").exists()
+
+
 def test_a_sudden_drop_alerts_at_the_first_check_below_the_collapse_threshold(tiny_set):
     """Raw conflict accuracy 0.3 at step 220 (< 0.5) while the prefix's smoothed value is still
     (1 + 0.3) / 2 = 0.65: the accuracy trigger fires now, not one check later; onset = the last
@@ -280,7 +362,7 @@ def monitored_mini(tmp_path_factory):
     alerts = []
     probes = ["pronoun_gender", "reflexive_gender"]
     monitor = Monitor(probes, every=20, results=root / "live", run="mini-s", tokenizer=tok, support="all",
-                      rows="stream", eod_id=EOD_ID, on_alert=alerts.append)
+                      rows="stream", eod_id=EOD_ID, on_alert=alerts.append, keep=root / "keep")
     t0 = time.perf_counter()
     train_model(model_cfg, corpus_dir=corpus, out_dir=suite, train=cfg.train, corpus=cfg.corpus, progress=False,
                 on_step=monitor)
@@ -329,6 +411,16 @@ def test_alert_fires_for_pronoun_gender_at_the_collapse_analyze_finds_and_not_fo
     print(f"\n{alert.message}\nanalyze afterwards: collapse onset step {onset}")
     assert alert.keep_step < onset + monitor.every and alert.support is not None
     assert (root / "live" / "monitor" / "mini-s" / "alerts.jsonl").read_text().count("\n") == len(alerts)
+    # the named checkpoint was saved, tokenizer included, and scores as the live model did then
+    import pythia_forensics as pf
+    from pythia_forensics.sweep.store import ResultsStore
+
+    assert alert.kept == str(root / "keep" / "mini-s" / f"step{alert.keep_step}")
+    kept = pf.score(alert.kept, "pronoun_gender").set_index("item_id")
+    live = ResultsStore(root / "live").items()
+    live = live[(live["step"] == alert.keep_step) & (live["probeset"] == "pronoun_gender")].set_index("item_id")
+    assert len(kept) == len(live) > 0
+    np.testing.assert_allclose(kept.loc[live.index, "margin"], live["margin"], atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow
