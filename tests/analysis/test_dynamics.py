@@ -382,8 +382,8 @@ def test_unknown_sizes_void_and_never_emerged_models_are_left_out_and_named():
     assert depth["models"] == "a,b,d" and depth["n_models"] == 3
     assert depth["rho"] == pytest.approx(stats.spearmanr([1, 2, 8], [0.9, 0.5, 0.1]).statistic)
     assert depth["note"] == ("no interval: n = 3 < scale.bootstrap_min_models = 8 and not every size has 2+ "
-                             "seeds; sizes unknown for: c, hub/extra; depth undefined (never emerged or never "
-                             "collapsed), left out: never; void verdict: v")
+                             "seeds; sizes unknown for: c, hub/extra; never emerged (no collapse depth): never; "
+                             "void verdict: v")
     final = scale.loc[("params_total", "final_acc")]  # a rule that never emerged still has a final
     assert final["models"] == "a,b,d,never" and final["note"] == (
         "no interval: n = 4 < scale.bootstrap_min_models = 8 and not every size has 2+ seeds; "

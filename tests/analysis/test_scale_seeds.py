@@ -99,7 +99,7 @@ def test_nan_depths_are_left_out_with_a_note_and_single_seed_sizes_get_no_interv
     row = scale_analysis(metrics, models, config=CFG).set_index(["size", "metric"]).loc[
         ("params_nonembedding", "depth")]
     kept = [SIZES[0], *SIZES[2:]]
-    assert row["n_sizes"] == 4 and "grid-d1-s070-r1234" in row["note"] and "left out" in row["note"]
+    assert row["n_sizes"] == 4 and "grid-d1-s070-r1234" in row["note"] and "no collapse depth" in row["note"]
     assert row["rho"] == pytest.approx(stats.spearmanr(kept, [0.9, 0.6, 0.3, 0.1]).statistic)
     assert np.isnan(row["rho_lo"]) and "no interval: n = 4 < scale.bootstrap_min_models" in row["note"]
     assert row["p_min"] == pytest.approx(2 / math.factorial(4))
