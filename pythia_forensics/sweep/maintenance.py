@@ -7,6 +7,7 @@ files and missing checkpoints, and with ``repair=True`` fixes what can be fixed.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -17,14 +18,38 @@ import pandas as pd
 import pyarrow as pa
 
 from pythia_forensics.atomic import TMP_PREFIX, temp_owner
-from pythia_forensics.constants import HEALTH_FILE, MODELS_FILE, QUARANTINE_DIR, SUMMARY_FILE
+from pythia_forensics.constants import FAILURES_DIR, HEALTH_FILE, MODELS_FILE, QUARANTINE_DIR, SUMMARY_FILE
 from pythia_forensics.sweep.itemfile import ITEM_TYPES, check_items, model_partition, normalize, read_file, write_table
 from pythia_forensics.sweep.summary import summarize
 
-__all__ = ["StoreMaintenance", "StoreProblem", "StoreReport", "STORE_TEMP_MAX_AGE_S"]
+__all__ = ["StoreMaintenance", "StoreProblem", "StoreReport", "STORE_TEMP_MAX_AGE_S", "read_failures"]
 
 # A temp file this old is a dead writer's leftover even when its host cannot be checked.
 STORE_TEMP_MAX_AGE_S = 24 * 3600
+
+def read_failures(results: str | Path) -> pd.DataFrame:
+    """Revisions a sweep could not use: model, revision, step, content_key, stage, reason, ...
+
+    One JSON record per revision under RESULTS/failures/ (so concurrent workers never write
+    one file together); a later successful score of the revision removes its record.
+
+    Args:
+        results: the results folder.
+
+    Returns:
+        One row per recorded revision (``step`` as nullable Int64); unreadable records are skipped.
+    """
+    rows = []
+    for p in sorted((Path(results) / FAILURES_DIR).glob("*/*.json")):
+        try:
+            rows.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    cols = ["model", "revision", "step", "content_key", "stage", "reason", "error", "worker", "failed_at", "pf_version"]
+    frame = pd.DataFrame(rows, columns=cols)
+    frame["step"] = pd.array(frame["step"], dtype="Int64")
+    return frame
+
 
 # --- reports -------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -163,6 +188,13 @@ class StoreMaintenance:
             step = "" if pd.isna(row.step) else f" (step {int(row.step)})"
             problems.append(StoreProblem("missing", "", f"{row.model} {row.revision}{step} for probe set "
                                          f"{row.probeset}: a replay recomputes it"))
+        # A revision a sweep recorded as failed has no item file, and no gap either when the
+        # failure came before its revision was known to the store: it is still missing work.
+        for row in read_failures(self.root).itertuples(index=False):
+            step = "" if pd.isna(row.step) else f" (step {int(row.step)})"
+            problems.append(StoreProblem("missing", FAILURES_DIR,
+                                         f"{row.model} {row.revision}{step} failed at {row.stage}: {row.reason}; "
+                                         "a replay retries it"))
         return StoreReport(root=self.root, intact=len(scan.used), problems=tuple(problems), missing=gaps,
                            repaired=tuple(actions))
 

@@ -25,6 +25,7 @@ from pythia_forensics import __version__
 from pythia_forensics.constants import CLAIMS_DIR, FAILURES_DIR
 from pythia_forensics.errors import DiskBudgetError
 from pythia_forensics.sweep.records import ReplayOptions, ReplaySummary, Todo, UnitTiming, interval_overlap
+from pythia_forensics.sweep.maintenance import read_failures
 from pythia_forensics.sweep.store import ResultsStore
 
 __all__ = ["run_todo", "provenance", "read_failures", "one_line"]
@@ -100,32 +101,6 @@ def _record_failure(store: ResultsStore, item: Todo, stage: str, exc: BaseExcept
     tqdm.write(f"warning: {item.spec.name}@{item.revision} skipped ({stage} failed: {reason}); "
                f"recorded in {Path(store.root) / FAILURES_DIR}", file=sys.stderr)
     return f"{item.spec.name}@{item.revision}"
-
-
-def read_failures(results: str | Path) -> pd.DataFrame:
-    """Revisions a sweep could not use: model, revision, step, content_key, stage, reason, ...
-
-    One JSON record per revision under RESULTS/failures/ (so concurrent workers never write
-    one file together); a later successful score of the revision removes its record.
-
-    Args:
-        results: the results folder.
-
-    Returns:
-        One row per recorded revision (``step`` as nullable Int64); unreadable records are skipped.
-    """
-    import json
-
-    rows = []
-    for p in sorted((Path(results) / FAILURES_DIR).glob("*/*.json")):
-        try:
-            rows.append(json.loads(p.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
-    cols = ["model", "revision", "step", "content_key", "stage", "reason", "error", "worker", "failed_at", "pf_version"]
-    frame = pd.DataFrame(rows, columns=cols)
-    frame["step"] = pd.array(frame["step"], dtype="Int64")
-    return frame
 
 
 def _claim_key(item: Todo) -> str:

@@ -2,6 +2,8 @@
 quarantine, duplicates, gaps, `verify`, ecosystem readers, the PF_FAULT hook."""
 from __future__ import annotations
 
+import json
+
 import logging
 import os
 import shutil
@@ -432,6 +434,22 @@ def test_verify_cli_exit_status_and_lines(tmp_path, run_cli):
     assert code in (0, None) and "intact" in out.splitlines()[-1], out
     code, out, err = run_cli(["verify", str(tmp_path / "nowhere")])
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_verify_counts_a_recorded_failure_as_missing(tmp_path, run_cli):
+    """A revision a sweep recorded as failed is work still to do: never '0 missing -- intact'."""
+    _filled(tmp_path / "r")
+    record = tmp_path / "r" / "failures" / "m" / "step999.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"model": "m", "revision": "step999", "step": 999, "stage": "load",
+                                  "reason": "CheckpointError: truncated"}))
+    code, out, err = run_cli(["verify", str(tmp_path / "r")])
+    assert code == 1 and "1 missing" in out and "intact" not in out.splitlines()[-1].split("--")[-1], out + err
+    line = next(ln for ln in out.splitlines() if ln.startswith("missing:"))
+    assert "step999" in line and "load" in line and "truncated" in line
+    record.unlink()
+    code, out, err = run_cli(["verify", str(tmp_path / "r")])
+    assert code in (0, None) and "0 missing" in out, out
 
 
 def test_checksum_ignores_layout_but_not_values():
